@@ -1,0 +1,173 @@
+//! KVM-level tests with tiny hand-made guests: the real `slicevisor run` on /dev/kvm.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use e2e::run::{command, run, wait_with_timeout};
+use e2e::tiny_guest::Program;
+
+/// Tiny guests run a few dozen emulated instructions; a run is well under a second here.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn kvm_available() -> bool {
+    let ok = std::path::Path::new("/dev/kvm").exists();
+    if !ok {
+        eprintln!("SKIP: /dev/kvm does not exist on this machine; KVM tests cannot run");
+    }
+    ok
+}
+
+fn boot(program: &Program, extra: &[&str]) -> e2e::run::Outcome {
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let kernel = program.write_elf(dir.path(), "tiny.elf");
+    let mut args = vec!["run".to_string(), "--kernel".into(), kernel.display().to_string()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    run(&args, TIMEOUT)
+}
+
+#[test]
+fn serial_output_then_reset_is_a_clean_power_off() {
+    if !kvm_available() {
+        return;
+    }
+    let out = boot(&Program::new().print("Hi from tiny\n").reset().halt_forever(), &[]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "Hi from tiny\n");
+    assert!(out.stderr.contains("VM ended: guest powered off"), "{}", out.stderr);
+}
+
+#[test]
+fn boot_timer_reports_cpu_time_and_memory_overhead() {
+    if !kvm_available() {
+        return;
+    }
+    let out = boot(&Program::new().boot_marker().reset(), &[]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("boot-timer: guest running after"))
+        .unwrap_or_else(|| panic!("no boot-timer line in {}", out.stderr));
+    assert!(line.contains("ms CPU") && line.contains("VMM overhead"), "{line}");
+}
+
+#[test]
+fn triple_fault_ends_with_its_own_exit_code() {
+    if !kvm_available() {
+        return;
+    }
+    let out = boot(&Program::new().print("x").triple_fault(), &[]);
+    assert_eq!(out.code(), 3, "{out:?}");
+    assert!(out.stderr.contains("triple fault"), "{}", out.stderr);
+    assert_eq!(out.stdout, "x");
+}
+
+#[test]
+fn kernel_panic_line_ends_the_vm_with_exit_code_2() {
+    if !kvm_available() {
+        return;
+    }
+    let program = Program::new()
+        .print("Kernel panic - not syncing: tiny test panic\n")
+        .halt_forever();
+    let out = boot(&program, &[]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("guest kernel panic: Kernel panic - not syncing: tiny test panic"),
+        "{}",
+        out.stderr
+    );
+}
+
+fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let kernel = Program::new()
+        .boot_marker()
+        .halt_forever()
+        .write_elf(dir.path(), "halt.elf");
+    let mut child = command([
+        "run",
+        "--kernel",
+        kernel.to_str().expect("utf8"),
+        "--vcpus",
+        vcpus,
+    ])
+    .spawn()
+    .expect("spawn");
+    // Wait until the guest has run (its marker is logged), so the vCPU is in HLT.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "slicevisor exited before the guest ran: {seen}");
+        seen.push_str(&line);
+        if line.contains("boot-timer") {
+            break;
+        }
+    }
+    // SAFETY: sending a signal to our own child process by pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0);
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+    let out = wait_with_timeout(child, TIMEOUT);
+    let rest = rest.join().expect("stderr reader");
+    assert_eq!(out.code(), 0, "{seen}{rest} {out:?}");
+    assert!(rest.contains(&format!("VM ended: stopped by {name}")), "{rest}");
+}
+
+#[test]
+fn halted_guest_stops_cleanly_on_sigint() {
+    if !kvm_available() {
+        return;
+    }
+    stop_halted_guest_with(libc::SIGINT, "SIGINT", "1");
+}
+
+#[test]
+fn four_vcpus_stop_cleanly_on_sigterm() {
+    if !kvm_available() {
+        return;
+    }
+    stop_halted_guest_with(libc::SIGTERM, "SIGTERM", "4");
+}
+
+#[test]
+fn four_vcpus_power_off_when_the_boot_cpu_resets() {
+    if !kvm_available() {
+        return;
+    }
+    let out = boot(&Program::new().print("smp\n").reset(), &["--vcpus", "4"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "smp\n");
+}
+
+#[test]
+fn host_quirks_are_detected_and_logged() {
+    if !kvm_available() {
+        return;
+    }
+    let program = Program::new().reset();
+    let pvm = std::fs::read_to_string("/sys/module/kvm_pvm/parameters/pvm_native")
+        .map(|s| s.trim() == "Y")
+        .unwrap_or(false);
+    let auto = boot(&program, &[]);
+    assert_eq!(auto.code(), 0, "{auto:?}");
+    assert_eq!(
+        auto.stderr.contains("PVM-native KVM host detected"),
+        pvm,
+        "{}",
+        auto.stderr
+    );
+    assert_eq!(auto.stderr.contains("clearcpuid=smap"), pvm);
+    let off = boot(&program, &["--host-quirks", "off"]);
+    assert!(off.stderr.contains("disabled by --host-quirks off"), "{}", off.stderr);
+    assert!(!off.stderr.contains("clearcpuid"), "{}", off.stderr);
+    let on = boot(&program, &["--host-quirks", "on"]);
+    assert!(on.stderr.contains("noxsave clearcpuid="), "{}", on.stderr);
+}

@@ -1,0 +1,119 @@
+//! The `slicevisor` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::EXIT_SETUP_ERROR;
+use crate::host_quirks::QuirkMode;
+use crate::vm::{self, VmConfig};
+
+/// slicevisor: PlanetLab-style slivers as KVM micro-VMs.
+#[derive(Debug, Parser)]
+#[command(name = "slicevisor", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot one micro-VM in the foreground; guest console on stdout, VMM log on stderr.
+    ///
+    /// Exit codes: 0 guest powered off or stopped by SIGINT/SIGTERM; 1 setup error;
+    /// 2 guest kernel panic; 3 triple fault; 4 KVM error; 5 VMM error.
+    Run(RunArgs),
+}
+
+/// `slicevisor run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// ELF vmlinux with a PVH entry (CONFIG_PVH=y).
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initramfs (cpio) for the guest.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel arguments, after the VMM's own (console=ttyS0 reboot=k panic=-1 pci=off).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(0..=1 << 30))]
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Kernel command-line workarounds for PVM-native KVM hosts.
+    #[arg(long, value_enum, default_value_t = QuirkMode::Auto)]
+    pub host_quirks: QuirkMode,
+}
+
+impl From<RunArgs> for VmConfig {
+    fn from(a: RunArgs) -> Self {
+        VmConfig {
+            kernel: a.kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline,
+            mem_mib: a.mem_mib,
+            vcpus: a.vcpus,
+            host_quirks: a.host_quirks,
+        }
+    }
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let config = VmConfig::from(args);
+            match vm::run(&config) {
+                Ok(reason) => {
+                    let code = reason.exit_code();
+                    if code == 0 {
+                        log::info!("VM ended: {reason}");
+                    } else {
+                        log::error!("VM ended: {reason}");
+                    }
+                    code
+                }
+                Err(e) => {
+                    eprintln!("slicevisor: error: {e}");
+                    EXIT_SETUP_ERROR
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MIN_MEM_MIB;
+
+    #[test]
+    fn flags_parse_into_a_config() {
+        let cli = Cli::try_parse_from([
+            "slicevisor", "run", "--kernel", "/k", "--initrd", "/i", "--cmdline", "quiet",
+            "--mem-mib", "256", "--vcpus", "2", "--host-quirks", "off",
+        ])
+        .expect("parse");
+        let Command::Run(args) = cli.command;
+        let c = VmConfig::from(args);
+        assert_eq!(c.kernel, PathBuf::from("/k"));
+        assert_eq!(c.mem_mib, 256);
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.host_quirks, QuirkMode::Off);
+        assert!(MIN_MEM_MIB <= 128, "default memory must be valid");
+    }
+
+    #[test]
+    fn kernel_is_required() {
+        assert!(Cli::try_parse_from(["slicevisor", "run"]).is_err());
+    }
+}

@@ -1,0 +1,143 @@
+//! Why a VM ended, and the one place that records it: the first reason wins.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Process exit code for setup errors (bad flags, unreadable kernel, no KVM).
+pub const EXIT_SETUP_ERROR: i32 = 1;
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (reboot through the i8042, or a KVM shutdown/reset event).
+    PowerOff,
+    /// The VMM was asked to stop by a signal.
+    Signal(&'static str),
+    /// The guest kernel panicked; the line it printed.
+    GuestPanic(String),
+    /// A vCPU triple-faulted.
+    TripleFault {
+        /// Which vCPU.
+        vcpu: u8,
+    },
+    /// KVM could not run the guest any more (internal error, failed entry, crash event).
+    Kvm {
+        /// Which vCPU.
+        vcpu: u8,
+        /// What KVM said.
+        detail: String,
+    },
+    /// The VMM itself failed while the guest ran.
+    Vmm(String),
+}
+
+impl ExitReason {
+    /// The process exit code for this reason: 0 for an orderly end, non-zero for a failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ExitReason::PowerOff | ExitReason::Signal(_) => 0,
+            ExitReason::GuestPanic(_) => 2,
+            ExitReason::TripleFault { .. } => 3,
+            ExitReason::Kvm { .. } => 4,
+            ExitReason::Vmm(_) => 5,
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitReason::PowerOff => write!(f, "guest powered off"),
+            ExitReason::Signal(name) => write!(f, "stopped by {name}"),
+            ExitReason::GuestPanic(line) => write!(f, "guest kernel panic: {line}"),
+            ExitReason::TripleFault { vcpu } => write!(f, "vCPU {vcpu} triple fault (shutdown)"),
+            ExitReason::Kvm { vcpu, detail } => write!(f, "vCPU {vcpu}: {detail}"),
+            ExitReason::Vmm(detail) => write!(f, "VMM error: {detail}"),
+        }
+    }
+}
+
+/// Collects the exit reason and wakes the VMM's event loop.
+#[derive(Debug)]
+pub struct ExitSignal {
+    reason: Mutex<Option<ExitReason>>,
+    stopping: AtomicBool,
+    evt: EventFd,
+}
+
+impl ExitSignal {
+    /// A signal with its own eventfd.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            reason: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Record `reason` unless one is recorded already, and ask everything to stop.
+    pub fn report(&self, reason: ExitReason) {
+        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            log::debug!("exit requested: {reason}");
+            *slot = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            log::error!("waking the event loop: {e}");
+        }
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// The recorded reason.
+    pub fn reason(&self) -> Option<ExitReason> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The eventfd written on every report.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let s = ExitSignal::new().expect("signal");
+        assert!(!s.is_stopping());
+        s.report(ExitReason::GuestPanic("Kernel panic - not syncing: x".into()));
+        s.report(ExitReason::PowerOff);
+        assert!(s.is_stopping());
+        assert_eq!(s.reason().map(|r| r.exit_code()), Some(2));
+        assert_eq!(s.eventfd().read().expect("evt"), 2);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_for_failures() {
+        assert_eq!(ExitReason::PowerOff.exit_code(), 0);
+        assert_eq!(ExitReason::Signal("SIGINT").exit_code(), 0);
+        let codes = [
+            ExitReason::GuestPanic(String::new()).exit_code(),
+            ExitReason::TripleFault { vcpu: 0 }.exit_code(),
+            ExitReason::Kvm { vcpu: 0, detail: String::new() }.exit_code(),
+            ExitReason::Vmm(String::new()).exit_code(),
+            EXIT_SETUP_ERROR,
+        ];
+        for (i, a) in codes.iter().enumerate() {
+            assert_ne!(*a, 0);
+            for b in &codes[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! slicevisor's VMM: builds a micro-VM on KVM, owns its buses, IRQs, vCPUs and event loop.
+
+pub mod arch;
+pub mod boot;
+pub mod bus;
+pub mod cli;
+pub mod event_loop;
+pub mod exit;
+pub mod host_quirks;
+pub mod kvm_vm;
+pub mod memory;
+pub mod metrics;
+pub mod vcpu;
+pub mod vm;

@@ -1,0 +1,5 @@
+//! The `slicevisor` binary.
+
+fn main() {
+    std::process::exit(vmm::cli::main());
+}

@@ -1,0 +1,273 @@
+//! Building and running one micro-VM: memory, kernel, devices, vCPUs, event loop, teardown.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::legacy::{i8042, BootTimer, ConsoleWriter, SerialDevice, I8042};
+use devices::{EventFdInterrupt, GuestEvent, GuestEventSink};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::layout::{
+    BOOT_TIMER_PORT, CMDLINE_START, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, I8042_PORT,
+};
+use crate::arch::{mptable, regs};
+use crate::boot::{cmdline, loader, pvh};
+use crate::bus::{Bus, BusError};
+use crate::event_loop::{EventLoop, EventLoopError};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::host_quirks::{self, QuirkMode};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, VcpuContext, VcpuError};
+use crate::{kvm_vm, metrics};
+
+/// Enough CPUID entries for any current x86 CPU.
+const KVM_MAX_CPUID_ENTRIES: usize = 256;
+/// How often a vCPU that has not stopped yet is kicked out of KVM_RUN again.
+const KICK_INTERVAL: Duration = Duration::from_millis(2);
+
+/// What to boot, and with what.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// ELF vmlinux with a PVH entry.
+    pub kernel: PathBuf,
+    /// Initramfs (cpio) passed as the PVH module.
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel arguments after the VMM's base ones.
+    pub cmdline: Option<String>,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Whether to apply the PVM-host command-line workarounds.
+    pub host_quirks: QuirkMode,
+}
+
+/// Errors building the VM; each message names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// Bad vCPU count.
+    #[error(transparent)]
+    Vcpus(mptable::MptableError),
+    /// Bad or unallocatable memory size.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// Bad command line.
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    /// KVM unusable.
+    #[error(transparent)]
+    Kvm(#[from] kvm_vm::KvmError),
+    /// Kernel or initrd could not be loaded.
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    /// PVH structures.
+    #[error(transparent)]
+    Pvh(#[from] pvh::PvhError),
+    /// Command line could not be written.
+    #[error("writing the kernel command line into guest memory: {0}")]
+    WriteCmdline(linux_loader::loader::Error),
+    /// Boot tables.
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    /// Device wiring.
+    #[error("wiring devices: {0}")]
+    Bus(#[from] BusError),
+    /// vCPU setup.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Event loop setup.
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+    /// A system resource (eventfd, irqfd, CPUID query) failed.
+    #[error("{0}: {1}")]
+    Resource(&'static str, std::io::Error),
+}
+
+/// Turns device reports into exit reasons and boot measurements.
+struct VmEvents {
+    exit: Arc<ExitSignal>,
+    start: Instant,
+    guest_ranges: Vec<(usize, usize)>,
+}
+
+impl GuestEventSink for VmEvents {
+    fn notify(&self, event: GuestEvent) {
+        match event {
+            GuestEvent::Reset => self.exit.report(ExitReason::PowerOff),
+            GuestEvent::Panic(line) => self.exit.report(ExitReason::GuestPanic(line)),
+            GuestEvent::BootMarker => {
+                let r = metrics::boot_report(self.start, &self.guest_ranges);
+                log::info!(
+                    "boot-timer: guest running after {:.2} ms wall, {:.2} ms CPU; RSS {} KiB = guest memory {} KiB + VMM overhead {} KiB",
+                    r.wall_ms,
+                    r.cpu_ms,
+                    r.rss_kib,
+                    r.guest_resident_kib,
+                    r.overhead_kib()
+                );
+            }
+        }
+    }
+}
+
+fn host_ranges(mem: &GuestMemoryMmap) -> Vec<(usize, usize)> {
+    mem.iter()
+        .filter_map(|r| {
+            let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+            Some((host as usize, r.len() as usize))
+        })
+        .collect()
+}
+
+fn validate_vcpus(vcpus: u8) -> Result<(), VmError> {
+    if vcpus == 0 {
+        return Err(VmError::Vcpus(mptable::MptableError::NoCpus));
+    }
+    if vcpus > mptable::MAX_VCPUS {
+        return Err(VmError::Vcpus(mptable::MptableError::TooManyCpus(vcpus)));
+    }
+    Ok(())
+}
+
+/// The legacy devices on the port-I/O bus; returns the bus and COM1 (for console input).
+fn legacy_devices(
+    vm: &VmFd,
+    sink: Arc<dyn GuestEventSink>,
+) -> Result<(Bus, Arc<Mutex<SerialDevice<std::io::Stdout>>>), VmError> {
+    let irq = EventFdInterrupt::new().map_err(|e| VmError::Resource("COM1 eventfd", e))?;
+    vm.register_irqfd(irq.eventfd(), COM1_IRQ)
+        .map_err(|e| VmError::Resource("COM1 irqfd", e.into()))?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        Arc::new(irq),
+        ConsoleWriter::new(std::io::stdout(), sink.clone()),
+    )));
+    let mut pio = Bus::new();
+    pio.insert(u64::from(COM1_PORT), COM1_PORT_COUNT, serial.clone())?;
+    pio.insert(
+        u64::from(I8042_PORT),
+        i8042::PORT_COUNT,
+        Arc::new(Mutex::new(I8042::new(sink.clone()))),
+    )?;
+    pio.insert(
+        u64::from(BOOT_TIMER_PORT),
+        1,
+        Arc::new(Mutex::new(BootTimer::new(sink))),
+    )?;
+    Ok((pio, serial))
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Nothing to do: delivery alone makes KVM_RUN return EINTR.
+}
+
+fn install_kick_handler() -> Result<(), VmError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(SIGRTMIN(), kick_handler)
+            .map_err(|e| VmError::Resource("vCPU kick signal handler", e.into()));
+    });
+    result
+}
+
+/// Kick every vCPU thread out of KVM_RUN until it notices the stop, then join it.
+fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
+    for handle in handles {
+        while !handle.is_finished() {
+            if let Err(e) = handle.kill(SIGRTMIN()) {
+                log::debug!("kicking a vCPU: {e}");
+            }
+            std::thread::sleep(KICK_INTERVAL);
+        }
+        if handle.join().is_err() {
+            log::error!("a vCPU thread panicked");
+        }
+    }
+}
+
+/// Build the VM from `config`, run it until it ends, tear it down, and say why it ended.
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
+    let start = Instant::now();
+    validate_vcpus(config.vcpus)?;
+    let (extra, why) =
+        host_quirks::cmdline_workarounds(config.host_quirks, host_quirks::pvm_native_host());
+    if extra.is_empty() {
+        log::info!("host quirks: {why}");
+    } else {
+        log::info!("host quirks: {why}; adding to the kernel command line: {}", extra.join(" "));
+    }
+    let cmdline = cmdline::build(config.cmdline.as_deref(), &extra)?;
+    let mem = memory::create(config.mem_mib)?;
+    let kvm = kvm_vm::open(config.vcpus)?;
+    let vm = kvm_vm::create_vm(&kvm, &mem)?;
+
+    let ram_end = memory::low_ram_end(config.mem_mib);
+    let kernel = loader::load_kernel(&mem, &config.kernel, ram_end)?;
+    let initrd = match &config.initrd {
+        Some(path) => Some(loader::load_initrd(&mem, path, kernel.end, ram_end)?),
+        None => None,
+    };
+    linux_loader::loader::load_cmdline(&mem, GuestAddress(CMDLINE_START), &cmdline)
+        .map_err(VmError::WriteCmdline)?;
+    pvh::write_start_info(&mem, &memory::usable_ram(config.mem_mib), initrd)?;
+    regs::write_boot_tables(&mem)?;
+    mptable::write(&mem, config.vcpus).map_err(VmError::Vcpus)?;
+    log::info!(
+        "kernel {} (PVH entry {:#x}), {} MiB, {} vCPU(s), cmdline: {}",
+        config.kernel.display(),
+        kernel.entry.0,
+        config.mem_mib,
+        config.vcpus,
+        cmdline::as_string(&cmdline)
+    );
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
+    let sink: Arc<dyn GuestEventSink> = Arc::new(VmEvents {
+        exit: exit.clone(),
+        start,
+        guest_ranges: host_ranges(&mem),
+    });
+    let (pio, serial) = legacy_devices(&vm, sink)?;
+    let ctx = VcpuContext {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        exit: exit.clone(),
+    };
+
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::Resource("KVM_GET_SUPPORTED_CPUID", e.into()))?;
+    let vcpu_fds = (0..config.vcpus)
+        .map(|id| {
+            let entry = (id == 0).then_some(kernel.entry);
+            vcpu::create(&vm, &supported, id, config.vcpus, entry)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let mut event_loop = EventLoop::new(exit.clone())?;
+    event_loop.add_console_input(serial);
+    install_kick_handler()?;
+
+    let mut handles = Vec::with_capacity(vcpu_fds.len());
+    for (id, fd) in (0u8..).zip(vcpu_fds) {
+        match vcpu::spawn(fd, id, ctx.clone()) {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                exit.report(ExitReason::Vmm(e.to_string()));
+                stop_vcpus(handles);
+                return Err(e.into());
+            }
+        }
+    }
+    event_loop.run_until_exit();
+    stop_vcpus(handles);
+    // Guest memory (`mem`) is dropped only here, after every vCPU thread has been joined.
+    drop(vm);
+    Ok(exit
+        .reason()
+        .unwrap_or_else(|| ExitReason::Vmm("stopped without a recorded reason".into())))
+}
