@@ -148,7 +148,10 @@ mod tests {
         let elf = Program::new().halt_forever().elf();
         assert_eq!(&elf[..4], b"\x7fELF");
         let note = 64 + 2 * 56;
-        assert_eq!(u32::from_le_bytes(elf[note + 8..note + 12].try_into().expect("4")), 18);
+        assert_eq!(
+            u32::from_le_bytes(elf[note + 8..note + 12].try_into().expect("4")),
+            18
+        );
         assert_eq!(&elf[note + 12..note + 16], b"Xen\0");
         assert_eq!(&elf[CODE_OFFSET..], &[0xfa, 0xf4, 0xeb, 0xfd]);
     }

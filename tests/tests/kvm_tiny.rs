@@ -20,7 +20,11 @@ fn kvm_available() -> bool {
 fn boot(program: &Program, extra: &[&str]) -> e2e::run::Outcome {
     let dir = tempfile::tempdir().expect("tmpdir");
     let kernel = program.write_elf(dir.path(), "tiny.elf");
-    let mut args = vec!["run".to_string(), "--kernel".into(), kernel.display().to_string()];
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        kernel.display().to_string(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     run(&args, TIMEOUT)
 }
@@ -30,10 +34,20 @@ fn serial_output_then_reset_is_a_clean_power_off() {
     if !kvm_available() {
         return;
     }
-    let out = boot(&Program::new().print("Hi from tiny\n").reset().halt_forever(), &[]);
+    let out = boot(
+        &Program::new()
+            .print("Hi from tiny\n")
+            .reset()
+            .halt_forever(),
+        &[],
+    );
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "Hi from tiny\n");
-    assert!(out.stderr.contains("VM ended: guest powered off"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("VM ended: guest powered off"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -48,7 +62,10 @@ fn boot_timer_reports_cpu_time_and_memory_overhead() {
         .lines()
         .find(|l| l.contains("boot-timer: guest running after"))
         .unwrap_or_else(|| panic!("no boot-timer line in {}", out.stderr));
-    assert!(line.contains("ms CPU") && line.contains("VMM overhead"), "{line}");
+    assert!(
+        line.contains("ms CPU") && line.contains("VMM overhead"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -118,7 +135,10 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
     let out = wait_with_timeout(child, TIMEOUT);
     let rest = rest.join().expect("stderr reader");
     assert_eq!(out.code(), 0, "{seen}{rest} {out:?}");
-    assert!(rest.contains(&format!("VM ended: stopped by {name}")), "{rest}");
+    assert!(
+        rest.contains(&format!("VM ended: stopped by {name}")),
+        "{rest}"
+    );
 }
 
 #[test]
@@ -166,7 +186,11 @@ fn host_quirks_are_detected_and_logged() {
     );
     assert_eq!(auto.stderr.contains("clearcpuid=smap"), pvm);
     let off = boot(&program, &["--host-quirks", "off"]);
-    assert!(off.stderr.contains("disabled by --host-quirks off"), "{}", off.stderr);
+    assert!(
+        off.stderr.contains("disabled by --host-quirks off"),
+        "{}",
+        off.stderr
+    );
     assert!(!off.stderr.contains("clearcpuid"), "{}", off.stderr);
     let on = boot(&program, &["--host-quirks", "on"]);
     assert!(on.stderr.contains("noxsave clearcpuid="), "{}", on.stderr);

@@ -71,7 +71,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64, size: usize) -> Option<(&SharedDevice, u64)> {
-        let idx = self.ranges.partition_point(|r| r.base <= addr).checked_sub(1)?;
+        let idx = self
+            .ranges
+            .partition_point(|r| r.base <= addr)
+            .checked_sub(1)?;
         let r = &self.ranges[idx];
         let offset = addr - r.base;
         (offset.checked_add(size as u64)? <= r.len).then_some((&r.device, offset))
@@ -160,11 +163,24 @@ mod tests {
     fn overlaps_and_bad_ranges_are_refused() {
         let mut bus = Bus::new();
         bus.insert(0x100, 0x10, dev()).expect("first");
-        assert!(matches!(bus.insert(0x10f, 1, dev()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(0xf0, 0x11, dev()), Err(BusError::Overlap { .. })));
-        assert!(matches!(bus.insert(0x0, 0, dev()), Err(BusError::BadRange { .. })));
-        assert!(matches!(bus.insert(u64::MAX, 2, dev()), Err(BusError::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(0x10f, 1, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0xf0, 0x11, dev()),
+            Err(BusError::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(0x0, 0, dev()),
+            Err(BusError::BadRange { .. })
+        ));
+        assert!(matches!(
+            bus.insert(u64::MAX, 2, dev()),
+            Err(BusError::BadRange { .. })
+        ));
         bus.insert(0x110, 1, dev()).expect("adjacent is fine");
-        bus.insert(0xf0, 0x10, dev()).expect("adjacent below is fine");
+        bus.insert(0xf0, 0x10, dev())
+            .expect("adjacent below is fine");
     }
 }

@@ -99,8 +99,20 @@ mod tests {
     #[test]
     fn flags_parse_into_a_config() {
         let cli = Cli::try_parse_from([
-            "slicevisor", "run", "--kernel", "/k", "--initrd", "/i", "--cmdline", "quiet",
-            "--mem-mib", "256", "--vcpus", "2", "--host-quirks", "off",
+            "slicevisor",
+            "run",
+            "--kernel",
+            "/k",
+            "--initrd",
+            "/i",
+            "--cmdline",
+            "quiet",
+            "--mem-mib",
+            "256",
+            "--vcpus",
+            "2",
+            "--host-quirks",
+            "off",
         ])
         .expect("parse");
         let Command::Run(args) = cli.command;
@@ -109,7 +121,9 @@ mod tests {
         assert_eq!(c.mem_mib, 256);
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.host_quirks, QuirkMode::Off);
-        assert!(MIN_MEM_MIB <= 128, "default memory must be valid");
+        let default = Cli::try_parse_from(["slicevisor", "run", "--kernel", "/k"]).expect("parse");
+        let Command::Run(args) = default.command;
+        assert!(args.mem_mib >= MIN_MEM_MIB, "default memory must be valid");
     }
 
     #[test]

@@ -90,7 +90,10 @@ impl<W: std::io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> 
         let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
         match serial.enqueue_input(&buf[..n as usize]) {
             Ok(taken) if taken < n as usize => {
-                log::debug!("serial FIFO full: {} input bytes dropped", n as usize - taken)
+                log::debug!(
+                    "serial FIFO full: {} input bytes dropped",
+                    n as usize - taken
+                )
             }
             Ok(_) => {}
             Err(e) => log::debug!("serial input: {e}"),

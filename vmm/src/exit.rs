@@ -98,7 +98,10 @@ impl ExitSignal {
 
     /// The recorded reason.
     pub fn reason(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The eventfd written on every report.
@@ -115,7 +118,9 @@ mod tests {
     fn first_reason_wins() {
         let s = ExitSignal::new().expect("signal");
         assert!(!s.is_stopping());
-        s.report(ExitReason::GuestPanic("Kernel panic - not syncing: x".into()));
+        s.report(ExitReason::GuestPanic(
+            "Kernel panic - not syncing: x".into(),
+        ));
         s.report(ExitReason::PowerOff);
         assert!(s.is_stopping());
         assert_eq!(s.reason().map(|r| r.exit_code()), Some(2));
@@ -129,7 +134,11 @@ mod tests {
         let codes = [
             ExitReason::GuestPanic(String::new()).exit_code(),
             ExitReason::TripleFault { vcpu: 0 }.exit_code(),
-            ExitReason::Kvm { vcpu: 0, detail: String::new() }.exit_code(),
+            ExitReason::Kvm {
+                vcpu: 0,
+                detail: String::new(),
+            }
+            .exit_code(),
             ExitReason::Vmm(String::new()).exit_code(),
             EXIT_SETUP_ERROR,
         ];

@@ -43,7 +43,9 @@ pub fn cmdline_workarounds(mode: QuirkMode, detected: bool) -> (Vec<String>, &'s
     let apply = match mode {
         QuirkMode::On => Some("forced on by --host-quirks on"),
         QuirkMode::Off => None,
-        QuirkMode::Auto => detected.then_some("PVM-native KVM host detected (kvm_pvm pvm_native=Y)"),
+        QuirkMode::Auto => {
+            detected.then_some("PVM-native KVM host detected (kvm_pvm pvm_native=Y)")
+        }
     };
     match apply {
         Some(why) => (PVM_CMDLINE_WORKAROUNDS.map(String::from).to_vec(), why),

@@ -64,7 +64,9 @@ pub fn open(vcpus: u8) -> Result<Kvm, KvmError> {
     }
     let recommended = kvm.get_nr_vcpus();
     if usize::from(vcpus) > recommended {
-        log::warn!("{vcpus} vCPUs is more than KVM recommends here ({recommended}, the host's CPU count)");
+        log::warn!(
+            "{vcpus} vCPUs is more than KVM recommends here ({recommended}, the host's CPU count)"
+        );
     }
     Ok(kvm)
 }

@@ -34,7 +34,10 @@ pub fn ram_ranges(mem_mib: u64) -> Vec<(GuestAddress, usize)> {
     } else {
         vec![
             (GuestAddress(0), MMIO_GAP_START as usize),
-            (GuestAddress(MMIO_GAP_END), (bytes - MMIO_GAP_START) as usize),
+            (
+                GuestAddress(MMIO_GAP_END),
+                (bytes - MMIO_GAP_START) as usize,
+            ),
         ]
     }
 }
@@ -71,7 +74,8 @@ pub fn validate_size(mem_mib: u64, host_mib: Option<u64>) -> Result<(), MemoryEr
 /// Allocate guest memory (anonymous, lazily backed) after validating the size.
 pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     validate_size(mem_mib, host_mem_mib())?;
-    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib)).map_err(|e| MemoryError::Allocate(mem_mib, e))
+    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib))
+        .map_err(|e| MemoryError::Allocate(mem_mib, e))
 }
 
 /// One entry of the memory map the guest is given.
@@ -129,8 +133,14 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                MapEntry { addr: 0, size: EBDA_START },
-                MapEntry { addr: HIMEM_START, size: (128 << 20) - HIMEM_START },
+                MapEntry {
+                    addr: 0,
+                    size: EBDA_START
+                },
+                MapEntry {
+                    addr: HIMEM_START,
+                    size: (128 << 20) - HIMEM_START
+                },
             ]
         );
         let big = usable_ram(4096);

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use devices::legacy::{i8042, BootTimer, ConsoleWriter, SerialDevice, I8042};
 use devices::{EventFdInterrupt, GuestEvent, GuestEventSink};
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{
+    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::layout::{
@@ -87,6 +89,9 @@ pub enum VmError {
     Resource(&'static str, std::io::Error),
 }
 
+/// COM1 with its output on the VMM's stdout.
+type Console = Arc<Mutex<SerialDevice<std::io::Stdout>>>;
+
 /// Turns device reports into exit reasons and boot measurements.
 struct VmEvents {
     exit: Arc<ExitSignal>,
@@ -134,10 +139,7 @@ fn validate_vcpus(vcpus: u8) -> Result<(), VmError> {
 }
 
 /// The legacy devices on the port-I/O bus; returns the bus and COM1 (for console input).
-fn legacy_devices(
-    vm: &VmFd,
-    sink: Arc<dyn GuestEventSink>,
-) -> Result<(Bus, Arc<Mutex<SerialDevice<std::io::Stdout>>>), VmError> {
+fn legacy_devices(vm: &VmFd, sink: Arc<dyn GuestEventSink>) -> Result<(Bus, Console), VmError> {
     let irq = EventFdInterrupt::new().map_err(|e| VmError::Resource("COM1 eventfd", e))?;
     vm.register_irqfd(irq.eventfd(), COM1_IRQ)
         .map_err(|e| VmError::Resource("COM1 irqfd", e.into()))?;
@@ -198,7 +200,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     if extra.is_empty() {
         log::info!("host quirks: {why}");
     } else {
-        log::info!("host quirks: {why}; adding to the kernel command line: {}", extra.join(" "));
+        log::info!(
+            "host quirks: {why}; adding to the kernel command line: {}",
+            extra.join(" ")
+        );
     }
     let cmdline = cmdline::build(config.cmdline.as_deref(), &extra)?;
     let mem = memory::create(config.mem_mib)?;

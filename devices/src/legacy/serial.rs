@@ -62,7 +62,8 @@ impl<W: Write> ConsoleWriter<W> {
     fn end_line(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         if let Some(pos) = text.find(PANIC_MARKER) {
-            self.sink.notify(GuestEvent::Panic(text[pos..].trim_end().to_string()));
+            self.sink
+                .notify(GuestEvent::Panic(text[pos..].trim_end().to_string()));
         }
         self.line.clear();
     }
@@ -72,7 +73,12 @@ impl<W: Write> Write for ConsoleWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.scan(buf);
         // The console is best effort: a closed stdout must not stop the guest.
-        if self.out.write_all(buf).and_then(|()| self.out.flush()).is_err() {
+        if self
+            .out
+            .write_all(buf)
+            .and_then(|()| self.out.flush())
+            .is_err()
+        {
             log::debug!("console output lost ({} bytes)", buf.len());
         }
         Ok(buf.len())
@@ -137,7 +143,11 @@ mod tests {
     const IER: u64 = 1;
     const LSR: u64 = 5;
 
-    fn device() -> (SerialDevice<Vec<u8>>, Arc<EventFdInterrupt>, Arc<RecordingSink>) {
+    fn device() -> (
+        SerialDevice<Vec<u8>>,
+        Arc<EventFdInterrupt>,
+        Arc<RecordingSink>,
+    ) {
         let sink = Arc::new(RecordingSink::default());
         let irq = Arc::new(EventFdInterrupt::new().expect("eventfd"));
         let writer = ConsoleWriter::new(Vec::new(), sink.clone());
@@ -161,7 +171,10 @@ mod tests {
     #[test]
     fn kernel_panic_line_is_reported_once_the_line_ends() {
         let (mut dev, _irq, sink) = device();
-        type_str(&mut dev, "[    3.1] Kernel panic - not syncing: Attempted to kill init!");
+        type_str(
+            &mut dev,
+            "[    3.1] Kernel panic - not syncing: Attempted to kill init!",
+        );
         assert!(sink.events().is_empty(), "reported before the line ended");
         type_str(&mut dev, "\r\n");
         assert_eq!(

@@ -66,8 +66,8 @@ mod tests {
 
     #[test]
     fn topology_and_hypervisor_bit() {
-        let supported = CpuId::from_entries(&[entry(1), entry(4), entry(0xb), entry(7)])
-            .expect("cpuid");
+        let supported =
+            CpuId::from_entries(&[entry(1), entry(4), entry(0xb), entry(7)]).expect("cpuid");
         let c = for_vcpu(&supported, 2, 4);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "APIC id");

@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(seg.limit, 0xffff_ffff);
         assert_eq!(seg.selector, 0x8);
         assert_eq!(seg.type_, 0xb);
-        assert_eq!((seg.present, seg.s, seg.db, seg.g, seg.l, seg.dpl), (1, 1, 1, 1, 0, 0));
+        assert_eq!(
+            (seg.present, seg.s, seg.db, seg.g, seg.l, seg.dpl),
+            (1, 1, 1, 1, 0, 0)
+        );
         assert_eq!(seg.unusable, 0);
     }
 

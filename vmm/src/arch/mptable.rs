@@ -143,7 +143,11 @@ mod tests {
             let count = u16::from_le_bytes([table[34], table[35]]);
             assert_eq!(count, u16::from(n) + 2 + u16::from(IOAPIC_PINS) + 2);
             assert!(t.len() <= 1024, "{n} vCPUs must fit the EBDA");
-            assert_eq!(table[HEADER_LEN + 3], CPU_ENABLED | CPU_BSP, "CPU 0 is the BSP");
+            assert_eq!(
+                table[HEADER_LEN + 3],
+                CPU_ENABLED | CPU_BSP,
+                "CPU 0 is the BSP"
+            );
         }
     }
 

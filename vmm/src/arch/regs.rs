@@ -89,8 +89,10 @@ pub fn boot_fpu() -> kvm_fpu {
 /// Put the boot vCPU at the PVH entry point.
 pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: GuestAddress) -> Result<(), RegsError> {
     let sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
-    vcpu.set_sregs(&pvh_sregs(sregs)).map_err(ioctl("KVM_SET_SREGS"))?;
-    vcpu.set_regs(&pvh_regs(entry)).map_err(ioctl("KVM_SET_REGS"))?;
+    vcpu.set_sregs(&pvh_sregs(sregs))
+        .map_err(ioctl("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&pvh_regs(entry))
+        .map_err(ioctl("KVM_SET_REGS"))?;
     Ok(())
 }
 
@@ -117,8 +119,8 @@ mod tests {
 
     #[test]
     fn boot_tables_land_in_memory() {
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)])
-            .expect("memory");
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).expect("memory");
         write_boot_tables(&mem).expect("tables");
         let code: u64 = mem
             .read_obj(GuestAddress(BOOT_GDT_START + 8))

@@ -17,6 +17,12 @@ pub enum CmdlineError {
         /// Length it would have had.
         len: usize,
     },
+    /// An odd number of double quotes would swallow every argument after it.
+    #[error("--cmdline: {arg:?} has an unbalanced double quote")]
+    UnbalancedQuote {
+        /// The offending piece.
+        arg: String,
+    },
     /// Not a valid command line (non-ASCII, misplaced quotes, unquoted value with spaces).
     #[error("--cmdline: {arg:?} is not a valid kernel argument: {reason}")]
     Invalid {
@@ -38,6 +44,11 @@ pub fn build(user: Option<&str>, extra: &[String]) -> Result<Cmdline, CmdlineErr
         reason,
     })?;
     for part in &parts {
+        if part.matches('"').count() % 2 == 1 {
+            return Err(CmdlineError::UnbalancedQuote {
+                arg: (*part).to_string(),
+            });
+        }
         match cmdline.insert_str(part) {
             Ok(()) => {}
             Err(linux_loader::cmdline::Error::TooLarge) => {
@@ -99,8 +110,15 @@ mod tests {
     }
 
     #[test]
-    fn invalid_argument_is_named() {
+    fn unbalanced_quote_is_refused() {
         let e = build(Some("bad=\"un closed"), &[]).expect_err("invalid");
+        assert!(matches!(e, CmdlineError::UnbalancedQuote { .. }), "{e}");
         assert!(e.to_string().contains("bad="), "{e}");
+    }
+
+    #[test]
+    fn non_ascii_is_refused() {
+        let e = build(Some("name=caf\u{e9}"), &[]).expect_err("invalid");
+        assert!(matches!(e, CmdlineError::Invalid { .. }), "{e}");
     }
 }

@@ -164,12 +164,13 @@ pub fn load_kernel(
             });
         }
     }
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-        |source| LoaderError::Elf {
-            path: path.to_path_buf(),
-            source,
-        },
-    )?;
+    let result =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            LoaderError::Elf {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
             entry,
@@ -231,8 +232,8 @@ mod tests {
 
     #[test]
     fn missing_kernel_names_the_path() {
-        let e = load_kernel(&mem(4), Path::new("/nonexistent/vmlinux"), 4 << 20)
-            .expect_err("missing");
+        let e =
+            load_kernel(&mem(4), Path::new("/nonexistent/vmlinux"), 4 << 20).expect_err("missing");
         let msg = e.to_string();
         assert!(msg.starts_with("--kernel /nonexistent/vmlinux:"), "{msg}");
     }

@@ -80,8 +80,7 @@ mod tests {
 
     #[test]
     fn start_info_points_at_map_cmdline_and_initrd() {
-        let mem =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("memory");
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("memory");
         let initrd = LoadedInitrd {
             addr: GuestAddress(0xf0_0000),
             size: 1234,
@@ -95,7 +94,10 @@ mod tests {
         let second: hvm_memmap_table_entry = mem
             .read_obj(GuestAddress(PVH_MEMMAP_START + 24))
             .expect("read");
-        assert_eq!((second.addr, second.size), (0x10_0000, (16 << 20) - 0x10_0000));
+        assert_eq!(
+            (second.addr, second.size),
+            (0x10_0000, (16 << 20) - 0x10_0000)
+        );
         let module: hvm_modlist_entry =
             mem.read_obj(GuestAddress(PVH_MODLIST_START)).expect("read");
         assert_eq!((module.paddr, module.size), (0xf0_0000, 1234));
