@@ -66,19 +66,24 @@ netmask_to_prefix() {
     case "$1" in
     *.*.*.*) ;;
     *[!0-9]* | "") return 1 ;;
-    *) echo "$1"; return 0 ;;
+    *) [ "$1" -le 32 ] && echo "$1"; return ;;
     esac
     _bits=0
+    _rest=0 # once an octet is not 255, the following ones must be 0
     _old_ifs=$IFS; IFS=.
-    set -- $1
+    set -f; set -- $1; set +f
     IFS=$_old_ifs
+    [ $# -eq 4 ] || return 1
     for _o in "$@"; do
-        case "$_o" in
-        255) _bits=$((_bits + 8)) ;; 254) _bits=$((_bits + 7)) ;; 252) _bits=$((_bits + 6)) ;;
-        248) _bits=$((_bits + 5)) ;; 240) _bits=$((_bits + 4)) ;; 224) _bits=$((_bits + 3)) ;;
-        192) _bits=$((_bits + 2)) ;; 128) _bits=$((_bits + 1)) ;; 0) ;;
+        case "$_rest:$_o" in
+        0:255) _bits=$((_bits + 8)); continue ;;
+        0:254) _bits=$((_bits + 7)) ;; 0:252) _bits=$((_bits + 6)) ;;
+        0:248) _bits=$((_bits + 5)) ;; 0:240) _bits=$((_bits + 4)) ;;
+        0:224) _bits=$((_bits + 3)) ;; 0:192) _bits=$((_bits + 2)) ;;
+        0:128) _bits=$((_bits + 1)) ;; ?:0) ;;
         *) return 1 ;;
         esac
+        _rest=1
     done
     echo "$_bits"
 }
@@ -101,7 +106,7 @@ configure_ip() {
         return 1 ;;
     *:*)
         _old_ifs=$IFS; IFS=:
-        set -- $_spec
+        set -f; set -- $_spec; set +f
         IFS=$_old_ifs
         _client=${1-}; _gw=${3-}; _mask=${4-}; _host=${5-}; _dev=${6-}; _auto=${7-}
         if [ -z "$_client" ]; then

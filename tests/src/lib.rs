@@ -1,5 +1,6 @@
 //! Helpers for slicevisor's end-to-end tests and benchmarks: tiny hand-assembled guests
 //! packaged as PVH ELF kernels, and running the `slicevisor` binary.
 
+pub mod guest;
 pub mod run;
 pub mod tiny_guest;

@@ -5,16 +5,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `slicevisor` binary of the same build profile as the running test.
+/// The `slicevisor` binary of the same build profile as the running program.
 ///
-/// Tests run from `target/<profile>/deps/`; the binary is in `target/<profile>/`. README's test
-/// command builds it first (`cargo build --workspace --bins`).
+/// Tests run from `target/<profile>/deps/`, benchmark binaries from `target/<profile>/`; the
+/// binary is in `target/<profile>/`. README's test command builds it first
+/// (`cargo build --workspace --bins`).
 pub fn slicevisor_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
+    let dir = exe.parent().expect("executable has a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps/ has a parent")
+    } else {
+        dir
+    };
     let bin = profile_dir.join("slicevisor");
     assert!(
         bin.exists(),

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Every test slicevisor has: the guest kernel is built (or taken from its cache) first, because
+# the end-to-end tests boot it. Needs root, /dev/kvm and /dev/net/tun; see README.md.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found (install Rust)" >&2; exit 1; }
+
+step "guest kernel (cached after the first build)"
+bash guest-kernel/build.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build"
+cargo build --workspace --bins
+
+step "tests"
+cargo test --workspace

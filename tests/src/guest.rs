@@ -1,0 +1,24 @@
+//! The project's Linux guest, built by `guest-kernel/build.sh` into `target/guest/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Time one real Linux boot may take here, command and power-off included. Measured on the
+/// PVM test hosts: about 40 s to `SLIVER-READY` with one vCPU (see docs/boot-time.md); the
+/// margin covers a loaded CI machine.
+pub const LINUX_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Paths of the guest kernel and initramfs; panics with the command to build them if absent.
+pub fn artifacts() -> (PathBuf, PathBuf) {
+    let dir = crate::run::repo_root().join("target/guest");
+    let kernel = dir.join("vmlinux");
+    let initrd = dir.join("initramfs.cpio");
+    for p in [&kernel, &initrd] {
+        assert!(
+            p.exists(),
+            "{} is missing: run `bash guest-kernel/build.sh` (README's test command does)",
+            p.display()
+        );
+    }
+    (kernel, initrd)
+}
