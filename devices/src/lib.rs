@@ -7,6 +7,7 @@ pub mod bus;
 pub mod guest_events;
 pub mod interrupt;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::BusDevice;
 pub use guest_events::{GuestEvent, GuestEventSink};

@@ -22,7 +22,10 @@ fn boot(cmdline: &str, vcpus: &str) -> e2e::run::Outcome {
         ],
         LINUX_BOOT_TIMEOUT,
     );
-    eprintln!("boot with {vcpus} vCPU(s) took {:.1} s", out.elapsed.as_secs_f64());
+    eprintln!(
+        "boot with {vcpus} vCPU(s) took {:.1} s",
+        out.elapsed.as_secs_f64()
+    );
     out
 }
 
@@ -37,11 +40,23 @@ fn linux_guest_boots_runs_a_command_and_powers_off() {
         .unwrap_or_else(|| panic!("no SLIVER-READY line:\n{}", out.stdout));
     assert!(ready.starts_with("SLIVER-READY 6.1."), "{ready}");
     let lines: Vec<&str> = out.stdout.lines().map(str::trim_end).collect();
-    assert!(lines.iter().any(|l| l.starts_with("hello from ")), "{}", out.stdout);
+    assert!(
+        lines.iter().any(|l| l.starts_with("hello from ")),
+        "{}",
+        out.stdout
+    );
     // Both vCPUs came up: the MP table described them and the AP answered the SIPI.
-    assert!(lines.contains(&"2"), "nproc should print 2:\n{}", out.stdout);
+    assert!(
+        lines.contains(&"2"),
+        "nproc should print 2:\n{}",
+        out.stdout
+    );
     assert!(lines.contains(&"SLIVER-CMD-EXIT 0"), "{}", out.stdout);
-    assert!(out.stderr.contains("VM ended: guest powered off"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("VM ended: guest powered off"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -49,5 +64,10 @@ fn linux_guest_panic_is_reported_with_exit_code_2() {
     // No init at that path, and the initramfs has no fallback: the kernel panics.
     let out = boot("rdinit=/does-not-exist init=/does-not-exist", "1");
     assert_eq!(out.code(), 2, "{out:?}");
-    assert!(out.stderr.contains("guest kernel panic: Kernel panic - not syncing"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("guest kernel panic: Kernel panic - not syncing"),
+        "{}",
+        out.stderr
+    );
 }

@@ -34,7 +34,13 @@ fn main() {
     let (mut cpu, mut wall, mut overhead, mut rss) = (vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         let out = run(
-            ["run", "--kernel", kernel.to_str().expect("utf8"), "--mem-mib", "128"],
+            [
+                "run",
+                "--kernel",
+                kernel.to_str().expect("utf8"),
+                "--mem-mib",
+                "128",
+            ],
             Duration::from_secs(60),
         );
         assert_eq!(out.code(), 0, "{out:?}");
@@ -49,7 +55,10 @@ fn main() {
         overhead.push(field(&format!("{line} END"), "KiB END"));
     }
     println!("VMM start -> first guest instruction ({runs} runs, 1 vCPU, 128 MiB, tiny PVH guest)");
-    println!("{:<28} {:>9} {:>9} {:>9} {:>9}", "metric", "median", "p90", "min", "max");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "metric", "median", "p90", "min", "max"
+    );
     for (name, values) in [
         ("CPU time (ms)", &cpu),
         ("wall since VM setup (ms)", &wall),

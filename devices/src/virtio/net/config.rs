@@ -1,0 +1,115 @@
+//! virtio-net configuration space and MAC addresses.
+
+use std::fmt;
+use std::str::FromStr;
+
+use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
+
+/// An Ethernet MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+/// A MAC address string that is not six hex octets separated by colons.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("mac={0:?}: expected six hex octets like 02:00:00:00:00:01")]
+pub struct BadMac(pub String);
+
+impl FromStr for MacAddr {
+    type Err = BadMac;
+
+    fn from_str(s: &str) -> Result<Self, BadMac> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut out {
+            let part = parts.next().ok_or_else(|| BadMac(s.into()))?;
+            if part.len() != 2 {
+                return Err(BadMac(s.into()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| BadMac(s.into()))?;
+        }
+        if parts.next().is_some() {
+            return Err(BadMac(s.into()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl MacAddr {
+    /// A locally administered unicast address derived from `seed` (e.g. a device index).
+    pub fn local(seed: u32) -> Self {
+        let b = seed.to_be_bytes();
+        MacAddr([0x02, 0x5c, b[0], b[1], b[2], b[3]])
+    }
+
+    /// Whether the multicast bit is set (then it cannot be a NIC's own address).
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+}
+
+/// `struct virtio_net_config` up to `status`: mac[6], status u16.
+pub fn config_bytes(mac: MacAddr) -> [u8; 8] {
+    let mut c = [0u8; 8];
+    c[..6].copy_from_slice(&mac.0);
+    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    c
+}
+
+/// Copy `data.len()` bytes of `config` at `offset`; bytes past the end read as zero.
+pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parse_and_print() {
+        let m: MacAddr = "02:00:0a:0B:ff:01".parse().expect("mac");
+        assert_eq!(m.0, [2, 0, 0x0a, 0x0b, 0xff, 1]);
+        assert_eq!(m.to_string(), "02:00:0a:0b:ff:01");
+        for bad in [
+            "",
+            "02:00:0a:0b:ff",
+            "02:00:0a:0b:ff:01:02",
+            "2:00:0a:0b:ff:01",
+            "zz:00:0a:0b:ff:01",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert!(!MacAddr::local(7).is_multicast());
+    }
+
+    #[test]
+    fn config_space_reads() {
+        let c = config_bytes(MacAddr([1, 2, 3, 4, 5, 6]));
+        let mut d = [0u8; 4];
+        read_config(&c, 4, &mut d);
+        assert_eq!(d, [5, 6, 1, 0], "mac tail then status LINK_UP");
+        read_config(&c, 7, &mut d);
+        assert_eq!(d, [0, 0, 0, 0]);
+        read_config(&c, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config(&c, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+}

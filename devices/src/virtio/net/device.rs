@@ -1,0 +1,282 @@
+//! The virtio-net device: state, the virtio interface, and its event-loop subscriber.
+
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::backend::NetBackend;
+use super::config::{self, MacAddr};
+use super::counters::{inc, NetCounters};
+use super::policy::PacketPolicy;
+use super::{FRAME_BUF_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
+use crate::virtio::{feature, VirtioInterrupt};
+
+const EV_STATE: u32 = 0;
+const EV_RX_QUEUE: u32 = 1;
+const EV_TX_QUEUE: u32 = 2;
+const EV_BACKEND: u32 = 3;
+
+/// Queues and memory while the driver has the device running.
+pub(super) struct Active {
+    pub(super) mem: GuestMemoryMmap,
+    pub(super) rx: Queue,
+    pub(super) tx: Queue,
+    pub(super) interrupt: Arc<VirtioInterrupt>,
+    health: Arc<DeviceHealth>,
+}
+
+impl Active {
+    /// Give up on the driver's rings until it resets the device.
+    pub(super) fn fail(&self, why: &str, counters: &NetCounters) {
+        inc(&counters.needs_reset);
+        self.health.fail(why, &self.interrupt);
+    }
+
+    /// Whether the available index moved further than a ring can hold (a driver bug or an
+    /// attack); then nothing in the ring can be trusted.
+    pub(super) fn avail_index_invalid(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
+        match queue.avail_idx(mem, Ordering::Acquire) {
+            Ok(idx) => (idx - Wrapping(queue.next_avail())).0 > queue.size(),
+            Err(_) => true,
+        }
+    }
+}
+
+/// A virtio-net device on backend `B`.
+pub struct NetDevice<B: NetBackend> {
+    pub(super) backend: B,
+    pub(super) policy: Box<dyn PacketPolicy>,
+    config: [u8; 8],
+    avail_features: u64,
+    acked_features: u64,
+    pub(super) counters: Arc<NetCounters>,
+    pub(super) queue_evts: [EventFd; 2],
+    state_evt: EventFd,
+    pub(super) active: Option<Active>,
+    pub(super) tx_buf: Box<[u8]>,
+    pub(super) rx_buf: Box<[u8]>,
+    /// A frame read from the backend that waits for a guest RX buffer.
+    pub(super) rx_pending: Option<usize>,
+    /// No guest RX buffer: stop reading the backend until the guest kicks RX.
+    pub(super) rx_blocked: bool,
+    /// The backend would block: wait for it to become writable.
+    pub(super) tx_blocked: bool,
+    backend_interest: EventSet,
+}
+
+impl<B: NetBackend> std::fmt::Debug for NetDevice<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDevice")
+            .field("mac", &self.mac())
+            .field("active", &self.active.is_some())
+            .field("counters", &self.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: NetBackend> NetDevice<B> {
+    /// A device with MAC `mac` on `backend`, deciding per frame with `policy`.
+    pub fn new(backend: B, mac: MacAddr, policy: Box<dyn PacketPolicy>) -> std::io::Result<Self> {
+        let evt = || EventFd::new(libc::EFD_NONBLOCK);
+        Ok(Self {
+            backend,
+            policy,
+            config: config::config_bytes(mac),
+            avail_features: feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC),
+            acked_features: 0,
+            counters: Arc::new(NetCounters::default()),
+            queue_evts: [evt()?, evt()?],
+            state_evt: evt()?,
+            active: None,
+            tx_buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
+            rx_buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
+            rx_pending: None,
+            rx_blocked: false,
+            tx_blocked: false,
+            backend_interest: EventSet::empty(),
+        })
+    }
+
+    /// The MAC address in config space.
+    pub fn mac(&self) -> MacAddr {
+        let mut m = [0u8; 6];
+        m.copy_from_slice(&self.config[..6]);
+        MacAddr(m)
+    }
+
+    /// The device's counters (shared; stays valid after the device is gone).
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+
+    /// Features the driver accepted.
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The backend (for tests and diagnostics).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn wake_event_loop(&self) {
+        if let Err(e) = self.state_evt.write(1) {
+            log::error!("virtio-net: waking the event loop: {e}");
+        }
+    }
+
+    /// Which backend readiness we want to hear about now.
+    fn wanted_interest(&self) -> EventSet {
+        let mut set = EventSet::empty();
+        if self.active.is_some() {
+            if !self.rx_blocked {
+                set |= EventSet::IN;
+            }
+            if self.tx_blocked {
+                set |= EventSet::OUT;
+            }
+        }
+        set
+    }
+
+    fn update_backend_interest(&mut self, ops: &mut EventOps) {
+        let wanted = self.wanted_interest();
+        if wanted != self.backend_interest {
+            match ops.modify(Events::with_data(&self.backend, EV_BACKEND, wanted)) {
+                Ok(()) => self.backend_interest = wanted,
+                Err(e) => log::error!("virtio-net: updating backend interest: {e:?}"),
+            }
+        }
+    }
+}
+
+impl<B: NetBackend> VirtioDevice for NetDevice<B> {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn queue_evts(&self) -> &[EventFd] {
+        &self.queue_evts
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        config::read_config(&self.config, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        // virtio 1.x: the MAC is read-only unless VIRTIO_NET_F_CTRL_MAC_ADDR (not offered).
+        log::debug!(
+            "virtio-net: ignored {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        let Activation {
+            mem,
+            mut queues,
+            interrupt,
+            health,
+        } = activation;
+        if queues.len() != 2 {
+            return Err(ActivateError::QueueCount {
+                expected: 2,
+                got: queues.len(),
+            });
+        }
+        let tx = queues.remove(TX_QUEUE);
+        let rx = queues.remove(RX_QUEUE);
+        self.active = Some(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            health,
+        });
+        self.rx_blocked = false;
+        self.tx_blocked = false;
+        self.wake_event_loop();
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.acked_features = 0;
+        self.rx_pending = None;
+        self.rx_blocked = false;
+        self.tx_blocked = false;
+        self.wake_event_loop();
+    }
+}
+
+impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            EV_STATE => {
+                let _ = self.state_evt.read();
+                // Freshly activated: handle anything the guest queued before we listened.
+                self.process_tx();
+                self.process_rx();
+            }
+            EV_RX_QUEUE => {
+                let _ = self.queue_evts[RX_QUEUE].read();
+                self.rx_blocked = false;
+                self.process_rx();
+            }
+            EV_TX_QUEUE => {
+                let _ = self.queue_evts[TX_QUEUE].read();
+                self.process_tx();
+            }
+            EV_BACKEND => {
+                let set = events.event_set();
+                if set.contains(EventSet::OUT) {
+                    self.tx_blocked = false;
+                    self.process_tx();
+                }
+                if set.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+                    self.process_rx();
+                }
+            }
+            other => log::error!("virtio-net: unexpected event data {other}"),
+        }
+        self.update_backend_interest(ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let registrations = [
+            Events::with_data(&self.state_evt, EV_STATE, EventSet::IN),
+            Events::with_data(&self.queue_evts[RX_QUEUE], EV_RX_QUEUE, EventSet::IN),
+            Events::with_data(&self.queue_evts[TX_QUEUE], EV_TX_QUEUE, EventSet::IN),
+            Events::with_data(&self.backend, EV_BACKEND, EventSet::empty()),
+        ];
+        for events in registrations {
+            if let Err(e) = ops.add(events) {
+                log::error!("virtio-net: registering with the event loop: {e:?}");
+            }
+        }
+        self.backend_interest = EventSet::empty();
+        self.update_backend_interest(ops);
+    }
+}

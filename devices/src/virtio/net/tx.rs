@@ -1,0 +1,110 @@
+//! The transmit pipeline: descriptor chain → frame checks → policy → backend.
+
+use std::io::ErrorKind;
+
+use virtio_queue::{QueueOwnedT, QueueT};
+
+use super::backend::NetBackend;
+use super::chain::{gather, ChainError};
+use super::counters::{add, inc};
+use super::device::{Active, NetDevice};
+use super::frame::check_tx_frame;
+use super::policy::Verdict;
+use super::{QUEUE_SIZE, TX_QUEUE, VNET_HDR_LEN};
+
+/// What happened to one chain.
+enum TxOutcome {
+    /// Written to the backend.
+    Sent(usize),
+    /// Dropped (counted by the caller).
+    Dropped,
+    /// The backend would block: put the chain back and wait.
+    Blocked,
+}
+
+impl<B: NetBackend> NetDevice<B> {
+    /// Send everything the guest queued (bounded per call; re-kicks itself if more remain).
+    pub(super) fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        if self.tx_blocked {
+            return;
+        }
+        if Active::avail_index_invalid(&active.tx, &active.mem) {
+            active.fail(
+                "TX avail index moved by more than the queue size",
+                &self.counters,
+            );
+            self.active = None;
+            return;
+        }
+        let mut returned = 0u32;
+        loop {
+            let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) else {
+                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                match active.tx.enable_notification(&active.mem) {
+                    Ok(true) => continue,
+                    _ => break,
+                }
+            };
+            let head = chain.head_index();
+            // Stage 1: descriptor chain.
+            let outcome = match gather(&mut chain, &mut self.tx_buf) {
+                Err(e) => {
+                    log::debug!("virtio-net TX: dropping chain {head}: {e}");
+                    if e != ChainError::TooLong {
+                        inc(&self.counters.malformed_chains);
+                    }
+                    TxOutcome::Dropped
+                }
+                Ok(len) => {
+                    let buf = &self.tx_buf[..len];
+                    // Stage 2: frame checks. Stage 3: policy. Stage 4: backend.
+                    if let Err(e) = check_tx_frame(buf) {
+                        log::debug!("virtio-net TX: dropping frame: {e}");
+                        TxOutcome::Dropped
+                    } else if self.policy.on_tx(&buf[VNET_HDR_LEN..]) == Verdict::Drop {
+                        TxOutcome::Dropped
+                    } else {
+                        match self.backend.write_frame(buf) {
+                            Ok(_) => TxOutcome::Sent(len - VNET_HDR_LEN),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => TxOutcome::Blocked,
+                            Err(e) => {
+                                log::debug!("virtio-net TX: backend write: {e}");
+                                TxOutcome::Dropped
+                            }
+                        }
+                    }
+                }
+            };
+            match outcome {
+                TxOutcome::Blocked => {
+                    active.tx.go_to_previous_position();
+                    inc(&self.counters.tx_backend_full);
+                    self.tx_blocked = true;
+                    break;
+                }
+                TxOutcome::Sent(bytes) => {
+                    inc(&self.counters.tx_packets);
+                    add(&self.counters.tx_bytes, bytes as u64);
+                }
+                TxOutcome::Dropped => inc(&self.counters.tx_dropped),
+            }
+            if active.tx.add_used(&active.mem, head, 0).is_err() {
+                active.fail("TX used ring is outside guest memory", &self.counters);
+                self.active = None;
+                return;
+            }
+            returned += 1;
+            if returned >= u32::from(QUEUE_SIZE) {
+                // Fairness: let RX and other devices run, then continue.
+                let _ = self.queue_evts[TX_QUEUE].write(1);
+                break;
+            }
+        }
+        if returned > 0 && active.tx.needs_notification(&active.mem).unwrap_or(true) {
+            active.interrupt.signal_used_queue();
+        }
+    }
+}
