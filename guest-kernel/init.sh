@@ -23,52 +23,64 @@ mount -t sysfs sysfs /sys || say "cannot mount /sys"
 # devtmpfs is not mounted automatically on an initramfs; fine if it already is.
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || true
 
-echo "SLIVER-READY $(uname -r)"
+# No forks below unless needed: under the development hosts' emulated ring 0 every
+# fork+exec costs seconds (see README.md), so helpers set variables instead of
+# being called as $(...), and the release comes from /proc rather than uname.
+rel=
+read -r rel </proc/sys/kernel/osrelease 2>/dev/null || rel=$(uname -r)
+echo "SLIVER-READY $rel"
 
-# cmdline_param NAME: value of NAME=... from /proc/cmdline, quoting as the kernel does
-# it (double quotes group words; the quotes around a value are dropped).
+cmdline=
+read -r cmdline </proc/cmdline 2>/dev/null || true
+
+# cmdline_param NAME: set $val to the value of NAME=... on /proc/cmdline, split as
+# the kernel does (double quotes group words; one pair around the value is dropped).
+# Pure shell, so no fork. Returns 1 if NAME is absent; the last occurrence wins.
 cmdline_param() {
-    awk -v want="$1" '
-    {
-        n = split($0, c, "")
-        inq = 0; tok = ""; ntok = 0
-        for (i = 1; i <= n + 1; i++) {
-            ch = (i <= n) ? c[i] : " "
-            if (ch == "\"") inq = !inq
-            if (!inq && (ch == " " || ch == "\t" || ch == "\n")) {
-                if (tok != "") toks[++ntok] = tok
-                tok = ""
-            } else tok = tok ch
-        }
-        for (i = 1; i <= ntok; i++) {
-            eq = index(toks[i], "=")
-            if (eq == 0 || substr(toks[i], 1, eq - 1) != want) continue
-            v = substr(toks[i], eq + 1)
-            gsub(/"/, "", v)
-            val = v; found = 1        # the last occurrence wins, as in the kernel
-        }
-    }
-    END { if (found) print val; exit !found }' /proc/cmdline 2>/dev/null
+    _rest=$cmdline
+    _found=1
+    val=
+    while [ -n "$_rest" ]; do
+        _tok=
+        _inq=0
+        while [ -n "$_rest" ]; do
+            _c=${_rest%"${_rest#?}"}
+            _rest=${_rest#?}
+            case "$_c" in
+            '"') _inq=$((1 - _inq)) ;;
+            ' ' | '	') [ $_inq = 0 ] && break ;;
+            esac
+            _tok=$_tok$_c
+        done
+        case "$_tok" in
+        "$1="*)
+            val=${_tok#*=}
+            val=${val#\"}
+            val=${val%\"}
+            _found=0
+            ;;
+        esac
+    done
+    return $_found
 }
 
-# param NAME: environment first (the kernel already split and unquoted it).
+# param NAME: set $val from init's environment (the kernel already split and
+# unquoted it), else from /proc/cmdline. Returns 1 if NAME was not given.
 param() {
-    eval "_v=\${$1-}"
-    if [ -n "$_v" ]; then
-        printf '%s\n' "$_v"
-    else
-        cmdline_param "$1"
-    fi
+    eval "val=\${$1-}"
+    [ -n "$val" ] && return 0
+    cmdline_param "$1"
 }
 
-# netmask_to_prefix 255.255.255.0 -> 24 (a plain number is taken as a prefix)
+# netmask_to_prefix 255.255.255.0: set $prefix to 24 (a plain number is taken as a
+# prefix). Returns 1 for a malformed or non-contiguous mask.
 netmask_to_prefix() {
     case "$1" in
     *.*.*.*) ;;
     *[!0-9]* | "") return 1 ;;
-    *) [ "$1" -le 32 ] && echo "$1"; return ;;
+    *) [ "$1" -le 32 ] || return 1; prefix=$1; return 0 ;;
     esac
-    _bits=0
+    prefix=0
     _rest=0 # once an octet is not 255, the following ones must be 0
     _old_ifs=$IFS; IFS=.
     set -f; set -- $1; set +f
@@ -76,24 +88,25 @@ netmask_to_prefix() {
     [ $# -eq 4 ] || return 1
     for _o in "$@"; do
         case "$_rest:$_o" in
-        0:255) _bits=$((_bits + 8)); continue ;;
-        0:254) _bits=$((_bits + 7)) ;; 0:252) _bits=$((_bits + 6)) ;;
-        0:248) _bits=$((_bits + 5)) ;; 0:240) _bits=$((_bits + 4)) ;;
-        0:224) _bits=$((_bits + 3)) ;; 0:192) _bits=$((_bits + 2)) ;;
-        0:128) _bits=$((_bits + 1)) ;; ?:0) ;;
+        0:255) prefix=$((prefix + 8)); continue ;;
+        0:254) prefix=$((prefix + 7)) ;; 0:252) prefix=$((prefix + 6)) ;;
+        0:248) prefix=$((prefix + 5)) ;; 0:240) prefix=$((prefix + 4)) ;;
+        0:224) prefix=$((prefix + 3)) ;; 0:192) prefix=$((prefix + 2)) ;;
+        0:128) prefix=$((prefix + 1)) ;; ?:0) ;;
         *) return 1 ;;
         esac
         _rest=1
     done
-    echo "$_bits"
 }
 
-# Class-based default prefix, as the kernel uses for ip= without a netmask.
+# default_prefix ADDR: set $prefix class-based, as the kernel does for ip= without
+# a netmask.
 default_prefix() {
     _o1=${1%%.*}
-    if [ "$_o1" -lt 128 ] 2>/dev/null; then echo 8
-    elif [ "$_o1" -lt 192 ] 2>/dev/null; then echo 16
-    else echo 24; fi
+    case "$_o1" in *[!0-9]* | "") _o1=255 ;; esac
+    if [ "$_o1" -lt 128 ]; then prefix=8
+    elif [ "$_o1" -lt 192 ]; then prefix=16
+    else prefix=24; fi
 }
 
 configure_ip() {
@@ -117,25 +130,25 @@ configure_ip() {
         */*) _addr=$_client ;;
         *)
             if [ -n "$_mask" ]; then
-                _prefix=$(netmask_to_prefix "$_mask") || {
+                netmask_to_prefix "$_mask" || {
                     say "ip=$_spec: bad netmask '$_mask'"
                     return 1
                 }
             else
-                _prefix=$(default_prefix "$_client")
+                default_prefix "$_client"
             fi
-            _addr=$_client/$_prefix ;;
+            _addr=$_client/$prefix ;;
         esac ;;
     */*) _addr=$_spec ;;
-    *) _addr=$_spec/$(default_prefix "$_spec") ;;
+    *) default_prefix "$_spec"; _addr=$_spec/$prefix ;;
     esac
     _dev=${_dev:-eth0}
 
     ip link set lo up || say "cannot bring up lo"
     # Built-in drivers probe before init runs, but give a late device a moment.
     _i=0
-    while [ ! -e "/sys/class/net/$_dev" ] && [ $_i -lt 50 ]; do
-        sleep 0.1
+    while [ ! -e "/sys/class/net/$_dev" ] && [ $_i -lt 5 ]; do
+        sleep 1
         _i=$((_i + 1))
     done
     if [ ! -e "/sys/class/net/$_dev" ]; then
@@ -153,20 +166,16 @@ configure_ip() {
     fi
 }
 
-ip_param=$(param ip) || true
-if [ -n "$ip_param" ]; then
-    configure_ip "$ip_param" || say "network configuration failed"
+if param ip; then
+    configure_ip "$val" || say "network configuration failed"
 fi
 
-cmd=$(param sliver_cmd) || true
-if [ -n "$cmd" ]; then
-    sh -c "$cmd"
-    status=$?
-    echo "SLIVER-CMD-EXIT $status"
+if param sliver_cmd; then
+    sh -c "$val"
+    echo "SLIVER-CMD-EXIT $?"
 fi
 
-shell=$(param sliver_shell) || true
-if [ "$shell" = 1 ]; then
+if param sliver_shell && [ "$val" = 1 ]; then
     say "starting a shell on the console; exit it to power off"
     # cttyhack opens the real tty behind /dev/console so that ^C and job control work.
     setsid cttyhack sh -l </dev/console >/dev/console 2>&1

@@ -1,6 +1,7 @@
 //! The project's Linux guest, built by `guest-kernel/build.sh` into `target/guest/`.
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Time one real Linux boot may take here, command and power-off included. Measured on the
@@ -21,4 +22,12 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
         );
     }
     (kernel, initrd)
+}
+
+/// Linux boots are CPU-bound emulation here; two at once take more than twice as long. Tests
+/// in one test binary hold this while their guest runs (cargo runs test binaries one at a
+/// time), so each boot gets the machine.
+pub fn boot_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }

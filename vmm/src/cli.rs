@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::exit::EXIT_SETUP_ERROR;
 use crate::host_quirks::QuirkMode;
+use crate::net_spec::NetSpec;
 use crate::vm::{self, VmConfig};
 
 /// slicevisor: PlanetLab-style slivers as KVM micro-VMs.
@@ -48,6 +49,9 @@ pub struct RunArgs {
     /// Kernel command-line workarounds for PVM-native KVM hosts.
     #[arg(long, value_enum, default_value_t = QuirkMode::Auto)]
     pub host_quirks: QuirkMode,
+    /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC]. Repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<NetSpec>,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -59,6 +63,7 @@ impl From<RunArgs> for VmConfig {
             mem_mib: a.mem_mib,
             vcpus: a.vcpus,
             host_quirks: a.host_quirks,
+            net: a.net,
         }
     }
 }

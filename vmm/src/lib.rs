@@ -10,5 +10,7 @@ pub mod host_quirks;
 pub mod kvm_vm;
 pub mod memory;
 pub mod metrics;
+pub mod net_spec;
 pub mod vcpu;
+pub mod virtio_mmio;
 pub mod vm;

@@ -23,7 +23,9 @@ use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host_quirks::{self, QuirkMode};
 use crate::memory::{self, MemoryError};
+use crate::net_spec::NetSpec;
 use crate::vcpu::{self, VcpuContext, VcpuError};
+use crate::virtio_mmio::{AttachError, AttachedNet, VirtioAttacher};
 use crate::{kvm_vm, metrics};
 
 /// Enough CPUID entries for any current x86 CPU.
@@ -46,6 +48,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Whether to apply the PVM-host command-line workarounds.
     pub host_quirks: QuirkMode,
+    /// Network devices.
+    pub net: Vec<NetSpec>,
 }
 
 /// Errors building the VM; each message names what failed.
@@ -84,6 +88,9 @@ pub enum VmError {
     /// Event loop setup.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
+    /// A virtio device could not be attached.
+    #[error(transparent)]
+    Attach(#[from] AttachError),
     /// A system resource (eventfd, irqfd, CPUID query) failed.
     #[error("{0}: {1}")]
     Resource(&'static str, std::io::Error),
@@ -191,6 +198,17 @@ fn stop_vcpus(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+fn log_net_counters(nets: &[AttachedNet]) {
+    for (i, net) in nets.iter().enumerate() {
+        let c = net.counters.snapshot();
+        log::info!(
+            "net{i} (tap {}): tx {} packets {} bytes, {} dropped; rx {} packets {} bytes, {} dropped; {} malformed chains, {} waits for RX buffers",
+            net.tap, c.tx_packets, c.tx_bytes, c.tx_dropped, c.rx_packets, c.rx_bytes,
+            c.rx_dropped, c.malformed_chains, c.rx_no_buffer
+        );
+    }
+}
+
 /// Build the VM from `config`, run it until it ends, tear it down, and say why it ended.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let start = Instant::now();
@@ -205,10 +223,31 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
             extra.join(" ")
         );
     }
-    let cmdline = cmdline::build(config.cmdline.as_deref(), &extra)?;
+    // Check the user's command line before anything is allocated.
+    cmdline::build(config.cmdline.as_deref(), &extra)?;
     let mem = memory::create(config.mem_mib)?;
     let kvm = kvm_vm::open(config.vcpus)?;
     let vm = kvm_vm::create_vm(&kvm, &mem)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
+    let mut event_loop = EventLoop::new(exit.clone())?;
+    let sink: Arc<dyn GuestEventSink> = Arc::new(VmEvents {
+        exit: exit.clone(),
+        start,
+        guest_ranges: host_ranges(&mem),
+    });
+    let (pio, serial) = legacy_devices(&vm, sink)?;
+    event_loop.add_console_input(serial);
+    let mut mmio = Bus::new();
+    let mut attacher = VirtioAttacher::new(&vm, &mem, &mut mmio);
+    let nets = config
+        .net
+        .iter()
+        .map(|spec| attacher.attach_net(spec, &mut event_loop))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut args = extra;
+    args.extend_from_slice(attacher.cmdline_args());
+    let cmdline = cmdline::build(config.cmdline.as_deref(), &args)?;
 
     let ram_end = memory::low_ram_end(config.mem_mib);
     let kernel = loader::load_kernel(&mem, &config.kernel, ram_end)?;
@@ -229,17 +268,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         config.vcpus,
         cmdline::as_string(&cmdline)
     );
-
-    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
-    let sink: Arc<dyn GuestEventSink> = Arc::new(VmEvents {
-        exit: exit.clone(),
-        start,
-        guest_ranges: host_ranges(&mem),
-    });
-    let (pio, serial) = legacy_devices(&vm, sink)?;
     let ctx = VcpuContext {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
         exit: exit.clone(),
     };
 
@@ -253,8 +284,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    let mut event_loop = EventLoop::new(exit.clone())?;
-    event_loop.add_console_input(serial);
     install_kick_handler()?;
 
     let mut handles = Vec::with_capacity(vcpu_fds.len());
@@ -270,6 +299,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     }
     event_loop.run_until_exit();
     stop_vcpus(handles);
+    log_net_counters(&nets);
     // Guest memory (`mem`) is dropped only here, after every vCPU thread has been joined.
     drop(vm);
     Ok(exit

@@ -239,6 +239,23 @@ impl GuestDriver {
         self.mem.write_obj(idx, at).expect("avail idx");
     }
 
+    /// Put `count` heads in the avail ring of queue `q` and publish them with one index
+    /// update, as a driver does for a batch: heads `0..count`, whose descriptors (and data)
+    /// were written before, e.g. by [`GuestDriver::add_buffer`]. No kick.
+    pub fn republish(&mut self, q: u16, count: u16) {
+        let dq = &mut self.queues[usize::from(q)];
+        for head in 0..count {
+            let slot = dq.avail + 4 + u64::from(dq.avail_idx.wrapping_add(head) % dq.size) * 2;
+            self.mem
+                .write_obj(head, GuestAddress(slot))
+                .expect("avail ring");
+        }
+        dq.avail_idx = dq.avail_idx.wrapping_add(count);
+        let idx = dq.avail_idx;
+        let at = GuestAddress(dq.avail + 2);
+        self.mem.write_obj(idx, at).expect("avail idx");
+    }
+
     /// Overwrite the avail index of queue `q` (for the "index jumps" attack).
     pub fn set_avail_idx(&mut self, q: u16, idx: u16) {
         let at = GuestAddress(self.queue(q).avail + 2);

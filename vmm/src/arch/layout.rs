@@ -41,3 +41,10 @@ pub const COM1_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
 /// Boot-timer marker port (unused on a PC; QEMU's isa-debug-exit lives elsewhere).
 pub const BOOT_TIMER_PORT: u16 = 0x440;
+
+/// First virtio-mmio window (each device gets 4 KiB), inside the MMIO hole.
+pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
+/// First IRQ for virtio devices (COM1 has 4).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// virtio devices per VM (IRQs 5..=12).
+pub const VIRTIO_MMIO_MAX_DEVICES: usize = 8;

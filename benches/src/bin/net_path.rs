@@ -1,0 +1,316 @@
+//! The virtio-net packet path against a raw TAP loop, side by side in one run.
+//!
+//! TX: guest-driver harness → virtio-net device → TAP, versus `write(2)` of the same frames
+//! on the same TAP. RX: TAP → device → harness buffers, versus `read(2)` on the same TAP;
+//! RX frames are injected through an AF_PACKET socket on the TAP between timed phases.
+//! Frames are Ethernet frames of 64 and 1500 bytes plus the 12-byte virtio header.
+//!
+//! Run (root, needs /dev/net/tun): `cargo build --release -p benches && target/release/net_path`
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use devices::virtio::feature;
+use devices::virtio::net::NetBackend;
+use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Tap, QUEUE_SIZE, VNET_HDR_LEN};
+use devices::virtio::test_utils::GuestDriver;
+use e2e::netns::NetNs;
+use event_manager::{EventManager, SubscriberOps};
+
+const TAP: &str = "svbench0";
+const BATCH: usize = QUEUE_SIZE as usize;
+const VERSION_1: u32 = 32;
+const F_MAC: u32 = 5;
+
+type Dev = Arc<Mutex<NetDevice<Tap>>>;
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Packets, wall seconds and CPU nanoseconds of one measured run.
+#[derive(Clone, Copy)]
+struct Run {
+    packets: u64,
+    secs: f64,
+    cpu_ns: u64,
+}
+
+impl Run {
+    fn pps(&self) -> f64 {
+        self.packets as f64 / self.secs
+    }
+    fn gbps(&self, frame: usize) -> f64 {
+        self.pps() * frame as f64 * 8.0 / 1e9
+    }
+    fn cpu_per_packet(&self) -> f64 {
+        self.cpu_ns as f64 / self.packets as f64
+    }
+}
+
+/// Time `batches` calls of `f`, excluding whatever `setup` does before each.
+fn measure<S>(
+    batches: usize,
+    state: &mut S,
+    mut setup: impl FnMut(&mut S),
+    mut f: impl FnMut(&mut S) -> u64,
+) -> Run {
+    let (mut packets, mut secs, mut cpu) = (0u64, 0f64, 0u64);
+    for _ in 0..batches {
+        setup(state);
+        let (t, c) = (Instant::now(), thread_cpu_ns());
+        packets += f(state);
+        secs += t.elapsed().as_secs_f64();
+        cpu += thread_cpu_ns() - c;
+    }
+    Run {
+        packets,
+        secs,
+        cpu_ns: cpu,
+    }
+}
+
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; VNET_HDR_LEN + len];
+    let eth = &mut f[VNET_HDR_LEN..];
+    eth[..6].copy_from_slice(&[0x02, 0, 0, 0, 0xbe, 0xef]); // to nobody in the namespace
+    eth[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x00, 0x01]);
+    eth[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+    f
+}
+
+struct DevicePath {
+    driver: GuestDriver,
+    em: EventManager<Dev>,
+}
+
+impl DevicePath {
+    fn new() -> Self {
+        let tap = Tap::open(TAP).expect("open bench TAP");
+        let dev: Dev = Arc::new(Mutex::new(
+            NetDevice::new(tap, MacAddr::local(1), Box::new(ForwardAll)).expect("device"),
+        ));
+        let mut em = EventManager::<Dev>::new().expect("event manager");
+        em.add_subscriber(dev.clone());
+        let mut driver = GuestDriver::new(dev);
+        driver.init(feature(VERSION_1) | feature(F_MAC), 2, QUEUE_SIZE);
+        while em.run_with_timeout(0).expect("loop") > 0 {}
+        Self { driver, em }
+    }
+
+    fn pump(&mut self) {
+        while self.em.run_with_timeout(0).expect("loop") > 0 {}
+    }
+}
+
+/// An AF_PACKET socket on the TAP: what it sends, the TAP fd reads.
+struct Injector {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Injector {
+    fn new() -> Self {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let name = std::ffi::CString::new(TAP).expect("name");
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "no interface {TAP}");
+        // SAFETY: zeroed sockaddr_ll is a valid value; we fill the fields bind needs.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: bind with a properly sized sockaddr_ll.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` is a socket we just opened and own exclusively.
+        Self {
+            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
+        }
+    }
+
+    fn send(&self, eth: &[u8], count: usize) {
+        for _ in 0..count {
+            // SAFETY: sending from a valid buffer of the given length.
+            let n = unsafe { libc::send(self.fd.as_raw_fd(), eth.as_ptr().cast(), eth.len(), 0) };
+            assert_eq!(
+                n as usize,
+                eth.len(),
+                "inject: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+fn tx_device(len: usize, batches: usize) -> Run {
+    let mut p = DevicePath::new();
+    let f = frame(len);
+    // The guest's part, done once: descriptors and frame data for every slot.
+    for _ in 0..BATCH {
+        p.driver.add_buffer(1, Some(&f), 0);
+    }
+    p.driver.kick(1);
+    p.pump();
+    p.driver.take_used(1);
+    measure(
+        batches,
+        &mut p,
+        |_| {},
+        |p| {
+            p.driver.republish(1, BATCH as u16);
+            p.driver.kick(1);
+            p.pump();
+            p.driver.take_used(1).len() as u64
+        },
+    )
+}
+
+fn tx_raw(len: usize, batches: usize) -> Run {
+    let mut tap = Tap::open(TAP).expect("tap");
+    let f = frame(len);
+    measure(
+        batches,
+        &mut tap,
+        |_| {},
+        |tap| {
+            for _ in 0..BATCH {
+                tap.write_frame(&f).expect("raw write");
+            }
+            BATCH as u64
+        },
+    )
+}
+
+fn rx_device(len: usize, batches: usize, inj: &Injector) -> Run {
+    let mut p = DevicePath::new();
+    let f = frame(len);
+    for _ in 0..BATCH {
+        p.driver.add_buffer(0, None, (VNET_HDR_LEN + len) as u32);
+    }
+    p.driver.kick(0);
+    p.pump();
+    let mut first = true;
+    measure(
+        batches,
+        &mut p,
+        |p| {
+            if !std::mem::take(&mut first) {
+                p.driver.republish(0, BATCH as u16);
+            }
+            p.driver.kick(0);
+            p.pump();
+            inj.send(&f[VNET_HDR_LEN..], BATCH);
+        },
+        |p| {
+            p.pump();
+            p.driver.take_used(0).len() as u64
+        },
+    )
+}
+
+fn rx_raw(len: usize, batches: usize, inj: &Injector) -> Run {
+    let mut tap = Tap::open(TAP).expect("tap");
+    let f = frame(len);
+    let mut buf = vec![0u8; 65_600];
+    measure(
+        batches,
+        &mut tap,
+        |_| inj.send(&f[VNET_HDR_LEN..], BATCH),
+        |tap| {
+            let mut n = 0;
+            loop {
+                match tap.read_frame(&mut buf) {
+                    Ok(_) => n += 1,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("raw read: {e}"),
+                }
+            }
+            n
+        },
+    )
+}
+
+fn row(dir: &str, len: usize, dev: Run, raw: Run) {
+    println!(
+        "{dir:<3} {len:>5} B | {:>10.0} {:>7.3} {:>8.0} | {:>10.0} {:>7.3} {:>8.0} | {:>6.1} %",
+        dev.pps(),
+        dev.gbps(len),
+        dev.cpu_per_packet(),
+        raw.pps(),
+        raw.gbps(len),
+        raw.cpu_per_packet(),
+        100.0 * dev.pps() / raw.pps()
+    );
+}
+
+fn main() {
+    let batches: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("BATCHES must be a number"))
+        .unwrap_or(2000);
+    let ns = NetNs::new("svbench");
+    ns.add_tap(TAP, "10.78.0.1/24");
+    ns.enter_this_thread();
+    // Queue room for one whole batch of injected frames.
+    let status = ns
+        .command("ip")
+        .args(["link", "set", TAP, "txqueuelen", "4096"])
+        .status()
+        .expect("ip");
+    assert!(status.success());
+    let inj = Injector::new();
+    // Warm up both paths once so page faults and caches do not favour either.
+    tx_device(64, 50);
+    tx_raw(64, 50);
+
+    println!("virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per cell");
+    println!(
+        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | device/raw",
+        "dev pps", "Gbit/s", "ns CPU", "raw pps", "Gbit/s", "ns CPU"
+    );
+    for len in [64usize, 1500] {
+        // Interleave device and raw runs so drift on a shared machine affects both.
+        let (d1, r1) = (tx_device(len, batches / 2), tx_raw(len, batches / 2));
+        let (r2, d2) = (tx_raw(len, batches / 2), tx_device(len, batches / 2));
+        row("TX", len, add(d1, d2), add(r1, r2));
+    }
+    for len in [64usize, 1500] {
+        let (d1, r1) = (
+            rx_device(len, batches / 2, &inj),
+            rx_raw(len, batches / 2, &inj),
+        );
+        let (r2, d2) = (
+            rx_raw(len, batches / 2, &inj),
+            rx_device(len, batches / 2, &inj),
+        );
+        row("RX", len, add(d1, d2), add(r1, r2));
+    }
+}
+
+fn add(a: Run, b: Run) -> Run {
+    Run {
+        packets: a.packets + b.packets,
+        secs: a.secs + b.secs,
+        cpu_ns: a.cpu_ns + b.cpu_ns,
+    }
+}
