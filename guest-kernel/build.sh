@@ -78,7 +78,7 @@ fi
 [[ -f $init_script ]] || die "$init_script not found"
 
 # --- 2. cache dir and lock (concurrent runs wait for each other) ----------------------
-mkdir -p "$cache_root"
+mkdir -p "$cache_root" || die "cannot create $cache_root (run as root, or set SLICEVISOR_CACHE)"
 exec 9>"$cache_root/linux-6.1.lock"
 if ! flock -n 9; then
     log "another build.sh holds $cache_root/linux-6.1.lock; waiting"

@@ -8,6 +8,16 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found (install Rust)" >&2; exit 1; }
 
+step "host tools the tests use"
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
 step "guest kernel (cached after the first build)"
 bash guest-kernel/build.sh
 

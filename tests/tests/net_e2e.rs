@@ -91,6 +91,8 @@ fn guest_and_host_ping_and_move_tcp_data_both_ways() {
         .expect("timeout");
     let mut got = String::new();
     conn.read_to_string(&mut got).expect("read guest data");
+    // Close our side too: busybox nc exits only when both directions are done.
+    drop(conn);
     assert_eq!(got.len(), seq_text(SEQ_MAX).len(), "guest->host byte count");
     assert!(got == seq_text(SEQ_MAX), "guest->host bytes differ");
     eprintln!(
@@ -107,8 +109,9 @@ fn guest_and_host_ping_and_move_tcp_data_both_ways() {
         .expect("ping");
     assert!(
         ping.status.success(),
-        "host ping guest: {}",
-        String::from_utf8_lossy(&ping.stdout)
+        "host ping guest: {}{}",
+        String::from_utf8_lossy(&ping.stdout),
+        String::from_utf8_lossy(&ping.stderr)
     );
 
     // Host -> guest TCP: the guest is listening (or about to).
