@@ -118,3 +118,43 @@ where
     let child = command(args).spawn().expect("spawning slicevisor");
     wait_with_timeout(child, timeout)
 }
+
+/// A child that is killed (and reaped) if the test fails before waiting for it, so a failed
+/// test never leaves a VM running.
+#[derive(Debug)]
+pub struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    /// Guard `child`.
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Hand the child over (e.g. to [`wait_with_timeout`]).
+    pub fn take(mut self) -> Child {
+        self.0.take().expect("child already taken")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for ChildGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("child already taken")
+    }
+}
+
+impl std::ops::DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("child already taken")
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
-use e2e::run::{command, run, wait_with_timeout};
+use e2e::run::{command, run, wait_with_timeout, ChildGuard};
 use e2e::tiny_guest::Program;
 
 /// Tiny guests run a few dozen emulated instructions; a run is well under a second here.
@@ -103,15 +103,17 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
         .boot_marker()
         .halt_forever()
         .write_elf(dir.path(), "halt.elf");
-    let mut child = command([
-        "run",
-        "--kernel",
-        kernel.to_str().expect("utf8"),
-        "--vcpus",
-        vcpus,
-    ])
-    .spawn()
-    .expect("spawn");
+    let mut child = ChildGuard::new(
+        command([
+            "run",
+            "--kernel",
+            kernel.to_str().expect("utf8"),
+            "--vcpus",
+            vcpus,
+        ])
+        .spawn()
+        .expect("spawn"),
+    );
     // Wait until the guest has run (its marker is logged), so the vCPU is in HLT.
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut seen = String::new();
@@ -132,7 +134,7 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
         rest
     });
-    let out = wait_with_timeout(child, TIMEOUT);
+    let out = wait_with_timeout(child.take(), TIMEOUT);
     let rest = rest.join().expect("stderr reader");
     assert_eq!(out.code(), 0, "{seen}{rest} {out:?}");
     assert!(

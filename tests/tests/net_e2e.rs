@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
 use e2e::netns::NetNs;
-use e2e::run::{slicevisor_bin, wait_with_timeout};
+use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 
 const HOST_IP: &str = "10.77.0.1";
 const GUEST_IP: &str = "10.77.0.2";
@@ -51,25 +51,26 @@ fn guest_and_host_ping_and_move_tcp_data_both_ways() {
     let guest_cmd = format!(
         "ping -c 3 {HOST_IP} && seq 1 {SEQ_MAX} | nc {HOST_IP} 5001 && nc -l -p 5002 > /tmp/in && echo RX-SUM $(md5sum < /tmp/in)"
     );
-    let child = ns
-        .command(slicevisor_bin())
-        .args(["run", "--kernel"])
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .args([
-            "--mem-mib",
-            "256",
-            "--net",
-            "tap=svtap0,mac=02:00:00:77:00:02",
-        ])
-        .arg("--cmdline")
-        .arg(format!("ip={GUEST_IP}/24 sliver_cmd=\"{guest_cmd}\""))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn slicevisor in netns");
+    let child = ChildGuard::new(
+        ns.command(slicevisor_bin())
+            .args(["run", "--kernel"])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .args([
+                "--mem-mib",
+                "256",
+                "--net",
+                "tap=svtap0,mac=02:00:00:77:00:02",
+            ])
+            .arg("--cmdline")
+            .arg(format!("ip={GUEST_IP}/24 sliver_cmd=\"{guest_cmd}\""))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn slicevisor in netns"),
+    );
     let start = Instant::now();
 
     // Guest -> host TCP: the guest connects once booted and has pinged us.
@@ -131,7 +132,10 @@ fn guest_and_host_ping_and_move_tcp_data_both_ways() {
         s.write_all(&sent).expect("send to guest");
     });
 
-    let out = wait_with_timeout(child, LINUX_BOOT_TIMEOUT.saturating_sub(start.elapsed()));
+    let out = wait_with_timeout(
+        child.take(),
+        LINUX_BOOT_TIMEOUT.saturating_sub(start.elapsed()),
+    );
     eprintln!("whole run {:.1} s", start.elapsed().as_secs_f64());
     assert_eq!(out.code(), 0, "{out:?}");
     assert!(

@@ -268,6 +268,8 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
+    // For profiling one path alone: `net_path BATCHES tx-device` (or tx-raw, rx-device, rx-raw).
+    let only = std::env::args().nth(2);
     let ns = NetNs::new("svbench");
     ns.add_tap(TAP, "10.78.0.1/24");
     ns.enter_this_thread();
@@ -279,6 +281,21 @@ fn main() {
         .expect("ip");
     assert!(status.success());
     let inj = Injector::new();
+    if let Some(only) = only.as_deref() {
+        let run = match only {
+            "tx-device" => tx_device(64, batches),
+            "tx-raw" => tx_raw(64, batches),
+            "rx-device" => rx_device(64, batches, &inj),
+            "rx-raw" => rx_raw(64, batches, &inj),
+            other => panic!("unknown path {other:?}"),
+        };
+        println!(
+            "{only} 64 B: {:.0} pps, {:.0} ns CPU per packet",
+            run.pps(),
+            run.cpu_per_packet()
+        );
+        return;
+    }
     // Warm up both paths once so page faults and caches do not favour either.
     tx_device(64, 50);
     tx_raw(64, 50);

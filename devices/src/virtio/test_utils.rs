@@ -398,8 +398,4 @@ impl NetBackend for DgramBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.sock.recv(buf)
     }
-
-    fn write_frame(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.sock.send(buf)
-    }
 }

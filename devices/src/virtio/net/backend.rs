@@ -8,6 +8,31 @@ use std::os::fd::AsRawFd;
 pub trait NetBackend: AsRawFd + Send {
     /// Read one frame into `buf`; returns its length.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
-    /// Write one frame.
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize>;
+
+    /// Write one frame gathered from `iovs` (one `writev(2)`).
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is valid for reads for the whole call.
+    unsafe fn write_iov(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the caller guarantees the iovecs point to readable memory; the kernel only
+        // reads through them.
+        let n = unsafe { libc::writev(self.as_raw_fd(), iovs.as_ptr(), count) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
+    /// Write one frame from a contiguous buffer.
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        let iov = libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        };
+        // SAFETY: the iovec describes `frame`, which is borrowed for the whole call.
+        unsafe { self.write_iov(&[iov]) }
+    }
 }

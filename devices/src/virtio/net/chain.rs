@@ -3,7 +3,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemory};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend};
 
 /// Why a chain could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum ChainError {
     /// The chain ended early: a loop, a `next` past the table, or a bad indirect table.
     #[error("chain is broken (loop, bad next index or bad indirect table)")]
     Broken,
-    /// More data than the frame buffer holds (TX).
+    /// More data than the largest frame, or more descriptors than a chain may have (TX).
     #[error("chain is longer than the largest frame")]
     TooLong,
     /// Less room than the frame needs (RX).
@@ -25,13 +25,59 @@ pub enum ChainError {
     TooSmall,
 }
 
-/// Gather the readable buffers of a TX chain into `buf`; returns the bytes copied.
-pub fn gather<M>(chain: &mut DescriptorChain<M>, buf: &mut [u8]) -> Result<usize, ChainError>
+/// A TX frame as gathered from a chain: its first bytes copied into the device's own buffer,
+/// the rest described by iovecs into guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gathered {
+    /// Total length (virtio header + frame).
+    pub len: usize,
+    /// How many leading bytes were copied into the head buffer.
+    pub head_len: usize,
+}
+
+/// iovecs for one frame. Holds raw pointers into guest memory that are valid only during the
+/// `process_tx` call that filled it; nothing dereferences them but the `writev` in that call.
+#[derive(Debug)]
+pub struct IovecBuf(Vec<libc::iovec>);
+
+// SAFETY: the pointers are plain addresses, filled and consumed within one call on the thread
+// that owns the device; between calls the vector is only cleared.
+unsafe impl Send for IovecBuf {}
+
+impl IovecBuf {
+    /// Room for the head buffer plus one iovec per descriptor of the largest chain: the
+    /// vector never reallocates on the packet path.
+    pub fn with_capacity(descriptors: usize) -> Self {
+        Self(Vec::with_capacity(descriptors + 1))
+    }
+
+    /// The iovecs filled by the last [`gather_iov`].
+    pub fn as_slice(&self) -> &[libc::iovec] {
+        &self.0
+    }
+}
+
+/// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and policy
+/// look at, and what is sent: the guest cannot change them after the checks), and describe
+/// the rest with iovecs pointing into guest memory. `iovs[0]` describes `head`.
+pub fn gather_iov<M>(
+    chain: &mut DescriptorChain<M>,
+    head: &mut [u8],
+    iovs: &mut IovecBuf,
+    max_len: usize,
+) -> Result<Gathered, ChainError>
 where
     M: Deref,
-    M::Target: GuestMemory,
+    M::Target: GuestMemoryBackend,
 {
+    let iovs = &mut iovs.0;
+    iovs.clear();
+    iovs.push(libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: 0,
+    });
     let mut total = 0usize;
+    let mut head_len = 0usize;
     let mut more = true;
     while let Some(desc) = chain.next() {
         more = desc.has_next();
@@ -39,19 +85,43 @@ where
             return Err(ChainError::WrongDirection);
         }
         let len = desc.len() as usize;
-        let dst = buf
-            .get_mut(total..total.checked_add(len).ok_or(ChainError::TooLong)?)
+        total = total
+            .checked_add(len)
+            .filter(|&t| t <= max_len)
             .ok_or(ChainError::TooLong)?;
-        chain
+        if len == 0 {
+            continue;
+        }
+        let slice = chain
             .memory()
-            .read_slice(dst, desc.addr())
+            .get_slice(desc.addr(), len)
             .map_err(|_| ChainError::BadAddress)?;
-        total += len;
+        let to_head = (head.len() - head_len).min(len);
+        if to_head > 0 {
+            slice.copy_to(&mut head[head_len..head_len + to_head]);
+            head_len += to_head;
+        }
+        if len > to_head {
+            if iovs.len() == iovs.capacity() {
+                return Err(ChainError::TooLong);
+            }
+            let rest = slice
+                .subslice(to_head, len - to_head)
+                .map_err(|_| ChainError::BadAddress)?;
+            iovs.push(libc::iovec {
+                iov_base: rest.ptr_guard().as_ptr().cast_mut().cast(),
+                iov_len: len - to_head,
+            });
+        }
     }
     if more {
         return Err(ChainError::Broken);
     }
-    Ok(total)
+    iovs[0].iov_len = head_len;
+    Ok(Gathered {
+        len: total,
+        head_len,
+    })
 }
 
 /// Scatter `frame` into the writable buffers of an RX chain; the whole frame must fit.

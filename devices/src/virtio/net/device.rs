@@ -14,9 +14,11 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::NetBackend;
+use super::chain::IovecBuf;
 use super::config::{self, MacAddr};
 use super::counters::{inc, NetCounters};
 use super::policy::PacketPolicy;
+use super::tx::HEAD_LEN;
 use super::{FRAME_BUF_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
@@ -63,7 +65,10 @@ pub struct NetDevice<B: NetBackend> {
     pub(super) queue_evts: [EventFd; 2],
     state_evt: EventFd,
     pub(super) active: Option<Active>,
-    pub(super) tx_buf: Box<[u8]>,
+    /// The first bytes of the TX frame being sent (see `tx.rs`).
+    pub(super) tx_head: Box<[u8; HEAD_LEN]>,
+    /// Where the rest of that frame is in guest memory.
+    pub(super) tx_iovs: IovecBuf,
     pub(super) rx_buf: Box<[u8]>,
     /// A frame read from the backend that waits for a guest RX buffer.
     pub(super) rx_pending: Option<usize>,
@@ -98,7 +103,8 @@ impl<B: NetBackend> NetDevice<B> {
             queue_evts: [evt()?, evt()?],
             state_evt: evt()?,
             active: None,
-            tx_buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
+            tx_head: Box::new([0u8; HEAD_LEN]),
+            tx_iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
             rx_buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
             rx_pending: None,
             rx_blocked: false,

@@ -8,7 +8,7 @@ use super::backend::NetBackend;
 use super::chain::{scatter, ChainError};
 use super::counters::{add, inc};
 use super::device::{Active, NetDevice};
-use super::policy::Verdict;
+use super::policy::{Verdict, HEADER_BYTES};
 use super::{QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -47,7 +47,8 @@ impl<B: NetBackend> NetDevice<B> {
                 continue;
             }
             // Stage 2: policy.
-            if self.policy.on_rx(&self.rx_buf[VNET_HDR_LEN..len]) == Verdict::Drop {
+            let headers = &self.rx_buf[VNET_HDR_LEN..len.min(VNET_HDR_LEN + HEADER_BYTES)];
+            if self.policy.on_rx(headers, len - VNET_HDR_LEN) == Verdict::Drop {
                 inc(&self.counters.rx_dropped);
                 continue;
             }

@@ -1,7 +1,7 @@
 //! A TAP device (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, non-blocking) as the backend.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -134,10 +134,6 @@ impl AsRawFd for Tap {
 impl NetBackend for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
-    }
-
-    fn write_frame(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.write(buf)
     }
 }
 

@@ -241,10 +241,10 @@ fn rx_buffer_too_small_drops_only_that_frame() {
 fn policy_drops_are_counted() {
     struct DropTx;
     impl PacketPolicy for DropTx {
-        fn on_tx(&mut self, _frame: &[u8]) -> Verdict {
+        fn on_tx(&mut self, _headers: &[u8], _len: usize) -> Verdict {
             Verdict::Drop
         }
-        fn on_rx(&mut self, _frame: &[u8]) -> Verdict {
+        fn on_rx(&mut self, _headers: &[u8], _len: usize) -> Verdict {
             Verdict::Forward
         }
     }

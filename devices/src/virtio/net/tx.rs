@@ -1,16 +1,23 @@
 //! The transmit pipeline: descriptor chain → frame checks → policy → backend.
+//!
+//! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the policy looks
+//! at) are copied into the device; the payload goes from guest memory to the TAP by
+//! `writev(2)` without a copy.
 
 use std::io::ErrorKind;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::backend::NetBackend;
-use super::chain::{gather, ChainError};
+use super::chain::{gather_iov, ChainError};
 use super::counters::{add, inc};
 use super::device::{Active, NetDevice};
 use super::frame::check_tx_frame;
-use super::policy::Verdict;
-use super::{QUEUE_SIZE, TX_QUEUE, VNET_HDR_LEN};
+use super::policy::{Verdict, HEADER_BYTES};
+use super::{FRAME_BUF_LEN, QUEUE_SIZE, TX_QUEUE, VNET_HDR_LEN};
+
+/// Bytes of each TX frame copied into the device.
+pub(super) const HEAD_LEN: usize = VNET_HDR_LEN + HEADER_BYTES;
 
 /// What happened to one chain.
 enum TxOutcome {
@@ -50,7 +57,13 @@ impl<B: NetBackend> NetDevice<B> {
             };
             let head = chain.head_index();
             // Stage 1: descriptor chain.
-            let outcome = match gather(&mut chain, &mut self.tx_buf) {
+            let gathered = gather_iov(
+                &mut chain,
+                &mut self.tx_head[..],
+                &mut self.tx_iovs,
+                FRAME_BUF_LEN,
+            );
+            let outcome = match gathered {
                 Err(e) => {
                     log::debug!("virtio-net TX: dropping chain {head}: {e}");
                     if e != ChainError::TooLong {
@@ -58,17 +71,19 @@ impl<B: NetBackend> NetDevice<B> {
                     }
                     TxOutcome::Dropped
                 }
-                Ok(len) => {
-                    let buf = &self.tx_buf[..len];
+                Ok(g) => {
+                    let headers = &self.tx_head[VNET_HDR_LEN.min(g.head_len)..g.head_len];
                     // Stage 2: frame checks. Stage 3: policy. Stage 4: backend.
-                    if let Err(e) = check_tx_frame(buf) {
+                    if let Err(e) = check_tx_frame(g.len) {
                         log::debug!("virtio-net TX: dropping frame: {e}");
                         TxOutcome::Dropped
-                    } else if self.policy.on_tx(&buf[VNET_HDR_LEN..]) == Verdict::Drop {
+                    } else if self.policy.on_tx(headers, g.len - VNET_HDR_LEN) == Verdict::Drop {
                         TxOutcome::Dropped
                     } else {
-                        match self.backend.write_frame(buf) {
-                            Ok(_) => TxOutcome::Sent(len - VNET_HDR_LEN),
+                        // SAFETY: iovs[0] is `tx_head`; the others point into guest memory that
+                        // `active.mem` keeps mapped for this whole call (checked by get_slice).
+                        match unsafe { self.backend.write_iov(self.tx_iovs.as_slice()) } {
+                            Ok(_) => TxOutcome::Sent(g.len - VNET_HDR_LEN),
                             Err(e) if e.kind() == ErrorKind::WouldBlock => TxOutcome::Blocked,
                             Err(e) => {
                                 log::debug!("virtio-net TX: backend write: {e}");
