@@ -9,6 +9,23 @@ pub trait NetBackend: AsRawFd + Send {
     /// Read one frame into `buf`; returns its length.
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Read one frame scattered over `iovs` (one `readv(2)`); a frame longer than the iovecs
+    /// is cut short.
+    ///
+    /// # Safety
+    /// Every iovec must describe memory that is valid for writes for the whole call.
+    unsafe fn read_iov(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
+        let count = libc::c_int::try_from(iovs.len())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the caller guarantees the iovecs point to writable memory.
+        let n = unsafe { libc::readv(self.as_raw_fd(), iovs.as_ptr(), count) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+
     /// Write one frame gathered from `iovs` (one `writev(2)`).
     ///
     /// # Safety

@@ -36,7 +36,8 @@ pub struct Gathered {
 }
 
 /// iovecs for one frame. Holds raw pointers into guest memory that are valid only during the
-/// `process_tx` call that filled it; nothing dereferences them but the `writev` in that call.
+/// `process_tx`/`process_rx` call that filled it; nothing uses them but the `writev`/`readv`
+/// in that call.
 #[derive(Debug)]
 pub struct IovecBuf(Vec<libc::iovec>);
 
@@ -45,10 +46,10 @@ pub struct IovecBuf(Vec<libc::iovec>);
 unsafe impl Send for IovecBuf {}
 
 impl IovecBuf {
-    /// Room for the head buffer plus one iovec per descriptor of the largest chain: the
-    /// vector never reallocates on the packet path.
+    /// Room for the head buffer, one iovec per descriptor of the largest chain and a spare:
+    /// the vector never reallocates on the packet path.
     pub fn with_capacity(descriptors: usize) -> Self {
-        Self(Vec::with_capacity(descriptors + 1))
+        Self(Vec::with_capacity(descriptors + 2))
     }
 
     /// The iovecs filled by the last [`gather_iov`].
@@ -102,7 +103,7 @@ where
             head_len += to_head;
         }
         if len > to_head {
-            if iovs.len() == iovs.capacity() {
+            if iovs.len() + 1 >= iovs.capacity() {
                 return Err(ChainError::TooLong);
             }
             let rest = slice
@@ -122,6 +123,68 @@ where
         len: total,
         head_len,
     })
+}
+
+/// iovecs to receive a frame into an RX chain: `iovs[0]` is `head` (the device's copy of
+/// the frame's first bytes, which the caller later writes into the chain's start with
+/// [`scatter`]), then the chain's writable buffers after those bytes, then `spare`, which
+/// only a frame longer than the chain reaches. Returns the chain's capacity in bytes.
+pub fn rx_iovs<M>(
+    chain: &mut DescriptorChain<M>,
+    head: &mut [u8],
+    spare: &mut [u8],
+    iovs: &mut IovecBuf,
+) -> Result<usize, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemoryBackend,
+{
+    let iovs = &mut iovs.0;
+    iovs.clear();
+    iovs.push(libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: 0,
+    });
+    let mut capacity = 0usize;
+    let mut more = true;
+    while let Some(desc) = chain.next() {
+        more = desc.has_next();
+        if !desc.is_write_only() {
+            return Err(ChainError::WrongDirection);
+        }
+        let len = desc.len() as usize;
+        if len == 0 {
+            continue;
+        }
+        let slice = chain
+            .memory()
+            .get_slice(desc.addr(), len)
+            .map_err(|_| ChainError::BadAddress)?;
+        let in_head = head.len().saturating_sub(capacity).min(len);
+        capacity += len;
+        if len > in_head {
+            // Keep the last slot for `spare`.
+            if iovs.len() + 1 >= iovs.capacity() {
+                return Err(ChainError::TooLong);
+            }
+            let rest = slice
+                .subslice(in_head, len - in_head)
+                .map_err(|_| ChainError::BadAddress)?;
+            iovs.push(libc::iovec {
+                iov_base: rest.ptr_guard_mut().as_ptr().cast(),
+                iov_len: len - in_head,
+            });
+        }
+    }
+    if more {
+        return Err(ChainError::Broken);
+    }
+    iovs[0].iov_len = head.len().min(capacity);
+    iovs.push(libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    });
+    Ok(capacity)
 }
 
 /// Scatter `frame` into the writable buffers of an RX chain; the whole frame must fit.

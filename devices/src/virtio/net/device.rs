@@ -19,7 +19,7 @@ use super::config::{self, MacAddr};
 use super::counters::{inc, NetCounters};
 use super::policy::PacketPolicy;
 use super::tx::HEAD_LEN;
-use super::{FRAME_BUF_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
@@ -69,9 +69,12 @@ pub struct NetDevice<B: NetBackend> {
     pub(super) tx_head: Box<[u8; HEAD_LEN]>,
     /// Where the rest of that frame is in guest memory.
     pub(super) tx_iovs: IovecBuf,
-    pub(super) rx_buf: Box<[u8]>,
-    /// A frame read from the backend that waits for a guest RX buffer.
-    pub(super) rx_pending: Option<usize>,
+    /// The first bytes of the RX frame being received (see `rx.rs`).
+    pub(super) rx_head: Box<[u8; HEAD_LEN]>,
+    /// Catches the first byte of a frame longer than the guest's buffer.
+    pub(super) rx_spare: [u8; 1],
+    /// Where the rest of that frame goes in guest memory.
+    pub(super) rx_iovs: IovecBuf,
     /// No guest RX buffer: stop reading the backend until the guest kicks RX.
     pub(super) rx_blocked: bool,
     /// The backend would block: wait for it to become writable.
@@ -105,8 +108,9 @@ impl<B: NetBackend> NetDevice<B> {
             active: None,
             tx_head: Box::new([0u8; HEAD_LEN]),
             tx_iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
-            rx_buf: vec![0u8; FRAME_BUF_LEN].into_boxed_slice(),
-            rx_pending: None,
+            rx_head: Box::new([0u8; HEAD_LEN]),
+            rx_spare: [0u8; 1],
+            rx_iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
             rx_blocked: false,
             tx_blocked: false,
             backend_interest: EventSet::empty(),
@@ -230,7 +234,6 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
-        self.rx_pending = None;
         self.rx_blocked = false;
         self.tx_blocked = false;
         self.wake_event_loop();

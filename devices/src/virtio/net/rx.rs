@@ -1,14 +1,21 @@
-//! The receive pipeline: backend → policy → descriptor chain.
+//! The receive pipeline: guest buffer → backend → policy → guest.
+//!
+//! A guest RX chain is taken first, so a frame is read only when there is room for it
+//! (backpressure: with no buffer, the TAP is not read at all). `readv(2)` puts the frame's
+//! first bytes into the device's own buffer — what the policy inspects — and the rest straight
+//! into guest memory; the first bytes are then copied into the chain.
 
 use std::io::ErrorKind;
 
-use virtio_queue::QueueT;
+use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::backend::NetBackend;
-use super::chain::{scatter, ChainError};
+use super::chain::{rx_iovs, scatter, ChainError};
+use super::counters::NetCounters;
 use super::counters::{add, inc};
 use super::device::{Active, NetDevice};
-use super::policy::{Verdict, HEADER_BYTES};
+use super::policy::{PacketPolicy, Verdict};
+use super::tx::HEAD_LEN;
 use super::{QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -30,58 +37,58 @@ impl<B: NetBackend> NetDevice<B> {
         }
         let mut returned = 0u32;
         while returned < u32::from(QUEUE_SIZE) {
-            // Stage 1: a frame from the backend (or the one still waiting).
-            let len = match self.rx_pending.take() {
-                Some(len) => len,
-                None => match self.backend.read_frame(&mut self.rx_buf) {
-                    Ok(len) => len,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        log::debug!("virtio-net RX: backend read: {e}");
-                        break;
-                    }
-                },
-            };
-            if len < VNET_HDR_LEN {
-                inc(&self.counters.rx_dropped);
-                continue;
-            }
-            // Stage 2: policy.
-            let headers = &self.rx_buf[VNET_HDR_LEN..len.min(VNET_HDR_LEN + HEADER_BYTES)];
-            if self.policy.on_rx(headers, len - VNET_HDR_LEN) == Verdict::Drop {
-                inc(&self.counters.rx_dropped);
-                continue;
-            }
-            // Stage 3: a guest buffer.
-            let Some(mut chain) = active.rx.pop_descriptor_chain(&active.mem) else {
+            // Stage 1: a guest buffer.
+            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
                 if let Ok(true) = active.rx.enable_notification(&active.mem) {
-                    self.rx_pending = Some(len);
                     continue;
                 }
-                self.rx_pending = Some(len);
                 self.rx_blocked = true;
                 inc(&self.counters.rx_no_buffer);
                 break;
             };
-            let head = chain.head_index();
-            self.rx_buf[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2]
-                .copy_from_slice(&1u16.to_le_bytes());
-            let used_len = match scatter(&mut chain, &self.rx_buf[..len]) {
-                Ok(()) => {
-                    inc(&self.counters.rx_packets);
-                    add(&self.counters.rx_bytes, (len - VNET_HDR_LEN) as u64);
-                    len as u32
-                }
+            let head_index = chain.head_index();
+            let mut walk = chain.clone();
+            let used_len = match rx_iovs(
+                &mut walk,
+                &mut self.rx_head[..],
+                &mut self.rx_spare,
+                &mut self.rx_iovs,
+            ) {
                 Err(e) => {
-                    log::debug!("virtio-net RX: dropping frame, chain {head}: {e}");
-                    if e != ChainError::TooSmall {
-                        inc(&self.counters.malformed_chains);
-                    }
-                    inc(&self.counters.rx_dropped);
+                    // The chain is unusable; the frame stays in the backend for the next one.
+                    log::debug!("virtio-net RX: unusable chain {head_index}: {e}");
+                    inc(&self.counters.malformed_chains);
                     0
                 }
+                Ok(capacity) => {
+                    // Stage 2: a frame from the backend.
+                    // SAFETY: iovs point to `rx_head`, `rx_spare` and guest buffers that
+                    // get_slice checked and `active.mem` keeps mapped for this whole call.
+                    let n = match unsafe { self.backend.read_iov(self.rx_iovs.as_slice()) } {
+                        Ok(n) => n,
+                        Err(e) => {
+                            if e.kind() != ErrorKind::WouldBlock {
+                                log::debug!("virtio-net RX: backend read: {e}");
+                            }
+                            active.rx.go_to_previous_position();
+                            break;
+                        }
+                    };
+                    deliver(
+                        self.policy.as_mut(),
+                        &self.counters,
+                        &mut self.rx_head[..],
+                        chain,
+                        n,
+                        capacity,
+                    )
+                }
             };
-            if active.rx.add_used(&active.mem, head, used_len).is_err() {
+            if active
+                .rx
+                .add_used(&active.mem, head_index, used_len)
+                .is_err()
+            {
                 active.fail("RX used ring is outside guest memory", &self.counters);
                 self.active = None;
                 return;
@@ -90,6 +97,50 @@ impl<B: NetBackend> NetDevice<B> {
         }
         if returned > 0 && active.rx.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
+        }
+    }
+}
+
+/// Stages 3 and 4 for a frame of `n` bytes read into a chain of `capacity` bytes: policy,
+/// then the device's copy of the first bytes into the chain. Returns the used length.
+fn deliver<M>(
+    policy: &mut dyn PacketPolicy,
+    counters: &NetCounters,
+    head: &mut [u8],
+    mut chain: virtio_queue::DescriptorChain<M>,
+    n: usize,
+    capacity: usize,
+) -> u32
+where
+    M: std::ops::Deref,
+    M::Target: vm_memory::GuestMemoryBackend,
+{
+    if n < VNET_HDR_LEN || n > capacity {
+        // Runt, or longer than the guest's buffer (it reached the spare byte).
+        inc(&counters.rx_dropped);
+        return 0;
+    }
+    let head_len = n.min(HEAD_LEN);
+    if policy.on_rx(&head[VNET_HDR_LEN..head_len], n - VNET_HDR_LEN) == Verdict::Drop {
+        inc(&counters.rx_dropped);
+        return 0;
+    }
+    head[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&1u16.to_le_bytes());
+    match scatter(&mut chain, &head[..head_len]) {
+        Ok(()) => {
+            inc(&counters.rx_packets);
+            add(&counters.rx_bytes, (n - VNET_HDR_LEN) as u64);
+            n as u32
+        }
+        Err(e) => {
+            // Cannot happen for a chain rx_iovs accepted, short of the guest rewriting
+            // its descriptors meanwhile; then the frame is lost, the device goes on.
+            log::debug!("virtio-net RX: writing frame head: {e}");
+            if e != ChainError::TooSmall {
+                inc(&counters.malformed_chains);
+            }
+            inc(&counters.rx_dropped);
+            0
         }
     }
 }
