@@ -143,9 +143,8 @@ impl Injector {
         };
         assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
         // SAFETY: `fd` is a socket we just opened and own exclusively.
-        Self {
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-        }
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Self { fd }
     }
 
     fn send(&self, eth: &[u8], count: usize) {
