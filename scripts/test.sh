@@ -25,8 +25,9 @@ step "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "build"
+step "build (and the fuzz targets, which must keep building)"
 cargo build --workspace --bins
+cargo build --manifest-path fuzz/Cargo.toml
 
 step "tests"
 cargo test --workspace
