@@ -103,7 +103,7 @@ if [[ "$(cat "$tree/.slicevisor-source" 2>/dev/null || true)" != "$source_id" ]]
     if [[ -d $tree ]]; then
         log "tarball or patches changed: re-extracting $tree from scratch"
     fi
-    log "extracting $tarball into $tree (about a minute)"
+    log "extracting $tarball into $tree (under a minute)"
     rm -rf "$tree.new"
     mkdir -p "$tree.new"
     tar -xJf "$tarball" -C "$tree.new" --strip-components=1
