@@ -50,18 +50,20 @@ pub struct VcpuContext {
 
 /// Create vCPU `id` of `count` and give it CPUID, MSRs, FPU and LAPIC wiring; the boot vCPU
 /// (with `entry`) also gets the PVH entry registers. The others wait for the guest's SIPI.
+/// `pvm_host` applies the CPUID workaround for PVM-native hosts (see `cpuid::for_vcpu`).
 pub fn create(
     vm: &VmFd,
     supported_cpuid: &CpuId,
     id: u8,
     count: u8,
     entry: Option<GuestAddress>,
+    pvm_host: bool,
 ) -> Result<VcpuFd, VcpuError> {
     let err = |what| move |source| VcpuError::Ioctl { id, what, source };
     let vcpu = vm
         .create_vcpu(u64::from(id))
         .map_err(err("KVM_CREATE_VCPU"))?;
-    vcpu.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, count))
+    vcpu.set_cpuid2(&cpuid::for_vcpu(supported_cpuid, id, count, pvm_host))
         .map_err(err("KVM_SET_CPUID2"))?;
     let msrs = msr::boot_msrs();
     let written = vcpu.set_msrs(&msrs).map_err(err("KVM_SET_MSRS"))?;

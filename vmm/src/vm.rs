@@ -215,13 +215,14 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     validate_vcpus(config.vcpus)?;
     let (extra, why) =
         host_quirks::cmdline_workarounds(config.host_quirks, host_quirks::pvm_native_host());
-    if extra.is_empty() {
-        log::info!("host quirks: {why}");
-    } else {
+    let pvm_host = !extra.is_empty();
+    if pvm_host {
         log::info!(
-            "host quirks: {why}; adding to the kernel command line: {}",
+            "host quirks: {why}; adding to the kernel command line: {}; hiding KVM PV send-IPI from the guest",
             extra.join(" ")
         );
+    } else {
+        log::info!("host quirks: {why}");
     }
     // Check the user's command line before anything is allocated.
     cmdline::build(config.cmdline.as_deref(), &extra)?;
@@ -280,7 +281,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let vcpu_fds = (0..config.vcpus)
         .map(|id| {
             let entry = (id == 0).then_some(kernel.entry);
-            vcpu::create(&vm, &supported, id, config.vcpus, entry)
+            vcpu::create(&vm, &supported, id, config.vcpus, entry, pvm_host)
         })
         .collect::<Result<Vec<_>, _>>()?;
 

@@ -21,13 +21,20 @@ fn main() {
     for i in 0..runs {
         let start = Instant::now();
         let mut child = ChildGuard::new(
-            command(["run", "--mem-mib", "256", "--cmdline", "sliver_cmd=\"true\"", "--kernel"])
-                .arg(&kernel)
-                .arg("--initrd")
-                .arg(&initrd)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn slicevisor"),
+            command([
+                "run",
+                "--mem-mib",
+                "256",
+                "--cmdline",
+                "sliver_cmd=\"true\"",
+                "--kernel",
+            ])
+            .arg(&kernel)
+            .arg("--initrd")
+            .arg(&initrd)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn slicevisor"),
         );
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut ready_at = None;
@@ -51,7 +58,16 @@ fn main() {
     }
     let (r, t) = (summarize(&ready), summarize(&total));
     println!("Linux 6.1 guest, 1 vCPU, 256 MiB, {runs} boots");
-    println!("{:<26} {:>8} {:>8} {:>8}", "seconds", "median", "min", "max");
-    println!("{:<26} {:>8.1} {:>8.1} {:>8.1}", "start -> SLIVER-READY", r.median, r.min, r.max);
-    println!("{:<26} {:>8.1} {:>8.1} {:>8.1}", "start -> powered off", t.median, t.min, t.max);
+    println!(
+        "{:<26} {:>8} {:>8} {:>8}",
+        "seconds", "median", "min", "max"
+    );
+    println!(
+        "{:<26} {:>8.1} {:>8.1} {:>8.1}",
+        "start -> SLIVER-READY", r.median, r.min, r.max
+    );
+    println!(
+        "{:<26} {:>8.1} {:>8.1} {:>8.1}",
+        "start -> powered off", t.median, t.min, t.max
+    );
 }

@@ -8,6 +8,9 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_TOPOLOGY: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
+/// KVM_FEATURE_PV_SEND_IPI (leaf 0x4000_0001 EAX bit 11).
+const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
 const HYPERVISOR_BIT: u32 = 1 << 31; // leaf 1 ECX
 const HTT_BIT: u32 = 1 << 28; // leaf 1 EDX
 const CLFLUSH_LINE_QWORDS: u32 = 8; // 64-byte lines
@@ -42,11 +45,17 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, id: u8, count: u8) {
     }
 }
 
-/// CPUID for vCPU `id` of `count`, from the hypervisor's supported set.
-pub fn for_vcpu(supported: &CpuId, id: u8, count: u8) -> CpuId {
+/// CPUID for vCPU `id` of `count`, from the hypervisor's supported set. With `pvm_host`,
+/// also hide KVM's paravirtual send-IPI: on PVM-native hosts a Linux guest that uses it never
+/// brings its secondary CPUs up (KVM's own leaves are honoured there, unlike the hardware
+/// ones).
+pub fn for_vcpu(supported: &CpuId, id: u8, count: u8, pvm_host: bool) -> CpuId {
     let mut cpuid = supported.clone();
     for entry in cpuid.as_mut_slice() {
         normalize_entry(entry, id, count);
+        if pvm_host && entry.function == LEAF_KVM_FEATURES {
+            entry.eax &= !KVM_FEATURE_PV_SEND_IPI;
+        }
     }
     cpuid
 }
@@ -68,7 +77,7 @@ mod tests {
     fn topology_and_hypervisor_bit() {
         let supported =
             CpuId::from_entries(&[entry(1), entry(4), entry(0xb), entry(7)]).expect("cpuid");
-        let c = for_vcpu(&supported, 2, 4);
+        let c = for_vcpu(&supported, 2, 4, false);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "APIC id");
         assert_eq!((e[0].ebx >> 16) & 0xff, 4, "logical count");
@@ -81,10 +90,28 @@ mod tests {
     }
 
     #[test]
+    fn pv_send_ipi_hidden_only_on_pvm_hosts() {
+        let kvm = kvm_cpuid_entry2 {
+            function: LEAF_KVM_FEATURES,
+            eax: 0xffff_ffff,
+            ..Default::default()
+        };
+        let supported = CpuId::from_entries(&[kvm]).expect("cpuid");
+        assert_eq!(
+            for_vcpu(&supported, 0, 2, false).as_slice()[0].eax,
+            0xffff_ffff
+        );
+        assert_eq!(
+            for_vcpu(&supported, 0, 2, true).as_slice()[0].eax,
+            0xffff_ffff & !KVM_FEATURE_PV_SEND_IPI
+        );
+    }
+
+    #[test]
     fn single_vcpu_has_no_htt() {
         let mut one = entry(1);
         one.edx = HTT_BIT;
-        let c = for_vcpu(&CpuId::from_entries(&[one]).expect("cpuid"), 0, 1);
+        let c = for_vcpu(&CpuId::from_entries(&[one]).expect("cpuid"), 0, 1, false);
         assert_eq!(c.as_slice()[0].edx & HTT_BIT, 0);
     }
 }
