@@ -55,8 +55,8 @@ fn linux_guest_boots_runs_a_command_and_powers_off() {
         out.stdout
     );
     assert!(
-        lines.contains(&"1"),
-        "nproc should print 1:\n{}",
+        lines.contains(&"2"),
+        "nproc should print 2:\n{}",
         out.stdout
     );
     assert!(lines.contains(&"SLIVER-CMD-EXIT 0"), "{}", out.stdout);
