@@ -9,9 +9,11 @@ pub struct BootReport {
     pub wall_ms: f64,
     /// CPU time (user + system, all threads) of the VMM process so far.
     pub cpu_ms: f64,
-    /// Resident set of the process.
+    /// Resident set of the process (including shared library and binary text).
     pub rss_kib: u64,
-    /// Of which guest memory pages.
+    /// Resident pages private to the process (anonymous memory, written data).
+    pub private_kib: u64,
+    /// Guest memory pages resident (all private).
     pub guest_resident_kib: u64,
 }
 
@@ -19,6 +21,12 @@ impl BootReport {
     /// Resident memory that is not guest memory: the VMM's own overhead.
     pub fn overhead_kib(&self) -> u64 {
         self.rss_kib.saturating_sub(self.guest_resident_kib)
+    }
+
+    /// Private resident memory that is not guest memory: what each extra VMM process costs
+    /// the host when the binary and libc text are shared between slivers.
+    pub fn private_overhead_kib(&self) -> u64 {
+        self.private_kib.saturating_sub(self.guest_resident_kib)
     }
 }
 
@@ -35,15 +43,13 @@ fn cpu_ms() -> f64 {
     ms(usage.ru_utime) + ms(usage.ru_stime)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+/// A `Name:  N kB` field of /proc/self/smaps_rollup.
+fn smaps_field(rollup: &str, name: &str) -> u64 {
+    rollup
+        .lines()
+        .find(|l| l.split(':').next() == Some(name))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
@@ -68,10 +74,13 @@ pub fn resident_kib(ranges: &[(usize, usize)]) -> u64 {
 
 /// Measure now, against `start` and the guest memory mappings.
 pub fn boot_report(start: Instant, guest_ranges: &[(usize, usize)]) -> BootReport {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
     BootReport {
         wall_ms: start.elapsed().as_secs_f64() * 1e3,
         cpu_ms: cpu_ms(),
-        rss_kib: rss_kib(),
+        rss_kib: smaps_field(&rollup, "Rss"),
+        private_kib: smaps_field(&rollup, "Private_Clean")
+            + smaps_field(&rollup, "Private_Dirty"),
         guest_resident_kib: resident_kib(guest_ranges),
     }
 }
@@ -92,6 +101,7 @@ mod tests {
         assert_eq!(kib, 32 * 4);
         let r = boot_report(Instant::now(), &[]);
         assert!(r.rss_kib > 0 && r.cpu_ms >= 0.0);
+        assert!(r.private_kib > 0 && r.private_kib <= r.rss_kib);
         assert_eq!(r.overhead_kib(), r.rss_kib);
     }
 }

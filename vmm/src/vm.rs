@@ -114,12 +114,13 @@ impl GuestEventSink for VmEvents {
             GuestEvent::BootMarker => {
                 let r = metrics::boot_report(self.start, &self.guest_ranges);
                 log::info!(
-                    "boot-timer: guest running after {:.2} ms wall, {:.2} ms CPU; RSS {} KiB = guest memory {} KiB + VMM overhead {} KiB",
+                    "boot-timer: guest running after {:.2} ms wall, {:.2} ms CPU; RSS {} KiB = guest memory {} KiB + VMM overhead {} KiB (private {} KiB)",
                     r.wall_ms,
                     r.cpu_ms,
                     r.rss_kib,
                     r.guest_resident_kib,
-                    r.overhead_kib()
+                    r.overhead_kib(),
+                    r.private_overhead_kib()
                 );
             }
         }
