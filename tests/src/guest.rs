@@ -5,8 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 /// Time one real Linux boot may take here, command and power-off included. Measured on the
-/// PVM test hosts: about 40 s to `SLIVER-READY` with one vCPU (see docs/boot-time.md); the
-/// margin covers a loaded CI machine.
+/// PVM test hosts: about 65 s to `SLIVER-READY` and 70 s to power-off with one vCPU (see
+/// docs/boot-time.md); the margin covers a loaded CI machine and a 2-vCPU guest.
 pub const LINUX_BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Paths of the guest kernel and initramfs; panics with the command to build them if absent.

@@ -79,8 +79,7 @@ pub fn boot_report(start: Instant, guest_ranges: &[(usize, usize)]) -> BootRepor
         wall_ms: start.elapsed().as_secs_f64() * 1e3,
         cpu_ms: cpu_ms(),
         rss_kib: smaps_field(&rollup, "Rss"),
-        private_kib: smaps_field(&rollup, "Private_Clean")
-            + smaps_field(&rollup, "Private_Dirty"),
+        private_kib: smaps_field(&rollup, "Private_Clean") + smaps_field(&rollup, "Private_Dirty"),
         guest_resident_kib: resident_kib(guest_ranges),
     }
 }

@@ -17,7 +17,7 @@ fn main() {
         .map(|a| a.parse().expect("RUNS must be a number"))
         .unwrap_or(3);
     let (kernel, initrd) = artifacts();
-    let (mut ready, mut total) = (Vec::new(), Vec::new());
+    let (mut init, mut ready, mut total) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
         let start = Instant::now();
         let mut child = ChildGuard::new(
@@ -37,9 +37,12 @@ fn main() {
             .expect("spawn slicevisor"),
         );
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut ready_at = None;
+        let (mut init_at, mut ready_at) = (None, None);
         for line in stdout.lines() {
             let line = line.expect("read console");
+            if line.contains("Run /init as init process") && init_at.is_none() {
+                init_at = Some(start.elapsed());
+            }
             if line.starts_with("SLIVER-READY ") && ready_at.is_none() {
                 ready_at = Some(start.elapsed());
             }
@@ -48,6 +51,7 @@ fn main() {
         let out = wait_with_timeout(child.take(), Duration::from_secs(30));
         assert_eq!(out.code(), 0, "boot {i}: {out:?}");
         let ready_at = ready_at.expect("no SLIVER-READY line");
+        init.push(init_at.expect("no 'Run /init' line").as_secs_f64());
         ready.push(ready_at.as_secs_f64());
         total.push(start.elapsed().as_secs_f64());
         eprintln!(
