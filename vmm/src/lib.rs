@@ -11,6 +11,7 @@ pub mod kvm_vm;
 pub mod memory;
 pub mod metrics;
 pub mod net_spec;
+pub mod node;
 pub mod vcpu;
 pub mod virtio_mmio;
 pub mod vm;
