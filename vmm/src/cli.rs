@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::exit::EXIT_SETUP_ERROR;
 use crate::host_quirks::QuirkMode;
 use crate::net_spec::NetSpec;
+use crate::node::server::NodeConfig;
 use crate::vm::{self, VmConfig};
 
 /// slicevisor: PlanetLab-style slivers as KVM micro-VMs.
@@ -26,6 +27,22 @@ pub enum Command {
     /// Exit codes: 0 guest powered off or stopped by SIGINT/SIGTERM; 1 setup error;
     /// 2 guest kernel panic; 3 triple fault; 4 KVM error; 5 VMM error.
     Run(RunArgs),
+    /// Serve the node API (HTTP + JSON) on a unix socket, keeping slivers in a state directory.
+    Node(NodeArgs),
+}
+
+/// `slicevisor node` flags.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Control socket path (created mode 0600).
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Directory for the daemon's state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Numeric group id allowed to use the socket (mode 0660 instead of 0600).
+    #[arg(long)]
+    pub socket_group: Option<u32>,
 }
 
 /// `slicevisor run` flags.
@@ -75,6 +92,20 @@ pub fn main() -> i32 {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Node(args) => {
+            let config = NodeConfig {
+                socket: args.socket,
+                state_dir: args.state_dir,
+                socket_group: args.socket_group,
+            };
+            match crate::node::server::run(&config) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("slicevisor: error: {e}");
+                    EXIT_SETUP_ERROR
+                }
+            }
+        }
         Command::Run(args) => {
             let config = VmConfig::from(args);
             match vm::run(&config) {
@@ -120,14 +151,18 @@ mod tests {
             "off",
         ])
         .expect("parse");
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run");
+        };
         let c = VmConfig::from(args);
         assert_eq!(c.kernel, PathBuf::from("/k"));
         assert_eq!(c.mem_mib, 256);
         assert_eq!(c.vcpus, 2);
         assert_eq!(c.host_quirks, QuirkMode::Off);
         let default = Cli::try_parse_from(["slicevisor", "run", "--kernel", "/k"]).expect("parse");
-        let Command::Run(args) = default.command;
+        let Command::Run(args) = default.command else {
+            panic!("parsed as run");
+        };
         assert!(args.mem_mib >= MIN_MEM_MIB, "default memory must be valid");
     }
 

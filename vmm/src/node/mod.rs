@@ -1,7 +1,10 @@
-//! The node daemon's model: sliver specs as the node manager sends them, and the state
-//! directory that survives daemon restarts. (The HTTP control socket and VMM supervision
-//! build on these.)
+//! The node daemon: sliver specs as the node manager sends them, the state directory that
+//! survives daemon restarts, and the HTTP + JSON API on a unix socket. (Starting, stopping
+//! and supervising VMM processes comes next.)
 
+pub mod api;
 pub mod error;
+pub mod registry;
+pub mod server;
 pub mod spec;
 pub mod state;

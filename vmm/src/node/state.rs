@@ -14,8 +14,22 @@ use super::spec::{valid_sliver_name, SliverSpec};
 const RECORD_EXT: &str = "json";
 const TMP_PREFIX: &str = ".tmp-";
 
+impl SliverState {
+    /// The lowercase name used in the API and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SliverState::Created => "created",
+            SliverState::Starting => "starting",
+            SliverState::Running => "running",
+            SliverState::Stopping => "stopping",
+            SliverState::Stopped => "stopped",
+            SliverState::Failed => "failed",
+        }
+    }
+}
+
 /// Where a sliver is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SliverState {
     /// Defined, never started or started and stopped.

@@ -1,0 +1,349 @@
+//! The node daemon's API against a real `slicevisor node` on a temporary socket: lifecycle of
+//! sliver definitions, bad input, 32 concurrent clients, restarts, socket permissions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use e2e::http::{request, Response};
+use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
+use serde_json::{json, Value};
+
+struct Daemon {
+    child: Option<ChildGuard>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("node.sock");
+        let child = std::process::Command::new(slicevisor_bin())
+            .args(["node", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "daemon did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child: Some(ChildGuard::new(child)),
+            socket,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        request(&self.socket, method, path, bytes.as_deref())
+    }
+
+    /// SIGTERM, then check the daemon exited 0 and removed its socket.
+    fn stop(mut self) -> String {
+        let child = self.child.take().expect("running").take();
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = wait_with_timeout(child, Duration::from_secs(20));
+        assert_eq!(out.code(), 0, "{out:?}");
+        assert!(!self.socket.exists(), "socket left behind");
+        out.stderr
+    }
+}
+
+fn kernel_file(dir: &Path) -> PathBuf {
+    let k = dir.join("vmlinux");
+    std::fs::write(&k, b"not booted by these tests").expect("kernel");
+    k
+}
+
+fn spec(kernel: &Path, third_octet: u8) -> Value {
+    json!({
+        "slice": "princeton_codeen",
+        "kernel": kernel,
+        "mem_mib": 64,
+        "net": {"ipv4": format!("10.9.{third_octet}.2/24"), "host_ipv4": format!("10.9.{third_octet}.1"),
+                "net_share": 2, "net_max_rate": 10_000_000}
+    })
+}
+
+#[test]
+fn define_inspect_patch_and_delete_slivers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(dir.path());
+    let d = Daemon::start(dir.path());
+    assert_eq!(
+        d.call("GET", "/healthz", None).json(),
+        json!({"status": "ok"})
+    );
+
+    let r = d.call("PUT", "/slivers/web-1", Some(spec(&k, 1)));
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.json()["state"], "created");
+    assert_eq!(
+        d.call("PUT", "/slivers/web-1", Some(spec(&k, 1))).status,
+        200,
+        "idempotent"
+    );
+    let r = d.call("PUT", "/slivers/web-1", Some(spec(&k, 2)));
+    assert_eq!((r.status, r.json()["field"].clone()), (409, json!("name")));
+    assert_eq!(d.call("PUT", "/slivers/db", Some(spec(&k, 3))).status, 201);
+
+    let list = d.call("GET", "/slivers", None).json();
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["db", "web-1"]);
+    let one = d.call("GET", "/slivers/web-1", None).json();
+    assert_eq!(one["spec"]["net"]["net_share"], 2);
+
+    let r = d.call(
+        "PATCH",
+        "/slivers/web-1",
+        Some(json!({"net_share": 5, "net_min_rate": 1000})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["spec"]["net"]["net_share"], 5);
+    assert_eq!(
+        d.call("GET", "/slivers/web-1", None).json()["spec"]["net"]["net_min_rate"],
+        1000
+    );
+
+    let metrics = d.call("GET", "/metrics", None);
+    assert!(
+        metrics
+            .body
+            .contains("slicevisor_slivers{state=\"created\"} 2"),
+        "{}",
+        metrics.body
+    );
+
+    // curl works as README shows.
+    let curl = std::process::Command::new("curl")
+        .args(["-sf", "--unix-socket"])
+        .arg(&d.socket)
+        .arg("http://node/slivers/db")
+        .output()
+        .expect("curl");
+    assert!(curl.status.success());
+    assert!(String::from_utf8_lossy(&curl.stdout).contains("\"name\":\"db\""));
+
+    assert_eq!(d.call("DELETE", "/slivers/web-1", None).status, 204);
+    assert_eq!(d.call("GET", "/slivers/web-1", None).status, 404);
+    assert_eq!(d.call("DELETE", "/slivers/web-1", None).status, 404);
+    let stderr = d.stop();
+    assert!(
+        stderr.contains("uid Some(0) created sliver web-1"),
+        "peer uid logged: {stderr}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_json_error_naming_the_field_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(dir.path());
+    let d = Daemon::start(dir.path());
+    assert_eq!(
+        d.call("PUT", "/slivers/keep", Some(spec(&k, 1))).status,
+        201
+    );
+    let before = d.call("GET", "/slivers", None).body;
+
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut s = spec(&k, 7);
+        f(&mut s);
+        s.to_string().into_bytes()
+    };
+    /// method, path, body, expected status, expected field
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, u16, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("PUT", "/slivers/Bad_Name", with(&|_| {}), 400, Some("name")),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["colour"] = json!("red")),
+            400,
+            Some("colour"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["vcpus"] = json!("two")),
+            400,
+            Some("vcpus"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["kernel"] = json!("/nonexistent/vmlinux")),
+            400,
+            Some("kernel"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["net"]["net_max_rate"] = json!(-1)),
+            400,
+            Some("net.net_max_rate"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["net"]["net_max_rate"] = json!(1u64 << 60)),
+            400,
+            Some("net.net_max_rate"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            with(&|s| s["mem_mib"] = json!(0)),
+            400,
+            Some("mem_mib"),
+        ),
+        (
+            "PUT",
+            "/slivers/x",
+            b"{\"slice\": \"s\", \"kern".to_vec(),
+            400,
+            None,
+        ),
+        ("PUT", "/slivers/x", b"not json".to_vec(), 400, None),
+        ("PUT", "/slivers/x", vec![b' '; 70 * 1024], 413, None),
+        (
+            "PATCH",
+            "/slivers/keep",
+            json!({"net_share": 0}).to_string().into_bytes(),
+            400,
+            Some("net.net_share"),
+        ),
+        (
+            "PATCH",
+            "/slivers/keep",
+            json!({"speed": 1}).to_string().into_bytes(),
+            400,
+            Some("speed"),
+        ),
+        (
+            "PATCH",
+            "/slivers/nope",
+            json!({"net_share": 2}).to_string().into_bytes(),
+            404,
+            None,
+        ),
+        ("GET", "/no/such/route", Vec::new(), 404, None),
+        ("POST", "/slivers", Vec::new(), 405, None),
+    ];
+    for (method, path, body, status, field) in cases {
+        let r = request(&d.socket, method, path, Some(&body));
+        assert_eq!(r.status, status, "{method} {path}: {r:?}");
+        let v = r.json();
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{method} {path}: {v}"
+        );
+        if let Some(field) = field {
+            assert_eq!(v["field"], json!(field), "{method} {path}: {v}");
+        }
+    }
+    assert_eq!(
+        d.call("GET", "/slivers", None).body,
+        before,
+        "state changed"
+    );
+    d.stop();
+}
+
+#[test]
+fn thirty_two_clients_at_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(dir.path());
+    let d = Daemon::start(dir.path());
+    let socket = d.socket.clone();
+    let threads: Vec<_> = (0..32u8)
+        .map(|i| {
+            let socket = socket.clone();
+            let body = spec(&k, i).to_string().into_bytes();
+            std::thread::spawn(move || {
+                let name = format!("s-{i}");
+                let path = format!("/slivers/{name}");
+                assert_eq!(request(&socket, "PUT", &path, Some(&body)).status, 201);
+                for _ in 0..5 {
+                    assert_eq!(request(&socket, "GET", "/slivers", None).status, 200);
+                    assert_eq!(request(&socket, "GET", &path, None).status, 200);
+                }
+                let patch = json!({"net_share": u32::from(i) + 1})
+                    .to_string()
+                    .into_bytes();
+                assert_eq!(request(&socket, "PATCH", &path, Some(&patch)).status, 200);
+                if i % 2 == 0 {
+                    assert_eq!(request(&socket, "DELETE", &path, None).status, 204);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
+    let list = d.call("GET", "/slivers", None).json();
+    let list = list.as_array().expect("array");
+    assert_eq!(list.len(), 16);
+    for s in list {
+        let i: u32 = s["name"].as_str().expect("name")[2..]
+            .parse()
+            .expect("index");
+        assert_eq!(i % 2, 1);
+        assert_eq!(s["spec"]["net"]["net_share"], json!(i + 1));
+    }
+    d.stop();
+}
+
+#[test]
+fn slivers_survive_restarts_and_a_killed_daemon() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(dir.path());
+    let d = Daemon::start(dir.path());
+    let mode = std::fs::metadata(&d.socket)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode");
+    assert_eq!(d.call("PUT", "/slivers/a", Some(spec(&k, 1))).status, 201);
+    assert_eq!(d.call("PUT", "/slivers/b", Some(spec(&k, 2))).status, 201);
+    d.stop();
+
+    let d = Daemon::start(dir.path());
+    assert_eq!(
+        d.call("GET", "/slivers", None)
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    // SIGKILL leaves the socket file behind; the next daemon clears it.
+    let mut d = d;
+    drop(d.child.take());
+    assert!(d.socket.exists());
+    let d = Daemon::start(dir.path());
+    assert_eq!(d.call("GET", "/slivers/b", None).status, 200);
+    // A second daemon on the same socket refuses to start.
+    let second = std::process::Command::new(slicevisor_bin())
+        .args(["node", "--socket"])
+        .arg(&d.socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state2"))
+        .output()
+        .expect("second daemon");
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("another daemon is serving"));
+    d.stop();
+}

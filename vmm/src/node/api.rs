@@ -1,0 +1,223 @@
+//! The HTTP/1.1 + JSON API on the node's unix socket (axum). Routes are listed once in
+//! [`ROUTES`]; `docs/openapi.json` documents them and a test keeps the two in step.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::error::ApiError;
+use super::registry::{Created, LimitsPatch, Registry};
+use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
+use super::state::SliverRecord;
+
+/// Every (method, path) the daemon serves.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/slivers"),
+    ("GET", "/slivers/{name}"),
+    ("PUT", "/slivers/{name}"),
+    ("PATCH", "/slivers/{name}"),
+    ("DELETE", "/slivers/{name}"),
+];
+
+/// Who is on the other end of a connection (SO_PEERCRED).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's uid, if the kernel told us.
+    pub uid: Option<u32>,
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Peer {
+            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self)).into_response()
+    }
+}
+
+fn view(name: &str, r: &SliverRecord) -> serde_json::Value {
+    json!({
+        "name": name,
+        "slice": r.spec.slice,
+        "state": r.state,
+        "pid": r.pid,
+        "started_at": r.started_at,
+        "exit_reason": r.exit_reason,
+        "spec": r.spec,
+    })
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| ApiError::status(e.status().as_u16(), format!("request body: {e}")))
+}
+
+/// Run registry work (which fsyncs) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::status(500, format!("internal error: {e}")))?
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(reg): State<Arc<Registry>>) -> Response {
+    let mut out = String::from(
+        "# HELP slicevisor_slivers Slivers defined on this node, by state.\n# TYPE slicevisor_slivers gauge\n",
+    );
+    for (state, count) in reg.count_by_state() {
+        out.push_str(&format!(
+            "slicevisor_slivers{{state=\"{}\"}} {count}\n",
+            state.as_str()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn list(State(reg): State<Arc<Registry>>) -> Json<serde_json::Value> {
+    let all: Vec<_> = reg.list().iter().map(|(n, r)| view(n, r)).collect();
+    Json(json!(all))
+}
+
+async fn show(
+    State(reg): State<Arc<Registry>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = reg.get(&name)?;
+    Ok(Json(view(&name, &record)))
+}
+
+async fn create(
+    State(reg): State<Arc<Registry>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body)?;
+    let (created, record) = blocking(move || {
+        let mut spec: SliverSpec = parse(&body)?;
+        spec.validate(&name)?;
+        let (created, record) = reg.create(&name, spec)?;
+        if created == Created::New {
+            log::info!("uid {:?} created sliver {name}", peer.uid);
+        }
+        Ok((created, (name, record)))
+    })
+    .await?;
+    let status = match created {
+        Created::New => StatusCode::CREATED,
+        Created::Unchanged => StatusCode::OK,
+    };
+    Ok((status, Json(view(&record.0, &record.1))).into_response())
+}
+
+async fn patch(
+    State(reg): State<Arc<Registry>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body_bytes(body)?;
+    let (name, record) = blocking(move || {
+        let patch: LimitsPatch = parse(&body)?;
+        let record = reg.patch_limits(&name, &patch)?;
+        log::info!(
+            "uid {:?} changed the limits of sliver {name}: {patch:?}",
+            peer.uid
+        );
+        Ok((name, record))
+    })
+    .await?;
+    Ok(Json(view(&name, &record)))
+}
+
+async fn remove(
+    State(reg): State<Arc<Registry>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(move || {
+        reg.delete(&name)?;
+        log::info!("uid {:?} deleted sliver {name}", peer.uid);
+        Ok(())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn fallback() -> ApiError {
+    ApiError::status(404, "no such route (see docs/openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::status(
+        405,
+        "method not allowed on this route (see docs/openapi.json)",
+    )
+}
+
+/// The router over `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/slivers", get(list))
+        .route(
+            "/slivers/{name}",
+            get(show).put(create).patch(patch).delete(remove),
+        )
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        // Our own parser reports oversize bodies as JSON; let one byte more through to it.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
+        .with_state(registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_lists_exactly_the_served_routes() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/openapi.json"))
+                .expect("docs/openapi.json parses");
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for key in item.as_object().expect("path item").keys() {
+                if ["get", "put", "post", "patch", "delete"].contains(&key.as_str()) {
+                    documented.push((key.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}

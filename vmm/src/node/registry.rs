@@ -1,0 +1,187 @@
+//! The daemon's in-memory view of its slivers, kept in step with the state directory: every
+//! change is written (atomically) before it is acknowledged.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::spec::{SliverNet, SliverSpec};
+use super::state::{SliverRecord, SliverState, StateDir};
+
+/// A partial update of a sliver's network limits (`PATCH /slivers/{name}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    /// New weight.
+    #[serde(default)]
+    pub net_share: Option<u32>,
+    /// New guaranteed rate, bit/s.
+    #[serde(default)]
+    pub net_min_rate: Option<u64>,
+    /// New cap, bit/s.
+    #[serde(default)]
+    pub net_max_rate: Option<u64>,
+    /// New daily budget, KB.
+    #[serde(default)]
+    pub net_max_kbyte: Option<u64>,
+    /// New daily threshold, KB.
+    #[serde(default)]
+    pub net_thresh_kbyte: Option<u64>,
+}
+
+impl LimitsPatch {
+    fn apply(&self, net: &SliverNet) -> SliverNet {
+        let mut n = net.clone();
+        if let Some(v) = self.net_share {
+            n.net_share = v;
+        }
+        if let Some(v) = self.net_min_rate {
+            n.net_min_rate = v;
+        }
+        if self.net_max_rate.is_some() {
+            n.net_max_rate = self.net_max_rate;
+        }
+        if self.net_max_kbyte.is_some() {
+            n.net_max_kbyte = self.net_max_kbyte;
+        }
+        if self.net_thresh_kbyte.is_some() {
+            n.net_thresh_kbyte = self.net_thresh_kbyte;
+        }
+        n
+    }
+}
+
+/// Whether a create request made something new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// A new sliver.
+    New,
+    /// The same spec was already there (PUT is idempotent).
+    Unchanged,
+}
+
+/// All slivers of this node.
+#[derive(Debug)]
+pub struct Registry {
+    state: StateDir,
+    slivers: Mutex<BTreeMap<String, SliverRecord>>,
+}
+
+fn storage(e: super::state::StateError) -> ApiError {
+    ApiError::status(500, format!("state directory: {e}"))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::status(404, format!("no sliver named {name:?}"))
+}
+
+impl Registry {
+    /// Load every sliver from `state`; unreadable records are logged and skipped.
+    pub fn load(state: StateDir) -> Result<Self, super::state::StateError> {
+        let loaded = state.load_all()?;
+        for problem in &loaded.problems {
+            log::error!("state directory: {problem}");
+        }
+        Ok(Self {
+            state,
+            slivers: Mutex::new(loaded.records.into_iter().collect()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SliverRecord>> {
+        self.slivers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Define sliver `name` with an already validated `spec`; 409 if it exists with another.
+    pub fn create(
+        &self,
+        name: &str,
+        spec: SliverSpec,
+    ) -> Result<(Created, SliverRecord), ApiError> {
+        let mut slivers = self.lock();
+        if let Some(existing) = slivers.get(name) {
+            if existing.spec == spec {
+                return Ok((Created::Unchanged, existing.clone()));
+            }
+            return Err(ApiError {
+                status: 409,
+                error: format!("sliver {name:?} exists with a different spec"),
+                field: Some("name".into()),
+            });
+        }
+        let record = SliverRecord {
+            spec,
+            state: SliverState::Created,
+            pid: None,
+            started_at: None,
+            exit_reason: None,
+        };
+        self.state.save(name, &record).map_err(storage)?;
+        slivers.insert(name.to_string(), record.clone());
+        Ok((Created::New, record))
+    }
+
+    /// One sliver.
+    pub fn get(&self, name: &str) -> Result<SliverRecord, ApiError> {
+        self.lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// Every sliver, by name.
+    pub fn list(&self) -> Vec<(String, SliverRecord)> {
+        self.lock()
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Apply a limits patch (validated as a whole before anything is stored).
+    pub fn patch_limits(&self, name: &str, patch: &LimitsPatch) -> Result<SliverRecord, ApiError> {
+        let mut slivers = self.lock();
+        let record = slivers.get(name).ok_or_else(|| not_found(name))?;
+        let net = record.spec.net.as_ref().ok_or_else(|| {
+            ApiError::invalid(
+                "net",
+                format!("sliver {name:?} has no network device to limit"),
+            )
+        })?;
+        let patched = patch.apply(net);
+        patched.validate_limits()?;
+        let mut updated = record.clone();
+        updated.spec.net = Some(patched);
+        self.state.save(name, &updated).map_err(storage)?;
+        slivers.insert(name.to_string(), updated.clone());
+        Ok(updated)
+    }
+
+    /// Forget sliver `name`. (Stopping a running VMM first comes with VMM supervision.)
+    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let mut slivers = self.lock();
+        let record = slivers.get(name).ok_or_else(|| not_found(name))?;
+        if matches!(
+            record.state,
+            SliverState::Starting | SliverState::Running | SliverState::Stopping
+        ) {
+            return Err(ApiError::status(
+                409,
+                format!("sliver {name:?} is {:?}", record.state),
+            ));
+        }
+        self.state.remove(name).map_err(storage)?;
+        slivers.remove(name);
+        Ok(())
+    }
+
+    /// Count of slivers per state (for /metrics).
+    pub fn count_by_state(&self) -> BTreeMap<SliverState, usize> {
+        let mut counts = BTreeMap::new();
+        for record in self.lock().values() {
+            *counts.entry(record.state).or_insert(0) += 1;
+        }
+        counts
+    }
+}

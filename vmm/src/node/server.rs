@@ -1,0 +1,125 @@
+//! `slicevisor node`: the daemon's unix socket, its permissions, and serving until a signal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::api::{self, Peer};
+use super::registry::Registry;
+use super::state::{StateDir, StateError};
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Group allowed to use the socket (mode 0660); otherwise mode 0600, owner only.
+    pub socket_group: Option<u32>,
+}
+
+/// Errors starting the daemon; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// State directory.
+    #[error("--state-dir: {0}")]
+    State(#[from] StateError),
+    /// Socket problems.
+    #[error("--socket {path}: {what}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("--socket {0}: another daemon is serving this socket")]
+    InUse(PathBuf),
+    /// The async runtime could not start.
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn socket_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
+    move |source| NodeError::Socket {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Remove a socket file left by a daemon that died; refuse if one still answers.
+fn clear_stale_socket(path: &Path) -> Result<(), NodeError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(NodeError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(socket_err(path, "removing a stale socket"))
+}
+
+fn set_permissions(path: &Path, group: Option<u32>) -> Result<(), NodeError> {
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(socket_err(path, "chown"))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(socket_err(path, "chmod"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot watch SIGTERM/SIGINT; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Serve the API until SIGTERM/SIGINT.
+pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
+    let registry = Arc::new(Registry::load(StateDir::open(&config.state_dir)?)?);
+    log::info!(
+        "state directory {}: {} sliver(s)",
+        config.state_dir.display(),
+        registry.list().len()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    let socket = config.socket.clone();
+    let result = runtime.block_on(async {
+        clear_stale_socket(&socket)?;
+        let listener =
+            tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
+        set_permissions(&socket, config.socket_group)?;
+        log::info!("serving on {}", socket.display());
+        let app = api::router(registry).into_make_service_with_connect_info::<Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(socket_err(&socket, "serving"))
+    });
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        log::warn!("removing {}: {e}", config.socket.display());
+    }
+    result
+}
