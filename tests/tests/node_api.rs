@@ -347,3 +347,95 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("another daemon is serving"));
     d.stop();
 }
+
+fn wait_for_state(d: &Daemon, name: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = d.call("GET", &format!("/slivers/{name}"), None).json();
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never became {state}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn vmm_processes_are_started_watched_stopped_and_readopted() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let halt = e2e::tiny_guest::Program::new()
+        .halt_forever()
+        .write_elf(dir.path(), "halt.elf");
+    let off = e2e::tiny_guest::Program::new()
+        .reset()
+        .write_elf(dir.path(), "off.elf");
+    let tiny = |k: &Path| json!({"slice": "s", "kernel": k, "mem_mib": 16});
+    let d = Daemon::start(dir.path());
+
+    // Start and stop.
+    assert_eq!(d.call("PUT", "/slivers/a", Some(tiny(&halt))).status, 201);
+    let r = d.call("POST", "/slivers/a/start", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let pid = r.json()["pid"].as_u64().expect("pid");
+    assert_eq!(r.json()["state"], "running");
+    assert!(pid_alive(pid));
+    assert_eq!(
+        d.call("POST", "/slivers/a/start", None).status,
+        409,
+        "already running"
+    );
+    let r = d.call("POST", "/slivers/a/stop", None).json();
+    assert_eq!(r["state"], "stopped", "{r}");
+    assert_eq!(r["exit_reason"], "stopped by SIGTERM");
+    assert!(r["pid"].is_null());
+    assert!(!pid_alive(pid), "VMM reaped, no zombie");
+
+    // The guest powers off by itself: noticed and recorded.
+    assert_eq!(d.call("PUT", "/slivers/b", Some(tiny(&off))).status, 201);
+    assert_eq!(d.call("POST", "/slivers/b/start", None).status, 200);
+    let b = wait_for_state(&d, "b", "stopped");
+    assert_eq!(b["exit_reason"], "guest powered off");
+
+    // A VMM killed with SIGKILL shows failed with its reason.
+    assert_eq!(d.call("PUT", "/slivers/c", Some(tiny(&halt))).status, 201);
+    let pid = d.call("POST", "/slivers/c/start", None).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    // SAFETY: killing the VMM the daemon started for this test.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let c = wait_for_state(&d, "c", "failed");
+    assert_eq!(c["exit_reason"], "VMM killed by signal 9");
+
+    // A daemon restart re-adopts a running VMM instead of orphaning or duplicating it.
+    assert_eq!(d.call("PUT", "/slivers/e", Some(tiny(&halt))).status, 201);
+    let pid = d.call("POST", "/slivers/e/start", None).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    d.stop();
+    assert!(pid_alive(pid), "the VMM outlives the daemon");
+    let d = Daemon::start(dir.path());
+    let e = d.call("GET", "/slivers/e", None).json();
+    assert_eq!(
+        (e["state"].clone(), e["pid"].as_u64()),
+        (json!("running"), Some(pid))
+    );
+    let e = d.call("POST", "/slivers/e/stop", None).json();
+    assert_eq!(e["state"], "stopped", "{e}");
+    assert_eq!(e["exit_reason"], "stopped by SIGTERM");
+
+    // Deleting a running sliver stops it first.
+    let pid = d.call("POST", "/slivers/a/start", None).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    assert_eq!(d.call("DELETE", "/slivers/a", None).status, 204);
+    assert!(!pid_alive(pid));
+    assert_eq!(d.call("GET", "/slivers/a", None).status, 404);
+    d.stop();
+}

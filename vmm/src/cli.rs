@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::exit::EXIT_SETUP_ERROR;
+use crate::exit::{ExitRecord, EXIT_SETUP_ERROR};
 use crate::host_quirks::QuirkMode;
 use crate::net_spec::NetSpec;
 use crate::node::server::NodeConfig;
@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC]. Repeatable.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     pub net: Vec<NetSpec>,
+    /// Write the exit code and reason here (JSON, atomically) when the VMM ends.
+    #[arg(long)]
+    pub exit_file: Option<PathBuf>,
+    /// The sliver this VMM runs (shown in its process arguments; set by the node daemon).
+    #[arg(long)]
+    pub sliver: Option<String>,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -90,41 +96,52 @@ pub fn main() -> i32 {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_target(false)
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Node(args) => {
-            let config = NodeConfig {
-                socket: args.socket,
-                state_dir: args.state_dir,
-                socket_group: args.socket_group,
-            };
-            match crate::node::server::run(&config) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("slicevisor: error: {e}");
-                    EXIT_SETUP_ERROR
-                }
-            }
-        }
-        Command::Run(args) => {
-            let config = VmConfig::from(args);
-            match vm::run(&config) {
-                Ok(reason) => {
-                    let code = reason.exit_code();
-                    if code == 0 {
-                        log::info!("VM ended: {reason}");
-                    } else {
-                        log::error!("VM ended: {reason}");
-                    }
-                    code
-                }
-                Err(e) => {
-                    eprintln!("slicevisor: error: {e}");
-                    EXIT_SETUP_ERROR
-                }
-            }
+    match Cli::parse().command {
+        Command::Node(args) => node_main(args),
+        Command::Run(args) => run_main(args),
+    }
+}
+
+fn node_main(args: NodeArgs) -> i32 {
+    let config = NodeConfig {
+        socket: args.socket,
+        state_dir: args.state_dir,
+        socket_group: args.socket_group,
+    };
+    match crate::node::server::run(&config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("slicevisor: error: {e}");
+            EXIT_SETUP_ERROR
         }
     }
+}
+
+fn run_main(args: RunArgs) -> i32 {
+    let exit_file = args.exit_file.clone();
+    let config = VmConfig::from(args);
+    let (code, reason) = match vm::run(&config) {
+        Ok(reason) => {
+            let code = reason.exit_code();
+            if code == 0 {
+                log::info!("VM ended: {reason}");
+            } else {
+                log::error!("VM ended: {reason}");
+            }
+            (code, reason.to_string())
+        }
+        Err(e) => {
+            eprintln!("slicevisor: error: {e}");
+            (EXIT_SETUP_ERROR, format!("setup error: {e}"))
+        }
+    };
+    if let Some(path) = exit_file {
+        let record = ExitRecord { code, reason };
+        if let Err(e) = record.write(&path) {
+            log::error!("--exit-file {}: {e}", path.display());
+        }
+    }
+    code
 }
 
 #[cfg(test)]

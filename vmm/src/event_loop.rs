@@ -108,6 +108,19 @@ impl<W: std::io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> 
     }
 }
 
+/// Unblock SIGTERM and SIGINT for this thread (and the threads it starts later).
+pub fn unblock_stop_signals() {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and
+    // pthread_sigmask only reads it.
+    unsafe {
+        let mut set = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// The main-thread loop.
 pub struct EventLoop {
     manager: EventManager<Subscriber>,
@@ -149,6 +162,10 @@ impl EventLoop {
             pipes,
             exit: exit.clone(),
         }));
+        // A supervisor may start us with SIGTERM/SIGINT blocked so that a stop request
+        // during start-up is not lost; now that they are handled, let them in (a pending
+        // one is delivered at once and becomes an orderly stop).
+        unblock_stop_signals();
         Ok(Self {
             manager,
             exit,

@@ -60,6 +60,35 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// What a VMM leaves behind with `--exit-file`: how it ended, for whoever supervises it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitRecord {
+    /// Process exit code.
+    pub code: i32,
+    /// One-line reason.
+    pub reason: String,
+}
+
+impl ExitRecord {
+    /// Write to `path` atomically (temporary file, fsync, rename).
+    pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &json)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)
+    }
+
+    /// Read one written by [`ExitRecord::write`].
+    pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
+        let bytes = std::fs::read(path)?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+    }
+}
+
 /// Collects the exit reason and wakes the VMM's event loop.
 #[derive(Debug)]
 pub struct ExitSignal {
@@ -113,6 +142,18 @@ impl ExitSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_record_roundtrips() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("exit.json");
+        let r = ExitRecord {
+            code: 2,
+            reason: "guest kernel panic: x".into(),
+        };
+        r.write(&path).expect("write");
+        assert_eq!(ExitRecord::read(&path).expect("read"), r);
+    }
 
     #[test]
     fn first_reason_wins() {

@@ -213,6 +213,9 @@ fn log_net_counters(nets: &[AttachedNet]) {
 /// Build the VM from `config`, run it until it ends, tear it down, and say why it ended.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let start = Instant::now();
+    // Stop signals are handled from here on (a stop during set-up ends the VM once it runs).
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
+    let mut event_loop = EventLoop::new(exit.clone())?;
     validate_vcpus(config.vcpus)?;
     let (extra, why) =
         host_quirks::cmdline_workarounds(config.host_quirks, host_quirks::pvm_native_host());
@@ -231,8 +234,6 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let kvm = kvm_vm::open(config.vcpus)?;
     let vm = kvm_vm::create_vm(&kvm, &mem)?;
 
-    let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
-    let mut event_loop = EventLoop::new(exit.clone())?;
     let sink: Arc<dyn GuestEventSink> = Arc::new(VmEvents {
         exit: exit.clone(),
         start,

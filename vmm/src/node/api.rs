@@ -8,14 +8,15 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
 use super::error::ApiError;
-use super::registry::{Created, LimitsPatch, Registry};
+use super::registry::{Created, LimitsPatch};
 use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 use super::state::SliverRecord;
+use super::supervisor::Supervisor;
 
 /// Every (method, path) the daemon serves.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -26,6 +27,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/slivers/{name}"),
     ("PATCH", "/slivers/{name}"),
     ("DELETE", "/slivers/{name}"),
+    ("POST", "/slivers/{name}/start"),
+    ("POST", "/slivers/{name}/stop"),
 ];
 
 /// Who is on the other end of a connection (SO_PEERCRED).
@@ -83,7 +86,8 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn metrics(State(reg): State<Arc<Registry>>) -> Response {
+async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
+    let reg = sup.registry();
     let mut out = String::from(
         "# HELP slicevisor_slivers Slivers defined on this node, by state.\n# TYPE slicevisor_slivers gauge\n",
     );
@@ -96,26 +100,28 @@ async fn metrics(State(reg): State<Arc<Registry>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn list(State(reg): State<Arc<Registry>>) -> Json<serde_json::Value> {
+async fn list(State(sup): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
+    let reg = sup.registry();
     let all: Vec<_> = reg.list().iter().map(|(n, r)| view(n, r)).collect();
     Json(json!(all))
 }
 
 async fn show(
-    State(reg): State<Arc<Registry>>,
+    State(sup): State<Arc<Supervisor>>,
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let record = reg.get(&name)?;
+    let record = sup.registry().get(&name)?;
     Ok(Json(view(&name, &record)))
 }
 
 async fn create(
-    State(reg): State<Arc<Registry>>,
+    State(sup): State<Arc<Supervisor>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_bytes(body)?;
+    let reg = sup.registry().clone();
     let (created, record) = blocking(move || {
         let mut spec: SliverSpec = parse(&body)?;
         spec.validate(&name)?;
@@ -134,12 +140,13 @@ async fn create(
 }
 
 async fn patch(
-    State(reg): State<Arc<Registry>>,
+    State(sup): State<Arc<Supervisor>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body_bytes(body)?;
+    let reg = sup.registry().clone();
     let (name, record) = blocking(move || {
         let patch: LimitsPatch = parse(&body)?;
         let record = reg.patch_limits(&name, &patch)?;
@@ -154,10 +161,13 @@ async fn patch(
 }
 
 async fn remove(
-    State(reg): State<Arc<Registry>>,
+    State(sup): State<Arc<Supervisor>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    sup.registry().get(&name)?;
+    sup.stop(&name).await?;
+    let reg = sup.registry().clone();
     blocking(move || {
         reg.delete(&name)?;
         log::info!("uid {:?} deleted sliver {name}", peer.uid);
@@ -165,6 +175,26 @@ async fn remove(
     })
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn start(
+    State(sup): State<Arc<Supervisor>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let record = sup.start(&name).await?;
+    log::info!("uid {:?} started sliver {name}", peer.uid);
+    Ok(Json(view(&name, &record)))
+}
+
+async fn stop(
+    State(sup): State<Arc<Supervisor>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    log::info!("uid {:?} stops sliver {name}", peer.uid);
+    let record = sup.stop(&name).await?;
+    Ok(Json(view(&name, &record)))
 }
 
 async fn fallback() -> ApiError {
@@ -178,8 +208,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The router over `registry`.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// The router over the supervisor (and its registry).
+pub fn router(supervisor: Arc<Supervisor>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -188,11 +218,13 @@ pub fn router(registry: Arc<Registry>) -> Router {
             "/slivers/{name}",
             get(show).put(create).patch(patch).delete(remove),
         )
+        .route("/slivers/{name}/start", post(start))
+        .route("/slivers/{name}/stop", post(stop))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Our own parser reports oversize bodies as JSON; let one byte more through to it.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
-        .with_state(registry)
+        .with_state(supervisor)
 }
 
 #[cfg(test)]

@@ -8,3 +8,4 @@ pub mod registry;
 pub mod server;
 pub mod spec;
 pub mod state;
+pub mod supervisor;

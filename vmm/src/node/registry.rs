@@ -158,7 +158,22 @@ impl Registry {
         Ok(updated)
     }
 
-    /// Forget sliver `name`. (Stopping a running VMM first comes with VMM supervision.)
+    /// Change sliver `name` with `f` (which may refuse by returning an error) and store the
+    /// result before acknowledging it.
+    pub fn update<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut SliverRecord) -> Result<T, ApiError>,
+    ) -> Result<(T, SliverRecord), ApiError> {
+        let mut slivers = self.lock();
+        let mut record = slivers.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let out = f(&mut record)?;
+        self.state.save(name, &record).map_err(storage)?;
+        slivers.insert(name.to_string(), record.clone());
+        Ok((out, record))
+    }
+
+    /// Forget sliver `name`; it must not be running (the supervisor stops it first).
     pub fn delete(&self, name: &str) -> Result<(), ApiError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;

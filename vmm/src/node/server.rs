@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::api::{self, Peer};
 use super::registry::Registry;
 use super::state::{StateDir, StateError};
+use super::supervisor::Supervisor;
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -38,8 +39,8 @@ pub enum NodeError {
     /// Another daemon answers on the socket.
     #[error("--socket {0}: another daemon is serving this socket")]
     InUse(PathBuf),
-    /// The async runtime could not start.
-    #[error("starting the runtime: {0}")]
+    /// The async runtime (or finding our own executable) failed.
+    #[error("starting the daemon: {0}")]
     Runtime(std::io::Error),
 }
 
@@ -95,6 +96,15 @@ async fn shutdown_signal() {
 /// Serve the API until SIGTERM/SIGINT.
 pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     let registry = Arc::new(Registry::load(StateDir::open(&config.state_dir)?)?);
+    let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
+    let supervisor = Arc::new(
+        Supervisor::new(registry.clone(), exe, &config.state_dir).map_err(|e| {
+            NodeError::State(StateError::Io {
+                path: config.state_dir.join("run"),
+                source: e,
+            })
+        })?,
+    );
     log::info!(
         "state directory {}: {} sliver(s)",
         config.state_dir.display(),
@@ -112,7 +122,8 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
         set_permissions(&socket, config.socket_group)?;
         log::info!("serving on {}", socket.display());
-        let app = api::router(registry).into_make_service_with_connect_info::<Peer>();
+        supervisor.adopt_all();
+        let app = api::router(supervisor).into_make_service_with_connect_info::<Peer>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await

@@ -1,0 +1,318 @@
+//! One VMM process per running sliver: started as `slicevisor run`, watched until it exits
+//! (its exit is noticed at once and recorded with the reason), stopped with SIGTERM and, if
+//! need be, SIGKILL. After a daemon restart, VMMs that kept running are re-adopted through a
+//! pidfd instead of being orphaned or started twice.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::error::ApiError;
+use super::registry::Registry;
+use super::state::{SliverRecord, SliverState};
+use crate::exit::ExitRecord;
+
+/// How long a VMM gets to stop after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Starts, watches and stops VMM processes.
+#[derive(Debug)]
+pub struct Supervisor {
+    registry: Arc<Registry>,
+    exe: PathBuf,
+    run_dir: PathBuf,
+    /// Per running VMM: becomes `true` once its exit has been recorded.
+    exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::status(500, format!("{what}: {e}"))
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid we started or adopted; a stale pid at worst gets ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Whether `pid` is a VMM of ours for sliver `name` (its arguments say so).
+fn is_our_vmm(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"--sliver" && w[1] == name.as_bytes())
+        && args.iter().any(|a| *a == b"run")
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Supervisor {
+    /// A supervisor running `exe` (this binary) for VMMs, keeping exit files and logs in
+    /// `state_dir/run`.
+    pub fn new(registry: Arc<Registry>, exe: PathBuf, state_dir: &Path) -> std::io::Result<Self> {
+        let run_dir = state_dir.join("run");
+        std::fs::create_dir_all(&run_dir)?;
+        Ok(Self {
+            registry,
+            exe,
+            run_dir,
+            exited: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The sliver registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    fn exit_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.exit.json"))
+    }
+
+    /// The VMM's console and log (appended across runs).
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.log"))
+    }
+
+    fn watch(&self, name: &str) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), rx);
+        tx
+    }
+
+    fn command(&self, name: &str, r: &SliverRecord) -> std::io::Result<tokio::process::Command> {
+        let spec = &r.spec;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .args(["--sliver", name])
+            .arg("--exit-file")
+            .arg(self.exit_file(name))
+            .arg("--kernel")
+            .arg(&spec.kernel)
+            .args(["--mem-mib", &spec.mem_mib.to_string()])
+            .args(["--vcpus", &spec.vcpus.to_string()]);
+        if let Some(initrd) = &spec.initrd {
+            cmd.arg("--initrd").arg(initrd);
+        }
+        if let Some(extra) = &spec.cmdline {
+            cmd.args(["--cmdline", extra]);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(name))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            // Its own process group: signals meant for the daemon do not reach the VMMs.
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // async-signal-safe functions (sigemptyset, sigaddset, pthread_sigmask).
+        unsafe {
+            cmd.pre_exec(|| {
+                // Start with SIGTERM/SIGINT blocked: the VMM unblocks them once it handles
+                // them, so a stop right after start is delivered then instead of killing a
+                // half-built VM.
+                let mut set = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Start the VMM of sliver `name`.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverRecord, ApiError> {
+        let (_, record) = self.registry.update(name, |r| match r.state {
+            SliverState::Created | SliverState::Stopped | SliverState::Failed => {
+                r.state = SliverState::Starting;
+                r.exit_reason = None;
+                Ok(())
+            }
+            s => Err(ApiError::status(
+                409,
+                format!("sliver {name:?} is {}", s.as_str()),
+            )),
+        })?;
+        let _ = std::fs::remove_file(self.exit_file(name));
+        let spawned = self.command(name, &record).and_then(|mut cmd| cmd.spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let reason = format!("starting the VMM: {e}");
+                self.registry.update(name, |r| {
+                    r.state = SliverState::Failed;
+                    r.exit_reason = Some(reason.clone());
+                    Ok(())
+                })?;
+                return Err(internal("starting the VMM", e));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let tx = self.watch(name);
+        let (_, record) = self.registry.update(name, |r| {
+            r.state = SliverState::Running;
+            r.pid = Some(pid);
+            r.started_at = Some(now_secs());
+            Ok(())
+        })?;
+        log::info!("sliver {name}: VMM started, pid {pid}");
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            me.record_exit(&name, status);
+            let _ = tx.send(true);
+        });
+        Ok(record)
+    }
+
+    /// Record how the VMM of `name` ended, from its exit file, or from `status`.
+    fn record_exit(&self, name: &str, status: Option<ExitStatus>) {
+        let from_file = ExitRecord::read(&self.exit_file(name)).ok();
+        let (state, reason) = match (from_file, status) {
+            (Some(rec), _) => {
+                let state = if rec.code == 0 {
+                    SliverState::Stopped
+                } else {
+                    SliverState::Failed
+                };
+                (state, rec.reason)
+            }
+            (None, Some(st)) => match st.signal() {
+                Some(sig) => (SliverState::Failed, format!("VMM killed by signal {sig}")),
+                None => (
+                    SliverState::Failed,
+                    format!(
+                        "VMM exited with code {} without a reason",
+                        st.code().unwrap_or(-1)
+                    ),
+                ),
+            },
+            (None, None) => (
+                SliverState::Failed,
+                "VMM ended while the daemon was not watching; no exit record".to_string(),
+            ),
+        };
+        log::info!("sliver {name}: VMM ended: {reason}");
+        if let Err(e) = self.registry.update(name, |r| {
+            r.state = state;
+            r.pid = None;
+            r.exit_reason = Some(reason.clone());
+            Ok(())
+        }) {
+            log::error!("sliver {name}: recording its exit: {e}");
+        }
+    }
+
+    /// Stop the VMM of `name`: SIGTERM, then SIGKILL after [`STOP_GRACE`]. Waits for the exit
+    /// to be recorded. Stopping a sliver that is not running is not an error.
+    pub async fn stop(&self, name: &str) -> Result<SliverRecord, ApiError> {
+        let (pid, _) = self.registry.update(name, |r| match (r.state, r.pid) {
+            (SliverState::Starting | SliverState::Running | SliverState::Stopping, Some(pid)) => {
+                r.state = SliverState::Stopping;
+                Ok(Some(pid))
+            }
+            _ => Ok(None),
+        })?;
+        let Some(pid) = pid else {
+            return self.registry.get(name);
+        };
+        let rx = self
+            .exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let Some(mut rx) = rx else {
+            return Err(internal(
+                "stopping",
+                format!("sliver {name:?} has a pid but no watcher"),
+            ));
+        };
+        signal(pid, libc::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, rx.wait_for(|done| *done))
+            .await
+            .is_err()
+        {
+            log::warn!("sliver {name}: VMM {pid} ignored SIGTERM for {STOP_GRACE:?}; SIGKILL");
+            signal(pid, libc::SIGKILL);
+            let _ = tokio::time::timeout(STOP_GRACE, rx.wait_for(|done| *done)).await;
+        }
+        self.registry.get(name)
+    }
+
+    /// After a daemon restart: watch VMMs that kept running, and record the ones that ended
+    /// meanwhile.
+    pub fn adopt_all(self: &Arc<Self>) {
+        for (name, r) in self.registry.list() {
+            let active = matches!(
+                r.state,
+                SliverState::Starting | SliverState::Running | SliverState::Stopping
+            );
+            if !active {
+                continue;
+            }
+            match r
+                .pid
+                .filter(|&pid| is_our_vmm(pid, &name))
+                .map(|pid| (pid, pidfd_open(pid)))
+            {
+                Some((pid, Ok(fd))) => {
+                    log::info!("sliver {name}: re-adopted running VMM, pid {pid}");
+                    let tx = self.watch(&name);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        // A pidfd becomes readable when the process exits.
+                        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open
+                        // and refers to the same pidfd for the AsyncFd's whole life.
+                        let registered = unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                fd,
+                                tokio::io::Interest::READABLE,
+                            )
+                        };
+                        match registered {
+                            Ok(afd) => {
+                                let _ = afd.readable().await;
+                            }
+                            Err(e) => log::error!("sliver {name}: watching pid {pid}: {e}"),
+                        }
+                        me.record_exit(&name, None);
+                        let _ = tx.send(true);
+                    });
+                }
+                _ => self.record_exit(&name, None),
+            }
+        }
+    }
+}
