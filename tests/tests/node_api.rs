@@ -5,19 +5,31 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use e2e::http::{request, Response};
+use e2e::netns::NetNs;
 use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 use serde_json::{json, Value};
 
 struct Daemon {
     child: Option<ChildGuard>,
     socket: PathBuf,
+    /// The namespace the daemon (and its TAPs and VMMs) lives in; outlives the daemon.
+    ns: Arc<NetNs>,
 }
 
 impl Daemon {
+    /// A daemon in a fresh network namespace.
     fn start(dir: &Path) -> Self {
+        Self::start_in(dir, Arc::new(NetNs::new("svnode")))
+    }
+
+    /// A daemon in namespace `ns` (e.g. the previous daemon's, for restarts).
+    fn start_in(dir: &Path, ns: Arc<NetNs>) -> Self {
         let socket = dir.join("node.sock");
-        let child = std::process::Command::new(slicevisor_bin())
+        let child = ns
+            .command(slicevisor_bin())
             .args(["node", "--socket"])
             .arg(&socket)
             .arg("--state-dir")
@@ -38,6 +50,7 @@ impl Daemon {
         Self {
             child: Some(ChildGuard::new(child)),
             socket,
+            ns,
         }
     }
 
@@ -95,6 +108,27 @@ fn define_inspect_patch_and_delete_slivers() {
     let r = d.call("PUT", "/slivers/web-1", Some(spec(&k, 2)));
     assert_eq!((r.status, r.json()["field"].clone()), (409, json!("name")));
     assert_eq!(d.call("PUT", "/slivers/db", Some(spec(&k, 3))).status, 201);
+    // The daemon made the sliver's TAP, with the host address, up, inside its namespace.
+    let addr =
+        d.ns.command("ip")
+            .args(["-br", "addr", "show", "dev", "sv-db"])
+            .output()
+            .expect("ip");
+    let addr = String::from_utf8_lossy(&addr.stdout);
+    assert!(addr.contains("10.9.3.1/24"), "{addr}");
+    assert!(
+        addr.contains("UP") || addr.contains("UNKNOWN") || addr.contains("DOWN"),
+        "{addr}"
+    );
+    let link =
+        d.ns.command("ip")
+            .args(["-o", "link", "show", "dev", "sv-db"])
+            .output()
+            .expect("ip");
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains(",UP"),
+        "link up"
+    );
 
     let list = d.call("GET", "/slivers", None).json();
     let names: Vec<&str> = list
@@ -140,6 +174,12 @@ fn define_inspect_patch_and_delete_slivers() {
 
     assert_eq!(d.call("DELETE", "/slivers/web-1", None).status, 204);
     assert_eq!(d.call("GET", "/slivers/web-1", None).status, 404);
+    let gone =
+        d.ns.command("ip")
+            .args(["link", "show", "dev", "sv-web-1"])
+            .output()
+            .expect("ip");
+    assert!(!gone.status.success(), "TAP removed on delete");
     assert_eq!(d.call("DELETE", "/slivers/web-1", None).status, 404);
     let stderr = d.stop();
     assert!(
@@ -319,9 +359,10 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
     assert_eq!(mode & 0o777, 0o600, "socket mode");
     assert_eq!(d.call("PUT", "/slivers/a", Some(spec(&k, 1))).status, 201);
     assert_eq!(d.call("PUT", "/slivers/b", Some(spec(&k, 2))).status, 201);
+    let ns = d.ns.clone();
     d.stop();
 
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_in(dir.path(), ns.clone());
     assert_eq!(
         d.call("GET", "/slivers", None)
             .json()
@@ -333,7 +374,7 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
     let mut d = d;
     drop(d.child.take());
     assert!(d.socket.exists());
-    let d = Daemon::start(dir.path());
+    let d = Daemon::start_in(dir.path(), ns);
     assert_eq!(d.call("GET", "/slivers/b", None).status, 200);
     // A second daemon on the same socket refuses to start.
     let second = std::process::Command::new(slicevisor_bin())

@@ -126,12 +126,20 @@ async fn create(
         let mut spec: SliverSpec = parse(&body)?;
         spec.validate(&name)?;
         let (created, record) = reg.create(&name, spec)?;
-        if created == Created::New {
-            log::info!("uid {:?} created sliver {name}", peer.uid);
-        }
         Ok((created, (name, record)))
     })
     .await?;
+    if created == Created::New {
+        if let Err(e) = sup.setup_host_net(&record.0, &record.1.spec).await {
+            // Nothing half-made: the definition goes again.
+            let reg = sup.registry().clone();
+            let name = record.0.clone();
+            blocking(move || reg.delete(&name)).await?;
+            sup.teardown_host_net(&record.0).await;
+            return Err(e);
+        }
+        log::info!("uid {:?} created sliver {}", peer.uid, record.0);
+    }
     let status = match created {
         Created::New => StatusCode::CREATED,
         Created::Unchanged => StatusCode::OK,
@@ -165,15 +173,15 @@ async fn remove(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    sup.registry().get(&name)?;
+    let had_net = sup.registry().get(&name)?.spec.net.is_some();
     sup.stop(&name).await?;
     let reg = sup.registry().clone();
-    blocking(move || {
-        reg.delete(&name)?;
-        log::info!("uid {:?} deleted sliver {name}", peer.uid);
-        Ok(())
-    })
-    .await?;
+    let deleted = name.clone();
+    blocking(move || reg.delete(&deleted)).await?;
+    if had_net {
+        sup.teardown_host_net(&name).await;
+    }
+    log::info!("uid {:?} deleted sliver {name}", peer.uid);
     Ok(StatusCode::NO_CONTENT)
 }
 

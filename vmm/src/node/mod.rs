@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod error;
+pub mod host_net;
 pub mod registry;
 pub mod server;
 pub mod spec;

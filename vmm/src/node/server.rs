@@ -97,14 +97,6 @@ async fn shutdown_signal() {
 pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     let registry = Arc::new(Registry::load(StateDir::open(&config.state_dir)?)?);
     let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
-    let supervisor = Arc::new(
-        Supervisor::new(registry.clone(), exe, &config.state_dir).map_err(|e| {
-            NodeError::State(StateError::Io {
-                path: config.state_dir.join("run"),
-                source: e,
-            })
-        })?,
-    );
     log::info!(
         "state directory {}: {} sliver(s)",
         config.state_dir.display(),
@@ -117,6 +109,16 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         .map_err(NodeError::Runtime)?;
     let socket = config.socket.clone();
     let result = runtime.block_on(async {
+        let (connection, netlink, _) = rtnetlink::new_connection().map_err(NodeError::Runtime)?;
+        tokio::spawn(connection);
+        let supervisor = Arc::new(
+            Supervisor::new(registry.clone(), netlink, exe, &config.state_dir).map_err(|e| {
+                NodeError::State(StateError::Io {
+                    path: config.state_dir.join("run"),
+                    source: e,
+                })
+            })?,
+        );
         clear_stale_socket(&socket)?;
         let listener =
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;

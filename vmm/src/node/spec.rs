@@ -158,6 +158,16 @@ fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
 }
 
 impl SliverNet {
+    /// Guest address and prefix (valid once [`SliverNet::validate`] passed).
+    pub fn guest_cidr(&self) -> Option<(Ipv4Addr, u8)> {
+        parse_cidr(&self.ipv4)
+    }
+
+    /// Host (TAP) address (valid once [`SliverNet::validate`] passed).
+    pub fn host_addr(&self) -> Option<Ipv4Addr> {
+        self.host_ipv4.parse().ok()
+    }
+
     /// Check addresses and limits.
     pub fn validate(&self) -> Result<(), ApiError> {
         if let Some(mac) = &self.mac {

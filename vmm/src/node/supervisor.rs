@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::error::ApiError;
+use super::host_net;
 use super::registry::Registry;
 use super::state::{SliverRecord, SliverState};
 use crate::exit::ExitRecord;
@@ -25,6 +26,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Supervisor {
     registry: Arc<Registry>,
+    netlink: rtnetlink::Handle,
     exe: PathBuf,
     run_dir: PathBuf,
     /// Per running VMM: becomes `true` once its exit has been recorded.
@@ -71,11 +73,17 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
 impl Supervisor {
     /// A supervisor running `exe` (this binary) for VMMs, keeping exit files and logs in
     /// `state_dir/run`.
-    pub fn new(registry: Arc<Registry>, exe: PathBuf, state_dir: &Path) -> std::io::Result<Self> {
+    pub fn new(
+        registry: Arc<Registry>,
+        netlink: rtnetlink::Handle,
+        exe: PathBuf,
+        state_dir: &Path,
+    ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
         Ok(Self {
             registry,
+            netlink,
             exe,
             run_dir,
             exited: Mutex::new(HashMap::new()),
@@ -85,6 +93,38 @@ impl Supervisor {
     /// The sliver registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    /// Create and address the TAP of sliver `name` if its spec has a network device.
+    pub async fn setup_host_net(
+        &self,
+        name: &str,
+        spec: &super::spec::SliverSpec,
+    ) -> Result<(), ApiError> {
+        let Some(net) = &spec.net else {
+            return Ok(());
+        };
+        let (Some((_, prefix)), Some(host)) = (net.guest_cidr(), net.host_addr()) else {
+            return Err(ApiError::invalid("net", "addresses not validated"));
+        };
+        let tap = host_net::tap_name(name);
+        host_net::ensure_tap(&self.netlink, &tap, host, prefix)
+            .await
+            .map_err(|e| ApiError {
+                status: 500,
+                error: format!("setting up the host side: {e}"),
+                field: Some("net".into()),
+            })?;
+        log::info!("sliver {name}: TAP {tap} with {host}/{prefix}");
+        Ok(())
+    }
+
+    /// Remove the TAP of sliver `name` (if any).
+    pub async fn teardown_host_net(&self, name: &str) {
+        let tap = host_net::tap_name(name);
+        if let Err(e) = host_net::remove_tap(&self.netlink, &tap).await {
+            log::error!("sliver {name}: {e}");
+        }
     }
 
     fn exit_file(&self, name: &str) -> PathBuf {
@@ -119,8 +159,24 @@ impl Supervisor {
         if let Some(initrd) = &spec.initrd {
             cmd.arg("--initrd").arg(initrd);
         }
-        if let Some(extra) = &spec.cmdline {
-            cmd.args(["--cmdline", extra]);
+        let mut cmdline = Vec::new();
+        if let Some(net) = &spec.net {
+            let tap = host_net::tap_name(name);
+            let mac = match &net.mac {
+                Some(mac) => mac.clone(),
+                None => crate::net_spec::NetSpec {
+                    tap: tap.clone(),
+                    mac: None,
+                }
+                .mac_or_derived()
+                .to_string(),
+            };
+            cmd.arg("--net").arg(format!("tap={tap},mac={mac}"));
+            cmdline.push(format!("ip={}", net.ipv4));
+        }
+        cmdline.extend(spec.cmdline.clone());
+        if !cmdline.is_empty() {
+            cmd.arg("--cmdline").arg(cmdline.join(" "));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)

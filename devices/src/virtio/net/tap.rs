@@ -13,6 +13,7 @@ mod sys {
     pub const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
     pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
     pub const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+    pub const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
     pub const IFF_TAP: libc::c_short = 0x0002;
     pub const IFF_NO_PI: libc::c_short = 0x1000;
     pub const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -122,6 +123,26 @@ impl Tap {
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Keep the interface after this fd closes (or let it go with the last fd).
+    pub fn set_persistent(&self, persistent: bool) -> Result<(), TapError> {
+        // SAFETY: TUNSETPERSIST takes its flag by value on a TUNSETIFF'd fd.
+        let rc = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                sys::TUNSETPERSIST,
+                libc::c_ulong::from(persistent),
+            )
+        };
+        if rc < 0 {
+            return Err(TapError::Ioctl {
+                name: self.name.clone(),
+                what: "TUNSETPERSIST",
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 }
 
