@@ -72,6 +72,9 @@ pub struct RunArgs {
     /// Write the exit code and reason here (JSON, atomically) when the VMM ends.
     #[arg(long)]
     pub exit_file: Option<PathBuf>,
+    /// Write the packet counters here (JSON) every second and at exit.
+    #[arg(long)]
+    pub stats_file: Option<PathBuf>,
     /// The sliver this VMM runs (shown in its process arguments; set by the node daemon).
     #[arg(long)]
     pub sliver: Option<String>,
@@ -87,6 +90,7 @@ impl From<RunArgs> for VmConfig {
             vcpus: a.vcpus,
             host_quirks: a.host_quirks,
             net: a.net,
+            stats_file: a.stats_file,
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::host_quirks::{self, QuirkMode};
 use crate::memory::{self, MemoryError};
 use crate::net_spec::NetSpec;
+use crate::stats::StatsWriter;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 use crate::virtio_mmio::{AttachError, AttachedNet, VirtioAttacher};
 use crate::{kvm_vm, metrics};
@@ -50,6 +51,8 @@ pub struct VmConfig {
     pub host_quirks: QuirkMode,
     /// Network devices.
     pub net: Vec<NetSpec>,
+    /// Where to write the packet counters every second and at exit.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// Errors building the VM; each message names what failed.
@@ -248,6 +251,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         .iter()
         .map(|spec| attacher.attach_net(spec, &mut event_loop))
         .collect::<Result<Vec<_>, _>>()?;
+    let stats = match &config.stats_file {
+        Some(path) => {
+            let counters = nets.iter().map(|n| n.counters.clone()).collect();
+            let writer = Arc::new(Mutex::new(
+                StatsWriter::new(path.clone(), counters)
+                    .map_err(|e| VmError::Resource("--stats-file timer", e))?,
+            ));
+            event_loop.add_subscriber(Box::new(writer.clone()));
+            Some(writer)
+        }
+        None => None,
+    };
     let mut args = extra;
     args.extend_from_slice(attacher.cmdline_args());
     let cmdline = cmdline::build(config.cmdline.as_deref(), &args)?;
@@ -303,6 +318,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     event_loop.run_until_exit();
     stop_vcpus(handles);
     log_net_counters(&nets);
+    if let Some(stats) = stats {
+        stats.lock().unwrap_or_else(|p| p.into_inner()).write_now();
+    }
     // Guest memory (`mem`) is dropped only here, after every vCPU thread has been joined.
     drop(vm);
     Ok(exit

@@ -57,7 +57,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn view(name: &str, r: &SliverRecord) -> serde_json::Value {
+fn view(sup: &Supervisor, name: &str, r: &SliverRecord) -> serde_json::Value {
     json!({
         "name": name,
         "slice": r.spec.slice,
@@ -65,6 +65,7 @@ fn view(name: &str, r: &SliverRecord) -> serde_json::Value {
         "pid": r.pid,
         "started_at": r.started_at,
         "exit_reason": r.exit_reason,
+        "counters": sup.counters(name),
         "spec": r.spec,
     })
 }
@@ -102,7 +103,7 @@ async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
 
 async fn list(State(sup): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
     let reg = sup.registry();
-    let all: Vec<_> = reg.list().iter().map(|(n, r)| view(n, r)).collect();
+    let all: Vec<_> = reg.list().iter().map(|(n, r)| view(&sup, n, r)).collect();
     Json(json!(all))
 }
 
@@ -111,7 +112,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = sup.registry().get(&name)?;
-    Ok(Json(view(&name, &record)))
+    Ok(Json(view(&sup, &name, &record)))
 }
 
 async fn create(
@@ -144,7 +145,7 @@ async fn create(
         Created::New => StatusCode::CREATED,
         Created::Unchanged => StatusCode::OK,
     };
-    Ok((status, Json(view(&record.0, &record.1))).into_response())
+    Ok((status, Json(view(&sup, &record.0, &record.1))).into_response())
 }
 
 async fn patch(
@@ -165,7 +166,7 @@ async fn patch(
         Ok((name, record))
     })
     .await?;
-    Ok(Json(view(&name, &record)))
+    Ok(Json(view(&sup, &name, &record)))
 }
 
 async fn remove(
@@ -192,7 +193,7 @@ async fn start(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let record = sup.start(&name).await?;
     log::info!("uid {:?} started sliver {name}", peer.uid);
-    Ok(Json(view(&name, &record)))
+    Ok(Json(view(&sup, &name, &record)))
 }
 
 async fn stop(
@@ -202,7 +203,7 @@ async fn stop(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     log::info!("uid {:?} stops sliver {name}", peer.uid);
     let record = sup.stop(&name).await?;
-    Ok(Json(view(&name, &record)))
+    Ok(Json(view(&sup, &name, &record)))
 }
 
 async fn fallback() -> ApiError {

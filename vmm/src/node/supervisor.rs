@@ -131,6 +131,15 @@ impl Supervisor {
         self.run_dir.join(format!("{name}.exit.json"))
     }
 
+    fn stats_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.stats.json"))
+    }
+
+    /// The packet counters of sliver `name`'s current (or last) VMM; zeros before any ran.
+    pub fn counters(&self, name: &str) -> crate::stats::SliverCounters {
+        crate::stats::SliverCounters::read(&self.stats_file(name)).unwrap_or_default()
+    }
+
     /// The VMM's console and log (appended across runs).
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.log"))
@@ -152,6 +161,8 @@ impl Supervisor {
             .args(["--sliver", name])
             .arg("--exit-file")
             .arg(self.exit_file(name))
+            .arg("--stats-file")
+            .arg(self.stats_file(name))
             .arg("--kernel")
             .arg(&spec.kernel)
             .args(["--mem-mib", &spec.mem_mib.to_string()])
@@ -220,6 +231,7 @@ impl Supervisor {
             )),
         })?;
         let _ = std::fs::remove_file(self.exit_file(name));
+        let _ = std::fs::remove_file(self.stats_file(name));
         let spawned = self.command(name, &record).and_then(|mut cmd| cmd.spawn());
         let mut child = match spawned {
             Ok(child) => child,

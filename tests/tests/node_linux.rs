@@ -1,0 +1,134 @@
+//! The node daemon with real Linux guests: two slivers defined, started, reaching
+//! `SLIVER-READY` and pinging their host TAP, counted, stopped and deleted — all inside a
+//! network namespace this test creates.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
+use e2e::http::request;
+use e2e::netns::NetNs;
+use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
+use serde_json::{json, Value};
+
+fn wait_for_log(path: &Path, needles: &[&str], start: Instant) -> String {
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if needles.iter().all(|n| log.contains(n)) {
+            return log;
+        }
+        assert!(
+            start.elapsed() < LINUX_BOOT_TIMEOUT * 2,
+            "{} never showed {needles:?}:\n{log}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn two_linux_slivers_through_their_whole_life() {
+    let (kernel, initrd) = artifacts();
+    let _one_at_a_time = boot_lock();
+    let dir = tempfile::tempdir().expect("tmp");
+    let ns = NetNs::new("svnodelx");
+    let socket = dir.path().join("node.sock");
+    let daemon = ChildGuard::new(
+        ns.command(slicevisor_bin())
+            .args(["node", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("daemon"),
+    );
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "daemon did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let call = |method: &str, path: &str, body: Option<Value>| {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        request(&socket, method, path, bytes.as_deref())
+    };
+
+    let slivers = [("alpha", 1u8), ("beta", 2u8)];
+    for (name, net) in slivers {
+        let spec = json!({
+            "slice": "test_slice",
+            "kernel": kernel,
+            "initrd": initrd,
+            "mem_mib": 256,
+            "cmdline": format!("sliver_cmd=\"ping -c 3 10.20.{net}.1; sleep 600\""),
+            "net": {"ipv4": format!("10.20.{net}.2/24"), "host_ipv4": format!("10.20.{net}.1"), "net_share": net}
+        });
+        assert_eq!(
+            call("PUT", &format!("/slivers/{name}"), Some(spec)).status,
+            201
+        );
+    }
+    let start = Instant::now();
+    for (name, _) in slivers {
+        let r = call("POST", &format!("/slivers/{name}/start"), None);
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.json()["state"], "running");
+    }
+    for (name, _) in slivers {
+        let log = dir.path().join(format!("state/run/{name}.log"));
+        wait_for_log(
+            &log,
+            &[
+                "SLIVER-READY 6.1.",
+                "3 packets transmitted, 3 packets received",
+            ],
+            start,
+        );
+        eprintln!(
+            "{name}: booted and pinged its host after {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // one stats interval
+    for (name, _) in slivers {
+        let s = call("GET", &format!("/slivers/{name}"), None).json();
+        assert_eq!(s["state"], "running", "{s}");
+        let c = &s["counters"];
+        assert!(c["tx_packets"].as_u64().unwrap_or(0) >= 3, "{s}");
+        assert!(c["rx_packets"].as_u64().unwrap_or(0) >= 3, "{s}");
+    }
+    let metrics = call("GET", "/metrics", None).body;
+    assert!(
+        metrics
+            .contains("slicevisor_sliver_tx_packets_total{sliver=\"alpha\",slice=\"test_slice\"}"),
+        "{metrics}"
+    );
+    for (name, _) in slivers {
+        let s = call("POST", &format!("/slivers/{name}/stop"), None).json();
+        assert_eq!(
+            (s["state"].clone(), s["exit_reason"].clone()),
+            (json!("stopped"), json!("stopped by SIGTERM")),
+            "{s}"
+        );
+        assert_eq!(
+            call("DELETE", &format!("/slivers/{name}"), None).status,
+            204
+        );
+        let tap = ns
+            .command("ip")
+            .args(["link", "show", "dev", &format!("sv-{name}")])
+            .output()
+            .expect("ip");
+        assert!(!tap.status.success(), "TAP of {name} removed");
+    }
+    let daemon = daemon.take();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    let out = wait_with_timeout(daemon, Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{out:?}");
+}
