@@ -2,7 +2,6 @@
 //! packaged as PVH ELF kernels, and running the `slicevisor` binary.
 
 pub mod guest;
-pub mod http;
 pub mod netns;
 pub mod run;
 pub mod tiny_guest;

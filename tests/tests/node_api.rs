@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use e2e::http::{request, Response};
 use e2e::netns::NetNs;
 use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 use serde_json::{json, Value};
+use vmm::node::client::{request, Response};
 
 struct Daemon {
     child: Option<ChildGuard>,
@@ -478,5 +478,103 @@ fn vmm_processes_are_started_watched_stopped_and_readopted() {
     assert_eq!(d.call("DELETE", "/slivers/a", None).status, 204);
     assert!(!pid_alive(pid));
     assert_eq!(d.call("GET", "/slivers/a", None).status, 404);
+    d.stop();
+}
+
+fn ctl(socket: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(slicevisor_bin())
+        .args(["ctl", "--socket"])
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctl_client_drives_every_route() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let halt = e2e::tiny_guest::Program::new()
+        .halt_forever()
+        .write_elf(dir.path(), "halt.elf");
+    let spec_file = dir.path().join("spec.json");
+    let mut s = spec(&halt, 5);
+    s["mem_mib"] = json!(16);
+    std::fs::write(&spec_file, s.to_string()).expect("spec");
+    let d = Daemon::start(dir.path());
+    let sock = d.socket.clone();
+    let spec_arg = spec_file.to_str().expect("utf8");
+
+    assert_eq!(ctl(&sock, &["health"]).1.trim(), "ok");
+    let (code, out, _) = ctl(&sock, &["create", "cli-1", "--spec", spec_arg]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state        created"), "{out}");
+    let (code, out, _) = ctl(&sock, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("cli-1") && l.contains("created")),
+        "{out}"
+    );
+    let (code, out, _) = ctl(
+        &sock,
+        &[
+            "--json",
+            "limits",
+            "cli-1",
+            "--share",
+            "4",
+            "--max-rate",
+            "5000000",
+        ],
+    );
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        (
+            v["spec"]["net"]["net_share"].clone(),
+            v["spec"]["net"]["net_max_rate"].clone()
+        ),
+        (json!(4), json!(5_000_000))
+    );
+    let (code, out, _) = ctl(&sock, &["start", "cli-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("state        running"), "{out}");
+    let (code, out, _) = ctl(&sock, &["--json", "show", "cli-1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("json")["state"],
+        "running"
+    );
+    assert!(ctl(&sock, &["metrics"])
+        .1
+        .contains("slicevisor_sliver_tx_bytes_total{sliver=\"cli-1\""));
+    let (code, out, _) = ctl(&sock, &["stop", "cli-1"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("stopped by SIGTERM"), "{out}");
+    assert_eq!(ctl(&sock, &["delete", "cli-1"]).0, 0);
+
+    // Errors: the daemon's message and field, exit code 1.
+    let (code, _, err) = ctl(&sock, &["limits", "nope", "--share", "2"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("404") && err.contains("no sliver named"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(&sock, &["create", "cli-2", "--spec", "/nonexistent.json"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--spec /nonexistent.json"), "{err}");
+    std::fs::write(&spec_file, "{\"slice\": 5}").expect("bad spec");
+    let (code, _, err) = ctl(&sock, &["create", "cli-2", "--spec", spec_arg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("(field slice)"), "{err}");
+    let (code, _, err) = ctl(Path::new("/nonexistent.sock"), &["list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--socket /nonexistent.sock"), "{err}");
     d.stop();
 }

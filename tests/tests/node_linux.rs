@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
-use e2e::http::request;
 use e2e::netns::NetNs;
 use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 use serde_json::{json, Value};
+use vmm::node::client::request;
 
 fn wait_for_log(path: &Path, needles: &[&str], start: Instant) -> String {
     loop {

@@ -29,13 +29,15 @@ pub enum Command {
     Run(RunArgs),
     /// Serve the node API (HTTP + JSON) on a unix socket, keeping slivers in a state directory.
     Node(NodeArgs),
+    /// Talk to a running node daemon.
+    Ctl(crate::node::ctl::CtlArgs),
 }
 
 /// `slicevisor node` flags.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
     /// Control socket path (created mode 0600).
-    #[arg(long)]
+    #[arg(long, default_value = crate::node::ctl::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Directory for the daemon's state.
     #[arg(long)]
@@ -103,6 +105,7 @@ pub fn main() -> i32 {
     match Cli::parse().command {
         Command::Node(args) => node_main(args),
         Command::Run(args) => run_main(args),
+        Command::Ctl(args) => crate::node::ctl::run(&args),
     }
 }
 

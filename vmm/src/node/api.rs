@@ -17,6 +17,7 @@ use super::registry::{Created, LimitsPatch};
 use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 use super::state::SliverRecord;
 use super::supervisor::Supervisor;
+use crate::stats::SliverCounters;
 
 /// Every (method, path) the daemon serves.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -87,6 +88,37 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Per-sliver counter series: name, help, and which counter.
+type Series = (&'static str, &'static str, fn(&SliverCounters) -> u64);
+
+const SERIES: [Series; 5] = [
+    (
+        "slicevisor_sliver_tx_bytes_total",
+        "Bytes the sliver's guest sent.",
+        |c| c.tx_bytes,
+    ),
+    (
+        "slicevisor_sliver_tx_packets_total",
+        "Frames the sliver's guest sent.",
+        |c| c.tx_packets,
+    ),
+    (
+        "slicevisor_sliver_rx_bytes_total",
+        "Bytes delivered to the sliver's guest.",
+        |c| c.rx_bytes,
+    ),
+    (
+        "slicevisor_sliver_rx_packets_total",
+        "Frames delivered to the sliver's guest.",
+        |c| c.rx_packets,
+    ),
+    (
+        "slicevisor_sliver_drops_total",
+        "Frames dropped in either direction.",
+        |c| c.drops,
+    ),
+];
+
 async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
     let reg = sup.registry();
     let mut out = String::from(
@@ -97,6 +129,25 @@ async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
             "slicevisor_slivers{{state=\"{}\"}} {count}\n",
             state.as_str()
         ));
+    }
+    let counters: Vec<_> = reg
+        .list()
+        .into_iter()
+        .map(|(name, r)| {
+            let c = sup.counters(&name);
+            (name, r.spec.slice, c)
+        })
+        .collect();
+    for (metric, help, get) in SERIES {
+        out.push_str(&format!(
+            "# HELP {metric} {help}\n# TYPE {metric} counter\n"
+        ));
+        for (name, slice, c) in &counters {
+            out.push_str(&format!(
+                "{metric}{{sliver=\"{name}\",slice=\"{slice}\"}} {}\n",
+                get(c)
+            ));
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

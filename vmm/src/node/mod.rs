@@ -3,6 +3,8 @@
 //! and supervising VMM processes comes next.)
 
 pub mod api;
+pub mod client;
+pub mod ctl;
 pub mod error;
 pub mod host_net;
 pub mod registry;

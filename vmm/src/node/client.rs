@@ -1,4 +1,6 @@
-//! A minimal HTTP/1.1 client over a unix socket, for talking to `slicevisor node` in tests.
+//! A small HTTP/1.1 client over the node's unix socket: one request per connection, for
+//! `slicevisor ctl` and the tests. (The daemon side is axum; this side needs only requests
+//! with a known body and responses read to the end.)
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -15,10 +17,16 @@ pub struct Response {
 }
 
 impl Response {
-    /// The body as JSON (panics with the body if it is not).
+    /// The body as JSON (panics with the body if it is not; for tests).
+    #[allow(clippy::panic)]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
+        self.try_json()
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?} (status {})", self.body, self.status))
+    }
+
+    /// The body as JSON.
+    pub fn try_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_str(&self.body)
     }
 }
 
@@ -35,28 +43,38 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// One request on a fresh connection (`Connection: close`).
+/// One request on a fresh connection (`Connection: close`); panics on I/O errors (tests).
+#[allow(clippy::panic)]
 pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Response {
-    let mut s =
-        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+    try_request(socket, method, path, body)
+        .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", socket.display()))
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or(b"");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: node\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).expect("write head");
-    s.write_all(body).expect("write body");
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (headers, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = headers
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status line in {text:?}")))?;
     let chunked = headers
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
@@ -65,5 +83,5 @@ pub fn request(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> 
     } else {
         rest.to_string()
     };
-    Response { status, body }
+    Ok(Response { status, body })
 }

@@ -1,0 +1,234 @@
+//! `slicevisor ctl`: a client for the node API, with readable tables or `--json`.
+
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use super::client::{try_request, Response};
+
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/slicevisor/node.sock";
+
+/// `slicevisor ctl` flags.
+#[derive(Debug, clap::Args)]
+pub struct CtlArgs {
+    /// The daemon's control socket.
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print the daemon's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: Action,
+}
+
+/// `slicevisor ctl` subcommands, one per route.
+#[derive(Debug, clap::Subcommand)]
+pub enum Action {
+    /// GET /healthz
+    Health,
+    /// GET /slivers
+    List,
+    /// GET /slivers/{name}
+    Show {
+        /// Sliver name.
+        name: String,
+    },
+    /// PUT /slivers/{name} with the spec in FILE (JSON; `-` for stdin)
+    Create {
+        /// Sliver name.
+        name: String,
+        /// Spec file.
+        #[arg(long)]
+        spec: PathBuf,
+    },
+    /// POST /slivers/{name}/start
+    Start {
+        /// Sliver name.
+        name: String,
+    },
+    /// POST /slivers/{name}/stop
+    Stop {
+        /// Sliver name.
+        name: String,
+    },
+    /// DELETE /slivers/{name}
+    Delete {
+        /// Sliver name.
+        name: String,
+    },
+    /// PATCH /slivers/{name}: change network limits
+    Limits {
+        /// Sliver name.
+        name: String,
+        /// Share weight.
+        #[arg(long)]
+        share: Option<u32>,
+        /// Guaranteed rate, bit/s.
+        #[arg(long)]
+        min_rate: Option<u64>,
+        /// Cap, bit/s.
+        #[arg(long)]
+        max_rate: Option<u64>,
+        /// Daily budget, KB.
+        #[arg(long)]
+        max_kbyte: Option<u64>,
+        /// Daily threshold, KB.
+        #[arg(long)]
+        thresh_kbyte: Option<u64>,
+    },
+    /// GET /metrics
+    Metrics,
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn sliver_row(s: &Value) -> String {
+    format!(
+        "{:<20} {:<20} {:<9} {:>8} {:>12} {:>12}",
+        text(&s["name"]),
+        text(&s["slice"]),
+        text(&s["state"]),
+        text(&s["pid"]),
+        text(&s["counters"]["tx_bytes"]),
+        text(&s["counters"]["rx_bytes"]),
+    )
+}
+
+fn table(action: &Action, body: &Value) -> String {
+    match action {
+        Action::List => {
+            let mut out = format!(
+                "{:<20} {:<20} {:<9} {:>8} {:>12} {:>12}\n",
+                "NAME", "SLICE", "STATE", "PID", "TX BYTES", "RX BYTES"
+            );
+            for s in body.as_array().into_iter().flatten() {
+                out.push_str(&sliver_row(s));
+                out.push('\n');
+            }
+            out
+        }
+        Action::Health => format!("{}\n", text(&body["status"])),
+        _ => {
+            let mut out = String::new();
+            for key in ["name", "slice", "state", "pid", "started_at", "exit_reason"] {
+                out.push_str(&format!("{key:<12} {}\n", text(&body[key])));
+            }
+            if let Some(c) = body["counters"].as_object() {
+                for (k, v) in c {
+                    out.push_str(&format!("{k:<12} {}\n", text(v)));
+                }
+            }
+            if let Some(net) = body["spec"]["net"].as_object() {
+                for (k, v) in net {
+                    out.push_str(&format!("{k:<12} {}\n", text(v)));
+                }
+            }
+            out
+        }
+    }
+}
+
+fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>), String> {
+    Ok(match action {
+        Action::Health => ("GET", "/healthz".into(), None),
+        Action::List => ("GET", "/slivers".into(), None),
+        Action::Metrics => ("GET", "/metrics".into(), None),
+        Action::Show { name } => ("GET", format!("/slivers/{name}"), None),
+        Action::Start { name } => ("POST", format!("/slivers/{name}/start"), None),
+        Action::Stop { name } => ("POST", format!("/slivers/{name}/stop"), None),
+        Action::Delete { name } => ("DELETE", format!("/slivers/{name}"), None),
+        Action::Create { name, spec } => {
+            let body = if spec.as_os_str() == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .map_err(|e| format!("--spec -: {e}"))?;
+                b
+            } else {
+                std::fs::read(spec).map_err(|e| format!("--spec {}: {e}", spec.display()))?
+            };
+            ("PUT", format!("/slivers/{name}"), Some(body))
+        }
+        Action::Limits {
+            name,
+            share,
+            min_rate,
+            max_rate,
+            max_kbyte,
+            thresh_kbyte,
+        } => {
+            let mut patch = serde_json::Map::new();
+            for (k, v) in [
+                ("net_share", share.map(u64::from)),
+                ("net_min_rate", *min_rate),
+                ("net_max_rate", *max_rate),
+                ("net_max_kbyte", *max_kbyte),
+                ("net_thresh_kbyte", *thresh_kbyte),
+            ] {
+                if let Some(v) = v {
+                    patch.insert(k.into(), json!(v));
+                }
+            }
+            (
+                "PATCH",
+                format!("/slivers/{name}"),
+                Some(Value::Object(patch).to_string().into_bytes()),
+            )
+        }
+    })
+}
+
+/// Run one `ctl` command; returns the exit code (0 ok, 1 error).
+pub fn run(args: &CtlArgs) -> i32 {
+    let (method, path, body) = match request_for(&args.action) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("slicevisor: error: {e}");
+            return 1;
+        }
+    };
+    let response: Response = match try_request(&args.socket, method, &path, body.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("slicevisor: error: --socket {}: {e}", args.socket.display());
+            return 1;
+        }
+    };
+    if matches!(args.action, Action::Metrics) && response.status == 200 {
+        print!("{}", response.body);
+        return 0;
+    }
+    let body = response.try_json().unwrap_or(Value::Null);
+    if !(200..300).contains(&response.status) {
+        let field = body["field"]
+            .as_str()
+            .map(|f| format!(" (field {f})"))
+            .unwrap_or_default();
+        eprintln!(
+            "slicevisor: error: {} {}{field}",
+            response.status,
+            body["error"].as_str().unwrap_or(&response.body)
+        );
+        return 1;
+    }
+    if args.json {
+        println!(
+            "{}",
+            if body.is_null() {
+                "{}".to_string()
+            } else {
+                body.to_string()
+            }
+        );
+    } else if !body.is_null() {
+        print!("{}", table(&args.action, &body));
+    }
+    0
+}
