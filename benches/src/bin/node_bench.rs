@@ -1,0 +1,92 @@
+//! The node daemon: create→running latency of the VMM part (PUT + start until the VMM's
+//! boot-timer line, i.e. the guest's first instruction; no guest kernel boot), creations per
+//! second per host core, and the daemon's RSS with 32 slivers defined and running.
+//!
+//! Run (root): `cargo build --release --workspace --bins && target/release/node_bench [N]`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use benches::summarize;
+use e2e::netns::NetNs;
+use e2e::run::{slicevisor_bin, ChildGuard};
+use e2e::tiny_guest::Program;
+use serde_json::json;
+use vmm::node::client::request;
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn wait_for(path: &Path, needle: &str) {
+    let start = Instant::now();
+    while !std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
+        assert!(start.elapsed() < Duration::from_secs(30), "{} never showed {needle}", path.display());
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("N must be a number"))
+        .unwrap_or(32);
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = Program::new().boot_marker().halt_forever().write_elf(dir.path(), "tiny.elf");
+    let ns = NetNs::new("svbenchnode");
+    let socket = dir.path().join("node.sock");
+    let daemon = ChildGuard::new(
+        ns.command(slicevisor_bin())
+            .args(["node", "--socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("daemon"),
+    );
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let idle_rss = rss_kib(daemon.id());
+    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let mut latencies = Vec::new();
+    let all = Instant::now();
+    for i in 0..n {
+        let name = format!("b-{i}");
+        let spec = json!({"slice": "bench", "kernel": kernel, "mem_mib": 16,
+                          "net": {"ipv4": format!("10.30.{i}.2/24"), "host_ipv4": format!("10.30.{i}.1")}});
+        let t = Instant::now();
+        let r = request(&socket, "PUT", &format!("/slivers/{name}"), Some(spec.to_string().as_bytes()));
+        assert_eq!(r.status, 201, "{r:?}");
+        let r = request(&socket, "POST", &format!("/slivers/{name}/start"), None);
+        assert_eq!(r.status, 200, "{r:?}");
+        wait_for(&dir.path().join(format!("state/run/{name}.log")), "boot-timer");
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let rate = n as f64 / all.elapsed().as_secs_f64();
+    let busy_rss = rss_kib(daemon.id());
+    for i in 0..n {
+        let r = request(&socket, "DELETE", &format!("/slivers/b-{i}"), None);
+        assert_eq!(r.status, 204, "{r:?}");
+    }
+    let l = summarize(&latencies);
+    println!("node daemon, {n} slivers (tiny guest, TAP per sliver), {cores} host cores");
+    println!("{:<44} {:>9} {:>9} {:>9}", "", "median", "p90", "max");
+    println!(
+        "{:<44} {:>9.1} {:>9.1} {:>9.1}",
+        "PUT + start -> guest's first instruction (ms)", l.median, l.p90, l.max
+    );
+    println!("creations per second: {rate:.1} ({:.1} per core)", rate / cores as f64);
+    println!("daemon RSS: {idle_rss} KiB idle, {busy_rss} KiB with {n} slivers defined and running");
+    drop(daemon);
+}
