@@ -19,6 +19,34 @@ struct Daemon {
     ns: Arc<NetNs>,
 }
 
+/// Kill every process whose arguments mention `dir` (VMMs a failed test left behind: they
+/// run in their own process group and outlive the daemon by design).
+fn kill_vmms_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+            // SAFETY: SIGKILL to a process of this test (its arguments name our temp dir).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // The test failed before stopping the daemon: leave nothing running.
+            self.child = None;
+            if let Some(dir) = self.socket.parent() {
+                kill_vmms_under(dir);
+            }
+        }
+    }
+}
+
 impl Daemon {
     /// A daemon in a fresh network namespace.
     fn start(dir: &Path) -> Self {

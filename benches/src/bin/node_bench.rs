@@ -27,8 +27,15 @@ fn rss_kib(pid: u32) -> u64 {
 
 fn wait_for(path: &Path, needle: &str) {
     let start = Instant::now();
-    while !std::fs::read_to_string(path).unwrap_or_default().contains(needle) {
-        assert!(start.elapsed() < Duration::from_secs(30), "{} never showed {needle}", path.display());
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} never showed {needle}",
+            path.display()
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
 }
@@ -39,7 +46,10 @@ fn main() {
         .map(|a| a.parse().expect("N must be a number"))
         .unwrap_or(32);
     let dir = tempfile::tempdir().expect("tmp");
-    let kernel = Program::new().boot_marker().halt_forever().write_elf(dir.path(), "tiny.elf");
+    let kernel = Program::new()
+        .boot_marker()
+        .halt_forever()
+        .write_elf(dir.path(), "tiny.elf");
     let ns = NetNs::new("svbenchnode");
     let socket = dir.path().join("node.sock");
     let daemon = ChildGuard::new(
@@ -54,11 +64,19 @@ fn main() {
             .spawn()
             .expect("daemon"),
     );
+    let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the daemon did not listen (is {} current? build with --workspace --bins)",
+            slicevisor_bin().display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let idle_rss = rss_kib(daemon.id());
-    let cores = std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|c| c.get())
+        .unwrap_or(1);
     let mut latencies = Vec::new();
     let all = Instant::now();
     for i in 0..n {
@@ -66,11 +84,19 @@ fn main() {
         let spec = json!({"slice": "bench", "kernel": kernel, "mem_mib": 16,
                           "net": {"ipv4": format!("10.30.{i}.2/24"), "host_ipv4": format!("10.30.{i}.1")}});
         let t = Instant::now();
-        let r = request(&socket, "PUT", &format!("/slivers/{name}"), Some(spec.to_string().as_bytes()));
+        let r = request(
+            &socket,
+            "PUT",
+            &format!("/slivers/{name}"),
+            Some(spec.to_string().as_bytes()),
+        );
         assert_eq!(r.status, 201, "{r:?}");
         let r = request(&socket, "POST", &format!("/slivers/{name}/start"), None);
         assert_eq!(r.status, 200, "{r:?}");
-        wait_for(&dir.path().join(format!("state/run/{name}.log")), "boot-timer");
+        wait_for(
+            &dir.path().join(format!("state/run/{name}.log")),
+            "boot-timer",
+        );
         latencies.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let rate = n as f64 / all.elapsed().as_secs_f64();
@@ -86,7 +112,12 @@ fn main() {
         "{:<44} {:>9.1} {:>9.1} {:>9.1}",
         "PUT + start -> guest's first instruction (ms)", l.median, l.p90, l.max
     );
-    println!("creations per second: {rate:.1} ({:.1} per core)", rate / cores as f64);
-    println!("daemon RSS: {idle_rss} KiB idle, {busy_rss} KiB with {n} slivers defined and running");
+    println!(
+        "creations per second: {rate:.1} ({:.1} per core)",
+        rate / cores as f64
+    );
+    println!(
+        "daemon RSS: {idle_rss} KiB idle, {busy_rss} KiB with {n} slivers defined and running"
+    );
     drop(daemon);
 }
