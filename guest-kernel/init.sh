@@ -8,6 +8,7 @@
 #   ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>   kernel syntax
 #   sliver_cmd="..."   run with `sh -c`, then print SLIVER-CMD-EXIT <status>
 #   sliver_shell=1     interactive shell on the console
+# A console line containing @@SLIVER-POWEROFF@@ (sent by the VMM on SIGUSR1) powers off.
 # Then it syncs and reboots; with reboot=k the VMM sees the i8042 reset as power-off.
 #
 # Lines for the VMM/test harness: "SLIVER-READY <kernel release>" and
@@ -168,6 +169,24 @@ configure_ip() {
 
 if param ip; then
     configure_ip "$val" || say "network configuration failed"
+fi
+
+# The VMM asks for an orderly power-off by typing this line on the console (the node daemon
+# has it do so on stop, before anything harsher). A background reader turns it into a reboot,
+# which the VMM treats as power-off. Not with an interactive shell: that owns console input.
+POWEROFF_REQUEST='@@SLIVER-POWEROFF@@'
+if ! { param sliver_shell && [ "$val" = 1 ]; }; then
+    (
+        while read -r _line; do
+            case "$_line" in
+            *"$POWEROFF_REQUEST"*)
+                say "power-off requested by the VMM"
+                sync
+                reboot -f
+                ;;
+            esac
+        done </dev/console
+    ) &
 fi
 
 if param sliver_cmd; then

@@ -45,6 +45,9 @@ pub struct NodeArgs {
     /// Numeric group id allowed to use the socket (mode 0660 instead of 0600).
     #[arg(long)]
     pub socket_group: Option<u32>,
+    /// Seconds a guest gets to power off when its sliver is stopped, before SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub guest_stop_timeout: u64,
 }
 
 /// `slicevisor run` flags.
@@ -114,6 +117,7 @@ fn node_main(args: NodeArgs) -> i32 {
         socket: args.socket,
         state_dir: args.state_dir,
         socket_group: args.socket_group,
+        guest_stop_timeout: std::time::Duration::from_secs(args.guest_stop_timeout),
     };
     match crate::node::server::run(&config) {
         Ok(()) => 0,

@@ -70,6 +70,34 @@ impl MutEventSubscriber for SignalWatcher {
     }
 }
 
+/// What the VMM types on the guest console to ask for an orderly power-off; the project's
+/// guest `/init` watches for it (see guest-kernel/init.sh).
+pub const GUEST_POWEROFF_REQUEST: &[u8] = b"\n@@SLIVER-POWEROFF@@\n";
+
+/// SIGUSR1: ask the guest to power off, through its console.
+struct PowerOffRequest<W: std::io::Write + Send + 'static> {
+    pipe: UnixStream,
+    serial: Arc<Mutex<SerialDevice<W>>>,
+}
+
+impl<W: std::io::Write + Send + 'static> MutEventSubscriber for PowerOffRequest<W> {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut buf = [0u8; 16];
+        let _ = self.pipe.read(&mut buf);
+        log::info!("SIGUSR1 received: asking the guest to power off");
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = serial.enqueue_input(GUEST_POWEROFF_REQUEST) {
+            log::warn!("asking the guest to power off: {e}");
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.pipe, EventSet::IN)) {
+            log::error!("watching SIGUSR1: {e:?}");
+        }
+    }
+}
+
 /// Host stdin to the guest's COM1.
 struct ConsoleInput<W: std::io::Write + Send + 'static> {
     serial: Arc<Mutex<SerialDevice<W>>>,
@@ -108,15 +136,17 @@ impl<W: std::io::Write + Send + 'static> MutEventSubscriber for ConsoleInput<W> 
     }
 }
 
-/// Unblock SIGTERM and SIGINT for this thread (and the threads it starts later).
-pub fn unblock_stop_signals() {
+/// Unblock `signals` for this thread (and the threads it starts later). Call it only once
+/// their handlers are installed.
+pub fn unblock_signals(signals: &[libc::c_int]) {
     // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it, and
     // pthread_sigmask only reads it.
     unsafe {
         let mut set = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
@@ -165,7 +195,7 @@ impl EventLoop {
         // A supervisor may start us with SIGTERM/SIGINT blocked so that a stop request
         // during start-up is not lost; now that they are handled, let them in (a pending
         // one is delivered at once and becomes an orderly stop).
-        unblock_stop_signals();
+        unblock_signals(&[libc::SIGTERM, libc::SIGINT]);
         Ok(Self {
             manager,
             exit,
@@ -173,13 +203,25 @@ impl EventLoop {
         })
     }
 
-    /// Forward host stdin to `serial`.
+    /// Forward host stdin to `serial`, and turn SIGUSR1 into a power-off request typed there.
     pub fn add_console_input<W: std::io::Write + Send + 'static>(
         &mut self,
         serial: Arc<Mutex<SerialDevice<W>>>,
-    ) {
+    ) -> Result<(), EventLoopError> {
+        let (read, write) = UnixStream::pair().map_err(|e| EventLoopError::Signal("SIGUSR1", e))?;
+        read.set_nonblocking(true)
+            .map_err(|e| EventLoopError::Signal("SIGUSR1", e))?;
+        let id = signal_hook::low_level::pipe::register(libc::SIGUSR1, write)
+            .map_err(|e| EventLoopError::Signal("SIGUSR1", e))?;
+        self.signal_ids.push(id);
+        self.manager.add_subscriber(Box::new(PowerOffRequest {
+            pipe: read,
+            serial: serial.clone(),
+        }));
         self.manager
             .add_subscriber(Box::new(ConsoleInput { serial }));
+        unblock_signals(&[libc::SIGUSR1]);
+        Ok(())
     }
 
     /// Add another subscriber (devices with their own fds).

@@ -243,7 +243,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         guest_ranges: host_ranges(&mem),
     });
     let (pio, serial) = legacy_devices(&vm, sink)?;
-    event_loop.add_console_input(serial);
+    event_loop.add_console_input(serial)?;
     let mut mmio = Bus::new();
     let mut attacher = VirtioAttacher::new(&vm, &mem, &mut mmio);
     let nets = config

@@ -58,6 +58,8 @@ fn main() {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
+            // Tiny guests cannot answer a power-off request: straight to SIGTERM on delete.
+            .args(["--guest-stop-timeout", "0"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -18,6 +18,8 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// Group allowed to use the socket (mode 0660); otherwise mode 0600, owner only.
     pub socket_group: Option<u32>,
+    /// How long a guest gets to power off when asked, before its VMM gets SIGTERM.
+    pub guest_stop_timeout: std::time::Duration,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -112,7 +114,14 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         let (connection, netlink, _) = rtnetlink::new_connection().map_err(NodeError::Runtime)?;
         tokio::spawn(connection);
         let supervisor = Arc::new(
-            Supervisor::new(registry.clone(), netlink, exe, &config.state_dir).map_err(|e| {
+            Supervisor::new(
+                registry.clone(),
+                netlink,
+                exe,
+                &config.state_dir,
+                config.guest_stop_timeout,
+            )
+            .map_err(|e| {
                 NodeError::State(StateError::Io {
                     path: config.state_dir.join("run"),
                     source: e,

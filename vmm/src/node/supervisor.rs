@@ -1,6 +1,6 @@
 //! One VMM process per running sliver: started as `slicevisor run`, watched until it exits
-//! (its exit is noticed at once and recorded with the reason), stopped with SIGTERM and, if
-//! need be, SIGKILL. After a daemon restart, VMMs that kept running are re-adopted through a
+//! (its exit is noticed at once and recorded with the reason), stopped by asking the guest to
+//! power off, then with SIGTERM and, if need be, SIGKILL. After a daemon restart, VMMs that kept running are re-adopted through a
 //! pidfd instead of being orphaned or started twice.
 
 use std::collections::HashMap;
@@ -26,6 +26,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Supervisor {
     registry: Arc<Registry>,
+    guest_grace: Duration,
     netlink: rtnetlink::Handle,
     exe: PathBuf,
     run_dir: PathBuf,
@@ -78,11 +79,13 @@ impl Supervisor {
         netlink: rtnetlink::Handle,
         exe: PathBuf,
         state_dir: &Path,
+        guest_grace: Duration,
     ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
         Ok(Self {
             registry,
+            guest_grace,
             netlink,
             exe,
             run_dir,
@@ -210,6 +213,7 @@ impl Supervisor {
                 libc::sigemptyset(&mut set);
                 libc::sigaddset(&mut set, libc::SIGTERM);
                 libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
                 libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
                 Ok(())
             });
@@ -302,8 +306,10 @@ impl Supervisor {
         }
     }
 
-    /// Stop the VMM of `name`: SIGTERM, then SIGKILL after [`STOP_GRACE`]. Waits for the exit
-    /// to be recorded. Stopping a sliver that is not running is not an error.
+    /// Stop the VMM of `name`: ask the guest to power off (SIGUSR1 makes the VMM type a
+    /// request on the guest console), then SIGTERM after the guest grace period, then SIGKILL
+    /// after [`STOP_GRACE`]. Waits for the exit to be recorded. Stopping a sliver that is not
+    /// running is not an error.
     pub async fn stop(&self, name: &str) -> Result<SliverRecord, ApiError> {
         let (pid, _) = self.registry.update(name, |r| match (r.state, r.pid) {
             (SliverState::Starting | SliverState::Running | SliverState::Stopping, Some(pid)) => {
@@ -327,14 +333,24 @@ impl Supervisor {
                 format!("sliver {name:?} has a pid but no watcher"),
             ));
         };
-        signal(pid, libc::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, rx.wait_for(|done| *done))
-            .await
-            .is_err()
-        {
-            log::warn!("sliver {name}: VMM {pid} ignored SIGTERM for {STOP_GRACE:?}; SIGKILL");
-            signal(pid, libc::SIGKILL);
-            let _ = tokio::time::timeout(STOP_GRACE, rx.wait_for(|done| *done)).await;
+        let steps = [
+            (
+                libc::SIGUSR1,
+                self.guest_grace,
+                "the guest's power-off request",
+            ),
+            (libc::SIGTERM, STOP_GRACE, "SIGTERM"),
+            (libc::SIGKILL, STOP_GRACE, "SIGKILL"),
+        ];
+        for (sig, grace, what) in steps {
+            signal(pid, sig);
+            if tokio::time::timeout(grace, rx.wait_for(|done| *done))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            log::warn!("sliver {name}: VMM {pid} still running {grace:?} after {what}");
         }
         self.registry.get(name)
     }
