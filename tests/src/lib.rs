@@ -3,5 +3,6 @@
 
 pub mod guest;
 pub mod netns;
+pub mod node;
 pub mod run;
 pub mod tiny_guest;

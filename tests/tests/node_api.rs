@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use e2e::netns::NetNs;
+use e2e::node::spawn_daemon;
 use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 use serde_json::{json, Value};
 use vmm::node::client::{request, Response};
@@ -55,30 +56,10 @@ impl Daemon {
 
     /// A daemon in namespace `ns` (e.g. the previous daemon's, for restarts).
     fn start_in(dir: &Path, ns: Arc<NetNs>) -> Self {
-        let socket = dir.join("node.sock");
-        let child = ns
-            .command(slicevisor_bin())
-            .args(["node", "--socket"])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            // Tiny guests cannot answer a power-off request: go on to SIGTERM after 1 s.
-            .args(["--guest-stop-timeout", "1"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "daemon did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Tiny guests cannot answer a power-off request: go on to SIGTERM after 1 s.
+        let (child, socket) = spawn_daemon(&ns, dir, &["--guest-stop-timeout", "1"], false);
         Self {
-            child: Some(ChildGuard::new(child)),
+            child: Some(child),
             socket,
             ns,
         }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
 use e2e::netns::NetNs;
-use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
+use e2e::node::spawn_daemon;
+use e2e::run::wait_with_timeout;
 use serde_json::{json, Value};
 use vmm::node::client::request;
 
@@ -32,27 +33,7 @@ fn two_linux_slivers_through_their_whole_life() {
     let _one_at_a_time = boot_lock();
     let dir = tempfile::tempdir().expect("tmp");
     let ns = NetNs::new("svnodelx");
-    let socket = dir.path().join("node.sock");
-    let daemon = ChildGuard::new(
-        ns.command(slicevisor_bin())
-            .args(["node", "--socket"])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("daemon"),
-    );
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "daemon did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (daemon, socket) = spawn_daemon(&ns, dir.path(), &[], false);
     let call = |method: &str, path: &str, body: Option<Value>| {
         let bytes = body.map(|b| b.to_string().into_bytes());
         request(&socket, method, path, bytes.as_deref())

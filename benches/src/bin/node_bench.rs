@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use benches::summarize;
 use e2e::netns::NetNs;
-use e2e::run::{slicevisor_bin, ChildGuard};
+use e2e::node::spawn_daemon;
 use e2e::tiny_guest::Program;
 use serde_json::json;
 use vmm::node::client::request;
@@ -51,30 +51,8 @@ fn main() {
         .halt_forever()
         .write_elf(dir.path(), "tiny.elf");
     let ns = NetNs::new("svbenchnode");
-    let socket = dir.path().join("node.sock");
-    let daemon = ChildGuard::new(
-        ns.command(slicevisor_bin())
-            .args(["node", "--socket"])
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            // Tiny guests cannot answer a power-off request: straight to SIGTERM on delete.
-            .args(["--guest-stop-timeout", "0"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("daemon"),
-    );
-    let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the daemon did not listen (is {} current? build with --workspace --bins)",
-            slicevisor_bin().display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // Tiny guests cannot answer a power-off request: straight to SIGTERM on delete.
+    let (daemon, socket) = spawn_daemon(&ns, dir.path(), &["--guest-stop-timeout", "0"], true);
     let idle_rss = rss_kib(daemon.id());
     let cores = std::thread::available_parallelism()
         .map(|c| c.get())
