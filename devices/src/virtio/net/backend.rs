@@ -3,6 +3,15 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
+fn iov_count(iovs: &[libc::iovec]) -> io::Result<libc::c_int> {
+    libc::c_int::try_from(iovs.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The result of readv/writev as bytes, or the errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
 /// A datagram-style, non-blocking frame backend: each read or write is one frame with its
 /// `virtio_net_hdr_v1` in front. `WouldBlock` means "try again when the fd is ready".
 pub trait NetBackend: AsRawFd + Send {
@@ -15,15 +24,9 @@ pub trait NetBackend: AsRawFd + Send {
     /// # Safety
     /// Every iovec must describe memory that is valid for writes for the whole call.
     unsafe fn read_iov(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
-        let count = libc::c_int::try_from(iovs.len())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let count = iov_count(iovs)?;
         // SAFETY: the caller guarantees the iovecs point to writable memory.
-        let n = unsafe { libc::readv(self.as_raw_fd(), iovs.as_ptr(), count) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(unsafe { libc::readv(self.as_raw_fd(), iovs.as_ptr(), count) })
     }
 
     /// Write one frame gathered from `iovs` (one `writev(2)`).
@@ -31,16 +34,10 @@ pub trait NetBackend: AsRawFd + Send {
     /// # Safety
     /// Every iovec must describe memory that is valid for reads for the whole call.
     unsafe fn write_iov(&mut self, iovs: &[libc::iovec]) -> io::Result<usize> {
-        let count = libc::c_int::try_from(iovs.len())
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let count = iov_count(iovs)?;
         // SAFETY: the caller guarantees the iovecs point to readable memory; the kernel only
         // reads through them.
-        let n = unsafe { libc::writev(self.as_raw_fd(), iovs.as_ptr(), count) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        byte_count(unsafe { libc::writev(self.as_raw_fd(), iovs.as_ptr(), count) })
     }
 
     /// Write one frame from a contiguous buffer.

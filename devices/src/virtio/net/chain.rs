@@ -58,6 +58,81 @@ impl IovecBuf {
     }
 }
 
+/// Which way a chain's buffers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// TX: the device reads, every descriptor must be device-readable.
+    DeviceReads,
+    /// RX: the device writes, every descriptor must be device-writable.
+    DeviceWrites,
+}
+
+/// Walk a chain: check each descriptor's direction, map it into host memory, and describe it
+/// with iovecs. The chain's first `head.len()` bytes are described by `iovs[0]`, which points
+/// at `head` (and, when the device reads, they are copied there now); the rest point straight
+/// into guest memory. One slot of `iovs` is left free. Returns the chain's total length and
+/// how many of its bytes `head` covers.
+fn map_chain<M>(
+    chain: &mut DescriptorChain<M>,
+    direction: Direction,
+    head: &mut [u8],
+    iovs: &mut Vec<libc::iovec>,
+    max_len: usize,
+) -> Result<(usize, usize), ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemoryBackend,
+{
+    iovs.clear();
+    iovs.push(libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: 0,
+    });
+    let mut total = 0usize;
+    let mut more = true;
+    while let Some(desc) = chain.next() {
+        more = desc.has_next();
+        if desc.is_write_only() != (direction == Direction::DeviceWrites) {
+            return Err(ChainError::WrongDirection);
+        }
+        let len = desc.len() as usize;
+        let start = total;
+        total = total
+            .checked_add(len)
+            .filter(|&t| t <= max_len)
+            .ok_or(ChainError::TooLong)?;
+        if len == 0 {
+            continue;
+        }
+        let slice = chain
+            .memory()
+            .get_slice(desc.addr(), len)
+            .map_err(|_| ChainError::BadAddress)?;
+        let in_head = head.len().saturating_sub(start).min(len);
+        if in_head > 0 && direction == Direction::DeviceReads {
+            slice.copy_to(&mut head[start..start + in_head]);
+        }
+        if len > in_head {
+            if iovs.len() + 1 >= iovs.capacity() {
+                return Err(ChainError::TooLong);
+            }
+            let rest = slice
+                .subslice(in_head, len - in_head)
+                .map_err(|_| ChainError::BadAddress)?;
+            iovs.push(libc::iovec {
+                iov_base: rest.ptr_guard_mut().as_ptr().cast(),
+                iov_len: len - in_head,
+            });
+        }
+    }
+    if more {
+        return Err(ChainError::Broken);
+    }
+    let head_len = head.len().min(total);
+    iovs[0].iov_len = head_len;
+    Ok((total, head_len))
+}
+
 /// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and policy
 /// look at, and what is sent: the guest cannot change them after the checks), and describe
 /// the rest with iovecs pointing into guest memory. `iovs[0]` describes `head`.
@@ -71,58 +146,8 @@ where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let iovs = &mut iovs.0;
-    iovs.clear();
-    iovs.push(libc::iovec {
-        iov_base: head.as_mut_ptr().cast(),
-        iov_len: 0,
-    });
-    let mut total = 0usize;
-    let mut head_len = 0usize;
-    let mut more = true;
-    while let Some(desc) = chain.next() {
-        more = desc.has_next();
-        if desc.is_write_only() {
-            return Err(ChainError::WrongDirection);
-        }
-        let len = desc.len() as usize;
-        total = total
-            .checked_add(len)
-            .filter(|&t| t <= max_len)
-            .ok_or(ChainError::TooLong)?;
-        if len == 0 {
-            continue;
-        }
-        let slice = chain
-            .memory()
-            .get_slice(desc.addr(), len)
-            .map_err(|_| ChainError::BadAddress)?;
-        let to_head = (head.len() - head_len).min(len);
-        if to_head > 0 {
-            slice.copy_to(&mut head[head_len..head_len + to_head]);
-            head_len += to_head;
-        }
-        if len > to_head {
-            if iovs.len() + 1 >= iovs.capacity() {
-                return Err(ChainError::TooLong);
-            }
-            let rest = slice
-                .subslice(to_head, len - to_head)
-                .map_err(|_| ChainError::BadAddress)?;
-            iovs.push(libc::iovec {
-                iov_base: rest.ptr_guard().as_ptr().cast_mut().cast(),
-                iov_len: len - to_head,
-            });
-        }
-    }
-    if more {
-        return Err(ChainError::Broken);
-    }
-    iovs[0].iov_len = head_len;
-    Ok(Gathered {
-        len: total,
-        head_len,
-    })
+    let (len, head_len) = map_chain(chain, Direction::DeviceReads, head, &mut iovs.0, max_len)?;
+    Ok(Gathered { len, head_len })
 }
 
 /// iovecs to receive a frame into an RX chain: `iovs[0]` is `head` (the device's copy of
@@ -139,48 +164,14 @@ where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let iovs = &mut iovs.0;
-    iovs.clear();
-    iovs.push(libc::iovec {
-        iov_base: head.as_mut_ptr().cast(),
-        iov_len: 0,
-    });
-    let mut capacity = 0usize;
-    let mut more = true;
-    while let Some(desc) = chain.next() {
-        more = desc.has_next();
-        if !desc.is_write_only() {
-            return Err(ChainError::WrongDirection);
-        }
-        let len = desc.len() as usize;
-        if len == 0 {
-            continue;
-        }
-        let slice = chain
-            .memory()
-            .get_slice(desc.addr(), len)
-            .map_err(|_| ChainError::BadAddress)?;
-        let in_head = head.len().saturating_sub(capacity).min(len);
-        capacity += len;
-        if len > in_head {
-            // Keep the last slot for `spare`.
-            if iovs.len() + 1 >= iovs.capacity() {
-                return Err(ChainError::TooLong);
-            }
-            let rest = slice
-                .subslice(in_head, len - in_head)
-                .map_err(|_| ChainError::BadAddress)?;
-            iovs.push(libc::iovec {
-                iov_base: rest.ptr_guard_mut().as_ptr().cast(),
-                iov_len: len - in_head,
-            });
-        }
-    }
-    if more {
-        return Err(ChainError::Broken);
-    }
-    iovs[0].iov_len = head.len().min(capacity);
-    iovs.push(libc::iovec {
+    let (capacity, _) = map_chain(
+        chain,
+        Direction::DeviceWrites,
+        head,
+        &mut iovs.0,
+        usize::MAX,
+    )?;
+    iovs.0.push(libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),
     });
