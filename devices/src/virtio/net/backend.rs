@@ -40,6 +40,18 @@ pub trait NetBackend: AsRawFd + Send {
         byte_count(unsafe { libc::writev(self.as_raw_fd(), iovs.as_ptr(), count) })
     }
 
+    /// Whether a frame is waiting to be read (a zero-timeout `poll(2)`).
+    fn readable(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout; the kernel only writes `revents`.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
     /// Write one frame from a contiguous buffer.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
         let iov = libc::iovec {

@@ -25,6 +25,10 @@ pub struct NetCounters {
     pub tx_backend_full: AtomicU64,
     /// Times the device gave up on the driver's rings (DEVICE_NEEDS_RESET).
     pub needs_reset: AtomicU64,
+    /// Times TX stopped to wait for the shaper.
+    pub tx_throttled: AtomicU64,
+    /// Times RX stopped to wait for the shaper.
+    pub rx_throttled: AtomicU64,
 }
 
 /// A plain copy of [`NetCounters`].
@@ -41,6 +45,8 @@ pub struct NetCountersSnapshot {
     pub rx_no_buffer: u64,
     pub tx_backend_full: u64,
     pub needs_reset: u64,
+    pub tx_throttled: u64,
+    pub rx_throttled: u64,
 }
 
 /// Add one.
@@ -68,6 +74,8 @@ impl NetCounters {
             rx_no_buffer: get(&self.rx_no_buffer),
             tx_backend_full: get(&self.tx_backend_full),
             needs_reset: get(&self.needs_reset),
+            tx_throttled: get(&self.tx_throttled),
+            rx_throttled: get(&self.rx_throttled),
         }
     }
 }

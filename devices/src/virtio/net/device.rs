@@ -1,8 +1,10 @@
 //! The virtio-net device: state, the virtio interface, and its event-loop subscriber.
 
 use std::num::Wrapping;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -12,12 +14,14 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::backend::NetBackend;
 use super::chain::IovecBuf;
 use super::config::{self, MacAddr};
 use super::counters::{inc, NetCounters};
 use super::policy::PacketPolicy;
+use super::shaper::{Direction, Shaper};
 use super::tx::HEAD_LEN;
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
@@ -27,6 +31,7 @@ const EV_STATE: u32 = 0;
 const EV_RX_QUEUE: u32 = 1;
 const EV_TX_QUEUE: u32 = 2;
 const EV_BACKEND: u32 = 3;
+const EV_SHAPER_TIMER: u32 = 4;
 
 /// Queues and memory while the driver has the device running.
 pub(super) struct Active {
@@ -58,6 +63,16 @@ impl Active {
 pub struct NetDevice<B: NetBackend> {
     pub(super) backend: B,
     pub(super) policy: Box<dyn PacketPolicy>,
+    /// The shaper stage (none: no limits).
+    pub(super) shaper: Option<Arc<Shaper>>,
+    /// Wakes a throttled device when its bucket has refilled.
+    shaper_timer: TimerFd,
+    /// When the armed shaper timer fires, if armed.
+    timer_deadline: Option<Instant>,
+    /// Out of TX tokens: chains wait in the ring until the shaper timer.
+    pub(super) tx_throttled: bool,
+    /// Out of RX tokens: frames wait in the backend until the shaper timer.
+    pub(super) rx_throttled: bool,
     config: [u8; 8],
     avail_features: u64,
     acked_features: u64,
@@ -96,9 +111,20 @@ impl<B: NetBackend> NetDevice<B> {
     /// A device with MAC `mac` on `backend`, deciding per frame with `policy`.
     pub fn new(backend: B, mac: MacAddr, policy: Box<dyn PacketPolicy>) -> std::io::Result<Self> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK);
+        let shaper_timer = TimerFd::new()?;
+        // SAFETY: F_SETFL on a timerfd we own; a stale expiry read then fails instead of
+        // blocking the event loop.
+        if unsafe { libc::fcntl(shaper_timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(Self {
             backend,
             policy,
+            shaper: None,
+            shaper_timer,
+            timer_deadline: None,
+            tx_throttled: false,
+            rx_throttled: false,
             config: config::config_bytes(mac),
             avail_features: feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC),
             acked_features: 0,
@@ -115,6 +141,37 @@ impl<B: NetBackend> NetDevice<B> {
             tx_blocked: false,
             backend_interest: EventSet::empty(),
         })
+    }
+
+    /// Put the shaper stage `shaper` (shared by the sliver's NICs) into both pipelines.
+    pub fn set_shaper(&mut self, shaper: Arc<Shaper>) {
+        self.shaper = Some(shaper);
+    }
+
+    /// Stop direction `dir` for `wait` (the shaper's answer): arm the timer if that is
+    /// sooner than it is armed for.
+    pub(super) fn throttle(&mut self, dir: Direction, wait: Duration) {
+        match dir {
+            Direction::Tx => self.tx_throttled = true,
+            Direction::Rx => self.rx_throttled = true,
+        }
+        let deadline = Instant::now() + wait;
+        if self.timer_deadline.is_some_and(|d| d <= deadline) {
+            return;
+        }
+        // A zero duration would disarm the timer.
+        match self
+            .shaper_timer
+            .reset(wait.max(Duration::from_micros(1)), None)
+        {
+            Ok(()) => self.timer_deadline = Some(deadline),
+            Err(e) => {
+                // Without a timer, fall back to the next guest or backend event.
+                log::error!("virtio-net: arming the shaper timer: {e}");
+                self.tx_throttled = false;
+                self.rx_throttled = false;
+            }
+        }
     }
 
     /// The MAC address in config space.
@@ -149,10 +206,10 @@ impl<B: NetBackend> NetDevice<B> {
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
         if self.active.is_some() {
-            if !self.rx_blocked {
+            if !self.rx_blocked && !self.rx_throttled {
                 set |= EventSet::IN;
             }
-            if self.tx_blocked {
+            if self.tx_blocked && !self.tx_throttled {
                 set |= EventSet::OUT;
             }
         }
@@ -227,6 +284,8 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         });
         self.rx_blocked = false;
         self.tx_blocked = false;
+        self.tx_throttled = false;
+        self.rx_throttled = false;
         self.wake_event_loop();
         Ok(())
     }
@@ -236,6 +295,8 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         self.acked_features = 0;
         self.rx_blocked = false;
         self.tx_blocked = false;
+        self.tx_throttled = false;
+        self.rx_throttled = false;
         self.wake_event_loop();
     }
 }
@@ -268,6 +329,14 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
                     self.process_rx();
                 }
             }
+            EV_SHAPER_TIMER => {
+                let _ = self.shaper_timer.wait();
+                self.timer_deadline = None;
+                self.tx_throttled = false;
+                self.rx_throttled = false;
+                self.process_tx();
+                self.process_rx();
+            }
             other => log::error!("virtio-net: unexpected event data {other}"),
         }
         self.update_backend_interest(ops);
@@ -279,6 +348,7 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
             Events::with_data(&self.queue_evts[RX_QUEUE], EV_RX_QUEUE, EventSet::IN),
             Events::with_data(&self.queue_evts[TX_QUEUE], EV_TX_QUEUE, EventSet::IN),
             Events::with_data(&self.backend, EV_BACKEND, EventSet::empty()),
+            Events::with_data(&self.shaper_timer, EV_SHAPER_TIMER, EventSet::IN),
         ];
         for events in registrations {
             if let Err(e) = ops.add(events) {

@@ -1,9 +1,10 @@
 //! virtio-net on a host backend (a TAP device in production).
 //!
-//! The TX path is one pipeline of named stages (`tx.rs`):
-//! descriptor chain → frame checks → policy (shaper and audit join here) → backend.
-//! RX (`rx.rs`): backend → policy → descriptor chain. No heap allocation per packet: frames
-//! pass through two buffers allocated once per device.
+//! The TX path is one pipeline of named stages (`tx.rs`): descriptor chain → shaper
+//! (`shaper.rs`: admits before the chain is read, is charged what was sent) → frame checks →
+//! policy (anti-spoofing and audit) → backend. RX (`rx.rs`): guest buffer → shaper → backend →
+//! policy → descriptor chain. No heap allocation per packet: frames pass through two buffers
+//! allocated once per device.
 
 pub mod backend;
 mod chain;
@@ -13,6 +14,7 @@ pub mod device;
 pub mod frame;
 pub mod policy;
 mod rx;
+pub mod shaper;
 pub mod tap;
 #[cfg(test)]
 mod tests;
@@ -23,6 +25,7 @@ pub use config::MacAddr;
 pub use counters::{NetCounters, NetCountersSnapshot};
 pub use device::NetDevice;
 pub use policy::{ForwardAll, PacketPolicy, Verdict};
+pub use shaper::{Direction, RateSource, Shaper};
 pub use tap::Tap;
 
 /// Descriptors per queue.

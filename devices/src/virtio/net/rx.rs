@@ -6,6 +6,7 @@
 //! into guest memory; the first bytes are then copied into the chain.
 
 use std::io::ErrorKind;
+use std::time::Instant;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
@@ -15,6 +16,7 @@ use super::counters::NetCounters;
 use super::counters::{add, inc};
 use super::device::{Active, NetDevice};
 use super::policy::{PacketPolicy, Verdict};
+use super::shaper::{Admit, Direction};
 use super::tx::HEAD_LEN;
 use super::{QUEUE_SIZE, VNET_HDR_LEN};
 
@@ -24,6 +26,9 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 impl<B: NetBackend> NetDevice<B> {
     /// Deliver backend frames while the guest has buffers (bounded per call).
     pub(super) fn process_rx(&mut self) {
+        if self.rx_throttled {
+            return;
+        }
         let Some(active) = self.active.as_mut() else {
             return;
         };
@@ -36,6 +41,7 @@ impl<B: NetBackend> NetDevice<B> {
             return;
         }
         let mut returned = 0u32;
+        let mut throttled = None;
         while returned < u32::from(QUEUE_SIZE) {
             // Stage 1: a guest buffer.
             let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
@@ -46,6 +52,18 @@ impl<B: NetBackend> NetDevice<B> {
                 inc(&self.counters.rx_no_buffer);
                 break;
             };
+            // The shaper decides before the backend is read: a throttled frame waits there.
+            if let Some(shaper) = &self.shaper {
+                let now = Instant::now();
+                if let Admit::Wait(wait) = shaper.admit(Direction::Rx, now) {
+                    if self.backend.readable() {
+                        shaper.waiting(Direction::Rx, now);
+                    }
+                    active.rx.go_to_previous_position();
+                    throttled = Some(wait);
+                    break;
+                }
+            }
             let head_index = chain.head_index();
             let mut walk = chain.clone();
             let used_len = match rx_iovs(
@@ -69,11 +87,16 @@ impl<B: NetBackend> NetDevice<B> {
                         Err(e) => {
                             if e.kind() != ErrorKind::WouldBlock {
                                 log::debug!("virtio-net RX: backend read: {e}");
+                            } else if let Some(shaper) = &self.shaper {
+                                shaper.idle(Direction::Rx);
                             }
                             active.rx.go_to_previous_position();
                             break;
                         }
                     };
+                    if let Some(shaper) = &self.shaper {
+                        shaper.charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
+                    }
                     deliver(
                         self.policy.as_mut(),
                         &self.counters,
@@ -97,6 +120,10 @@ impl<B: NetBackend> NetDevice<B> {
         }
         if returned > 0 && active.rx.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
+        }
+        if let Some(wait) = throttled {
+            super::counters::inc(&self.counters.rx_throttled);
+            self.throttle(Direction::Rx, wait);
         }
     }
 }

@@ -1,10 +1,11 @@
-//! The transmit pipeline: descriptor chain → frame checks → policy → backend.
+//! The transmit pipeline: descriptor chain → frame checks → policy → shaper → backend.
 //!
 //! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the policy looks
 //! at) are copied into the device; the payload goes from guest memory to the TAP by
 //! `writev(2)` without a copy.
 
 use std::io::ErrorKind;
+use std::time::Instant;
 
 use virtio_queue::{QueueOwnedT, QueueT};
 
@@ -14,6 +15,7 @@ use super::counters::{add, inc};
 use super::device::{Active, NetDevice};
 use super::frame::check_tx_frame;
 use super::policy::{Verdict, HEADER_BYTES};
+use super::shaper::{Admit, Direction};
 use super::{FRAME_BUF_LEN, QUEUE_SIZE, TX_QUEUE, VNET_HDR_LEN};
 
 /// Bytes of each TX frame copied into the device.
@@ -35,7 +37,7 @@ impl<B: NetBackend> NetDevice<B> {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        if self.tx_blocked {
+        if self.tx_blocked || self.tx_throttled {
             return;
         }
         if Active::avail_index_invalid(&active.tx, &active.mem) {
@@ -47,14 +49,31 @@ impl<B: NetBackend> NetDevice<B> {
             return;
         }
         let mut returned = 0u32;
+        let mut throttled = None;
         loop {
             let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) else {
                 // Re-arm notifications; if the guest added chains meanwhile, go on.
                 match active.tx.enable_notification(&active.mem) {
                     Ok(true) => continue,
-                    _ => break,
+                    _ => {
+                        if let Some(shaper) = &self.shaper {
+                            shaper.idle(Direction::Tx);
+                        }
+                        break;
+                    }
                 }
             };
+            // The shaper decides before the chain is read: a throttled chain waits in the
+            // ring, untouched, until the shaper timer.
+            if let Some(shaper) = &self.shaper {
+                let now = Instant::now();
+                if let Admit::Wait(wait) = shaper.admit(Direction::Tx, now) {
+                    shaper.waiting(Direction::Tx, now);
+                    active.tx.go_to_previous_position();
+                    throttled = Some(wait);
+                    break;
+                }
+            }
             let head = chain.head_index();
             // Stage 1: descriptor chain.
             let gathered = gather_iov(
@@ -101,6 +120,9 @@ impl<B: NetBackend> NetDevice<B> {
                     break;
                 }
                 TxOutcome::Sent(bytes) => {
+                    if let Some(shaper) = &self.shaper {
+                        shaper.charge(Direction::Tx, bytes);
+                    }
                     inc(&self.counters.tx_packets);
                     add(&self.counters.tx_bytes, bytes as u64);
                 }
@@ -120,6 +142,10 @@ impl<B: NetBackend> NetDevice<B> {
         }
         if returned > 0 && active.tx.needs_notification(&active.mem).unwrap_or(true) {
             active.interrupt.signal_used_queue();
+        }
+        if let Some(wait) = throttled {
+            inc(&self.counters.tx_throttled);
+            self.throttle(Direction::Tx, wait);
         }
     }
 }

@@ -14,6 +14,8 @@ use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 
 use super::*;
+
+mod shaper;
 use crate::virtio::feature;
 use crate::virtio::test_utils::{DgramBackend, GuestDriver, RawDesc, SCRATCH};
 
@@ -38,10 +40,16 @@ fn frame(len: usize, fill: u8) -> Vec<u8> {
 }
 
 fn fixture_with(policy: Box<dyn PacketPolicy>) -> Fixture {
+    fixture_full(policy, None)
+}
+
+fn fixture_full(policy: Box<dyn PacketPolicy>, shaper: Option<Arc<Shaper>>) -> Fixture {
     let (backend, peer) = DgramBackend::pair();
-    let dev: Dev = Arc::new(Mutex::new(
-        NetDevice::new(backend, MAC, policy).expect("device"),
-    ));
+    let mut device = NetDevice::new(backend, MAC, policy).expect("device");
+    if let Some(shaper) = shaper {
+        device.set_shaper(shaper);
+    }
+    let dev: Dev = Arc::new(Mutex::new(device));
     let counters = dev.lock().expect("dev").counters();
     let mut em = EventManager::<Dev>::new().expect("event manager");
     em.add_subscriber(dev.clone());

@@ -1,0 +1,303 @@
+//! The shaper stage of the packet path: a deficit token bucket per direction whose rate comes
+//! from outside (the node-wide allocation, see `vmm::shaper`).
+//!
+//! Throttling is backpressure: when the bucket is empty the device stops taking TX chains
+//! (they wait in the guest's ring) and stops reading the backend for RX (frames wait in the
+//! TAP), and arms a timer for when the bucket will hold [`WAKE_QUANTUM`] worth of tokens.
+//! A frame is admitted while the bucket is not negative and then charged in full, so the
+//! bucket can go one frame into debt: the rate holds over time for any frame size, and
+//! nothing is split or dropped.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Which way a frame goes, seen from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The guest sends (egress).
+    Tx = 0,
+    /// The guest receives (ingress).
+    Rx = 1,
+}
+
+/// Where the allocated rate comes from and where the shaper reports what it did. Shared by
+/// every NIC of one sliver; called on the packet path, so lock-free and non-blocking.
+pub trait RateSource: Send + Sync {
+    /// The rate this sliver may use now, in bytes per second; `None` means unlimited.
+    fn rate(&self, dir: Direction) -> Option<u64>;
+    /// `bytes` of frames went through.
+    fn account(&self, dir: Direction, bytes: u64);
+    /// Whether frames are waiting for tokens (the demand signal for the allocator).
+    fn set_backlogged(&self, dir: Direction, backlogged: bool);
+    /// Time spent throttled (frames waiting) grew by `ns`.
+    fn add_throttled(&self, dir: Direction, ns: u64);
+}
+
+/// How long a burst the bucket may save up: this much time at the current rate.
+pub const BURST_TIME: Duration = Duration::from_millis(5);
+/// Smallest burst, so one maximum-size frame always fits.
+pub const MIN_BURST_BYTES: f64 = 2.0 * 1514.0;
+/// A throttled device wakes when the bucket holds this much time of tokens: at most about
+/// 1000 timer wake-ups per second however fast the rate, so waiting costs next to no CPU.
+pub const WAKE_QUANTUM: Duration = Duration::from_millis(1);
+/// Longest single wait, so a raised rate (or a PATCH) is noticed within this time.
+pub const MAX_WAIT: Duration = Duration::from_millis(10);
+
+/// The shaper's answer for the next frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it (and [`Shaper::charge`] its size afterwards).
+    Go,
+    /// Wait this long, then ask again.
+    Wait(Duration),
+}
+
+#[derive(Debug)]
+struct Bucket {
+    /// Bytes that may be sent now; negative is debt.
+    tokens: f64,
+    last: Instant,
+    throttled_since: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(now: Instant) -> Self {
+        Self {
+            tokens: MIN_BURST_BYTES,
+            last: now,
+            throttled_since: None,
+        }
+    }
+
+    fn burst(rate: f64) -> f64 {
+        (rate * BURST_TIME.as_secs_f64()).max(MIN_BURST_BYTES)
+    }
+
+    fn refill(&mut self, rate: f64, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + rate * dt).min(Self::burst(rate));
+    }
+
+    /// How long until the bucket holds a wake quantum.
+    fn wait(&self, rate: f64) -> Duration {
+        if rate <= 0.0 {
+            return MAX_WAIT;
+        }
+        let target = (rate * WAKE_QUANTUM.as_secs_f64()).min(Self::burst(rate));
+        let secs = (target - self.tokens) / rate;
+        Duration::from_secs_f64(secs.max(0.0)).min(MAX_WAIT)
+    }
+}
+
+/// The token buckets of one sliver (both directions), shared by its NICs.
+pub struct Shaper {
+    source: Box<dyn RateSource>,
+    buckets: Mutex<[Bucket; 2]>,
+}
+
+impl std::fmt::Debug for Shaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shaper").finish_non_exhaustive()
+    }
+}
+
+impl Shaper {
+    /// A shaper taking its rates from `source`.
+    pub fn new(source: Box<dyn RateSource>) -> Self {
+        let now = Instant::now();
+        Self {
+            source,
+            buckets: Mutex::new([Bucket::new(now), Bucket::new(now)]),
+        }
+    }
+
+    fn buckets(&self) -> std::sync::MutexGuard<'_, [Bucket; 2]> {
+        // A panic while holding this lock cannot leave a bucket inconsistent (plain numbers).
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// May a frame go in direction `dir` at `now`? After a [`Admit::Wait`] with a frame left
+    /// waiting, call [`Shaper::waiting`].
+    pub fn admit(&self, dir: Direction, now: Instant) -> Admit {
+        let Some(rate) = self.source.rate(dir) else {
+            return Admit::Go;
+        };
+        let rate = rate as f64;
+        let mut buckets = self.buckets();
+        let b = &mut buckets[dir as usize];
+        b.refill(rate, now);
+        if b.tokens >= 0.0 {
+            if let Some(since) = b.throttled_since.take() {
+                self.source
+                    .add_throttled(dir, now.saturating_duration_since(since).as_nanos() as u64);
+            }
+            return Admit::Go;
+        }
+        Admit::Wait(b.wait(rate))
+    }
+
+    /// A frame in direction `dir` waits for tokens since `now` (the allocator's demand signal).
+    pub fn waiting(&self, dir: Direction, now: Instant) {
+        let mut buckets = self.buckets();
+        let b = &mut buckets[dir as usize];
+        if b.throttled_since.is_none() {
+            b.throttled_since = Some(now);
+            self.source.set_backlogged(dir, true);
+        }
+    }
+
+    /// A frame of `bytes` went in direction `dir`.
+    pub fn charge(&self, dir: Direction, bytes: usize) {
+        self.source.account(dir, bytes as u64);
+        if self.source.rate(dir).is_some() {
+            self.buckets()[dir as usize].tokens -= bytes as f64;
+        }
+    }
+
+    /// Nothing is waiting in direction `dir` any more.
+    pub fn idle(&self, dir: Direction) {
+        self.source.set_backlogged(dir, false);
+        let mut buckets = self.buckets();
+        let b = &mut buckets[dir as usize];
+        if let Some(since) = b.throttled_since.take() {
+            self.source.add_throttled(
+                dir,
+                Instant::now().saturating_duration_since(since).as_nanos() as u64,
+            );
+        }
+    }
+}
+
+/// A fixed rate, for a device with a static limit and for tests.
+#[derive(Debug, Default)]
+pub struct FixedRate {
+    /// Bytes per second per direction (`None`: unlimited).
+    pub rates: [Option<u64>; 2],
+    /// Bytes accounted per direction.
+    pub bytes: [std::sync::atomic::AtomicU64; 2],
+    /// Whether frames are waiting, per direction.
+    pub backlogged: [std::sync::atomic::AtomicBool; 2],
+    /// Nanoseconds throttled per direction.
+    pub throttled_ns: [std::sync::atomic::AtomicU64; 2],
+}
+
+impl RateSource for std::sync::Arc<FixedRate> {
+    fn rate(&self, dir: Direction) -> Option<u64> {
+        self.rates[dir as usize]
+    }
+    fn account(&self, dir: Direction, bytes: u64) {
+        self.bytes[dir as usize].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn set_backlogged(&self, dir: Direction, backlogged: bool) {
+        self.backlogged[dir as usize].store(backlogged, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn add_throttled(&self, dir: Direction, ns: u64) {
+        self.throttled_ns[dir as usize].fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    fn shaper(rate: Option<u64>) -> (Shaper, Arc<FixedRate>) {
+        let src = Arc::new(FixedRate {
+            rates: [rate, None],
+            ..Default::default()
+        });
+        (Shaper::new(Box::new(src.clone())), src)
+    }
+
+    #[test]
+    fn unlimited_always_admits() {
+        let (s, src) = shaper(None);
+        let now = Instant::now();
+        for _ in 0..1000 {
+            assert_eq!(s.admit(Direction::Tx, now), Admit::Go);
+            s.charge(Direction::Tx, 1514);
+        }
+        assert_eq!(src.bytes[0].load(Ordering::Relaxed), 1514 * 1000);
+    }
+
+    #[test]
+    fn simulated_clock_gives_the_rate_for_any_frame_size() {
+        for frame in [60usize, 1514, 9000, 65_000] {
+            let rate = 1_000_000u64; // 8 Mbit/s
+            let (s, _src) = shaper(Some(rate));
+            let start = Instant::now();
+            let mut now = start;
+            let mut sent = 0u64;
+            let end = start + Duration::from_secs(10);
+            while now < end {
+                match s.admit(Direction::Tx, now) {
+                    Admit::Go => {
+                        s.charge(Direction::Tx, frame);
+                        sent += frame as u64;
+                    }
+                    Admit::Wait(d) => {
+                        assert!(d > Duration::ZERO && d <= MAX_WAIT, "{d:?}");
+                        now += d;
+                    }
+                }
+            }
+            let achieved = sent as f64 / 10.0;
+            let err = (achieved - rate as f64).abs() / rate as f64;
+            // The initial burst and one frame of debt are the only slack.
+            let slack = (Bucket::burst(rate as f64) + frame as f64) / 10.0 / rate as f64;
+            assert!(err <= slack + 1e-6, "frame {frame}: {achieved} vs {rate}");
+        }
+    }
+
+    #[test]
+    fn waits_are_bounded_and_counted() {
+        let (s, src) = shaper(Some(0));
+        let now = Instant::now();
+        s.charge(Direction::Tx, 1_000_000);
+        assert_eq!(s.admit(Direction::Tx, now), Admit::Wait(MAX_WAIT));
+        s.waiting(Direction::Tx, now);
+        assert!(src.backlogged[0].load(Ordering::Relaxed));
+        s.idle(Direction::Tx);
+        assert!(!src.backlogged[0].load(Ordering::Relaxed));
+        assert!(src.throttled_ns[0].load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn wake_ups_are_at_most_one_per_quantum() {
+        // 1 Gbit/s with 64-byte frames: each wait is about a quantum, not one frame time.
+        let rate = 125_000_000u64;
+        let (s, _src) = shaper(Some(rate));
+        let mut now = Instant::now();
+        let mut waits = 0;
+        let end = now + Duration::from_secs(1);
+        while now < end {
+            match s.admit(Direction::Tx, now) {
+                Admit::Go => s.charge(Direction::Tx, 64),
+                Admit::Wait(d) => {
+                    waits += 1;
+                    now += d;
+                }
+            }
+        }
+        assert!(waits <= 1001, "{waits} wake-ups in one second");
+    }
+
+    #[test]
+    fn directions_are_independent() {
+        let src = Arc::new(FixedRate {
+            rates: [Some(1000), Some(1000)],
+            ..Default::default()
+        });
+        let s = Shaper::new(Box::new(src.clone()));
+        let now = Instant::now();
+        s.charge(Direction::Tx, 100_000);
+        assert!(matches!(s.admit(Direction::Tx, now), Admit::Wait(_)));
+        s.waiting(Direction::Tx, now);
+        assert_eq!(s.admit(Direction::Rx, now), Admit::Go);
+        assert!(!src.backlogged[1].load(Ordering::Relaxed));
+    }
+}
