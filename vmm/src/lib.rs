@@ -12,6 +12,7 @@ pub mod memory;
 pub mod metrics;
 pub mod net_spec;
 pub mod node;
+pub mod shaper;
 pub mod stats;
 pub mod vcpu;
 pub mod virtio_mmio;
