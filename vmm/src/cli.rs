@@ -48,6 +48,12 @@ pub struct NodeArgs {
     /// Seconds a guest gets to power off when its sliver is stopped, before SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub guest_stop_timeout: u64,
+    /// What all guests together may send, bit/s (shared by weight; default: no node limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::node::spec::MAX_RATE_BPS))]
+    pub node_rate: Option<u64>,
+    /// What all guests together may receive, bit/s (default: no node limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::node::spec::MAX_RATE_BPS))]
+    pub node_rx_rate: Option<u64>,
 }
 
 /// `slicevisor run` flags.
@@ -83,6 +89,12 @@ pub struct RunArgs {
     /// The sliver this VMM runs (shown in its process arguments; set by the node daemon).
     #[arg(long)]
     pub sliver: Option<String>,
+    /// The node's shaper ledger (set by the node daemon): the NICs take their rates from it.
+    #[arg(long, requires = "shaper_slot")]
+    pub shaper_ledger: Option<PathBuf>,
+    /// This sliver's slot in the shaper ledger.
+    #[arg(long, requires = "shaper_ledger")]
+    pub shaper_slot: Option<usize>,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -96,6 +108,7 @@ impl From<RunArgs> for VmConfig {
             host_quirks: a.host_quirks,
             net: a.net,
             stats_file: a.stats_file,
+            shaper: a.shaper_ledger.zip(a.shaper_slot),
         }
     }
 }
@@ -118,6 +131,10 @@ fn node_main(args: NodeArgs) -> i32 {
         state_dir: args.state_dir,
         socket_group: args.socket_group,
         guest_stop_timeout: std::time::Duration::from_secs(args.guest_stop_timeout),
+        node_rates: crate::shaper::coordinator::NodeRates {
+            tx: args.node_rate.unwrap_or(u64::MAX),
+            rx: args.node_rx_rate.unwrap_or(u64::MAX),
+        },
     };
     match crate::node::server::run(&config) {
         Ok(()) => 0,

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::{ForwardAll, NetCounters, NetDevice, Tap};
+use devices::virtio::net::{ForwardAll, NetCounters, NetDevice, Shaper, Tap};
 use devices::virtio::{MmioTransport, TransportCounters, VirtioDevice, VirtioInterrupt};
 use devices::EventFdInterrupt;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -83,6 +83,7 @@ impl<'a> VirtioAttacher<'a> {
     pub fn attach_net(
         &mut self,
         spec: &NetSpec,
+        shaper: Option<Arc<Shaper>>,
         event_loop: &mut EventLoop,
     ) -> Result<AttachedNet, AttachError> {
         let index = self.count;
@@ -95,9 +96,12 @@ impl<'a> VirtioAttacher<'a> {
                 source,
             }
         };
-        let device = Arc::new(Mutex::new(
-            NetDevice::new(tap, mac, Box::new(ForwardAll)).map_err(res("device eventfds"))?,
-        ));
+        let mut device =
+            NetDevice::new(tap, mac, Box::new(ForwardAll)).map_err(res("device eventfds"))?;
+        if let Some(shaper) = shaper {
+            device.set_shaper(shaper);
+        }
+        let device = Arc::new(Mutex::new(device));
         let counters = device.lock().unwrap_or_else(|p| p.into_inner()).counters();
         let transport = self.attach(device.clone())?;
         event_loop.add_subscriber(Box::new(device));

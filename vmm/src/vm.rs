@@ -6,6 +6,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use devices::legacy::{i8042, BootTimer, ConsoleWriter, SerialDevice, I8042};
+use devices::virtio::net::Shaper;
 use devices::{EventFdInterrupt, GuestEvent, GuestEventSink};
 use kvm_ioctls::VmFd;
 use vm_memory::{
@@ -53,6 +54,8 @@ pub struct VmConfig {
     pub net: Vec<NetSpec>,
     /// Where to write the packet counters every second and at exit.
     pub stats_file: Option<PathBuf>,
+    /// The node's shaper ledger and this sliver's slot in it.
+    pub shaper: Option<(PathBuf, usize)>,
 }
 
 /// Errors building the VM; each message names what failed.
@@ -97,6 +100,17 @@ pub enum VmError {
     /// A system resource (eventfd, irqfd, CPUID query) failed.
     #[error("{0}: {1}")]
     Resource(&'static str, std::io::Error),
+    /// The shaper ledger named by --shaper-ledger/--shaper-slot.
+    #[error("--shaper-ledger: {0}")]
+    Shaper(#[from] crate::shaper::LedgerError),
+}
+
+/// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path`.
+fn open_shaper(path: &std::path::Path, slot: usize) -> Result<Arc<Shaper>, VmError> {
+    let ledger = Arc::new(crate::shaper::Ledger::open(path)?);
+    let source = crate::shaper::SlotRate::new(ledger, slot)?;
+    log::info!("shaping with slot {slot} of {}", path.display());
+    Ok(Arc::new(Shaper::new(Box::new(source))))
 }
 
 /// COM1 with its output on the VMM's stdout.
@@ -246,10 +260,14 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     event_loop.add_console_input(serial)?;
     let mut mmio = Bus::new();
     let mut attacher = VirtioAttacher::new(&vm, &mem, &mut mmio);
+    let shaper = match &config.shaper {
+        Some((path, slot)) => Some(open_shaper(path, *slot)?),
+        None => None,
+    };
     let nets = config
         .net
         .iter()
-        .map(|spec| attacher.attach_net(spec, &mut event_loop))
+        .map(|spec| attacher.attach_net(spec, shaper.clone(), &mut event_loop))
         .collect::<Result<Vec<_>, _>>()?;
     let stats = match &config.stats_file {
         Some(path) => {

@@ -17,6 +17,7 @@ use super::registry::{Created, LimitsPatch};
 use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 use super::state::SliverRecord;
 use super::supervisor::Supervisor;
+use crate::shaper::slots::Shaping;
 use crate::stats::SliverCounters;
 
 /// Every (method, path) the daemon serves.
@@ -67,6 +68,7 @@ fn view(sup: &Supervisor, name: &str, r: &SliverRecord) -> serde_json::Value {
         "started_at": r.started_at,
         "exit_reason": r.exit_reason,
         "counters": sup.counters(name),
+        "shaping": sup.shaping(name),
         "spec": r.spec,
     })
 }
@@ -149,7 +151,66 @@ async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
             ));
         }
     }
+    shaping_metrics(&sup, &counters, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+type ShapingGauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Shaping) -> Option<f64>,
+);
+
+/// Per-sliver shaping series: allocated rates, bytes today, time throttled.
+const SHAPING_SERIES: [ShapingGauge; 5] = [
+    (
+        "slicevisor_sliver_tx_allocated_bps",
+        "gauge",
+        "Rate allocated to the sliver's egress now, bit/s (absent: unlimited).",
+        |s| s.tx_allocated_bps.map(|v| v as f64),
+    ),
+    (
+        "slicevisor_sliver_rx_allocated_bps",
+        "gauge",
+        "Rate allocated to the sliver's ingress now, bit/s (absent: unlimited).",
+        |s| s.rx_allocated_bps.map(|v| v as f64),
+    ),
+    (
+        "slicevisor_sliver_tx_bytes_today",
+        "gauge",
+        "Bytes the sliver sent since midnight UTC (the daily budget's count).",
+        |s| Some(s.tx_bytes_today as f64),
+    ),
+    (
+        "slicevisor_sliver_tx_throttled_seconds_total",
+        "counter",
+        "Time the sliver's frames waited for egress tokens.",
+        |s| Some(s.tx_throttled_ms as f64 / 1e3),
+    ),
+    (
+        "slicevisor_sliver_rx_throttled_seconds_total",
+        "counter",
+        "Time frames for the sliver waited for ingress tokens.",
+        |s| Some(s.rx_throttled_ms as f64 / 1e3),
+    ),
+];
+
+fn shaping_metrics<C>(sup: &Supervisor, slivers: &[(String, String, C)], out: &mut String) {
+    let shaping: Vec<_> = slivers
+        .iter()
+        .filter_map(|(name, slice, _)| sup.shaping(name).map(|s| (name, slice, s)))
+        .collect();
+    for (metric, kind, help, get) in SHAPING_SERIES {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
+        for (name, slice, s) in &shaping {
+            if let Some(v) = get(s) {
+                out.push_str(&format!(
+                    "{metric}{{sliver=\"{name}\",slice=\"{slice}\"}} {v}\n"
+                ));
+            }
+        }
+    }
 }
 
 async fn list(State(sup): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
@@ -207,9 +268,13 @@ async fn patch(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let body = body_bytes(body)?;
     let reg = sup.registry().clone();
+    let sup2 = sup.clone();
     let (name, record) = blocking(move || {
         let patch: LimitsPatch = parse(&body)?;
         let record = reg.patch_limits(&name, &patch)?;
+        if let Some(net) = &record.spec.net {
+            sup2.apply_limits(&name, net)?;
+        }
         log::info!(
             "uid {:?} changed the limits of sliver {name}: {patch:?}",
             peer.uid

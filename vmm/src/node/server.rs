@@ -2,12 +2,15 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::api::{self, Peer};
 use super::registry::Registry;
 use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
+use crate::shaper::coordinator::{self, NodeRates};
+use crate::shaper::{slots, Ledger, LedgerError};
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -20,6 +23,8 @@ pub struct NodeConfig {
     pub socket_group: Option<u32>,
     /// How long a guest gets to power off when asked, before its VMM gets SIGTERM.
     pub guest_stop_timeout: std::time::Duration,
+    /// What all guests together may send and receive, bit/s.
+    pub node_rates: NodeRates,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -38,6 +43,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The shaper ledger in the state directory.
+    #[error("--state-dir: {0}")]
+    Shaper(#[from] LedgerError),
     /// Another daemon answers on the socket.
     #[error("--socket {0}: another daemon is serving this socket")]
     InUse(PathBuf),
@@ -104,6 +112,10 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         config.state_dir.display(),
         registry.list().len()
     );
+    let ledger_path = config.state_dir.join("shaper.ledger");
+    let ledger = Arc::new(Ledger::create_or_open(&ledger_path).map_err(NodeError::Shaper)?);
+    let stop_shaper = Arc::new(AtomicBool::new(false));
+    let mut shaper_thread = None;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -120,6 +132,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 exe,
                 &config.state_dir,
                 config.guest_stop_timeout,
+                ledger.clone(),
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {
@@ -132,6 +145,18 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         let listener =
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
         set_permissions(&socket, config.socket_group)?;
+        // Only the daemon that owns the socket touches the ledger's allocation.
+        reconcile_slots(&ledger, &registry);
+        shaper_thread = Some(
+            coordinator::spawn(ledger.clone(), config.node_rates, stop_shaper.clone())
+                .map_err(NodeError::Runtime)?,
+        );
+        log::info!(
+            "shaping: node rate {} bit/s out, {} bit/s in; ledger {}",
+            rate_str(config.node_rates.tx),
+            rate_str(config.node_rates.rx),
+            ledger_path.display()
+        );
         log::info!("serving on {}", socket.display());
         supervisor.adopt_all();
         let app = api::router(supervisor).into_make_service_with_connect_info::<Peer>();
@@ -143,5 +168,36 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     if let Err(e) = std::fs::remove_file(&config.socket) {
         log::warn!("removing {}: {e}", config.socket.display());
     }
+    stop_shaper.store(true, Ordering::Relaxed);
+    if shaper_thread.map(|t| t.join()).is_some_and(|r| r.is_err()) {
+        log::error!("the shaper thread panicked");
+    }
     result
+}
+
+fn rate_str(bps: u64) -> String {
+    if bps == u64::MAX {
+        "unlimited".into()
+    } else {
+        bps.to_string()
+    }
+}
+
+/// After a restart: every sliver with a network device keeps (or gets) its slot with its
+/// current limits; slots of slivers that no longer exist are freed.
+fn reconcile_slots(ledger: &Ledger, registry: &Registry) {
+    let slivers = registry.list();
+    for (_, slot) in ledger.slots() {
+        if slot.is_used() && !slivers.iter().any(|(n, _)| *n == slot.name()) {
+            log::info!("shaper: freeing the slot of deleted sliver {}", slot.name());
+            slot.release();
+        }
+    }
+    for (name, record) in &slivers {
+        if let Some(net) = &record.spec.net {
+            if let Err(e) = slots::assign(ledger, name, &net.limits()) {
+                log::error!("sliver {name}: no shaper slot: {e}");
+            }
+        }
+    }
 }

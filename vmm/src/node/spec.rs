@@ -210,6 +210,16 @@ impl SliverNet {
         self.validate_limits()
     }
 
+    /// The limits as the shaper's allocator takes them.
+    pub fn limits(&self) -> crate::shaper::slots::Limits {
+        crate::shaper::slots::Limits {
+            share: self.net_share,
+            min_rate: self.net_min_rate,
+            max_rate: self.net_max_rate,
+            budget: self.net_thresh_kbyte.zip(self.net_max_kbyte),
+        }
+    }
+
     /// Check the limits alone (also used for PATCH).
     pub fn validate_limits(&self) -> Result<(), ApiError> {
         if !(1..=MAX_SHARE).contains(&self.net_share) {

@@ -18,6 +18,8 @@ use super::host_net;
 use super::registry::Registry;
 use super::state::{SliverRecord, SliverState};
 use crate::exit::ExitRecord;
+use crate::shaper::slots::{self, Shaping};
+use crate::shaper::Ledger;
 
 /// How long a VMM gets to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -30,6 +32,8 @@ pub struct Supervisor {
     netlink: rtnetlink::Handle,
     exe: PathBuf,
     run_dir: PathBuf,
+    /// The shaper ledger shared with the VMMs.
+    ledger: Arc<Ledger>,
     /// Per running VMM: becomes `true` once its exit has been recorded.
     exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
@@ -80,6 +84,7 @@ impl Supervisor {
         exe: PathBuf,
         state_dir: &Path,
         guest_grace: Duration,
+        ledger: Arc<Ledger>,
     ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
@@ -89,6 +94,7 @@ impl Supervisor {
             netlink,
             exe,
             run_dir,
+            ledger,
             exited: Mutex::new(HashMap::new()),
         })
     }
@@ -119,11 +125,25 @@ impl Supervisor {
                 field: Some("net".into()),
             })?;
         log::info!("sliver {name}: TAP {tap} with {host}/{prefix}");
-        Ok(())
+        self.apply_limits(name, net)
+    }
+
+    /// Give sliver `name` a shaper slot (or update its own) with the limits in `net`; the
+    /// allocation loop applies them at its next tick.
+    pub fn apply_limits(&self, name: &str, net: &super::spec::SliverNet) -> Result<(), ApiError> {
+        slots::assign(&self.ledger, name, &net.limits())
+            .map(|_| ())
+            .map_err(|e| ApiError::status(507, format!("no shaper slot for {name:?}: {e}")))
+    }
+
+    /// Sliver `name`'s shaping state (allocated rates, bytes today, time throttled).
+    pub fn shaping(&self, name: &str) -> Option<Shaping> {
+        slots::find(&self.ledger, name).and_then(|i| slots::snapshot(&self.ledger, i))
     }
 
     /// Remove the TAP of sliver `name` (if any).
     pub async fn teardown_host_net(&self, name: &str) {
+        slots::release(&self.ledger, name);
         let tap = host_net::tap_name(name);
         if let Err(e) = host_net::remove_tap(&self.netlink, &tap).await {
             log::error!("sliver {name}: {e}");
@@ -186,6 +206,11 @@ impl Supervisor {
                 .to_string(),
             };
             cmd.arg("--net").arg(format!("tap={tap},mac={mac}"));
+            if let Some(slot) = slots::find(&self.ledger, name) {
+                cmd.arg("--shaper-ledger")
+                    .arg(self.ledger.path())
+                    .args(["--shaper-slot", &slot.to_string()]);
+            }
             cmdline.push(format!("ip={}", net.ipv4));
         }
         cmdline.extend(spec.cmdline.clone());
@@ -296,6 +321,7 @@ impl Supervisor {
             ),
         };
         log::info!("sliver {name}: VMM ended: {reason}");
+        slots::vmm_gone(&self.ledger, name);
         if let Err(e) = self.registry.update(name, |r| {
             r.state = state;
             r.pid = None;

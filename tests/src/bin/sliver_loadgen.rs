@@ -1,0 +1,170 @@
+//! A sliver's VMM minus the guest kernel: the real virtio-net device with the real shaper
+//! stage, on a real TAP, bound to a node daemon's ledger slot, fed at native speed by the
+//! guest-driver harness, which keeps the TX ring full (a backlogged guest).
+//!
+//! The guests here are too slow to load a link (guest kernel code is emulated), so shaping is
+//! tested and benchmarked with one of these processes per sliver.
+//!
+//! `sliver_loadgen --tap NAME [--ledger PATH --slot N] [--frame BYTES] [--src-ip A.B.C.D]
+//! [--seconds S]`; prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
+//! SIGTERM ends it at once (as a crashed VMM would, leaving its backlog flag to expire).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use devices::virtio::feature;
+use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, TX_QUEUE};
+use devices::virtio::test_utils::GuestDriver;
+use event_manager::{EventManager, SubscriberOps};
+
+type Dev = Arc<Mutex<NetDevice<Tap>>>;
+
+const VERSION_1: u32 = 32;
+const F_MAC: u32 = 5;
+
+struct Args {
+    tap: String,
+    ledger: Option<(PathBuf, usize)>,
+    frame: usize,
+    src_ip: Ipv4Addr,
+    seconds: f64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut tap = None;
+    let (mut ledger, mut slot) = (None, None);
+    let mut frame = 1500;
+    let mut src_ip = Ipv4Addr::new(10, 200, 0, 1);
+    let mut seconds = f64::INFINITY;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--tap" => tap = Some(value()?),
+            "--ledger" => ledger = Some(PathBuf::from(value()?)),
+            "--slot" => slot = Some(value()?.parse().map_err(|e| format!("--slot: {e}"))?),
+            "--frame" => frame = value()?.parse().map_err(|e| format!("--frame: {e}"))?,
+            "--src-ip" => src_ip = value()?.parse().map_err(|e| format!("--src-ip: {e}"))?,
+            "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if !(60..=9000).contains(&frame) {
+        return Err(format!("--frame {frame}: must be 60..=9000 bytes"));
+    }
+    let ledger = match (ledger, slot) {
+        (Some(l), Some(s)) => Some((l, s)),
+        (None, None) => None,
+        _ => return Err("--ledger and --slot go together".into()),
+    };
+    Ok(Args {
+        tap: tap.ok_or("--tap is required")?,
+        ledger,
+        frame,
+        src_ip,
+        seconds,
+    })
+}
+
+/// virtio header + an Ethernet/IPv4/UDP frame of `len` bytes from `src` (to a MAC that is not
+/// the host's, so the host drops it after counting it on the TAP).
+fn frame(len: usize, src: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; devices::virtio::net::VNET_HDR_LEN];
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // dst MAC
+    f.extend_from_slice(&[0x02, 0x5e, 0, 0, 0, 0x02]); // src MAC
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&[10, 201, 0, 1]);
+    let sum = ip
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let udp_len = ip_len - 20;
+    f.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(devices::virtio::net::VNET_HDR_LEN + len, 0xab);
+    f
+}
+
+fn cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the valid struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sliver_loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let tap = Tap::open(&args.tap).unwrap_or_else(|e| {
+        eprintln!("sliver_loadgen: TAP {}: {e}", args.tap);
+        std::process::exit(1)
+    });
+    let mut device =
+        NetDevice::new(tap, MacAddr([0x02, 0x5e, 0, 0, 0, 2]), Box::new(ForwardAll)).expect("device");
+    if let Some((path, slot)) = &args.ledger {
+        let ledger = Arc::new(vmm::shaper::Ledger::open(path).unwrap_or_else(|e| {
+            eprintln!("sliver_loadgen: {e}");
+            std::process::exit(1)
+        }));
+        let source = vmm::shaper::SlotRate::new(ledger, *slot).unwrap_or_else(|e| {
+            eprintln!("sliver_loadgen: {e}");
+            std::process::exit(1)
+        });
+        device.set_shaper(Arc::new(Shaper::new(Box::new(source))));
+    }
+    let dev: Dev = Arc::new(Mutex::new(device));
+    let counters = dev.lock().expect("device").counters();
+    let mut em = EventManager::<Dev>::new().expect("event manager");
+    em.add_subscriber(dev.clone());
+    let mut driver = GuestDriver::new(dev);
+    driver.init(feature(VERSION_1) | feature(F_MAC), 2, QUEUE_SIZE);
+    let txq = TX_QUEUE as u16;
+    let f = frame(args.frame, args.src_ip);
+    for _ in 0..QUEUE_SIZE {
+        driver.add_buffer(txq, Some(&f), 0);
+    }
+    driver.kick(txq);
+    let start = Instant::now();
+    let cpu0 = cpu_ms();
+    let end = Duration::from_secs_f64(args.seconds.min(1e6));
+    while start.elapsed() < end {
+        em.run_with_timeout(100).expect("event loop");
+        let n = driver.take_used(txq).len();
+        for _ in 0..n {
+            driver.add_buffer(txq, Some(&f), 0);
+        }
+        if n > 0 {
+            driver.kick(txq);
+        }
+    }
+    let c = counters.snapshot();
+    println!(
+        "{{\"bytes\":{},\"packets\":{},\"cpu_ms\":{:.1},\"secs\":{:.3}}}",
+        c.tx_bytes,
+        c.tx_packets,
+        cpu_ms() - cpu0,
+        start.elapsed().as_secs_f64()
+    );
+}
