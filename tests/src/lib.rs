@@ -5,4 +5,5 @@ pub mod guest;
 pub mod netns;
 pub mod node;
 pub mod run;
+pub mod shaping;
 pub mod tiny_guest;

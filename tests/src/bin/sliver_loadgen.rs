@@ -121,8 +121,8 @@ fn main() {
         eprintln!("sliver_loadgen: TAP {}: {e}", args.tap);
         std::process::exit(1)
     });
-    let mut device =
-        NetDevice::new(tap, MacAddr([0x02, 0x5e, 0, 0, 0, 2]), Box::new(ForwardAll)).expect("device");
+    let mut device = NetDevice::new(tap, MacAddr([0x02, 0x5e, 0, 0, 0, 2]), Box::new(ForwardAll))
+        .expect("device");
     if let Some((path, slot)) = &args.ledger {
         let ledger = Arc::new(vmm::shaper::Ledger::open(path).unwrap_or_else(|e| {
             eprintln!("sliver_loadgen: {e}");

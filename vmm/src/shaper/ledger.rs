@@ -302,7 +302,7 @@ impl Ledger {
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
-const _: () = assert!(SLOT_LEN % 64 == 0 && HEADER_LEN % 64 == 0);
+const _: () = assert!(SLOT_LEN.is_multiple_of(64) && HEADER_LEN.is_multiple_of(64));
 
 #[cfg(test)]
 mod tests {

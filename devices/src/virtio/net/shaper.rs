@@ -40,8 +40,9 @@ pub const MIN_BURST_BYTES: f64 = 2.0 * 1514.0;
 /// A throttled device wakes when the bucket holds this much time of tokens: at most about
 /// 1000 timer wake-ups per second however fast the rate, so waiting costs next to no CPU.
 pub const WAKE_QUANTUM: Duration = Duration::from_millis(1);
-/// Longest single wait, so a raised rate (or a PATCH) is noticed within this time.
-pub const MAX_WAIT: Duration = Duration::from_millis(10);
+/// Longest single wait, so a raised rate (or a PATCH) is noticed within this time; at low
+/// rates a throttled device wakes at most this often (20 times a second).
+pub const MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// The shaper's answer for the next frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -79,10 +79,10 @@ fn throttled_device_sleeps_on_its_timer() {
     let sent = f.snap().tx_packets;
     assert_eq!(sent, 4, "only the starting burst");
     let wakeups = f.run_for(Duration::from_millis(200));
-    // 200 ms / 10 ms = 20 timer wake-ups, plus slack for scheduling.
-    assert!(wakeups <= 25, "{wakeups} wake-ups in 200 ms");
+    // 200 ms / MAX_WAIT (50 ms) = 4 timer wake-ups, plus slack for scheduling.
+    assert!(wakeups <= 6, "{wakeups} wake-ups in 200 ms");
     assert!(
-        wakeups >= 5,
+        wakeups >= 3,
         "the timer keeps re-checking the rate ({wakeups})"
     );
     // Guest kicks while throttled do not bypass the shaper.
