@@ -73,7 +73,19 @@ pub fn shaping(socket: &Path, name: &str) -> Value {
 /// Start a load generator for `s` in `ns`: shaped by the daemon's ledger in `state`, or
 /// unshaped when `state` is `None`.
 pub fn spawn_loadgen(ns: &NetNs, s: &Sliver, state: Option<&Path>, seconds: f64) -> ChildGuard {
+    spawn_loadgen_with(ns, s, state, seconds, &[])
+}
+
+/// [`spawn_loadgen`] with `extra` flags.
+pub fn spawn_loadgen_with(
+    ns: &NetNs,
+    s: &Sliver,
+    state: Option<&Path>,
+    seconds: f64,
+    extra: &[&str],
+) -> ChildGuard {
     let mut cmd = ns.command(loadgen_bin());
+    cmd.args(extra);
     cmd.args(["--tap", &s.tap, "--src-ip", &s.src_ip])
         .args(["--seconds", &seconds.to_string()]);
     if let Some(state) = state {

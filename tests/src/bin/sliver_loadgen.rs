@@ -6,15 +6,19 @@
 //! tested and benchmarked with one of these processes per sliver.
 //!
 //! `sliver_loadgen --tap NAME [--ledger PATH --slot N] [--frame BYTES] [--src-ip A.B.C.D]
-//! [--seconds S]`; prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
-//! SIGTERM ends it at once (as a crashed VMM would, leaving its backlog flag to expire).
+//! [--seconds S] [--offer-bps R]`; `--offer-bps` limits what the "guest" offers with a fixed
+//! token bucket instead of the ledger (to load an external shaper such as HTB); prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
+//! SIGTERM ends it cleanly at once (as a VMM whose guest is stopped: its NIC and its ledger
+//! slot's backlog flags go); SIGKILL leaves the flags for the daemon to expire.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::virtio::feature;
+use devices::virtio::net::shaper::FixedRate;
 use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, TX_QUEUE};
 use devices::virtio::test_utils::GuestDriver;
 use event_manager::{EventManager, SubscriberOps};
@@ -30,6 +34,7 @@ struct Args {
     frame: usize,
     src_ip: Ipv4Addr,
     seconds: f64,
+    offer_bps: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +43,7 @@ fn parse_args() -> Result<Args, String> {
     let mut frame = 1500;
     let mut src_ip = Ipv4Addr::new(10, 200, 0, 1);
     let mut seconds = f64::INFINITY;
+    let mut offer_bps = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -48,6 +54,9 @@ fn parse_args() -> Result<Args, String> {
             "--frame" => frame = value()?.parse().map_err(|e| format!("--frame: {e}"))?,
             "--src-ip" => src_ip = value()?.parse().map_err(|e| format!("--src-ip: {e}"))?,
             "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--offer-bps" => {
+                offer_bps = Some(value()?.parse().map_err(|e| format!("--offer-bps: {e}"))?)
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -65,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
         frame,
         src_ip,
         seconds,
+        offer_bps,
     })
 }
 
@@ -133,6 +143,12 @@ fn main() {
             std::process::exit(1)
         });
         device.set_shaper(Arc::new(Shaper::new(Box::new(source))));
+    } else if let Some(bps) = args.offer_bps {
+        let fixed = Arc::new(FixedRate {
+            rates: [Some(bps / 8), None],
+            ..Default::default()
+        });
+        device.set_shaper(Arc::new(Shaper::new(Box::new(fixed))));
     }
     let dev: Dev = Arc::new(Mutex::new(device));
     let counters = dev.lock().expect("device").counters();
@@ -146,11 +162,16 @@ fn main() {
         driver.add_buffer(txq, Some(&f), 0);
     }
     driver.kick(txq);
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
+    }
     let start = Instant::now();
     let cpu0 = cpu_ms();
     let end = Duration::from_secs_f64(args.seconds.min(1e6));
-    while start.elapsed() < end {
-        em.run_with_timeout(100).expect("event loop");
+    while start.elapsed() < end && !stop.load(Ordering::Relaxed) {
+        // EINTR (a signal) comes back as an error: just look at the flag again.
+        let _ = em.run_with_timeout(100);
         let n = driver.take_used(txq).len();
         for _ in 0..n {
             driver.add_buffer(txq, Some(&f), 0);

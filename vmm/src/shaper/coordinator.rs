@@ -4,9 +4,10 @@
 //! Demand: a sliver whose VMM reports a backlog (frames waiting for tokens) wants as much as
 //! it can get; one that sent within [`ACTIVE_WINDOW`] without a backlog wants a little more
 //! than its recent rate (twice its moving average); the others are idle and are left out, so
-//! their share goes to the rest at once (work-conserving). An idle sliver is still given the
-//! rate it would get if it became busy (its "entry rate"), so its first frames go out at once;
-//! the next tick counts it in.
+//! their share goes to the rest at once (work-conserving). An idle sliver is still given an
+//! "entry rate", so its first frames go out at once and the next tick counts it in: its
+//! weighted part of the node among all slivers with a slot, busy or not. With that, idle
+//! slivers together never hold more than the capacity, however many wake up at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use super::slots::unix_now;
 /// How often the allocation is recomputed.
 pub const TICK: Duration = Duration::from_millis(2);
 /// A sliver that moved bytes this recently counts as active.
-pub const ACTIVE_WINDOW: Duration = Duration::from_millis(6);
+pub const ACTIVE_WINDOW: Duration = Duration::from_millis(4);
 /// A backlog flag whose VMM has not visited for this long is not believed (a throttled VMM
 /// visits at least every `devices::virtio::net::shaper::MAX_WAIT`, 50 ms). The supervisor
 /// clears the flags at once when a VMM exits; this is for a VMM that hangs or is killed
@@ -150,7 +151,11 @@ impl Coordinator {
     fn publish(&self, d: usize, capacity: u64, active: &[(usize, Claim)], idle: &[(usize, Claim)]) {
         let list: Vec<Claim> = active.iter().map(|(_, c)| *c).collect();
         let rates = allocate(capacity, &list);
-        let active_weight: u64 = list.iter().map(|c| u64::from(c.weight)).sum();
+        let all_weight: u64 = active
+            .iter()
+            .chain(idle)
+            .map(|(_, c)| u64::from(c.weight))
+            .sum();
         let write = |i: usize, bps: u64| {
             if let Ok(slot) = self.ledger.slot(i) {
                 let field = if d == 0 {
@@ -165,19 +170,19 @@ impl Coordinator {
             write(*i, rate);
         }
         for (i, c) in idle {
-            write(*i, entry_rate(capacity, active_weight, c));
+            write(*i, entry_rate(capacity, all_weight, c));
         }
     }
 }
 
-/// What an idle sliver would get if it became busy now (an estimate: its weighted part of
-/// the capacity, at least its minimum, at most its cap).
-fn entry_rate(capacity: u64, active_weight: u64, c: &Claim) -> u64 {
+/// An idle sliver's rate until the next tick: its weighted part of the capacity among all
+/// `all_weight` (busy or not), at least its minimum, at most its cap.
+fn entry_rate(capacity: u64, all_weight: u64, c: &Claim) -> u64 {
     if capacity == u64::MAX {
         return c.cap;
     }
     let w = u64::from(c.weight);
-    let part = (u128::from(capacity) * u128::from(w) / u128::from(active_weight + w).max(1)) as u64;
+    let part = (u128::from(capacity) * u128::from(w) / u128::from(all_weight).max(1)) as u64;
     part.max(c.min).min(c.cap).min(capacity)
 }
 
@@ -305,7 +310,7 @@ mod tests {
         s.tick();
         assert_eq!(s.alloc_bps(a), 20 * M);
         assert_eq!(s.alloc_bps(b), 60 * M);
-        // c is idle: it would get 4/(4+4) of the node if it started.
+        // c is idle: its entry rate is its weighted part among all three, 4/8.
         assert_eq!(s.alloc_bps(c), 40 * M);
         // c starts: the next tick counts it.
         s.backlog(c, true);
@@ -317,6 +322,15 @@ mod tests {
         s.tick();
         assert_eq!(s.alloc_bps(a), 16 * M);
         assert_eq!(s.alloc_bps(c), 64 * M);
+    }
+
+    #[test]
+    fn idle_slivers_waking_together_never_hold_more_than_the_node() {
+        let mut s = setup(64 * M);
+        let a = assign(&s.ledger, "a", &limits(1)).expect("a");
+        let b = assign(&s.ledger, "b", &limits(3)).expect("b");
+        s.tick();
+        assert_eq!((s.alloc_bps(a), s.alloc_bps(b)), (16 * M, 48 * M));
     }
 
     #[test]

@@ -36,6 +36,15 @@ impl SlotRate {
     }
 }
 
+impl Drop for SlotRate {
+    /// A VMM that ends (or drops its NICs) has no frames waiting any more.
+    fn drop(&mut self) {
+        let slot = self.slot();
+        slot.tx_backlog.store(0, Ordering::Relaxed);
+        slot.rx_backlog.store(0, Ordering::Relaxed);
+    }
+}
+
 impl RateSource for SlotRate {
     fn rate(&self, dir: Direction) -> Option<u64> {
         let slot = self.slot();
