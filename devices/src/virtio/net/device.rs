@@ -32,6 +32,7 @@ const EV_RX_QUEUE: u32 = 1;
 const EV_TX_QUEUE: u32 = 2;
 const EV_BACKEND: u32 = 3;
 const EV_SHAPER_TIMER: u32 = 4;
+const EV_POLICY_TIMER: u32 = 5;
 
 /// Queues and memory while the driver has the device running.
 pub(super) struct Active {
@@ -67,6 +68,8 @@ pub struct NetDevice<B: NetBackend> {
     pub(super) shaper: Option<Arc<Shaper>>,
     /// Wakes a throttled device when its bucket has refilled.
     shaper_timer: TimerFd,
+    /// Runs the policy's periodic housekeeping.
+    policy_timer: TimerFd,
     /// When the armed shaper timer fires, if armed.
     timer_deadline: Option<Instant>,
     /// Out of TX tokens: chains wait in the ring until the shaper timer.
@@ -97,6 +100,17 @@ pub struct NetDevice<B: NetBackend> {
     backend_interest: EventSet,
 }
 
+/// A timerfd whose read fails instead of blocking when it has not expired.
+fn nonblocking_timer() -> std::io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    // SAFETY: F_SETFL on a timerfd we own; a stale expiry read then fails instead of
+    // blocking the event loop.
+    if unsafe { libc::fcntl(timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
 impl<B: NetBackend> std::fmt::Debug for NetDevice<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetDevice")
@@ -111,17 +125,14 @@ impl<B: NetBackend> NetDevice<B> {
     /// A device with MAC `mac` on `backend`, deciding per frame with `policy`.
     pub fn new(backend: B, mac: MacAddr, policy: Box<dyn PacketPolicy>) -> std::io::Result<Self> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK);
-        let shaper_timer = TimerFd::new()?;
-        // SAFETY: F_SETFL on a timerfd we own; a stale expiry read then fails instead of
-        // blocking the event loop.
-        if unsafe { libc::fcntl(shaper_timer.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let shaper_timer = nonblocking_timer()?;
+        let policy_timer = nonblocking_timer()?;
         Ok(Self {
             backend,
             policy,
             shaper: None,
             shaper_timer,
+            policy_timer,
             timer_deadline: None,
             tx_throttled: false,
             rx_throttled: false,
@@ -329,6 +340,10 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
                     self.process_rx();
                 }
             }
+            EV_POLICY_TIMER => {
+                let _ = self.policy_timer.wait();
+                self.policy.tick();
+            }
             EV_SHAPER_TIMER => {
                 let _ = self.shaper_timer.wait();
                 self.timer_deadline = None;
@@ -349,7 +364,13 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
             Events::with_data(&self.queue_evts[TX_QUEUE], EV_TX_QUEUE, EventSet::IN),
             Events::with_data(&self.backend, EV_BACKEND, EventSet::empty()),
             Events::with_data(&self.shaper_timer, EV_SHAPER_TIMER, EventSet::IN),
+            Events::with_data(&self.policy_timer, EV_POLICY_TIMER, EventSet::IN),
         ];
+        if let Some(every) = self.policy.tick_interval() {
+            if let Err(e) = self.policy_timer.reset(every, Some(every)) {
+                log::error!("virtio-net: arming the policy timer: {e}");
+            }
+        }
         for events in registrations {
             if let Err(e) = ops.add(events) {
                 log::error!("virtio-net: registering with the event loop: {e:?}");

@@ -6,6 +6,7 @@
 //! policy → descriptor chain. No heap allocation per packet: frames pass through two buffers
 //! allocated once per device.
 
+pub mod audit;
 pub mod backend;
 mod chain;
 pub mod config;

@@ -1,4 +1,8 @@
-//! The policy stage of the packet path: where the shaper and the audit plug in.
+//! The policy stage of the packet path: where anti-spoofing and the audit plug in.
+
+use std::time::Duration;
+
+use super::shaper::Direction;
 
 /// What the policy decided for one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +23,20 @@ pub trait PacketPolicy: Send {
     fn on_tx(&mut self, headers: &[u8], frame_len: usize) -> Verdict;
     /// A frame for the guest.
     fn on_rx(&mut self, headers: &[u8], frame_len: usize) -> Verdict;
+
+    /// A guest frame the frame checks dropped (too short or too long) before `on_tx`.
+    fn on_tx_malformed(&mut self, _headers: &[u8], _frame_len: usize) {}
+
+    /// The shaper made direction `dir` wait: the next frame that way was delayed.
+    fn on_throttled(&mut self, _dir: Direction) {}
+
+    /// How often [`PacketPolicy::tick`] should run (none: never).
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic housekeeping (e.g. ending idle flows), on the device's event loop.
+    fn tick(&mut self) {}
 }
 
 /// How much of each frame a policy sees (enough for Ethernet + VLAN + IPv6 + TCP headers).

@@ -123,6 +123,7 @@ impl<B: NetBackend> NetDevice<B> {
         }
         if let Some(wait) = throttled {
             super::counters::inc(&self.counters.rx_throttled);
+            self.policy.on_throttled(Direction::Rx);
             self.throttle(Direction::Rx, wait);
         }
     }

@@ -95,6 +95,8 @@ impl<B: NetBackend> NetDevice<B> {
                     // Stage 2: frame checks. Stage 3: policy. Stage 4: backend.
                     if let Err(e) = check_tx_frame(g.len) {
                         log::debug!("virtio-net TX: dropping frame: {e}");
+                        self.policy
+                            .on_tx_malformed(headers, g.len.saturating_sub(VNET_HDR_LEN));
                         TxOutcome::Dropped
                     } else if self.policy.on_tx(headers, g.len - VNET_HDR_LEN) == Verdict::Drop {
                         TxOutcome::Dropped
@@ -145,6 +147,7 @@ impl<B: NetBackend> NetDevice<B> {
         }
         if let Some(wait) = throttled {
             inc(&self.counters.tx_throttled);
+            self.policy.on_throttled(Direction::Tx);
             self.throttle(Direction::Tx, wait);
         }
     }
