@@ -32,14 +32,21 @@ pub struct RecoveryReport {
 /// Recover the log in `dir` (which the caller holds the lock of).
 pub fn recover(dir: &Path) -> Result<RecoveryReport> {
     let mut report = RecoveryReport::default();
-    for orphan in segment::orphan_indexes(dir)? {
-        fs::remove_file(&orphan).map_err(|e| AuditError::io(&orphan, e))?;
+    let (segs, junk) = segment::scan_dir(dir)?;
+    for path in junk {
+        fs::remove_file(&path).map_err(|e| AuditError::io(&path, e))?;
     }
     let mut max_seq = 0u64;
-    for seg in segment::list(dir)? {
-        let seg_max = match index::load(&seg) {
-            Some(blocks) => blocks.iter().map(|b| b.max_seq).max().unwrap_or(0),
-            None => recover_segment(&seg, &mut report)?,
+    for seg in segs {
+        let seg_max = match seg.index.as_ref().and_then(index::open) {
+            Some(idx) => idx.max_seq(),
+            None => {
+                if let Some(bad) = &seg.index {
+                    log::warn!("{}: damaged index, rebuilding it", bad.path.display());
+                    fs::remove_file(&bad.path).map_err(|e| AuditError::io(&bad.path, e))?;
+                }
+                recover_segment(&seg, &mut report)?
+            }
         };
         max_seq = max_seq.max(seg_max);
     }
@@ -123,7 +130,14 @@ mod tests {
         assert_eq!(r.corrupt_records, 0);
         assert_eq!(r.next_seq, 100);
         assert_eq!(fs::metadata(&seg.path).expect("stat").len(), good);
-        assert!(index::load(&seg).is_some() && index::load(&sealed).is_some());
+        for s in [&seg, &sealed] {
+            let s = segment::list(dir.path())
+                .expect("list")
+                .into_iter()
+                .find(|x| x.created_ns == s.created_ns)
+                .expect("segment");
+            assert!(s.index.as_ref().and_then(index::open).is_some());
+        }
         let again = recover(dir.path()).expect("recover again");
         assert_eq!((again.segments_scanned, again.next_seq), (0, 100));
     }
@@ -132,6 +146,7 @@ mod tests {
     fn corruption_is_reported_and_skipped_and_empty_segments_go() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (seg, mut buf) = write_segment(dir.path(), 1, 1..20);
+        assert!(seg.path.exists());
         buf[200] ^= 0x55;
         fs::write(&seg.path, &buf).expect("write");
         let (empty, _) = write_segment(dir.path(), 2, 0..0);
@@ -142,7 +157,10 @@ mod tests {
         assert_eq!(r.empty_segments_removed, 1);
         assert_eq!(r.next_seq, 20);
         assert!(!empty.path.exists());
-        let blocks = index::load(&seg).expect("index");
+        let segs = segment::list(dir.path()).expect("list");
+        assert_eq!(segs.len(), 1);
+        let idx = segs[0].index.as_ref().and_then(index::open).expect("index");
+        let blocks = idx.blocks;
         assert_eq!(blocks.iter().map(|b| b.count).sum::<u32>(), 18);
         assert!(blocks.len() >= 2, "the damaged range splits the blocks");
     }

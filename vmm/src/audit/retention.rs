@@ -50,7 +50,11 @@ pub fn apply(
             continue;
         }
         let meta = fs::metadata(&seg.path).map_err(|e| AuditError::io(&seg.path, e))?;
-        let idx_len = fs::metadata(seg.index_path()).map(|m| m.len()).unwrap_or(0);
+        let idx_len = seg
+            .index
+            .as_ref()
+            .and_then(|i| fs::metadata(&i.path).ok())
+            .map_or(0, |m| m.len());
         let modified = meta.modified().map_err(|e| AuditError::io(&seg.path, e))?;
         segs.push((seg, meta.len() + idx_len, modified));
     }
@@ -76,10 +80,12 @@ pub fn apply(
 /// Delete the index first: a crash in between leaves a segment without an index, which
 /// recovery re-indexes, never an index without its segment being used.
 fn remove(seg: &Segment) -> Result<()> {
-    match fs::remove_file(seg.index_path()) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(AuditError::io(seg.index_path(), e)),
+    if let Some(idx) = &seg.index {
+        match fs::remove_file(&idx.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(AuditError::io(&idx.path, e)),
+        }
     }
     fs::remove_file(&seg.path).map_err(|e| AuditError::io(&seg.path, e))
 }
@@ -93,7 +99,7 @@ mod tests {
     fn make(dir: &Path, created: u64, len: usize, age: Duration, now: SystemTime) -> Segment {
         let seg = Segment::new(dir, created);
         fs::write(&seg.path, vec![0u8; len]).expect("write");
-        fs::write(seg.index_path(), b"i").expect("write");
+        fs::write(seg.index_path(0, 1), b"i").expect("write");
         let f = fs::File::options()
             .write(true)
             .open(&seg.path)
@@ -117,7 +123,7 @@ mod tests {
         let r = apply(dir.path(), &keep, now, Some(&active.path)).expect("apply");
         assert_eq!(r.segments, 2);
         assert_eq!(r.bytes, 202);
-        assert!(!old.path.exists() && !old.index_path().exists());
+        assert!(!old.path.exists() && !old.index_path(0, 1).exists());
         assert!(!a.path.exists());
         assert!(b.path.exists() && active.path.exists());
         let r = apply(dir.path(), &Retention::default(), now, None).expect("apply");

@@ -17,6 +17,19 @@ pub struct Segment {
     pub created_ns: u64,
     /// The `.log` file.
     pub path: PathBuf,
+    /// Its index, if sealed.
+    pub index: Option<IndexFile>,
+}
+
+/// A segment's index file and the time span its name gives.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IndexFile {
+    /// The `.idx` file.
+    pub path: PathBuf,
+    /// Earliest first packet in the segment.
+    pub min_first: u64,
+    /// Latest last packet in the segment.
+    pub max_last: u64,
 }
 
 impl Segment {
@@ -25,12 +38,16 @@ impl Segment {
         Segment {
             created_ns,
             path: dir.join(format!("{PREFIX}{created_ns:020}{LOG_EXT}")),
+            index: None,
         }
     }
 
-    /// Its index sidecar.
-    pub fn index_path(&self) -> PathBuf {
-        self.path.with_extension("idx")
+    /// The name of its index covering `[min_first, max_last]`.
+    pub fn index_path(&self, min_first: u64, max_last: u64) -> PathBuf {
+        self.path.with_file_name(format!(
+            "{PREFIX}{:020}-{min_first:020}-{max_last:020}{IDX_EXT}",
+            self.created_ns
+        ))
     }
 
     /// The temporary name the index is written under before its rename.
@@ -39,47 +56,82 @@ impl Segment {
     }
 }
 
-fn parse_name(name: &str) -> Option<u64> {
-    let num = name.strip_prefix(PREFIX)?.strip_suffix(LOG_EXT)?;
-    if num.len() != 20 || !num.bytes().all(|b| b.is_ascii_digit()) {
+fn number(s: &str) -> Option<u64> {
+    if s.len() != 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    num.parse().ok()
+    s.parse().ok()
 }
 
-/// The segments of `dir`, oldest first; index files and strangers are ignored.
-pub fn list(dir: &Path) -> Result<Vec<Segment>> {
-    let mut segs = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
-        let entry = entry.map_err(|e| AuditError::io(dir, e))?;
-        if let Some(created_ns) = entry.file_name().to_str().and_then(parse_name) {
-            segs.push(Segment {
-                created_ns,
-                path: entry.path(),
-            });
-        }
+/// What a file name of a sliver directory is.
+enum Name {
+    Log(u64),
+    Index(u64, u64, u64),
+    Temp,
+}
+
+fn parse_name(name: &str) -> Option<Name> {
+    let rest = name.strip_prefix(PREFIX)?;
+    if let Some(num) = rest.strip_suffix(LOG_EXT) {
+        return number(num).map(Name::Log);
     }
-    segs.sort();
-    Ok(segs)
+    if rest.ends_with(".idx.tmp") {
+        return Some(Name::Temp);
+    }
+    let mut parts = rest.strip_suffix(IDX_EXT)?.split('-');
+    let created = number(parts.next()?)?;
+    let min_first = number(parts.next()?)?;
+    let max_last = number(parts.next()?)?;
+    parts
+        .next()
+        .is_none()
+        .then_some(Name::Index(created, min_first, max_last))
 }
 
-/// Index files whose segment is gone (left by a crash during retention), for cleanup.
-pub fn orphan_indexes(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut orphans = Vec::new();
+/// The segments of `dir`, oldest first, each with its index if it has one; also the files to
+/// clean up (temporary indexes, and indexes whose segment is gone, both left by crashes).
+pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
+    let mut segs = std::collections::BTreeMap::new();
+    let mut indexes = Vec::new();
+    let mut junk = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
         let entry = entry.map_err(|e| AuditError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let stem = name
-            .strip_suffix(IDX_EXT)
-            .or_else(|| name.strip_suffix(".idx.tmp"));
-        if let Some(stem) = stem {
-            if !dir.join(format!("{stem}{LOG_EXT}")).exists() {
-                orphans.push(entry.path());
+        match entry.file_name().to_str().and_then(parse_name) {
+            Some(Name::Log(created_ns)) => {
+                segs.insert(
+                    created_ns,
+                    Segment {
+                        created_ns,
+                        path: entry.path(),
+                        index: None,
+                    },
+                );
             }
+            Some(Name::Index(created, min_first, max_last)) => {
+                indexes.push((created, min_first, max_last, entry.path()));
+            }
+            Some(Name::Temp) => junk.push(entry.path()),
+            None => {}
         }
     }
-    Ok(orphans)
+    for (created, min_first, max_last, path) in indexes {
+        match segs.get_mut(&created) {
+            Some(seg) if seg.index.is_none() => {
+                seg.index = Some(IndexFile {
+                    path,
+                    min_first,
+                    max_last,
+                })
+            }
+            _ => junk.push(path),
+        }
+    }
+    Ok((segs.into_values().collect(), junk))
+}
+
+/// The segments of `dir`, oldest first.
+pub fn list(dir: &Path) -> Result<Vec<Segment>> {
+    Ok(scan_dir(dir)?.0)
 }
 
 /// The sliver log directories under `STATE_DIR/audit/`, sorted by name.
@@ -122,15 +174,17 @@ mod tests {
         fs::write(dir.path().join("seg-12.log"), b"").expect("write");
         fs::write(dir.path().join("LOCK"), b"").expect("write");
         let seg = Segment::new(dir.path(), 30);
-        fs::write(seg.index_path(), b"").expect("write");
-        fs::write(dir.path().join("seg-00000000000000000099.idx"), b"").expect("write");
-        let got: Vec<u64> = list(dir.path())
-            .expect("list")
-            .iter()
-            .map(|s| s.created_ns)
-            .collect();
+        fs::write(seg.index_path(5, 77), b"").expect("write");
+        let orphan = Segment::new(dir.path(), 99).index_path(1, 2);
+        fs::write(&orphan, b"").expect("write");
+        fs::write(seg.index_tmp_path(), b"").expect("write");
+        let (segs, junk) = scan_dir(dir.path()).expect("scan");
+        let got: Vec<u64> = segs.iter().map(|s| s.created_ns).collect();
         assert_eq!(got, [2, 30, 1_800_000_000_000_000_000]);
-        let orphans = orphan_indexes(dir.path()).expect("orphans");
-        assert_eq!(orphans, [dir.path().join("seg-00000000000000000099.idx")]);
+        let idx = segs[1].index.as_ref().expect("index found");
+        assert_eq!((idx.min_first, idx.max_last), (5, 77));
+        assert!(segs[0].index.is_none());
+        assert_eq!(junk.len(), 2);
+        assert!(junk.contains(&orphan) && junk.contains(&seg.index_tmp_path()));
     }
 }
