@@ -5,8 +5,11 @@
 pub mod bloom;
 pub mod codec;
 mod committer;
+pub mod counters;
 pub mod error;
 pub mod index;
+pub mod params;
+pub mod query;
 pub mod reader;
 pub mod record;
 pub mod recovery;

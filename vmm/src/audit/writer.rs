@@ -11,10 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::codec;
 use super::committer::Committer;
+use super::counters::{CounterSnapshot, Counters};
 use super::error::{AuditError, Result};
 use super::index::IndexKey;
 use super::record::FlowRecord;
@@ -63,38 +62,6 @@ pub enum AppendError {
     /// The record cannot be encoded.
     #[error(transparent)]
     Invalid(#[from] AuditError),
-}
-
-/// Counters of one sliver's log.
-#[derive(Debug, Default)]
-pub struct Counters {
-    /// Records queued.
-    pub appended: AtomicU64,
-    /// Records written and synced.
-    pub durable: AtomicU64,
-    /// Records dropped (queue or pending buffer full, or not encodable).
-    pub dropped: AtomicU64,
-    /// Failed writes, syncs, creates or retention passes.
-    pub io_errors: AtomicU64,
-    /// Segments deleted by retention.
-    pub segments_expired: AtomicU64,
-}
-
-/// A snapshot of [`Counters`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct CounterSnapshot {
-    /// Records queued.
-    pub appended: u64,
-    /// Records written and synced.
-    pub durable: u64,
-    /// Records dropped.
-    pub dropped: u64,
-    /// I/O errors.
-    pub io_errors: u64,
-    /// Segments deleted by retention.
-    pub segments_expired: u64,
-    /// Every record with a sequence number up to this one that was queued is durable.
-    pub durable_seq: u64,
 }
 
 /// State shared with the writer thread.
