@@ -14,10 +14,10 @@ pub enum AuditError {
         /// Why.
         source: io::Error,
     },
-    /// Another process writes this sliver's log.
-    #[error("{dir}: the audit log is locked by another writer")]
+    /// Another process writes this sliver's log (or capture ring).
+    #[error("{dir}: locked by another writer")]
     Locked {
-        /// The sliver's log directory.
+        /// The sliver's log directory or capture ring.
         dir: PathBuf,
     },
     /// A query or export parameter is invalid.

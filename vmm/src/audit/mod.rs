@@ -3,11 +3,14 @@
 //! header capture ring, and IPFIX and pcapng export. See `docs/audit.md`.
 
 pub mod bloom;
+pub mod capture;
 pub mod codec;
 mod committer;
 pub mod counters;
 pub mod error;
 pub mod index;
+mod lock;
+mod mmap;
 pub mod params;
 pub mod query;
 pub mod reader;

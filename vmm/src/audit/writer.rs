@@ -3,7 +3,6 @@
 //! thread writes and `fdatasync`s the queue every commit interval (group commit).
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -16,6 +15,7 @@ use super::committer::Committer;
 use super::counters::{CounterSnapshot, Counters};
 use super::error::{AuditError, Result};
 use super::index::IndexKey;
+use super::lock::lock_exclusive;
 use super::record::FlowRecord;
 use super::recovery::{self, RecoveryReport};
 use super::retention::Retention;
@@ -225,18 +225,7 @@ fn lock_dir(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .map_err(|e| AuditError::io(&path, e))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            AuditError::Locked {
-                dir: dir.to_path_buf(),
-            }
-        } else {
-            AuditError::io(&path, e)
-        });
-    }
+    lock_exclusive(&file, &path, dir)?;
     Ok(file)
 }
 
