@@ -31,6 +31,12 @@ pub enum Command {
     Node(NodeArgs),
     /// Talk to a running node daemon.
     Ctl(crate::node::ctl::CtlArgs),
+    /// Query and export the flow audit logs of a state directory.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::audit::cli::AuditCommand,
+    },
 }
 
 /// `slicevisor node` flags.
@@ -109,6 +115,7 @@ pub fn main() -> i32 {
         Command::Node(args) => node_main(args),
         Command::Run(args) => run_main(args),
         Command::Ctl(args) => crate::node::ctl::run(&args),
+        Command::Audit { command } => crate::audit::cli::run(&command),
     }
 }
 

@@ -4,14 +4,18 @@
 
 pub mod bloom;
 pub mod capture;
+pub mod cli;
 pub mod codec;
 mod committer;
 pub mod counters;
 pub mod error;
+pub mod export;
 pub mod index;
+pub mod ipfix;
 mod lock;
 mod mmap;
 pub mod params;
+pub mod pcapng;
 pub mod query;
 pub mod reader;
 pub mod record;

@@ -65,3 +65,51 @@ pub fn flow(seq: u64, sliver: &str, last_ns: u64) -> FlowRecord {
         verdict: Verdict::ALL[(seq % 4) as usize],
     }
 }
+
+/// An Ethernet frame of the flow `rec` (IPv4 or IPv6 with a TCP header, or an ARP-typed
+/// frame for non-IP flows), `payload` bytes of zeros after the headers.
+pub fn frame(rec: &FlowRecord, payload: usize) -> Vec<u8> {
+    let mut f = vec![0x52, 0x54, 0, 0, 0, 2, 0x52, 0x54, 0, 0, 0, 1];
+    f.extend_from_slice(&rec.ethertype.to_be_bytes());
+    let tcp = |f: &mut Vec<u8>| {
+        f.extend_from_slice(&rec.src_port.to_be_bytes());
+        f.extend_from_slice(&rec.dst_port.to_be_bytes());
+        f.extend_from_slice(&[
+            0,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            rec.tcp_flags & 0x3f,
+            0xff,
+            0xff,
+        ]);
+        f.extend_from_slice(&[0, 0, 0, 0]); // checksum (not computed), urgent pointer
+    };
+    match (rec.src, rec.dst) {
+        (Some(IpAddr::V4(s)), Some(IpAddr::V4(d))) => {
+            let total = (20 + 20 + payload) as u16;
+            f.extend_from_slice(&[0x45, 0]);
+            f.extend_from_slice(&total.to_be_bytes());
+            f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            tcp(&mut f);
+        }
+        (Some(IpAddr::V6(s)), Some(IpAddr::V6(d))) => {
+            f.extend_from_slice(&[0x60, 0, 0, 0]);
+            f.extend_from_slice(&((20 + payload) as u16).to_be_bytes());
+            f.extend_from_slice(&[6, 64]);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            tcp(&mut f);
+        }
+        _ => f.extend_from_slice(&[0; 28]),
+    }
+    f.resize(f.len() + payload, 0);
+    f
+}
