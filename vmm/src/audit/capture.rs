@@ -10,6 +10,7 @@
 //! the end of the data); seq 0 marks a slot never written.
 
 use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::error::{AuditError, Result};
@@ -134,6 +135,7 @@ impl CaptureRing {
                 1
             }
         };
+        allocate(&file, geometry.file_len()).map_err(io)?;
         drop(existing);
         let mut map = SharedMap::new(&file, geometry.file_len()).map_err(io)?;
         map.as_mut_slice()[..20].copy_from_slice(&geometry.header());
@@ -186,6 +188,20 @@ impl CaptureRing {
     /// The geometry in use.
     pub fn geometry(&self) -> RingGeometry {
         self.geometry
+    }
+}
+
+/// Reserve every block of the file, so that stores into the mapping can never hit a full
+/// disk (which would kill the VMM with SIGBUS instead of failing here).
+fn allocate(file: &File, len: usize) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: posix_fallocate on a descriptor owned by `file`; no memory is passed.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
     }
 }
 

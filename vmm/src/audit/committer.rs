@@ -76,7 +76,10 @@ impl Committer {
 
     fn take(&mut self, entry: Entry) {
         if self.pending.len() + entry.frame.len() > self.config.max_pending_bytes {
-            self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .counters
+                .discarded
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.pending.extend_from_slice(&entry.frame);

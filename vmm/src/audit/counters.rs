@@ -11,8 +11,11 @@ pub struct Counters {
     pub appended: AtomicU64,
     /// Records written and synced.
     pub durable: AtomicU64,
-    /// Records dropped (queue or pending buffer full, or not encodable).
+    /// Records refused by `append` (queue full, or not encodable).
     pub dropped: AtomicU64,
+    /// Records queued but discarded because the disk refused writes for so long that the
+    /// in-memory backlog reached its cap.
+    pub discarded: AtomicU64,
     /// Failed writes, syncs, creates or retention passes.
     pub io_errors: AtomicU64,
     /// Segments deleted by retention.
@@ -26,8 +29,10 @@ pub struct CounterSnapshot {
     pub appended: u64,
     /// Records written and synced.
     pub durable: u64,
-    /// Records dropped.
+    /// Records refused by `append`.
     pub dropped: u64,
+    /// Records queued, then discarded while the disk refused writes.
+    pub discarded: u64,
     /// I/O errors.
     pub io_errors: u64,
     /// Segments deleted by retention.

@@ -48,7 +48,17 @@ pub struct PcapngStats {
 pub fn ipfix(state_dir: &Path, range: ExportRange, out: &Path) -> Result<IpfixStats> {
     let file = File::create(out).map_err(|e| AuditError::io(out, e))?;
     let export_time = u32::try_from(now_ns() / 1_000_000_000).unwrap_or(u32::MAX);
-    let mut w = IpfixWriter::new(BufWriter::new(file), 1, export_time);
+    // First pass: the slice names, so that they all go in the first message.
+    let mut slices = BTreeMap::new();
+    reader::for_each_in_state(state_dir, |rec| {
+        if rec.overlaps(range.since_ns, range.until_ns) {
+            slices.entry(rec.slice_id).or_insert(rec.slice);
+        }
+        true
+    })?;
+    let slices: Vec<(u32, String)> = slices.into_iter().collect();
+    let mut w = IpfixWriter::new(BufWriter::new(file), 1, export_time, &slices)
+        .map_err(|e| AuditError::io(out, e))?;
     let mut failed = None;
     reader::for_each_in_state(state_dir, |rec| {
         if !rec.overlaps(range.since_ns, range.until_ns) {

@@ -2,8 +2,10 @@
 //! most 1400 bytes (so each also fits one UDP datagram to a collector such as `nfcapd`).
 //!
 //! The first message carries the templates: 256 for IPv4 flows, 257 for IPv6, 258 for non-IP
-//! frames, and options template 259 (scope ingressVRFID → VRFname) whose records name each
-//! slice the first time its id appears. The slice id goes in ingressVRFID (234) for flows to
+//! frames, and options template 259 (scope ingressVRFID → VRFname, 32 bytes NUL-padded, the
+//! fixed size nfcapd expects) with the slice names given up front; a slice not named there
+//! is named just before its first flow. Names come before all flows because nfcapd counts
+//! only flow records in its sequence check. The slice id goes in ingressVRFID (234) for flows to
 //! the guest (Rx) and egressVRFID (235) for flows from it (Tx); the verdict in
 //! forwardingStatus (89, RFC 7270 codes, see [`forwarding_status`]).
 
@@ -24,8 +26,8 @@ pub const TEMPLATE_V6: u16 = 257;
 pub const TEMPLATE_L2: u16 = 258;
 /// Options: slice id → slice name.
 pub const TEMPLATE_VRF: u16 = 259;
-/// Variable-length field marker.
-const VARLEN: u16 = 65535;
+/// Bytes of VRFname.
+pub const VRF_NAME_LEN: usize = 32;
 
 /// (information element, length) of the flow templates.
 fn fields(template: u16) -> Vec<(u16, u16)> {
@@ -89,8 +91,14 @@ pub struct IpfixWriter<W: Write> {
 }
 
 impl<W: Write> IpfixWriter<W> {
-    /// A writer for observation domain `domain`, stamping `export_time` (Unix seconds).
-    pub fn new(out: W, domain: u32, export_time: u32) -> Self {
+    /// A writer for observation domain `domain`, stamping `export_time` (Unix seconds); the
+    /// first message names the `slices` (id, name).
+    pub fn new(
+        out: W,
+        domain: u32,
+        export_time: u32,
+        slices: &[(u32, String)],
+    ) -> io::Result<Self> {
         let mut w = IpfixWriter {
             out,
             domain,
@@ -104,7 +112,13 @@ impl<W: Write> IpfixWriter<W> {
         };
         w.start_message();
         w.write_templates();
-        w
+        for (id, name) in slices {
+            w.name_slice(*id, name)?;
+        }
+        // Flows start in the next message: nfcapd resynchronises its sequence check on the
+        // first message with flows, and does not count option records.
+        w.send()?;
+        Ok(w)
     }
 
     fn start_message(&mut self) {
@@ -130,8 +144,8 @@ impl<W: Write> IpfixWriter<W> {
         }
         self.close_set();
         self.open_set(3);
-        // Options template: 2 fields, 1 of them scope: ingressVRFID, VRFname (variable).
-        for v in [TEMPLATE_VRF, 2, 1, 234, 4, 236, VARLEN] {
+        // Options template: 2 fields, 1 of them scope: ingressVRFID, VRFname.
+        for v in [TEMPLATE_VRF, 2, 1, 234, 4, 236, VRF_NAME_LEN as u16] {
             self.put16(v);
         }
         self.close_set();
@@ -188,17 +202,26 @@ impl<W: Write> IpfixWriter<W> {
         Ok(())
     }
 
-    /// Export one flow (preceded, the first time its slice appears, by the slice's name).
-    pub fn add(&mut self, r: &FlowRecord) -> io::Result<()> {
-        if self.named.insert(r.slice_id) {
-            let name = r.slice.as_bytes();
-            let name = &name[..name.len().min(254)];
-            let mut rec = r.slice_id.to_be_bytes().to_vec();
-            rec.push(name.len() as u8);
-            rec.extend_from_slice(name);
-            self.data(TEMPLATE_VRF, &rec)?;
-            self.stats.slices += 1;
+    /// An options record naming slice `id` (the name cut to 31 bytes, NUL-padded).
+    fn name_slice(&mut self, id: u32, name: &str) -> io::Result<()> {
+        if !self.named.insert(id) {
+            return Ok(());
         }
+        let mut cut = name.len().min(VRF_NAME_LEN - 1);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mut rec = id.to_be_bytes().to_vec();
+        rec.extend_from_slice(&name.as_bytes()[..cut]);
+        rec.resize(4 + VRF_NAME_LEN, 0);
+        self.data(TEMPLATE_VRF, &rec)?;
+        self.stats.slices += 1;
+        Ok(())
+    }
+
+    /// Export one flow (preceded by its slice's name if that was not given up front).
+    pub fn add(&mut self, r: &FlowRecord) -> io::Result<()> {
+        self.name_slice(r.slice_id, &r.slice)?;
         let mut rec = Vec::with_capacity(96);
         let template = match (r.src, r.dst) {
             (Some(IpAddr::V4(s)), Some(IpAddr::V4(d))) => {

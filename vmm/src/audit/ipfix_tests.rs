@@ -39,12 +39,7 @@ fn decode(file: &[u8]) -> (Vec<(u16, Decoded)>, Vec<u32>) {
                     while i < body.len() {
                         let mut rec = Decoded::new();
                         for (ie, flen) in f {
-                            let n = if *flen == VARLEN {
-                                i += 1;
-                                usize::from(body[i - 1])
-                            } else {
-                                usize::from(*flen)
-                            };
+                            let n = usize::from(*flen);
                             rec.insert(*ie, body[i..i + n].to_vec());
                             i += n;
                         }
@@ -67,7 +62,8 @@ fn flows_and_slice_names_decode_with_every_field() {
     let recs: Vec<FlowRecord> = (1..=200)
         .map(|i| synth::flow(i, "sliver-a", 1_795_834_800_000_000_000 + i * 1_000_000_000))
         .collect();
-    let mut w = IpfixWriter::new(Vec::new(), 7, 1_795_834_800);
+    let mut w =
+        IpfixWriter::new(Vec::new(), 7, 1_795_834_800, &[(101, "slice1".into())]).expect("new");
     for r in &recs {
         w.add(r).expect("add");
     }
@@ -84,14 +80,23 @@ fn flows_and_slice_names_decode_with_every_field() {
         .iter()
         .filter(|(t, _)| *t == TEMPLATE_VRF)
         .map(|(_, r)| {
+            assert_eq!(r[&236].len(), VRF_NAME_LEN);
+            let name = r[&236].split(|b| *b == 0).next().expect("name");
             (
                 num(&r[&234]),
-                String::from_utf8(r[&236].clone()).expect("utf8"),
+                String::from_utf8(name.to_vec()).expect("utf8"),
             )
         })
         .collect();
     assert_eq!(names[&100], "slice0");
     assert_eq!(names[&102], "slice2");
+    assert_eq!(
+        decoded
+            .iter()
+            .position(|(t, r)| *t == TEMPLATE_VRF && num(&r[&234]) == 101),
+        Some(0),
+        "slices given up front are named in the first message, before any flow"
+    );
     let flows: Vec<&(u16, Decoded)> = decoded.iter().filter(|(t, _)| *t != TEMPLATE_VRF).collect();
     assert_eq!(flows.len(), 200);
     for ((template, d), r) in flows.iter().zip(&recs) {
@@ -130,7 +135,10 @@ fn flows_and_slice_names_decode_with_every_field() {
 
 #[test]
 fn an_empty_export_is_just_the_templates_and_bad_files_are_refused() {
-    let (file, stats) = IpfixWriter::new(Vec::new(), 1, 0).finish().expect("finish");
+    let (file, stats) = IpfixWriter::new(Vec::new(), 1, 0, &[])
+        .expect("new")
+        .finish()
+        .expect("finish");
     assert_eq!(stats.messages, 1);
     assert_eq!(split_messages(&file).expect("split").len(), 1);
     assert!(split_messages(&file[..file.len() - 1]).is_none());
