@@ -1,9 +1,9 @@
 //! Helper for the audit tests: writes flow records with the library's writer and reports on
 //! stdout what it was told is durable, so a test can kill it at any point and check.
 //!
-//! `audit_writer crash DIR COMMIT_MS`: write synthetic records forever, printing
-//! `recovered <json>` once, then `durable <seq>` whenever the durable sequence moves, and
-//! `dropped <seq>` for a record the queue refused.
+//! `audit_writer crash DIR COMMIT_MS`: write synthetic records (and one captured frame each,
+//! in DIR/capture.ring) forever, printing `recovered <json>` once, then `durable <seq>`
+//! whenever the durable sequence moves, and `dropped <seq>` for a record the queue refused.
 //!
 //! `audit_writer fill STATE_DIR SLIVER COUNT START_NS STEP_NS`: write COUNT records (and one
 //! captured frame each) one STEP_NS apart, close cleanly, print the counters.
@@ -56,14 +56,29 @@ fn crash(dir: &Path, commit_ms: u64) {
         "recovered {}",
         serde_json::to_string(&report).expect("json")
     ));
+    let capture = CaptureConfig {
+        bytes: 256 * 1024,
+        ..CaptureConfig::default()
+    };
+    let mut ring = CaptureRing::open(&dir.join(RING_FILE), &capture).expect("open the ring");
     let mut durable = log.durable_seq();
     let mut seq = report.next_seq;
     loop {
         for _ in 0..50 {
-            match log.append(&synth::flow(seq, "crash", BASE_NS + seq * 1_000_000)) {
+            let rec = synth::flow(seq, "crash", BASE_NS + seq * 1_000_000);
+            match log.append(&rec) {
                 Ok(got) => assert_eq!(got, seq, "sequence numbers are consecutive"),
                 Err(_) => say(&format!("dropped {seq}")),
             }
+            let frame = synth::frame(&rec, 200);
+            ring.push(
+                rec.last_ns,
+                rec.nic,
+                rec.direction,
+                rec.verdict,
+                254,
+                &frame,
+            );
             seq += 1;
         }
         let now = log.durable_seq();
