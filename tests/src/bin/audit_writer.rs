@@ -23,6 +23,7 @@ use vmm::audit::{synth, AuditConfig, AuditLog};
 const BASE_NS: u64 = 1_795_834_800_000_000_000;
 
 fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args: Vec<String> = std::env::args().collect();
     let arg = |i: usize| -> &str { args.get(i).map(String::as_str).unwrap_or_else(|| usage()) };
     let num = |i: usize| -> u64 { arg(i).parse().unwrap_or_else(|_| usage()) };
