@@ -1,5 +1,6 @@
-//! The writer thread: collects queued records for one commit interval, then writes them with
-//! one `pwrite` and one `fdatasync` (group commit), rolls and seals segments, and applies
+//! The writer thread: collects queued records for one commit interval (or until
+//! `commit_bytes` are waiting), then writes them with one `pwrite` and one `fdatasync` (group
+//! commit), rolls and seals segments, and applies
 //! retention. Disk errors (ENOSPC, EIO) are logged and counted; the records stay pending and
 //! are retried at the next interval, so the VMM never stops for a disk.
 
@@ -58,7 +59,12 @@ impl Committer {
         loop {
             let wait = next_commit.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Msg::Record(entry)) => self.take(entry),
+                Ok(Msg::Record(entry)) => {
+                    self.take(entry);
+                    if self.pending.len() >= self.config.commit_bytes && !self.failing {
+                        self.commit();
+                    }
+                }
                 Ok(Msg::Flush(ack)) => {
                     self.commit();
                     let _ = ack.send(());

@@ -23,8 +23,10 @@ use super::retention::Retention;
 /// How a sliver's log is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditConfig {
-    /// Group commit: queued records are written and synced this often.
+    /// Group commit: queued records are written and synced this often...
     pub commit_interval: Duration,
+    /// ...or as soon as this many bytes are waiting.
+    pub commit_bytes: usize,
     /// Records the queue holds; beyond, `append` drops and counts.
     pub queue_records: usize,
     /// Bytes kept in memory while the disk refuses writes; beyond, records are dropped.
@@ -41,6 +43,7 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             commit_interval: Duration::from_secs(1),
+            commit_bytes: 4 << 20,
             queue_records: 1 << 16,
             max_pending_bytes: 16 << 20,
             segment_bytes: 16 << 20,
@@ -286,6 +289,26 @@ mod tests {
         log.append(&synth::flow(7, "s", 5)).expect("append");
         drop(log);
         assert_eq!(read_seqs(dir.path()), (1..=301).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_backlog_commits_before_the_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = AuditConfig {
+            commit_interval: Duration::from_secs(3600),
+            commit_bytes: 1024,
+            ..AuditConfig::default()
+        };
+        let (log, _) = AuditLog::open(dir.path(), config).expect("open");
+        for i in 0..100 {
+            log.append(&synth::flow(i, "s", 1_000 + i)).expect("append");
+        }
+        let mut durable = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while durable < 90 && std::time::Instant::now() < deadline {
+            durable = log.wait_durable(durable, Duration::from_secs(1));
+        }
+        assert!(durable >= 90, "only {durable} durable without a flush");
     }
 
     #[test]
