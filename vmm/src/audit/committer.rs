@@ -104,6 +104,7 @@ impl Committer {
                 self.pending.clear();
                 self.pending_keys.clear();
                 self.shared.counters.durable.fetch_add(n, Ordering::Relaxed);
+                self.shared.counters.commits.fetch_add(1, Ordering::Relaxed);
                 let mut d = self
                     .shared
                     .durable_seq

@@ -16,6 +16,8 @@ pub struct Counters {
     /// Records queued but discarded because the disk refused writes for so long that the
     /// in-memory backlog reached its cap.
     pub discarded: AtomicU64,
+    /// Group commits (one write and one `fdatasync` each).
+    pub commits: AtomicU64,
     /// Failed writes, syncs, creates or retention passes.
     pub io_errors: AtomicU64,
     /// Segments deleted by retention.
@@ -33,6 +35,8 @@ pub struct CounterSnapshot {
     pub dropped: u64,
     /// Records queued, then discarded while the disk refused writes.
     pub discarded: u64,
+    /// Group commits.
+    pub commits: u64,
     /// I/O errors.
     pub io_errors: u64,
     /// Segments deleted by retention.

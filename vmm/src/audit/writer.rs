@@ -197,6 +197,7 @@ impl AuditLog {
             durable: c.durable.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
             discarded: c.discarded.load(Ordering::Relaxed),
+            commits: c.commits.load(Ordering::Relaxed),
             io_errors: c.io_errors.load(Ordering::Relaxed),
             segments_expired: c.segments_expired.load(Ordering::Relaxed),
             durable_seq: self.durable_seq(),
