@@ -92,7 +92,7 @@ fn crash(dir: &Path, commit_ms: u64) {
 }
 
 fn fill(state_dir: &Path, sliver: &str, count: u64, start_ns: u64, step_ns: u64) {
-    let dir = state_dir.join("audit").join(sliver);
+    let dir = vmm::audit::sliver_dir(state_dir, sliver);
     let config = AuditConfig {
         commit_interval: Duration::from_millis(50),
         ..AuditConfig::default()

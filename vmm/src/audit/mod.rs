@@ -27,4 +27,5 @@ pub mod writer;
 
 pub use error::{AuditError, Result};
 pub use record::{Direction, FlowRecord, Verdict};
+pub use segment::sliver_dir;
 pub use writer::{AuditConfig, AuditLog};

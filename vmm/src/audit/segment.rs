@@ -134,6 +134,11 @@ pub fn list(dir: &Path) -> Result<Vec<Segment>> {
     Ok(scan_dir(dir)?.0)
 }
 
+/// The directory of `sliver`'s log and capture ring: `STATE_DIR/audit/<sliver>/`.
+pub fn sliver_dir(state_dir: &Path, sliver: &str) -> PathBuf {
+    state_dir.join("audit").join(sliver)
+}
+
 /// The sliver log directories under `STATE_DIR/audit/`, sorted by name.
 pub fn sliver_dirs(state_dir: &Path) -> Result<Vec<PathBuf>> {
     let root = state_dir.join("audit");
