@@ -202,6 +202,57 @@ mod tests {
     }
 
     #[test]
+    fn audit_subcommands_parse() {
+        use crate::audit::cli::AuditCommand;
+        let cli = Cli::try_parse_from([
+            "slicevisor",
+            "audit",
+            "query",
+            "--state-dir",
+            "/s",
+            "--dst",
+            "192.0.2.1",
+            "--at",
+            "2026-11-28T03:00:00Z",
+            "--window",
+            "5m",
+            "--json",
+        ])
+        .expect("parse");
+        let Command::Audit {
+            command: AuditCommand::Query(q),
+        } = cli.command
+        else {
+            panic!("parsed as audit query");
+        };
+        assert_eq!(
+            (q.dst.as_deref(), q.window.as_deref(), q.json),
+            (Some("192.0.2.1"), Some("5m"), true)
+        );
+        assert!(
+            Cli::try_parse_from(["slicevisor", "audit", "query", "--state-dir", "/s"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "slicevisor",
+            "audit",
+            "export",
+            "--state-dir",
+            "/s",
+            "--ipfix",
+            "/f",
+            "--since",
+            "2026-11-28T00:00:00Z",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: AuditCommand::Export(_)
+            }
+        ));
+    }
+
+    #[test]
     fn kernel_is_required() {
         assert!(Cli::try_parse_from(["slicevisor", "run"]).is_err());
     }

@@ -1,5 +1,6 @@
 //! The flow audit store: records per second written (group commit, default settings), bytes
-//! per flow on disk (segments and indexes), and `audit query` latency over a generated day.
+//! per flow on disk (segments and indexes), `audit query` latency over a generated day, and
+//! the cost of one capture-ring push.
 //!
 //! The day: one sliver, `DAY_RATE` flows/s for 24 h, plus a dense stretch of `DENSE_S`
 //! seconds at 10 000 flows/s starting at 12:00, each flow lasting up to 60 s (an active
@@ -20,10 +21,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use vmm::audit::capture::{CaptureConfig, CaptureRing, RING_FILE};
 use vmm::audit::params::{format_time, QueryRequest};
 use vmm::audit::segment::Segment;
 use vmm::audit::writer::AppendError;
-use vmm::audit::{query, synth, AuditConfig, AuditLog, FlowRecord};
+use vmm::audit::{query, synth, AuditConfig, AuditLog, Direction, FlowRecord, Verdict};
 
 /// 2026-11-28T00:00:00Z.
 const DAY0: u64 = 1_795_824_000_000_000_000;
@@ -76,6 +78,21 @@ fn dir_bytes(dir: &Path) -> u64 {
         .expect("read dir")
         .map(|e| e.expect("entry").metadata().expect("stat").len())
         .sum()
+}
+
+/// Time `CaptureRing::push` of 154-byte frames into a default (64 MiB, snap 128) ring.
+fn capture_row(state: &Path) -> String {
+    let path = state.join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &CaptureConfig::default()).expect("ring");
+    let frame = synth::frame(&flow(1, DAY0), 100);
+    let n = 4_000_000u64;
+    let t0 = Instant::now();
+    for i in 0..n {
+        ring.push(DAY0 + i, 0, Direction::Rx, Verdict::Forwarded, 154, &frame);
+    }
+    let ns = t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    let slots = ring.geometry().slots;
+    format!("capture push, 154-B frames | {ns:.0} ns/packet ({n} packets into {slots} slots)")
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
@@ -174,6 +191,7 @@ fn main() {
     for r in rows {
         println!("{r}");
     }
+    println!("{}", capture_row(&state));
     println!(
         "command: cargo build --release -p benches && target/release/audit_bench {day_rate} {dense_s} {pad}"
     );

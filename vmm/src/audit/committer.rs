@@ -155,9 +155,11 @@ impl Committer {
             return Err(AuditError::io(path, e));
         }
         if let Err(e) = open.file.sync_data() {
-            // After a failed fsync the page cache may have dropped the data: seal this
-            // segment and write the records again into a new one (readers drop duplicates).
+            // After a failed fsync the page cache may have dropped the data: cut the batch
+            // off, seal this segment and write the batch again into a new one. (Should the
+            // cut fail too, the query drops the duplicate `(sliver, seq)`.)
             let err = AuditError::io(path, e);
+            let _ = open.file.set_len(open.len);
             self.seal();
             return Err(err);
         }
