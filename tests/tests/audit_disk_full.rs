@@ -52,6 +52,11 @@ fn a_full_disk_is_counted_and_reported_and_writing_resumes() {
         "the error is reported: {}",
         out.stderr
     );
+    assert!(
+        out.stdout.contains("ring-refused ") && out.stdout.contains("No space left on device"),
+        "a capture ring on a full disk is refused at open: {}",
+        out.stdout
+    );
     let freed = counters(&out.stdout, "freed ");
     assert_eq!(
         field(&freed, "durable") + field(&freed, "discarded"),

@@ -9,8 +9,9 @@
 //! captured frame each) one STEP_NS apart, close cleanly, print the counters.
 //!
 //! `audit_writer diskfull DIR`: open the log and a capture ring, fill the disk with a file,
-//! keep writing (printing `full <counters>`), delete the file, wait until every record is
-//! durable (printing `freed <counters>`).
+//! try a second ring (printing `ring-refused <error>`), keep writing (printing
+//! `full <counters>`), delete the file, wait until every record is durable (printing
+//! `freed <counters>`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -135,6 +136,12 @@ fn diskfull(dir: &Path) {
     let mut ring = CaptureRing::open(&dir.join(RING_FILE), &capture).expect("open the ring");
     let filler = dir.join("filler");
     fill_disk(&filler);
+    // A ring cannot be made on a full disk: open says so (its blocks are reserved up front),
+    // rather than the first push dying of SIGBUS.
+    match CaptureRing::open(&dir.join("second.ring"), &capture) {
+        Ok(_) => panic!("a capture ring opened on a full disk"),
+        Err(e) => say(&format!("ring-refused {e}")),
+    }
     let mut seq = 1;
     let write = |seq: &mut u64, ring: &mut CaptureRing| {
         let rec = synth::flow(*seq, "full", BASE_NS + *seq);
