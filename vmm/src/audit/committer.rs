@@ -69,11 +69,13 @@ impl Committer {
                     self.commit();
                     let _ = ack.send(());
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.commit();
-                    next_commit = Instant::now() + self.config.commit_interval;
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
+            }
+            // Checked after every message too: a steady stream never lets recv time out.
+            if Instant::now() >= next_commit {
+                self.commit();
+                next_commit = Instant::now() + self.config.commit_interval;
             }
         }
         self.commit();
