@@ -13,7 +13,12 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-linux)
+# The audit export tests read the exports back with the operators' tools.
+command -v nfcapd >/dev/null && command -v nfdump >/dev/null || need+=(nfdump)
+command -v tshark >/dev/null || need+=(tshark)
 if ((${#need[@]})); then
+    # tshark's wireshark-common asks whether non-root users may capture; answer no up front.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
 fi

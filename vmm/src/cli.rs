@@ -31,6 +31,12 @@ pub enum Command {
     Node(NodeArgs),
     /// Talk to a running node daemon.
     Ctl(crate::node::ctl::CtlArgs),
+    /// Query and export the flow audit logs of a state directory.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::audit::cli::AuditCommand,
+    },
 }
 
 /// `slicevisor node` flags.
@@ -122,6 +128,7 @@ pub fn main() -> i32 {
         Command::Node(args) => node_main(args),
         Command::Run(args) => run_main(args),
         Command::Ctl(args) => crate::node::ctl::run(&args),
+        Command::Audit { command } => crate::audit::cli::run(&command),
     }
 }
 
@@ -209,6 +216,57 @@ mod tests {
             panic!("parsed as run");
         };
         assert!(args.mem_mib >= MIN_MEM_MIB, "default memory must be valid");
+    }
+
+    #[test]
+    fn audit_subcommands_parse() {
+        use crate::audit::cli::AuditCommand;
+        let cli = Cli::try_parse_from([
+            "slicevisor",
+            "audit",
+            "query",
+            "--state-dir",
+            "/s",
+            "--dst",
+            "192.0.2.1",
+            "--at",
+            "2026-11-28T03:00:00Z",
+            "--window",
+            "5m",
+            "--json",
+        ])
+        .expect("parse");
+        let Command::Audit {
+            command: AuditCommand::Query(q),
+        } = cli.command
+        else {
+            panic!("parsed as audit query");
+        };
+        assert_eq!(
+            (q.dst.as_deref(), q.window.as_deref(), q.json),
+            (Some("192.0.2.1"), Some("5m"), true)
+        );
+        assert!(
+            Cli::try_parse_from(["slicevisor", "audit", "query", "--state-dir", "/s"]).is_err()
+        );
+        let cli = Cli::try_parse_from([
+            "slicevisor",
+            "audit",
+            "export",
+            "--state-dir",
+            "/s",
+            "--ipfix",
+            "/f",
+            "--since",
+            "2026-11-28T00:00:00Z",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: AuditCommand::Export(_)
+            }
+        ));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! slicevisor's VMM: builds a micro-VM on KVM, owns its buses, IRQs, vCPUs and event loop.
 
 pub mod arch;
+pub mod audit;
 pub mod boot;
 pub mod bus;
 pub mod cli;

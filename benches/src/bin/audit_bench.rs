@@ -1,0 +1,198 @@
+//! The flow audit store: records per second written (group commit, default settings), bytes
+//! per flow on disk (segments and indexes), `audit query` latency over a generated day, and
+//! the cost of one capture-ring push.
+//!
+//! The day: one sliver, `DAY_RATE` flows/s for 24 h, plus a dense stretch of `DENSE_S`
+//! seconds at 10 000 flows/s starting at 12:00, each flow lasting up to 60 s (an active
+//! timeout of 60 s), destinations drawn from 100 000 addresses. Queries ask for a
+//! destination that had a flow at a random time (window ±60 s, the default), in the sparse
+//! part and in the dense part.
+//!
+//! A full day at 10 000 flows/s (864 M records, ~81 GB) does not fit the development host's
+//! disk; what grows with the day's size is only the directory listing (a query opens the
+//! segments whose span, read from the index file's name, overlaps its window). `PAD` adds
+//! that many extra sealed segments (empty, with index names spanning the previous day) so the
+//! listing is as long as a full day's at 10 000 flows/s.
+//!
+//! Run: `cargo build --release -p benches && target/release/audit_bench [DAY_RATE] [DENSE_S] [PAD]`
+//! (defaults 100, 600, 0; needs ~1.4 GB of temporary disk with the defaults).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vmm::audit::capture::{CaptureConfig, CaptureRing, RING_FILE};
+use vmm::audit::params::{format_time, QueryRequest};
+use vmm::audit::segment::Segment;
+use vmm::audit::writer::AppendError;
+use vmm::audit::{query, synth, AuditConfig, AuditLog, Direction, FlowRecord, Verdict};
+
+/// 2026-11-28T00:00:00Z.
+const DAY0: u64 = 1_795_824_000_000_000_000;
+const S: u64 = 1_000_000_000;
+const DENSE_RATE: u64 = 10_000;
+
+fn dst(n: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0xc633_0000 + (n % 100_000) as u32)) // 198.51.0.0/16 and up
+}
+
+/// Flow `n` ending at `last_ns`: a guest address talking to one of 100 000 destinations.
+fn flow(n: u64, last_ns: u64) -> FlowRecord {
+    let mut r = synth::flow(n, "bench", last_ns);
+    r.src = Some(IpAddr::V4(Ipv4Addr::new(10, 1, 0, (n % 4) as u8 + 2)));
+    r.dst = Some(dst(n.wrapping_mul(2_654_435_761)));
+    r.ethertype = 0x0800;
+    r.protocol = 6;
+    r.first_ns = last_ns.saturating_sub((n % 60) * S);
+    r
+}
+
+/// Write `rate` flows/s from `from_s` for `secs` seconds; returns (records, sample targets).
+fn write(log: &AuditLog, from_s: u64, secs: u64, rate: u64, seq: &mut u64) -> Vec<FlowRecord> {
+    let mut samples = Vec::new();
+    for t in 0..secs * rate {
+        let last_ns = DAY0 + from_s * S + t * S / rate;
+        let mut rec = flow(*seq, last_ns);
+        loop {
+            match log.append(&rec) {
+                Ok(assigned) => {
+                    if seq.is_multiple_of(9973) {
+                        rec.seq = assigned;
+                        samples.push(rec);
+                    }
+                    break;
+                }
+                // The benchmark measures what the writer sustains, so it waits when the queue
+                // is full; the packet path would drop and count instead.
+                Err(AppendError::QueueFull) => std::thread::yield_now(),
+                Err(e) => panic!("append: {e}"),
+            }
+        }
+        *seq += 1;
+    }
+    samples
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .sum()
+}
+
+/// Time `CaptureRing::push` of 154-byte frames into a default (64 MiB, snap 128) ring.
+fn capture_row(state: &Path) -> String {
+    let path = state.join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &CaptureConfig::default()).expect("ring");
+    let frame = synth::frame(&flow(1, DAY0), 100);
+    let n = 4_000_000u64;
+    let t0 = Instant::now();
+    for i in 0..n {
+        ring.push(DAY0 + i, 0, Direction::Rx, Verdict::Forwarded, 154, &frame);
+    }
+    let ns = t0.elapsed().as_secs_f64() * 1e9 / n as f64;
+    let slots = ring.geometry().slots;
+    format!("capture push, 154-B frames | {ns:.0} ns/packet ({n} packets into {slots} slots)")
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn main() {
+    let arg = |i: usize, default: u64| -> u64 {
+        std::env::args()
+            .nth(i)
+            .map(|a| a.parse().expect("a number"))
+            .unwrap_or(default)
+    };
+    let (day_rate, dense_s, pad) = (arg(1, 100), arg(2, 600), arg(3, 0));
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let state = tmp.path().to_path_buf();
+    let dir = state.join("audit").join("bench");
+    let (log, _) = AuditLog::open(&dir, AuditConfig::default()).expect("open");
+    let mut seq = 0u64;
+    let noon = 12 * 3600;
+    let start = Instant::now();
+    let mut sparse = write(&log, 0, noon, day_rate, &mut seq);
+    let sparse_records = seq;
+    let dense_start = Instant::now();
+    let dense = write(&log, noon, dense_s, DENSE_RATE, &mut seq);
+    log.flush(Duration::from_secs(60));
+    let dense_secs = dense_start.elapsed().as_secs_f64();
+    let dense_records = seq - sparse_records;
+    sparse.extend(write(
+        &log,
+        noon + dense_s,
+        24 * 3600 - noon - dense_s,
+        day_rate,
+        &mut seq,
+    ));
+    log.flush(Duration::from_secs(60));
+    let total_secs = start.elapsed().as_secs_f64();
+    let counters = log.counters();
+    drop(log);
+    assert_eq!(counters.durable, seq, "{counters:?}");
+    let bytes = dir_bytes(&dir);
+    for i in 0..pad {
+        // Sealed segments of the previous day, 16 s each, never in a query's window.
+        let seg = Segment::new(&dir, i + 1);
+        let first = DAY0 - S * 86_400 + i * 16 * S;
+        std::fs::write(&seg.path, b"").expect("pad segment");
+        std::fs::write(seg.index_path(first, first + 16 * S), b"").expect("pad index");
+    }
+    let segments = vmm::audit::segment::list(&dir).expect("list").len();
+
+    let mut rows = Vec::new();
+    for (name, targets) in [("sparse day", &sparse), ("dense stretch", &dense)] {
+        let mut ms = Vec::new();
+        let mut opened = Vec::new();
+        let mut examined = Vec::new();
+        for (i, t) in targets.iter().cycle().take(200).enumerate() {
+            let at = t.last_ns - (i as u64 % 30) * S;
+            let req = QueryRequest {
+                at: Some(format_time(at)),
+                dst: t.dst.map(|a| a.to_string()),
+                ..QueryRequest::default()
+            };
+            let p = req.parse("").expect("params");
+            let q0 = Instant::now();
+            let a = query::run(&state, &p).expect("query");
+            ms.push(q0.elapsed().as_secs_f64() * 1e3);
+            assert!(
+                a.flows.iter().any(|f| f.record.seq == t.seq),
+                "target found"
+            );
+            opened.push(a.stats.segments_opened as f64);
+            examined.push(a.stats.records_examined as f64);
+        }
+        let med = percentile(&mut ms.clone(), 0.5);
+        let p99 = percentile(&mut ms, 0.99);
+        let seg = percentile(&mut opened, 0.5);
+        let recs = percentile(&mut examined, 0.5);
+        rows.push(format!(
+            "query ±60s, {name:<13} | median {med:6.2} ms | p99 {p99:6.2} ms | segments opened {seg:.0} of {segments} | records decoded {recs:.0}"
+        ));
+    }
+    println!("audit store benchmark: 1 sliver, {seq} records over 24 h ({day_rate}/s, plus {dense_s} s at {DENSE_RATE}/s), {pad} padding segments");
+    println!(
+        "write, default config      | {:.0} records/s overall, {:.0} records/s in the dense stretch | {} group commits (write + fdatasync)",
+        seq as f64 / total_secs,
+        dense_records as f64 / dense_secs,
+        counters.commits
+    );
+    println!(
+        "on disk                    | {:.1} bytes/flow ({} bytes in {} segments with indexes)",
+        bytes as f64 / seq as f64,
+        bytes,
+        segments
+    );
+    for r in rows {
+        println!("{r}");
+    }
+    println!("{}", capture_row(&state));
+    println!(
+        "command: cargo build --release -p benches && target/release/audit_bench {day_rate} {dense_s} {pad}"
+    );
+}

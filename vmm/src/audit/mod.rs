@@ -1,0 +1,31 @@
+//! Flow audit store: a durable, append-only, per-sliver log of flow records (group commit,
+//! CRC per record, torn-tail recovery, retention), a time- and address-indexed query, the
+//! header capture ring, and IPFIX and pcapng export. See `docs/audit.md`.
+
+pub mod bloom;
+pub mod capture;
+pub mod cli;
+pub mod codec;
+mod committer;
+pub mod counters;
+pub mod error;
+pub mod export;
+pub mod index;
+pub mod ipfix;
+mod lock;
+mod mmap;
+pub mod params;
+pub mod pcapng;
+pub mod query;
+pub mod reader;
+pub mod record;
+pub mod recovery;
+pub mod retention;
+pub mod segment;
+pub mod synth;
+pub mod writer;
+
+pub use error::{AuditError, Result};
+pub use record::{Direction, FlowRecord, Verdict};
+pub use segment::sliver_dir;
+pub use writer::{AuditConfig, AuditLog};

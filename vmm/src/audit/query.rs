@@ -1,0 +1,236 @@
+//! "Which slice and sliver had this flow at that time?": reads every sliver directory of a
+//! state dir, opening only segments whose time span (from the index name) overlaps the window,
+//! and only blocks whose span overlaps it and whose Bloom filter may hold the address.
+//! [`run`] is what `slicevisor audit query` and the node's `GET /audit` call.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::error::{AuditError, Result};
+use super::index;
+use super::params::{format_time, QueryParams};
+use super::reader;
+use super::record::FlowRecord;
+use super::segment::{self, Segment};
+
+/// One flow of the answer, with its times also as RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowView {
+    /// The record.
+    #[serde(flatten)]
+    pub record: FlowRecord,
+    /// First packet, RFC 3339.
+    pub first: String,
+    /// Last packet, RFC 3339.
+    pub last: String,
+}
+
+/// A sliver that had matching flows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SliverMatch {
+    /// Slice name.
+    pub slice: String,
+    /// Numeric slice id.
+    pub slice_id: u32,
+    /// Sliver name.
+    pub sliver: String,
+    /// Matching flows.
+    pub flows: u64,
+    /// Their packets.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Earliest first packet, RFC 3339.
+    pub first: String,
+    /// Latest last packet, RFC 3339.
+    pub last: String,
+}
+
+/// How much reading a query took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueryStats {
+    /// Segments in the state dir.
+    pub segments_total: u64,
+    /// Segments opened (time span overlaps the window).
+    pub segments_opened: u64,
+    /// Unindexed segments read whole (the ones being written).
+    pub segments_scanned: u64,
+    /// Indexed blocks read.
+    pub blocks_read: u64,
+    /// Records decoded.
+    pub records_examined: u64,
+}
+
+/// The answer: slivers first, then the flows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueryAnswer {
+    /// Start of the window, RFC 3339.
+    pub from: String,
+    /// End of the window, RFC 3339.
+    pub to: String,
+    /// Slivers with matching flows, by slice then sliver.
+    pub slivers: Vec<SliverMatch>,
+    /// Matching flows by first packet, at most `limit`.
+    pub flows: Vec<FlowView>,
+    /// More flows matched than `limit`.
+    pub truncated: bool,
+    /// Reading done.
+    pub stats: QueryStats,
+}
+
+/// Whether `rec` matches every filter of `p`.
+pub fn matches(rec: &FlowRecord, p: &QueryParams) -> bool {
+    rec.overlaps(p.from_ns(), p.to_ns())
+        && p.dst.is_none_or(|a| rec.dst == Some(a))
+        && p.src.is_none_or(|a| rec.src == Some(a))
+        && p.slice.as_deref().is_none_or(|s| rec.slice == s)
+        && p.port
+            .is_none_or(|port| rec.src_port == port || rec.dst_port == port)
+}
+
+/// Answer `p` from the audit logs under `state_dir`.
+pub fn run(state_dir: &Path, p: &QueryParams) -> Result<QueryAnswer> {
+    let mut stats = QueryStats::default();
+    let mut found = Vec::new();
+    for dir in segment::sliver_dirs(state_dir)? {
+        query_dir(&dir, p, &mut stats, &mut found)?;
+    }
+    let mut seen = HashSet::new();
+    found.retain(|r: &FlowRecord| seen.insert((r.sliver.clone(), r.seq)));
+    found.sort_by(|a, b| (a.first_ns, &a.sliver, a.seq).cmp(&(b.first_ns, &b.sliver, b.seq)));
+    let slivers = summarize(&found);
+    let truncated = found.len() > p.limit;
+    found.truncate(p.limit);
+    Ok(QueryAnswer {
+        from: format_time(p.from_ns()),
+        to: format_time(p.to_ns()),
+        slivers,
+        flows: found
+            .into_iter()
+            .map(|record| FlowView {
+                first: format_time(record.first_ns),
+                last: format_time(record.last_ns),
+                record,
+            })
+            .collect(),
+        truncated,
+        stats,
+    })
+}
+
+/// One line per (slice, sliver) of the matching flows.
+fn summarize(found: &[FlowRecord]) -> Vec<SliverMatch> {
+    let mut by: BTreeMap<(&str, &str), (SliverMatch, u64, u64)> = BTreeMap::new();
+    for r in found {
+        let (m, first, last) = by.entry((&r.slice, &r.sliver)).or_insert_with(|| {
+            let m = SliverMatch {
+                slice: r.slice.clone(),
+                slice_id: r.slice_id,
+                sliver: r.sliver.clone(),
+                flows: 0,
+                packets: 0,
+                bytes: 0,
+                first: String::new(),
+                last: String::new(),
+            };
+            (m, u64::MAX, 0)
+        });
+        m.flows += 1;
+        m.packets += r.packets;
+        m.bytes += r.bytes;
+        *first = (*first).min(r.first_ns);
+        *last = (*last).max(r.last_ns);
+    }
+    by.into_values()
+        .map(|(m, first, last)| SliverMatch {
+            first: format_time(first),
+            last: format_time(last),
+            ..m
+        })
+        .collect()
+}
+
+fn query_dir(
+    dir: &Path,
+    p: &QueryParams,
+    stats: &mut QueryStats,
+    found: &mut Vec<FlowRecord>,
+) -> Result<()> {
+    let (from, to) = (p.from_ns(), p.to_ns());
+    for seg in segment::list(dir)? {
+        stats.segments_total += 1;
+        if let Some(idx) = &seg.index {
+            if idx.min_first > to || idx.max_last < from {
+                continue;
+            }
+        }
+        stats.segments_opened += 1;
+        let mut examined = 0u64;
+        let mut take = |rec: FlowRecord, _: u64, _: usize| {
+            examined += 1;
+            if matches(&rec, p) {
+                found.push(rec);
+            }
+        };
+        match seg.index.as_ref().and_then(index::open) {
+            Some(idx) => {
+                let file = match File::open(&seg.path) {
+                    Ok(f) => f,
+                    // Retention may delete a segment between listing and reading.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(AuditError::io(&seg.path, e)),
+                };
+                for (i, block) in idx.blocks.iter().enumerate() {
+                    if !block.overlaps(from, to) || !bloom_may_match(&idx, i, p) {
+                        continue;
+                    }
+                    stats.blocks_read += 1;
+                    let mut buf = vec![0u8; block.len as usize];
+                    file.read_exact_at(&mut buf, block.offset)
+                        .map_err(|e| AuditError::io(&seg.path, e))?;
+                    let report = reader::scan(&buf, block.offset, &mut take);
+                    reader::log_damage(&seg.path, &report);
+                }
+            }
+            None => {
+                stats.segments_scanned += 1;
+                scan_whole(&seg, &mut take)?;
+            }
+        }
+        stats.records_examined += examined;
+    }
+    Ok(())
+}
+
+fn bloom_may_match(idx: &index::IndexReader, i: usize, p: &QueryParams) -> bool {
+    if p.dst.is_none() && p.src.is_none() {
+        return true;
+    }
+    match idx.bloom(i) {
+        Some(bloom) => [p.dst, p.src]
+            .iter()
+            .flatten()
+            .all(|a| bloom.may_contain(a)),
+        None => true,
+    }
+}
+
+fn scan_whole(seg: &Segment, take: &mut impl FnMut(FlowRecord, u64, usize)) -> Result<()> {
+    let buf = match fs::read(&seg.path) {
+        Ok(b) => b,
+        // Retention may delete a segment between listing and reading.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(AuditError::io(&seg.path, e)),
+    };
+    let report = reader::scan(&buf, 0, take);
+    reader::log_damage(&seg.path, &report);
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "query_tests.rs"]
+mod tests;
