@@ -57,6 +57,9 @@ pub struct NodeArgs {
     /// What all guests together may send, bit/s (shared by weight; default: no node limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::node::spec::MAX_RATE_BPS))]
     pub node_rate: Option<u64>,
+    /// Do not keep rings of packet headers (flow records are always kept).
+    #[arg(long)]
+    pub no_capture: bool,
     /// What all guests together may receive, bit/s (default: no node limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::node::spec::MAX_RATE_BPS))]
     pub node_rx_rate: Option<u64>,
@@ -101,6 +104,21 @@ pub struct RunArgs {
     /// This sliver's slot in the shaper ledger.
     #[arg(long, requires = "shaper_ledger")]
     pub shaper_slot: Option<usize>,
+    /// Keep flow records (and the header capture ring) of the NICs in this directory.
+    #[arg(long, requires = "slice")]
+    pub audit_dir: Option<PathBuf>,
+    /// The slice the sliver belongs to (named in its flow records).
+    #[arg(long)]
+    pub slice: Option<String>,
+    /// Do not capture packet headers (flow records are still kept).
+    #[arg(long)]
+    pub no_capture: bool,
+    /// Size of the header capture ring, MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub capture_mib: u64,
+    /// Bytes kept of each captured packet.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(14..=65535))]
+    pub capture_snaplen: u16,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -115,6 +133,18 @@ impl From<RunArgs> for VmConfig {
             net: a.net,
             stats_file: a.stats_file,
             shaper: a.shaper_ledger.zip(a.shaper_slot),
+            audit: a.audit_dir.map(|dir| crate::vm::AuditSetup {
+                dir,
+                identity: crate::audit::sink::Identity {
+                    slice: a.slice.unwrap_or_default(),
+                    sliver: a.sliver.unwrap_or_else(|| "-".into()),
+                },
+                capture: crate::audit::capture::CaptureConfig {
+                    enabled: !a.no_capture,
+                    snaplen: a.capture_snaplen,
+                    bytes: a.capture_mib << 20,
+                },
+            }),
         }
     }
 }
@@ -138,6 +168,7 @@ fn node_main(args: NodeArgs) -> i32 {
         state_dir: args.state_dir,
         socket_group: args.socket_group,
         guest_stop_timeout: std::time::Duration::from_secs(args.guest_stop_timeout),
+        capture: !args.no_capture,
         node_rates: crate::shaper::coordinator::NodeRates {
             tx: args.node_rate.unwrap_or(u64::MAX),
             rx: args.node_rx_rate.unwrap_or(u64::MAX),

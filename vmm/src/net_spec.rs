@@ -1,4 +1,5 @@
-//! `--net tap=NAME[,mac=MAC]`: one virtio-net device on a host TAP.
+//! `--net tap=NAME[,mac=MAC][,ip=A.B.C.D]`: one virtio-net device on a host TAP; `ip` is the
+//! guest's own IPv4 address, the only one it may send from (anti-spoofing).
 
 use std::str::FromStr;
 
@@ -11,6 +12,8 @@ pub struct NetSpec {
     pub tap: String,
     /// Guest MAC; derived from the TAP name when not given.
     pub mac: Option<MacAddr>,
+    /// The guest's IPv4 address (then frames from other IPv4 sources are dropped).
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A `--net` value that does not parse; the message names the offending part.
@@ -20,7 +23,7 @@ pub enum NetSpecError {
     #[error("--net {0:?}: tap=NAME is required")]
     NoTap(String),
     /// An unknown key.
-    #[error("--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC])")]
+    #[error("--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC][,ip=A.B.C.D])")]
     UnknownKey {
         /// Whole value.
         spec: String,
@@ -34,6 +37,14 @@ pub enum NetSpecError {
         spec: String,
         /// The key.
         key: String,
+    },
+    /// Bad IPv4 address.
+    #[error("--net {spec:?}: ip={value:?} is not an IPv4 address")]
+    Ip {
+        /// Whole value.
+        spec: String,
+        /// The value.
+        value: String,
     },
     /// Bad MAC.
     #[error("--net {spec:?}: {reason}")]
@@ -51,6 +62,7 @@ impl FromStr for NetSpec {
     fn from_str(spec: &str) -> Result<Self, NetSpecError> {
         let mut tap = None;
         let mut mac = None;
+        let mut ip = None;
         for part in spec.split(',') {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let dup = |k: &str| NetSpecError::Duplicate {
@@ -85,6 +97,15 @@ impl FromStr for NetSpec {
                         return Err(dup("mac"));
                     }
                 }
+                "ip" => {
+                    let parsed = value.parse().map_err(|_| NetSpecError::Ip {
+                        spec: spec.into(),
+                        value: value.into(),
+                    })?;
+                    if ip.replace(parsed).is_some() {
+                        return Err(dup("ip"));
+                    }
+                }
                 _ => {
                     return Err(NetSpecError::UnknownKey {
                         spec: spec.into(),
@@ -94,7 +115,7 @@ impl FromStr for NetSpec {
             }
         }
         let tap = tap.ok_or_else(|| NetSpecError::NoTap(spec.into()))?;
-        Ok(NetSpec { tap, mac })
+        Ok(NetSpec { tap, mac, ip })
     }
 }
 
@@ -139,6 +160,10 @@ mod tests {
         assert!(e.to_string().contains("\"speed\""), "{e}");
         let e = "tap=a,tap=b".parse::<NetSpec>().expect_err("dup");
         assert!(e.to_string().contains("tap given twice"), "{e}");
+        let s: NetSpec = "tap=a,ip=10.0.0.2".parse().expect("ip");
+        assert_eq!(s.ip, Some(std::net::Ipv4Addr::new(10, 0, 0, 2)));
+        let e = "tap=a,ip=10.0.0".parse::<NetSpec>().expect_err("ip");
+        assert!(e.to_string().contains("ip=\"10.0.0\""), "{e}");
         let e = "tap=a,mac=zz".parse::<NetSpec>().expect_err("mac");
         assert!(e.to_string().contains("mac=\"zz\""), "{e}");
         let e = "tap=a,mac=01:00:5e:00:00:01"

@@ -3,7 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::{ForwardAll, NetCounters, NetDevice, Shaper, Tap};
+use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
+use devices::virtio::net::{
+    ForwardAll, MacAddr, NetCounters, NetDevice, PacketPolicy, Shaper, Tap,
+};
+
+use crate::audit::sink::{NicSink, NullSink, SliverAudit};
 use devices::virtio::{MmioTransport, TransportCounters, VirtioDevice, VirtioInterrupt};
 use devices::EventFdInterrupt;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -84,6 +89,7 @@ impl<'a> VirtioAttacher<'a> {
         &mut self,
         spec: &NetSpec,
         shaper: Option<Arc<Shaper>>,
+        audit: Option<&NicAudit>,
         event_loop: &mut EventLoop,
     ) -> Result<AttachedNet, AttachError> {
         let index = self.count;
@@ -96,8 +102,8 @@ impl<'a> VirtioAttacher<'a> {
                 source,
             }
         };
-        let mut device =
-            NetDevice::new(tap, mac, Box::new(ForwardAll)).map_err(res("device eventfds"))?;
+        let policy = nic_policy(spec, mac, audit, index as u8);
+        let mut device = NetDevice::new(tap, mac, policy).map_err(res("device eventfds"))?;
         if let Some(shaper) = shaper {
             device.set_shaper(shaper);
         }
@@ -112,7 +118,47 @@ impl<'a> VirtioAttacher<'a> {
             transport,
         })
     }
+}
 
+/// What the audit stage of a sliver's NICs needs.
+#[derive(Debug, Clone)]
+pub struct NicAudit {
+    /// The sliver's log and capture ring.
+    pub audit: Arc<SliverAudit>,
+    /// Whether headers go to the capture ring.
+    pub capture: bool,
+}
+
+/// The policy stage of a NIC: anti-spoofing and audit with a log; anti-spoofing alone when only
+/// the guest's address is known; nothing otherwise.
+fn nic_policy(
+    spec: &NetSpec,
+    mac: MacAddr,
+    audit: Option<&NicAudit>,
+    nic: u8,
+) -> Box<dyn PacketPolicy> {
+    let guard = SpoofGuard {
+        mac: mac.0,
+        ipv4: spec.ip,
+    };
+    match audit {
+        Some(a) => Box::new(AuditStage::new(
+            Some(guard),
+            FlowConfig::default(),
+            Box::new(NicSink::new(a.audit.clone(), nic)),
+            a.capture,
+        )),
+        None if spec.ip.is_some() => Box::new(AuditStage::new(
+            Some(guard),
+            FlowConfig::default(),
+            Box::new(NullSink),
+            false,
+        )),
+        None => Box::new(ForwardAll),
+    }
+}
+
+impl VirtioAttacher<'_> {
     /// Give `device` the next MMIO window and IRQ.
     fn attach(
         &mut self,

@@ -18,6 +18,7 @@ use crate::arch::layout::{
     BOOT_TIMER_PORT, CMDLINE_START, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, I8042_PORT,
 };
 use crate::arch::{mptable, regs};
+use crate::audit::sink::SliverAudit;
 use crate::boot::{cmdline, loader, pvh};
 use crate::bus::{Bus, BusError};
 use crate::event_loop::{EventLoop, EventLoopError};
@@ -27,7 +28,7 @@ use crate::memory::{self, MemoryError};
 use crate::net_spec::NetSpec;
 use crate::stats::StatsWriter;
 use crate::vcpu::{self, VcpuContext, VcpuError};
-use crate::virtio_mmio::{AttachError, AttachedNet, VirtioAttacher};
+use crate::virtio_mmio::{AttachError, AttachedNet, NicAudit, VirtioAttacher};
 use crate::{kvm_vm, metrics};
 
 /// Enough CPUID entries for any current x86 CPU.
@@ -56,6 +57,19 @@ pub struct VmConfig {
     pub stats_file: Option<PathBuf>,
     /// The node's shaper ledger and this sliver's slot in it.
     pub shaper: Option<(PathBuf, usize)>,
+    /// Where and how the NICs' audit stage keeps its records.
+    pub audit: Option<AuditSetup>,
+}
+
+/// The audit outputs of this VMM's sliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSetup {
+    /// The sliver's audit directory (log segments and capture ring).
+    pub dir: PathBuf,
+    /// Who the records are about.
+    pub identity: crate::audit::sink::Identity,
+    /// Header capture settings.
+    pub capture: crate::audit::capture::CaptureConfig,
 }
 
 /// Errors building the VM; each message names what failed.
@@ -103,6 +117,9 @@ pub enum VmError {
     /// The shaper ledger named by --shaper-ledger/--shaper-slot.
     #[error("--shaper-ledger: {0}")]
     Shaper(#[from] crate::shaper::LedgerError),
+    /// The audit log or capture ring named by --audit-dir.
+    #[error("--audit-dir: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path`.
@@ -264,10 +281,17 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         Some((path, slot)) => Some(open_shaper(path, *slot)?),
         None => None,
     };
+    let audit = match &config.audit {
+        Some(a) => Some(NicAudit {
+            audit: SliverAudit::open(&a.dir, a.identity.clone(), &a.capture)?,
+            capture: a.capture.enabled,
+        }),
+        None => None,
+    };
     let nets = config
         .net
         .iter()
-        .map(|spec| attacher.attach_net(spec, shaper.clone(), &mut event_loop))
+        .map(|spec| attacher.attach_net(spec, shaper.clone(), audit.as_ref(), &mut event_loop))
         .collect::<Result<Vec<_>, _>>()?;
     let stats = match &config.stats_file {
         Some(path) => {

@@ -7,7 +7,10 @@
 //!
 //! `sliver_loadgen --tap NAME [--ledger PATH --slot N] [--frame BYTES] [--src-ip A.B.C.D]
 //! [--seconds S] [--offer-bps R]`; `--offer-bps` limits what the "guest" offers with a fixed
-//! token bucket instead of the ledger (to load an external shaper such as HTB); prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
+//! token bucket instead of the ledger (to load an external shaper such as HTB);
+//! `--audit-dir DIR --slice S --sliver N --ip A.B.C.D [--spoof-every K]` puts the VMM's audit
+//! stage (anti-spoofing, flow records, header capture) in the pipeline, and makes every K-th
+//! frame claim another source address; prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
 //! SIGTERM ends it cleanly at once (as a VMM whose guest is stopped: its NIC and its ledger
 //! slot's backlog flags go); SIGKILL leaves the flags for the daemon to expire.
 
@@ -18,10 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::virtio::feature;
+use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
 use devices::virtio::net::shaper::FixedRate;
+use devices::virtio::net::PacketPolicy;
 use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, TX_QUEUE};
 use devices::virtio::test_utils::GuestDriver;
 use event_manager::{EventManager, SubscriberOps};
+use vmm::audit::capture::CaptureConfig;
+use vmm::audit::sink::{Identity, NicSink, SliverAudit};
 
 type Dev = Arc<Mutex<NetDevice<Tap>>>;
 
@@ -35,6 +42,9 @@ struct Args {
     src_ip: Ipv4Addr,
     seconds: f64,
     offer_bps: Option<u64>,
+    audit: Option<(PathBuf, String, String)>,
+    ip: Option<Ipv4Addr>,
+    spoof_every: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,6 +54,8 @@ fn parse_args() -> Result<Args, String> {
     let mut src_ip = Ipv4Addr::new(10, 200, 0, 1);
     let mut seconds = f64::INFINITY;
     let mut offer_bps = None;
+    let (mut audit_dir, mut slice, mut sliver, mut ip) = (None, None, None, None);
+    let mut spoof_every = 0;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -54,6 +66,15 @@ fn parse_args() -> Result<Args, String> {
             "--frame" => frame = value()?.parse().map_err(|e| format!("--frame: {e}"))?,
             "--src-ip" => src_ip = value()?.parse().map_err(|e| format!("--src-ip: {e}"))?,
             "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--audit-dir" => audit_dir = Some(PathBuf::from(value()?)),
+            "--slice" => slice = Some(value()?),
+            "--sliver" => sliver = Some(value()?),
+            "--ip" => ip = Some(value()?.parse().map_err(|e| format!("--ip: {e}"))?),
+            "--spoof-every" => {
+                spoof_every = value()?
+                    .parse()
+                    .map_err(|e| format!("--spoof-every: {e}"))?
+            }
             "--offer-bps" => {
                 offer_bps = Some(value()?.parse().map_err(|e| format!("--offer-bps: {e}"))?)
             }
@@ -75,6 +96,13 @@ fn parse_args() -> Result<Args, String> {
         src_ip,
         seconds,
         offer_bps,
+        audit: match (audit_dir, slice, sliver) {
+            (Some(d), Some(s), Some(n)) => Some((d, s, n)),
+            (None, None, None) => None,
+            _ => return Err("--audit-dir, --slice and --sliver go together".into()),
+        },
+        ip,
+        spoof_every,
     })
 }
 
@@ -131,8 +159,29 @@ fn main() {
         eprintln!("sliver_loadgen: TAP {}: {e}", args.tap);
         std::process::exit(1)
     });
-    let mut device = NetDevice::new(tap, MacAddr([0x02, 0x5e, 0, 0, 0, 2]), Box::new(ForwardAll))
-        .expect("device");
+    let mac = [0x02, 0x5e, 0, 0, 0, 2];
+    let policy: Box<dyn PacketPolicy> = match &args.audit {
+        Some((dir, slice, sliver)) => {
+            let identity = Identity {
+                slice: slice.clone(),
+                sliver: sliver.clone(),
+            };
+            let audit =
+                SliverAudit::open(dir, identity, &CaptureConfig::default()).unwrap_or_else(|e| {
+                    eprintln!("sliver_loadgen: {e}");
+                    std::process::exit(1)
+                });
+            let guard = SpoofGuard { mac, ipv4: args.ip };
+            Box::new(AuditStage::new(
+                Some(guard),
+                FlowConfig::default(),
+                Box::new(NicSink::new(audit, 0)),
+                true,
+            ))
+        }
+        None => Box::new(ForwardAll),
+    };
+    let mut device = NetDevice::new(tap, MacAddr(mac), policy).expect("device");
     if let Some((path, slot)) = &args.ledger {
         let ledger = Arc::new(vmm::shaper::Ledger::open(path).unwrap_or_else(|e| {
             eprintln!("sliver_loadgen: {e}");
@@ -158,8 +207,22 @@ fn main() {
     driver.init(feature(VERSION_1) | feature(F_MAC), 2, QUEUE_SIZE);
     let txq = TX_QUEUE as u16;
     let f = frame(args.frame, args.src_ip);
+    let spoofed = frame(
+        args.frame,
+        Ipv4Addr::from(u32::from(args.src_ip).wrapping_add(1)),
+    );
+    let spoof_every = args.spoof_every;
+    let pick = |n: u64| {
+        if spoof_every > 0 && n % spoof_every == 0 {
+            &spoofed
+        } else {
+            &f
+        }
+    };
+    let mut posted = 0u64;
     for _ in 0..QUEUE_SIZE {
-        driver.add_buffer(txq, Some(&f), 0);
+        posted += 1;
+        driver.add_buffer(txq, Some(pick(posted)), 0);
     }
     driver.kick(txq);
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,7 +237,8 @@ fn main() {
         let _ = em.run_with_timeout(100);
         let n = driver.take_used(txq).len();
         for _ in 0..n {
-            driver.add_buffer(txq, Some(&f), 0);
+            posted += 1;
+            driver.add_buffer(txq, Some(pick(posted)), 0);
         }
         if n > 0 {
             driver.kick(txq);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,6 +17,8 @@ use super::registry::{Created, LimitsPatch};
 use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 use super::state::SliverRecord;
 use super::supervisor::Supervisor;
+use crate::audit::params::QueryRequest;
+use crate::audit::AuditError;
 use crate::shaper::slots::Shaping;
 use crate::stats::SliverCounters;
 
@@ -213,6 +215,30 @@ fn shaping_metrics<C>(sup: &Supervisor, slivers: &[(String, String, C)], out: &m
     }
 }
 
+fn audit_error(e: AuditError) -> ApiError {
+    match e.field() {
+        Some(field) => ApiError::invalid(field, e.to_string()),
+        None => ApiError::status(500, format!("audit log: {e}")),
+    }
+}
+
+/// `GET /audit?at=...&dst=...`: which slice and sliver, with the flows.
+async fn audit(
+    State(sup): State<Arc<Supervisor>>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request: QueryRequest = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::invalid("query", format!("query string: {e}")))?;
+    let params = request.parse("").map_err(audit_error)?;
+    let state_dir = sup.state_dir().to_owned();
+    let answer =
+        blocking(move || crate::audit::query::run(&state_dir, &params).map_err(audit_error))
+            .await?;
+    serde_json::to_value(answer)
+        .map(Json)
+        .map_err(|e| ApiError::status(500, format!("audit answer: {e}")))
+}
+
 async fn list(State(sup): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
     let reg = sup.registry();
     let all: Vec<_> = reg.list().iter().map(|(n, r)| view(&sup, n, r)).collect();
@@ -338,6 +364,7 @@ pub fn router(supervisor: Arc<Supervisor>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/audit", get(audit))
         .route("/slivers", get(list))
         .route(
             "/slivers/{name}",

@@ -25,6 +25,8 @@ pub struct NodeConfig {
     pub guest_stop_timeout: std::time::Duration,
     /// What all guests together may send and receive, bit/s.
     pub node_rates: NodeRates,
+    /// Whether VMMs keep a ring of packet headers (flow records are always kept).
+    pub capture: bool,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -133,6 +135,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 &config.state_dir,
                 config.guest_stop_timeout,
                 ledger.clone(),
+                config.capture,
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {

@@ -32,6 +32,10 @@ pub struct Supervisor {
     netlink: rtnetlink::Handle,
     exe: PathBuf,
     run_dir: PathBuf,
+    /// The daemon's state directory (audit logs live in `audit/`).
+    state_dir: PathBuf,
+    /// Whether VMMs capture packet headers.
+    capture: bool,
     /// The shaper ledger shared with the VMMs.
     ledger: Arc<Ledger>,
     /// Per running VMM: becomes `true` once its exit has been recorded.
@@ -85,6 +89,7 @@ impl Supervisor {
         state_dir: &Path,
         guest_grace: Duration,
         ledger: Arc<Ledger>,
+        capture: bool,
     ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
@@ -94,6 +99,8 @@ impl Supervisor {
             netlink,
             exe,
             run_dir,
+            state_dir: state_dir.to_owned(),
+            capture,
             ledger,
             exited: Mutex::new(HashMap::new()),
         })
@@ -134,6 +141,11 @@ impl Supervisor {
         slots::assign(&self.ledger, name, &net.limits())
             .map(|_| ())
             .map_err(|e| ApiError::status(507, format!("no shaper slot for {name:?}: {e}")))
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Sliver `name`'s shaping state (allocated rates, bytes today, time throttled).
@@ -193,6 +205,12 @@ impl Supervisor {
         if let Some(initrd) = &spec.initrd {
             cmd.arg("--initrd").arg(initrd);
         }
+        cmd.arg("--audit-dir")
+            .arg(crate::audit::sliver_dir(&self.state_dir, name))
+            .args(["--slice", &spec.slice]);
+        if !self.capture {
+            cmd.arg("--no-capture");
+        }
         let mut cmdline = Vec::new();
         if let Some(net) = &spec.net {
             let tap = host_net::tap_name(name);
@@ -201,11 +219,14 @@ impl Supervisor {
                 None => crate::net_spec::NetSpec {
                     tap: tap.clone(),
                     mac: None,
+                    ip: None,
                 }
                 .mac_or_derived()
                 .to_string(),
             };
-            cmd.arg("--net").arg(format!("tap={tap},mac={mac}"));
+            let ip = net.guest_cidr().map(|(ip, _)| format!(",ip={ip}"));
+            cmd.arg("--net")
+                .arg(format!("tap={tap},mac={mac}{}", ip.unwrap_or_default()));
             if let Some(slot) = slots::find(&self.ledger, name) {
                 cmd.arg("--shaper-ledger")
                     .arg(self.ledger.path())
