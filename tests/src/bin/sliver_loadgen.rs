@@ -213,7 +213,7 @@ fn main() {
     );
     let spoof_every = args.spoof_every;
     let pick = |n: u64| {
-        if spoof_every > 0 && n % spoof_every == 0 {
+        if spoof_every > 0 && n.is_multiple_of(spoof_every) {
             &spoofed
         } else {
             &f
