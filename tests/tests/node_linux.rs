@@ -165,6 +165,39 @@ fn two_linux_slivers_through_their_whole_life() {
             .expect("ip");
         assert!(!tap.status.success(), "TAP of {name} removed");
     }
+    // The audit log answers who sent to beta's host address: beta's VMM ended its flows
+    // when it stopped, and the records outlive the sliver.
+    let at = vmm::audit::params::format_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos() as u64,
+    );
+    let r = call(
+        "GET",
+        &format!(
+            "/audit?dst=10.20.2.1&port=5001&window=10m&at={}",
+            at.replace('+', "%2B")
+        ),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    let who: Vec<(Value, Value)> = answer["slivers"]
+        .as_array()
+        .expect("slivers")
+        .iter()
+        .map(|s| (s["slice"].clone(), s["sliver"].clone()))
+        .collect();
+    assert_eq!(who, vec![(json!("test_slice"), json!("beta"))], "{answer}");
+    let tcp_bytes: u64 = answer["flows"]
+        .as_array()
+        .expect("flows")
+        .iter()
+        .filter(|f| f["direction"] == "tx" && f["protocol"] == 6)
+        .map(|f| f["bytes"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(tcp_bytes >= 100_000, "beta's TCP bytes in its flows: {tcp_bytes}; {answer}");
     let daemon = daemon.take();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
