@@ -22,6 +22,7 @@ pub mod record;
 pub mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod span;
 pub mod synth;
 pub mod writer;
 

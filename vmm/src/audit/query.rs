@@ -17,6 +17,7 @@ use super::params::{format_time, QueryParams};
 use super::reader;
 use super::record::FlowRecord;
 use super::segment::{self, Segment};
+use super::span;
 
 /// One flow of the answer, with its times also as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -166,8 +167,13 @@ fn query_dir(
     let (from, to) = (p.from_ns(), p.to_ns());
     for seg in segment::list(dir)? {
         stats.segments_total += 1;
-        if let Some(idx) = &seg.index {
-            if idx.min_first > to || idx.max_last < from {
+        let span = match (&seg.index, &seg.span) {
+            (Some(idx), _) => Some((idx.min_first, idx.max_last)),
+            (None, Some(path)) => span::read(path),
+            (None, None) => None,
+        };
+        if let Some((min_first, max_last)) = span {
+            if min_first > to || max_last < from {
                 continue;
             }
         }
