@@ -93,6 +93,31 @@ fn name_len(field: &str, name: &str) -> Result<u8> {
 
 /// Decode the frame at the start of `buf`; returns the record and the frame's length.
 pub fn decode(buf: &[u8]) -> std::result::Result<(FlowRecord, usize), FrameError> {
+    match decode_if(buf, &mut |_| true)? {
+        (Some(rec), len) => Ok((rec, len)),
+        (None, _) => Err(FrameError::Corrupt),
+    }
+}
+
+/// What a filter may look at before a record is built (no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peek {
+    /// First packet.
+    pub first_ns: u64,
+    /// Last packet.
+    pub last_ns: u64,
+    /// Source address.
+    pub src: Option<IpAddr>,
+    /// Destination address.
+    pub dst: Option<IpAddr>,
+}
+
+/// Like [`decode`], but the record is built only if `keep` accepts its [`Peek`] (else
+/// `None`); the frame is validated (magic, length, CRC, layout) either way.
+pub fn decode_if(
+    buf: &[u8],
+    keep: &mut dyn FnMut(&Peek) -> bool,
+) -> std::result::Result<(Option<FlowRecord>, usize), FrameError> {
     if buf.len() < FRAME_HEADER {
         return Err(if MAGIC.starts_with(&buf[..buf.len().min(4)]) {
             FrameError::Truncated
@@ -113,8 +138,12 @@ pub fn decode(buf: &[u8]) -> std::result::Result<(FlowRecord, usize), FrameError
     if crc32fast::hash(payload) != u32_at(buf, 8) {
         return Err(FrameError::Corrupt);
     }
-    let rec = decode_payload(payload).ok_or(FrameError::Corrupt)?;
-    Ok((rec, FRAME_HEADER + len))
+    let peek = peek_payload(payload).ok_or(FrameError::Corrupt)?;
+    if !keep(&peek) {
+        return Ok((None, FRAME_HEADER + len));
+    }
+    let rec = decode_payload(payload, &peek).ok_or(FrameError::Corrupt)?;
+    Ok((Some(rec), FRAME_HEADER + len))
 }
 
 /// The offset of the next magic word at or after `from`, if any.
@@ -139,7 +168,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn decode_payload(p: &[u8]) -> Option<FlowRecord> {
+/// The address length (0, 4 or 16) of a payload whose layout is consistent.
+fn addr_len(p: &[u8]) -> Option<usize> {
     if p[0] != VERSION {
         return None;
     }
@@ -150,9 +180,11 @@ fn decode_payload(p: &[u8]) -> Option<FlowRecord> {
         _ => return None,
     };
     let (slice_len, sliver_len) = (usize::from(p[7]), usize::from(p[8]));
-    if p.len() != FIXED + 2 * addr_len + slice_len + sliver_len {
-        return None;
-    }
+    (p.len() == FIXED + 2 * addr_len + slice_len + sliver_len).then_some(addr_len)
+}
+
+fn peek_payload(p: &[u8]) -> Option<Peek> {
+    let addr_len = addr_len(p)?;
     let addr = |at: usize| -> Option<IpAddr> {
         match addr_len {
             4 => Some(IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes(
@@ -164,6 +196,17 @@ fn decode_payload(p: &[u8]) -> Option<FlowRecord> {
             _ => None,
         }
     };
+    Some(Peek {
+        first_ns: u64_at(p, 28),
+        last_ns: u64_at(p, 36),
+        src: addr(FIXED),
+        dst: addr(FIXED + addr_len),
+    })
+}
+
+fn decode_payload(p: &[u8], peek: &Peek) -> Option<FlowRecord> {
+    let addr_len = addr_len(p)?;
+    let slice_len = usize::from(p[7]);
     let names = FIXED + 2 * addr_len;
     Some(FlowRecord {
         seq: u64_at(p, 20),
@@ -173,13 +216,13 @@ fn decode_payload(p: &[u8]) -> Option<FlowRecord> {
         nic: p[2],
         direction: Direction::from_code(p[3])?,
         ethertype: u16_at(p, 10),
-        src: addr(FIXED),
-        dst: addr(FIXED + addr_len),
+        src: peek.src,
+        dst: peek.dst,
         protocol: p[5],
         src_port: u16_at(p, 12),
         dst_port: u16_at(p, 14),
-        first_ns: u64_at(p, 28),
-        last_ns: u64_at(p, 36),
+        first_ns: peek.first_ns,
+        last_ns: peek.last_ns,
         packets: u64_at(p, 44),
         bytes: u64_at(p, 52),
         tcp_flags: p[6],
@@ -220,6 +263,30 @@ mod tests {
             bad[i] ^= 0x40;
             assert!(decode(&bad).is_err(), "flipped byte {i} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_filter_sees_times_and_addresses_before_the_record_is_built() {
+        let rec = synth::flow(3, "s", 5_000_000_000);
+        let mut buf = Vec::new();
+        encode(&rec, &mut buf).expect("encode");
+        let mut seen = None;
+        let (got, len) = decode_if(&buf, &mut |p| {
+            seen = Some(*p);
+            false
+        })
+        .expect("valid frame");
+        assert_eq!((got, len), (None, buf.len()));
+        let want = Peek {
+            first_ns: rec.first_ns,
+            last_ns: rec.last_ns,
+            src: rec.src,
+            dst: rec.dst,
+        };
+        assert_eq!(seen, Some(want));
+        let mut bad = buf.clone();
+        bad[30] ^= 1;
+        assert_eq!(decode_if(&bad, &mut |_| false), Err(FrameError::Corrupt));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use super::error::{AuditError, Result};
 use super::index::{self, IndexBuilder, IndexKey};
 use super::retention;
 use super::segment::{now_ns, Segment};
+use super::span::SpanWriter;
 use super::writer::{AuditConfig, Entry, Msg, Shared};
 
 /// The segment being written.
@@ -25,6 +26,7 @@ struct Open {
     len: u64,
     index: IndexBuilder,
     opened: Instant,
+    span: Option<SpanWriter>,
 }
 
 pub(crate) struct Committer {
@@ -149,6 +151,14 @@ impl Committer {
         let Some(open) = self.open.as_mut() else {
             return Ok(());
         };
+        // Widen the span before the data lands, so a reader never finds records outside it.
+        let min_first = self.pending_keys.iter().map(|(k, _)| k.first_ns).min();
+        let max_last = self.pending_keys.iter().map(|(k, _)| k.last_ns).max();
+        if let (Some(lo), Some(hi), Some(span)) = (min_first, max_last, open.span.as_mut()) {
+            if !span.widen(lo, hi) {
+                open.span = None;
+            }
+        }
         let path = &open.seg.path;
         if let Err(e) = open.file.write_all_at(&self.pending, open.len) {
             // Cut off whatever part was written, so the retry lands right after the last
@@ -188,12 +198,14 @@ impl Committer {
             .and_then(|d| d.sync_all())
             .map_err(|e| AuditError::io(&self.dir, e))?;
         self.last_created = created;
+        let span = SpanWriter::create(&seg);
         Ok(Open {
             seg,
             file,
             len: 0,
             index: IndexBuilder::default(),
             opened: Instant::now(),
+            span,
         })
     }
 
@@ -201,16 +213,27 @@ impl Committer {
     fn seal(&mut self) {
         let Some(open) = self.open.take() else { return };
         if open.len == 0 {
+            if let Some(span) = open.span {
+                span.remove();
+            }
             let _ = std::fs::remove_file(&open.seg.path);
             return;
         }
-        if let Err(e) = index::save(&open.seg, &open.index.finish()) {
-            // Recovery re-indexes a segment without an index; nothing is lost.
-            self.shared
-                .counters
-                .io_errors
-                .fetch_add(1, Ordering::Relaxed);
-            log::error!("{e}");
+        match index::save(&open.seg, &open.index.finish()) {
+            Ok(_) => {
+                if let Some(span) = open.span {
+                    span.remove();
+                }
+            }
+            Err(e) => {
+                // Recovery re-indexes a segment without an index; nothing is lost. (Its span
+                // stays, still true, for queries until then.)
+                self.shared
+                    .counters
+                    .io_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                log::error!("{e}");
+            }
         }
     }
 

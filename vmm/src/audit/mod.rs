@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod retention;
 pub mod segment;
 pub mod sink;
+pub mod span;
 pub mod synth;
 pub mod writer;
 

@@ -10,12 +10,14 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::codec::Peek;
 use super::error::{AuditError, Result};
 use super::index;
 use super::params::{format_time, QueryParams};
 use super::reader;
 use super::record::FlowRecord;
 use super::segment::{self, Segment};
+use super::span;
 
 /// One flow of the answer, with its times also as RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -61,8 +63,10 @@ pub struct QueryStats {
     pub segments_scanned: u64,
     /// Indexed blocks read.
     pub blocks_read: u64,
-    /// Records decoded.
+    /// Records validated (CRC) in the blocks and segments read.
     pub records_examined: u64,
+    /// Of those, records whose time and addresses matched and were decoded whole.
+    pub records_decoded: u64,
 }
 
 /// The answer: slivers first, then the flows.
@@ -163,15 +167,21 @@ fn query_dir(
     let (from, to) = (p.from_ns(), p.to_ns());
     for seg in segment::list(dir)? {
         stats.segments_total += 1;
-        if let Some(idx) = &seg.index {
-            if idx.min_first > to || idx.max_last < from {
+        let span = match (&seg.index, &seg.span) {
+            (Some(idx), _) => Some((idx.min_first, idx.max_last)),
+            (None, Some(path)) => span::read(path),
+            (None, None) => None,
+        };
+        if let Some((min_first, max_last)) = span {
+            if min_first > to || max_last < from {
                 continue;
             }
         }
         stats.segments_opened += 1;
         let mut examined = 0u64;
+        let mut decoded = 0u64;
         let mut take = |rec: FlowRecord, _: u64, _: usize| {
-            examined += 1;
+            decoded += 1;
             if matches(&rec, p) {
                 found.push(rec);
             }
@@ -192,16 +202,18 @@ fn query_dir(
                     let mut buf = vec![0u8; block.len as usize];
                     file.read_exact_at(&mut buf, block.offset)
                         .map_err(|e| AuditError::io(&seg.path, e))?;
-                    let report = reader::scan(&buf, block.offset, &mut take);
+                    let report = reader::scan_if(&buf, block.offset, keep(p), &mut take);
                     reader::log_damage(&seg.path, &report);
+                    examined += report.records;
                 }
             }
             None => {
                 stats.segments_scanned += 1;
-                scan_whole(&seg, &mut take)?;
+                examined += scan_whole(&seg, p, &mut take)?;
             }
         }
         stats.records_examined += examined;
+        stats.records_decoded += decoded;
     }
     Ok(())
 }
@@ -219,16 +231,32 @@ fn bloom_may_match(idx: &index::IndexReader, i: usize, p: &QueryParams) -> bool 
     }
 }
 
-fn scan_whole(seg: &Segment, take: &mut impl FnMut(FlowRecord, u64, usize)) -> Result<()> {
+/// Peeked fields a record must have to be worth decoding for `p`.
+fn keep(p: &QueryParams) -> impl FnMut(&Peek) -> bool + '_ {
+    let (from, to) = (p.from_ns(), p.to_ns());
+    move |pk: &Peek| {
+        pk.first_ns <= to
+            && pk.last_ns >= from
+            && p.dst.is_none_or(|a| pk.dst == Some(a))
+            && p.src.is_none_or(|a| pk.src == Some(a))
+    }
+}
+
+/// Read a whole (unindexed) segment; returns the records validated.
+fn scan_whole(
+    seg: &Segment,
+    p: &QueryParams,
+    take: &mut impl FnMut(FlowRecord, u64, usize),
+) -> Result<u64> {
     let buf = match fs::read(&seg.path) {
         Ok(b) => b,
         // Retention may delete a segment between listing and reading.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(AuditError::io(&seg.path, e)),
     };
-    let report = reader::scan(&buf, 0, take);
+    let report = reader::scan_if(&buf, 0, keep(p), take);
     reader::log_damage(&seg.path, &report);
-    Ok(())
+    Ok(report.records)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::Path;
 
-use super::codec::{self, FrameError};
+use super::codec::{self, FrameError, Peek};
 use super::error::{AuditError, Result};
 use super::record::FlowRecord;
 use super::segment;
@@ -24,16 +24,29 @@ pub struct ScanReport {
 
 /// Decode every frame of `buf` (found at file offset `base`), calling `each(record, offset,
 /// frame length)`; damaged bytes are skipped up to the next frame that decodes.
-pub fn scan(buf: &[u8], base: u64, mut each: impl FnMut(FlowRecord, u64, usize)) -> ScanReport {
+pub fn scan(buf: &[u8], base: u64, each: impl FnMut(FlowRecord, u64, usize)) -> ScanReport {
+    scan_if(buf, base, |_| true, each)
+}
+
+/// Like [`scan`], but records are built (and passed to `each`) only if `keep` accepts their
+/// times and addresses; every frame is validated and counted either way.
+pub fn scan_if(
+    buf: &[u8],
+    base: u64,
+    mut keep: impl FnMut(&Peek) -> bool,
+    mut each: impl FnMut(FlowRecord, u64, usize),
+) -> ScanReport {
     let mut report = ScanReport {
         valid_end: base,
         ..ScanReport::default()
     };
     let mut pos = 0usize;
     while pos < buf.len() {
-        match codec::decode(&buf[pos..]) {
+        match codec::decode_if(&buf[pos..], &mut keep) {
             Ok((rec, len)) => {
-                each(rec, base + pos as u64, len);
+                if let Some(rec) = rec {
+                    each(rec, base + pos as u64, len);
+                }
                 report.records += 1;
                 pos += len;
                 report.valid_end = base + pos as u64;

@@ -38,6 +38,10 @@ pub fn recover(dir: &Path) -> Result<RecoveryReport> {
     }
     let mut max_seq = 0u64;
     for seg in segs {
+        // Only a live writer keeps a span; this segment is indexed below (or already was).
+        if let Some(span) = &seg.span {
+            fs::remove_file(span).map_err(|e| AuditError::io(span, e))?;
+        }
         let seg_max = match seg.index.as_ref().and_then(index::open) {
             Some(idx) => idx.max_seq(),
             None => {

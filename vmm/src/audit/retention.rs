@@ -87,6 +87,9 @@ fn remove(seg: &Segment) -> Result<()> {
             Err(e) => return Err(AuditError::io(&idx.path, e)),
         }
     }
+    if let Some(span) = &seg.span {
+        let _ = fs::remove_file(span);
+    }
     fs::remove_file(&seg.path).map_err(|e| AuditError::io(&seg.path, e))
 }
 

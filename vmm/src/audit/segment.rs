@@ -19,6 +19,8 @@ pub struct Segment {
     pub path: PathBuf,
     /// Its index, if sealed.
     pub index: Option<IndexFile>,
+    /// Its span file, while it is being written (see `span.rs`).
+    pub span: Option<PathBuf>,
 }
 
 /// A segment's index file and the time span its name gives.
@@ -39,7 +41,13 @@ impl Segment {
             created_ns,
             path: dir.join(format!("{PREFIX}{created_ns:020}{LOG_EXT}")),
             index: None,
+            span: None,
         }
+    }
+
+    /// Its span file (`seg-<created>.span`).
+    pub fn span_path(&self) -> PathBuf {
+        self.path.with_extension("span")
     }
 
     /// The name of its index covering `[min_first, max_last]`.
@@ -67,6 +75,7 @@ fn number(s: &str) -> Option<u64> {
 enum Name {
     Log(u64),
     Index(u64, u64, u64),
+    Span(u64),
     Temp,
 }
 
@@ -77,6 +86,9 @@ fn parse_name(name: &str) -> Option<Name> {
     }
     if rest.ends_with(".idx.tmp") {
         return Some(Name::Temp);
+    }
+    if let Some(num) = rest.strip_suffix(".span") {
+        return number(num).map(Name::Span);
     }
     let mut parts = rest.strip_suffix(IDX_EXT)?.split('-');
     let created = number(parts.next()?)?;
@@ -93,6 +105,7 @@ fn parse_name(name: &str) -> Option<Name> {
 pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
     let mut segs = std::collections::BTreeMap::new();
     let mut indexes = Vec::new();
+    let mut spans = Vec::new();
     let mut junk = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
         let entry = entry.map_err(|e| AuditError::io(dir, e))?;
@@ -104,12 +117,14 @@ pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
                         created_ns,
                         path: entry.path(),
                         index: None,
+                        span: None,
                     },
                 );
             }
             Some(Name::Index(created, min_first, max_last)) => {
                 indexes.push((created, min_first, max_last, entry.path()));
             }
+            Some(Name::Span(created)) => spans.push((created, entry.path())),
             Some(Name::Temp) => junk.push(entry.path()),
             None => {}
         }
@@ -124,6 +139,12 @@ pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
                 })
             }
             _ => junk.push(path),
+        }
+    }
+    for (created, path) in spans {
+        match segs.get_mut(&created) {
+            Some(seg) => seg.span = Some(path),
+            None => junk.push(path),
         }
     }
     Ok((segs.into_values().collect(), junk))
@@ -183,13 +204,18 @@ mod tests {
         let orphan = Segment::new(dir.path(), 99).index_path(1, 2);
         fs::write(&orphan, b"").expect("write");
         fs::write(seg.index_tmp_path(), b"").expect("write");
+        fs::write(seg.span_path(), b"").expect("write");
+        let lost_span = Segment::new(dir.path(), 98).span_path();
+        fs::write(&lost_span, b"").expect("write");
         let (segs, junk) = scan_dir(dir.path()).expect("scan");
         let got: Vec<u64> = segs.iter().map(|s| s.created_ns).collect();
         assert_eq!(got, [2, 30, 1_800_000_000_000_000_000]);
         let idx = segs[1].index.as_ref().expect("index found");
         assert_eq!((idx.min_first, idx.max_last), (5, 77));
         assert!(segs[0].index.is_none());
-        assert_eq!(junk.len(), 2);
+        assert_eq!(segs[1].span, Some(seg.span_path()));
+        assert_eq!(junk.len(), 3);
         assert!(junk.contains(&orphan) && junk.contains(&seg.index_tmp_path()));
+        assert!(junk.contains(&lost_span));
     }
 }

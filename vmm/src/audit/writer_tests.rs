@@ -39,9 +39,11 @@ fn appended_records_become_durable_and_numbering_continues_after_reopen() {
         Err(AuditError::Locked { .. })
     ));
     drop(log);
+    let segs = segment::list(dir.path()).expect("list");
+    assert!(segs.len() > 1, "rolled by size");
     assert!(
-        segment::list(dir.path()).expect("list").len() > 1,
-        "rolled by size"
+        segs.iter().all(|s| s.index.is_some() && s.span.is_none()),
+        "a clean close indexes every segment and removes the span file"
     );
     let (log, report) = AuditLog::open(dir.path(), config).expect("reopen");
     assert_eq!(
