@@ -197,7 +197,10 @@ fn two_linux_slivers_through_their_whole_life() {
         .filter(|f| f["direction"] == "tx" && f["protocol"] == 6)
         .map(|f| f["bytes"].as_u64().unwrap_or(0))
         .sum();
-    assert!(tcp_bytes >= 100_000, "beta's TCP bytes in its flows: {tcp_bytes}; {answer}");
+    assert!(
+        tcp_bytes >= 100_000,
+        "beta's TCP bytes in its flows: {tcp_bytes}; {answer}"
+    );
     let daemon = daemon.take();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };

@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use devices::virtio::feature;
-use devices::virtio::net::NetBackend;
-use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Tap, QUEUE_SIZE, VNET_HDR_LEN};
 use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
+use devices::virtio::net::NetBackend;
 use devices::virtio::net::PacketPolicy;
+use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Tap, QUEUE_SIZE, VNET_HDR_LEN};
 use devices::virtio::test_utils::GuestDriver;
-use vmm::audit::capture::CaptureConfig;
-use vmm::audit::sink::{Identity, NicSink, SliverAudit};
 use e2e::netns::NetNs;
 use event_manager::{EventManager, SubscriberOps};
+use vmm::audit::capture::CaptureConfig;
+use vmm::audit::sink::{Identity, NicSink, SliverAudit};
 
 const TAP: &str = "svbench0";
 const BATCH: usize = QUEUE_SIZE as usize;
@@ -106,14 +106,29 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-/// The audit stage as a sliver's VMM has it: anti-spoofing, flow table, a log and a 64 MiB
-/// capture ring in `dir`.
-fn audit_policy(dir: &std::path::Path) -> Box<dyn PacketPolicy> {
+/// Which policy stage the device path has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audit {
+    /// None (`ForwardAll`).
+    Off,
+    /// Anti-spoofing, flow table and log; no header capture.
+    Flows,
+    /// All of it, with the 64 MiB capture ring (the default for slivers).
+    Full,
+}
+
+/// The audit stage as a sliver's VMM has it: anti-spoofing, flow table, a log and (with
+/// `capture`) a 64 MiB capture ring in `dir`.
+fn audit_policy(dir: &std::path::Path, capture: bool) -> Box<dyn PacketPolicy> {
     let identity = Identity {
         slice: "bench_slice".into(),
         sliver: "bench".into(),
     };
-    let audit = SliverAudit::open(dir, identity, &CaptureConfig::default()).expect("audit log");
+    let config = CaptureConfig {
+        enabled: capture,
+        ..CaptureConfig::default()
+    };
+    let audit = SliverAudit::open(dir, identity, &config).expect("audit log");
     let guard = SpoofGuard {
         mac: SRC_MAC,
         ipv4: Some(SRC_IP.into()),
@@ -122,7 +137,7 @@ fn audit_policy(dir: &std::path::Path) -> Box<dyn PacketPolicy> {
         Some(guard),
         FlowConfig::default(),
         Box::new(NicSink::new(audit, 0)),
-        true,
+        capture,
     ))
 }
 
@@ -133,12 +148,12 @@ struct DevicePath {
 }
 
 impl DevicePath {
-    /// The device path, with the audit stage when `audited`.
-    fn new(audited: bool) -> Self {
+    /// The device path with policy stage `audit`.
+    fn new(audit: Audit) -> Self {
         let tap = Tap::open(TAP).expect("open bench TAP");
-        let audit_dir = audited.then(|| tempfile::tempdir().expect("tmp"));
+        let audit_dir = (audit != Audit::Off).then(|| tempfile::tempdir().expect("tmp"));
         let policy = match &audit_dir {
-            Some(d) => audit_policy(d.path()),
+            Some(d) => audit_policy(d.path(), audit == Audit::Full),
             None => Box::new(ForwardAll),
         };
         let dev: Dev = Arc::new(Mutex::new(
@@ -211,8 +226,8 @@ impl Injector {
     }
 }
 
-fn tx_device(len: usize, batches: usize, audited: bool) -> Run {
-    let mut p = DevicePath::new(audited);
+fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
+    let mut p = DevicePath::new(audit);
     let f = frame(len);
     // The guest's part, done once: descriptors and frame data for every slot.
     for _ in 0..BATCH {
@@ -250,8 +265,8 @@ fn tx_raw(len: usize, batches: usize) -> Run {
     )
 }
 
-fn rx_device(len: usize, batches: usize, inj: &Injector, audited: bool) -> Run {
-    let mut p = DevicePath::new(audited);
+fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
+    let mut p = DevicePath::new(audit);
     let f = frame(len);
     for _ in 0..BATCH {
         p.driver.add_buffer(0, None, (VNET_HDR_LEN + len) as u32);
@@ -317,7 +332,8 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
-    // For profiling one path alone: `net_path BATCHES tx-device` (or tx-raw, rx-device, rx-raw).
+    // For profiling one path alone: `net_path BATCHES tx-device` (or tx-raw, tx-audit,
+    // rx-device, rx-raw, rx-audit).
     let only = std::env::args().nth(2);
     let ns = NetNs::new("svbench");
     ns.add_tap(TAP, "10.78.0.1/24");
@@ -332,9 +348,11 @@ fn main() {
     let inj = Injector::new();
     if let Some(only) = only.as_deref() {
         let run = match only {
-            "tx-device" => tx_device(64, batches, false),
+            "tx-device" => tx_device(64, batches, Audit::Off),
+            "tx-audit" => tx_device(64, batches, Audit::Full),
+            "rx-audit" => rx_device(64, batches, &inj, Audit::Full),
             "tx-raw" => tx_raw(64, batches),
-            "rx-device" => rx_device(64, batches, &inj, false),
+            "rx-device" => rx_device(64, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(64, batches, &inj),
             other => panic!("unknown path {other:?}"),
         };
@@ -346,8 +364,8 @@ fn main() {
         return;
     }
     // Warm up both paths once so page faults and caches do not favour either.
-    tx_device(64, 50, false);
-    tx_device(64, 50, true);
+    tx_device(64, 50, Audit::Off);
+    tx_device(64, 50, Audit::Full);
     tx_raw(64, 50);
 
     println!("virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per cell");
@@ -357,48 +375,62 @@ fn main() {
     );
     for len in [64usize, 1500] {
         // Interleave device and raw runs so drift on a shared machine affects both.
-        let (d1, r1) = (tx_device(len, batches / 2, false), tx_raw(len, batches / 2));
-        let (r2, d2) = (tx_raw(len, batches / 2), tx_device(len, batches / 2, false));
+        let (d1, r1) = (
+            tx_device(len, batches / 2, Audit::Off),
+            tx_raw(len, batches / 2),
+        );
+        let (r2, d2) = (
+            tx_raw(len, batches / 2),
+            tx_device(len, batches / 2, Audit::Off),
+        );
         row("TX", len, add(d1, d2), add(r1, r2));
     }
     for len in [64usize, 1500] {
         let (d1, r1) = (
-            rx_device(len, batches / 2, &inj, false),
+            rx_device(len, batches / 2, &inj, Audit::Off),
             rx_raw(len, batches / 2, &inj),
         );
         let (r2, d2) = (
             rx_raw(len, batches / 2, &inj),
-            rx_device(len, batches / 2, &inj, false),
+            rx_device(len, batches / 2, &inj, Audit::Off),
         );
         row("RX", len, add(d1, d2), add(r1, r2));
     }
-    println!();
-    println!("audit stage on vs off (device path; anti-spoofing, flow table, log, capture ring)");
-    println!(
-        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
-        "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
-    );
-    for len in [64usize, 1500] {
-        let (on1, off1) = (
-            tx_device(len, batches / 2, true),
-            tx_device(len, batches / 2, false),
+    for (audit, what) in [
+        (Audit::Flows, "anti-spoofing, flow table, log; no capture"),
+        (
+            Audit::Full,
+            "anti-spoofing, flow table, log, 64 MiB capture ring",
+        ),
+    ] {
+        println!();
+        println!("audit stage on vs off (device path; {what})");
+        println!(
+            "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
+            "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
         );
-        let (off2, on2) = (
-            tx_device(len, batches / 2, false),
-            tx_device(len, batches / 2, true),
-        );
-        row("TX", len, add(on1, on2), add(off1, off2));
-    }
-    for len in [64usize, 1500] {
-        let (on1, off1) = (
-            rx_device(len, batches / 2, &inj, true),
-            rx_device(len, batches / 2, &inj, false),
-        );
-        let (off2, on2) = (
-            rx_device(len, batches / 2, &inj, false),
-            rx_device(len, batches / 2, &inj, true),
-        );
-        row("RX", len, add(on1, on2), add(off1, off2));
+        for len in [64usize, 1500] {
+            let (on1, off1) = (
+                tx_device(len, batches / 2, audit),
+                tx_device(len, batches / 2, Audit::Off),
+            );
+            let (off2, on2) = (
+                tx_device(len, batches / 2, Audit::Off),
+                tx_device(len, batches / 2, audit),
+            );
+            row("TX", len, add(on1, on2), add(off1, off2));
+        }
+        for len in [64usize, 1500] {
+            let (on1, off1) = (
+                rx_device(len, batches / 2, &inj, audit),
+                rx_device(len, batches / 2, &inj, Audit::Off),
+            );
+            let (off2, on2) = (
+                rx_device(len, batches / 2, &inj, Audit::Off),
+                rx_device(len, batches / 2, &inj, audit),
+            );
+            row("RX", len, add(on1, on2), add(off1, off2));
+        }
     }
 }
 
