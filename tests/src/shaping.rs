@@ -145,3 +145,69 @@ pub fn measure_rates(ns: &NetNs, taps: &[&str], window: Duration) -> Vec<f64> {
         .map(|(b, a)| (a - b) as f64 * 8.0 / secs)
         .collect()
 }
+
+/// Send `len`-byte frames into TAP `tap` (in `ns`) from the host side at about `bps` for
+/// `secs`, from a background thread: what the guest behind the TAP receives. Frames the TAP
+/// cannot queue are dropped by the kernel, as frames for a slow receiver are.
+pub fn inject(
+    ns: &NetNs,
+    tap: &str,
+    bps: u64,
+    len: usize,
+    secs: f64,
+) -> std::thread::JoinHandle<()> {
+    let name = std::ffi::CString::new(tap).expect("TAP name");
+    let fd = ns.run_in(move || {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: `fd` is a socket we just opened and own exclusively.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: if_nametoindex reads a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        assert!(ifindex > 0, "no interface {name:?}");
+        // SAFETY: a zeroed sockaddr_ll is a valid value; we fill the fields bind needs.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: bind with a properly sized sockaddr_ll on our socket.
+        let rc = unsafe {
+            libc::bind(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+        fd
+    });
+    std::thread::spawn(move || {
+        let mut frame = vec![0u8; len];
+        frame[..6].copy_from_slice(&[0x02, 0x5e, 0, 0, 0, 2]);
+        frame[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        frame[12..14].copy_from_slice(&[0x88, 0xb5]); // local experimental EtherType
+        let per_ms = bps as f64 / 8.0 / len as f64 / 1000.0;
+        let start = Instant::now();
+        let mut sent = 0f64;
+        while start.elapsed().as_secs_f64() < secs {
+            let due = start.elapsed().as_secs_f64() * 1000.0 * per_ms;
+            while sent < due {
+                // SAFETY: sending from a valid buffer of the given length on our socket.
+                unsafe {
+                    libc::send(
+                        std::os::fd::AsRawFd::as_raw_fd(&fd),
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                sent += 1.0;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+}

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use e2e::netns::NetNs;
 use e2e::node::spawn_daemon;
-use e2e::shaping::{define, loadgen_report, measure_rates, shaping, spawn_loadgen};
+use e2e::shaping::{
+    define, inject, loadgen_report, measure_rates, shaping, spawn_loadgen, spawn_loadgen_with,
+};
 use serde_json::json;
 use vmm::node::client::request;
 
@@ -175,4 +177,48 @@ fn a_throttled_vmm_sleeps_and_the_daily_budget_falls_back_to_the_minimum() {
         cpu_share * 100.0
     );
     let _ = loadgen_report(g1.take());
+}
+
+#[test]
+fn guest_receive_shares_the_node_rx_rate_by_weight() {
+    let ns = NetNs::new("svshrx");
+    let dir = tempfile::tempdir().expect("tmp");
+    // 8 Mbit/s for what all guests receive, shared 1:3; the host offers each guest 8 Mbit/s.
+    let (_daemon, socket) = spawn_daemon(&ns, dir.path(), &["--node-rx-rate", "8000000"], true);
+    let state = dir.path().join("state");
+    let slivers = [
+        define(&socket, 1, json!({"net_share": 1})),
+        define(&socket, 2, json!({"net_share": 3})),
+    ];
+    let gens: Vec<_> = slivers
+        .iter()
+        .map(|s| spawn_loadgen_with(&ns, s, Some(&state), 30.0, &["--rx"]))
+        .collect();
+    let injectors: Vec<_> = slivers
+        .iter()
+        .map(|s| inject(&ns, &s.tap, 8_000_000, 1000, 3.5))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let rx_bytes = |name: &str| {
+        shaping(&socket, name)["rx_bytes"]
+            .as_u64()
+            .expect("rx_bytes")
+    };
+    let (a0, b0, t0) = (rx_bytes("sv1"), rx_bytes("sv2"), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let (a1, b1) = (rx_bytes("sv1"), rx_bytes("sv2"));
+    let secs = t0.elapsed().as_secs_f64();
+    let rates = [(a1 - a0) as f64 * 8.0 / secs, (b1 - b0) as f64 * 8.0 / secs];
+    assert_close("RX shares", &rates, &[2.0 * M, 6.0 * M], 0.05);
+    let s2 = shaping(&socket, "sv2");
+    assert_eq!(s2["rx_allocated_bps"].as_u64(), Some(6_000_000), "{s2}");
+    assert!(s2["rx_throttled_ms"].as_u64().unwrap_or(0) > 500, "{s2}");
+    for i in injectors {
+        i.join().expect("injector");
+    }
+    for g in gens {
+        let mut c = g.take();
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -10,7 +10,8 @@
 //! token bucket instead of the ledger (to load an external shaper such as HTB);
 //! `--audit-dir DIR --slice S --sliver N --ip A.B.C.D [--spoof-every K]` puts the VMM's audit
 //! stage (anti-spoofing, flow records, header capture) in the pipeline, and makes every K-th
-//! frame claim another source address; prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
+//! frame claim another source address; `--rx` makes it receive instead (it keeps its RX ring
+//! full of buffers; frames come from whatever the host sends into the TAP); prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
 //! SIGTERM ends it cleanly at once (as a VMM whose guest is stopped: its NIC and its ledger
 //! slot's backlog flags go); SIGKILL leaves the flags for the daemon to expire.
 
@@ -24,7 +25,9 @@ use devices::virtio::feature;
 use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
 use devices::virtio::net::shaper::FixedRate;
 use devices::virtio::net::PacketPolicy;
-use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, TX_QUEUE};
+use devices::virtio::net::{
+    ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
 use devices::virtio::test_utils::GuestDriver;
 use event_manager::{EventManager, SubscriberOps};
 use vmm::audit::capture::CaptureConfig;
@@ -45,6 +48,7 @@ struct Args {
     audit: Option<(PathBuf, String, String)>,
     ip: Option<Ipv4Addr>,
     spoof_every: u64,
+    rx: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args, String> {
     let mut offer_bps = None;
     let (mut audit_dir, mut slice, mut sliver, mut ip) = (None, None, None, None);
     let mut spoof_every = 0;
+    let mut rx = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -66,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
             "--frame" => frame = value()?.parse().map_err(|e| format!("--frame: {e}"))?,
             "--src-ip" => src_ip = value()?.parse().map_err(|e| format!("--src-ip: {e}"))?,
             "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--rx" => rx = true,
             "--audit-dir" => audit_dir = Some(PathBuf::from(value()?)),
             "--slice" => slice = Some(value()?),
             "--sliver" => sliver = Some(value()?),
@@ -103,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         },
         ip,
         spoof_every,
+        rx,
     })
 }
 
@@ -219,12 +226,25 @@ fn main() {
             &f
         }
     };
+    // With --rx the "guest" keeps its RX ring full of empty buffers instead (a guest that
+    // receives as fast as it is allowed).
+    let (queue, rx_buffer) = if args.rx {
+        (RX_QUEUE as u16, Some(2048u32))
+    } else {
+        (txq, None)
+    };
     let mut posted = 0u64;
-    for _ in 0..QUEUE_SIZE {
+    let mut post = |driver: &mut GuestDriver| {
         posted += 1;
-        driver.add_buffer(txq, Some(pick(posted)), 0);
+        match rx_buffer {
+            Some(len) => driver.add_buffer(queue, None, len),
+            None => driver.add_buffer(queue, Some(pick(posted)), 0),
+        };
+    };
+    for _ in 0..QUEUE_SIZE {
+        post(&mut driver);
     }
-    driver.kick(txq);
+    driver.kick(queue);
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
@@ -235,20 +255,24 @@ fn main() {
     while start.elapsed() < end && !stop.load(Ordering::Relaxed) {
         // EINTR (a signal) comes back as an error: just look at the flag again.
         let _ = em.run_with_timeout(100);
-        let n = driver.take_used(txq).len();
+        let n = driver.take_used(queue).len();
         for _ in 0..n {
-            posted += 1;
-            driver.add_buffer(txq, Some(pick(posted)), 0);
+            post(&mut driver);
         }
         if n > 0 {
-            driver.kick(txq);
+            driver.kick(queue);
         }
     }
     let c = counters.snapshot();
+    let (bytes, packets) = if args.rx {
+        (c.rx_bytes, c.rx_packets)
+    } else {
+        (c.tx_bytes, c.tx_packets)
+    };
     println!(
         "{{\"bytes\":{},\"packets\":{},\"cpu_ms\":{:.1},\"secs\":{:.3}}}",
-        c.tx_bytes,
-        c.tx_packets,
+        bytes,
+        packets,
         cpu_ms() - cpu0,
         start.elapsed().as_secs_f64()
     );
