@@ -86,6 +86,7 @@ fn shares_caps_patch_and_work_conservation_across_vmm_processes() {
         assert!(t0.elapsed() < Duration::from_secs(1), "PATCH never applied");
         std::thread::sleep(Duration::from_millis(2));
     };
+    eprintln!("PATCH applied to the allocation after {waited:?}");
     assert!(
         waited <= Duration::from_millis(100),
         "PATCH took {waited:?}"
