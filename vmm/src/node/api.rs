@@ -26,6 +26,7 @@ use crate::stats::SliverCounters;
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/metrics"),
+    ("GET", "/audit"),
     ("GET", "/slivers"),
     ("GET", "/slivers/{name}"),
     ("PUT", "/slivers/{name}"),
