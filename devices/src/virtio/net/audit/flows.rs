@@ -80,6 +80,9 @@ impl Default for FlowConfig {
 /// The table.
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowStats, BuildHasherDefault<FxHasher>>,
+    /// Per direction, the flow of the last packet, kept out of the map: the next packets of
+    /// a burst cost a key comparison instead of a hash lookup.
+    hot: [Option<(FlowKey, FlowStats)>; 2],
     config: FlowConfig,
     /// Packets reported on their own because the table was full.
     pub overflow: u64,
@@ -99,6 +102,7 @@ impl FlowTable {
     pub fn new(config: FlowConfig) -> Self {
         Self {
             flows: HashMap::with_capacity_and_hasher(config.capacity, Default::default()),
+            hot: [None, None],
             config,
             overflow: 0,
         }
@@ -106,12 +110,12 @@ impl FlowTable {
 
     /// Flows held now.
     pub fn len(&self) -> usize {
-        self.flows.len()
+        self.flows.len() + self.hot.iter().filter(|h| h.is_some()).count()
     }
 
     /// Whether no flow is held.
     pub fn is_empty(&self) -> bool {
-        self.flows.is_empty()
+        self.len() == 0
     }
 
     /// Count one packet of `bytes` at `now_ns`.
@@ -123,35 +127,72 @@ impl FlowTable {
         tcp_flags: u8,
         sink: &mut dyn FlowSink,
     ) {
-        let packet = FlowStats {
-            first_ns: now_ns,
-            last_ns: now_ns,
-            packets: 1,
-            bytes,
-            tcp_flags,
-        };
-        if let Some(s) = self.flows.get_mut(&key) {
+        let d = key.direction as usize;
+        let active_ns = self.config.active_timeout.as_nanos() as u64;
+        let add = |s: &mut FlowStats| {
             s.last_ns = now_ns;
             s.packets += 1;
             s.bytes += bytes;
             s.tcp_flags |= tcp_flags;
-            if now_ns.saturating_sub(s.first_ns) >= self.config.active_timeout.as_nanos() as u64 {
-                sink.flow(&key, s);
-                self.flows.remove(&key);
+        };
+        // The common case: another packet of the direction's last flow.
+        if let Some((k, s)) = &mut self.hot[d] {
+            if *k == key {
+                add(s);
+                if now_ns.saturating_sub(s.first_ns) >= active_ns {
+                    sink.flow(k, s);
+                    self.hot[d] = None;
+                }
+                return;
             }
-            return;
         }
-        if self.flows.len() >= self.config.capacity {
-            self.overflow += 1;
-            sink.flow(&key, &packet);
-            return;
+        // Another flow: the hot one goes back into the map, this one comes out of it.
+        if let Some((k, s)) = self.hot[d].take() {
+            self.flows.insert(k, s);
         }
-        self.flows.insert(key, packet);
+        let stats = match self.flows.remove(&key) {
+            Some(mut s) => {
+                add(&mut s);
+                s
+            }
+            None if self.len() >= self.config.capacity => {
+                self.overflow += 1;
+                let packet = FlowStats {
+                    first_ns: now_ns,
+                    last_ns: now_ns,
+                    packets: 1,
+                    bytes,
+                    tcp_flags,
+                };
+                sink.flow(&key, &packet);
+                return;
+            }
+            None => FlowStats {
+                first_ns: now_ns,
+                last_ns: now_ns,
+                packets: 1,
+                bytes,
+                tcp_flags,
+            },
+        };
+        if now_ns.saturating_sub(stats.first_ns) >= active_ns {
+            sink.flow(&key, &stats);
+        } else {
+            self.hot[d] = Some((key, stats));
+        }
     }
 
     /// Report and forget the flows idle since `idle_timeout` at `now_ns`.
     pub fn expire(&mut self, now_ns: u64, sink: &mut dyn FlowSink) {
         let idle = self.config.idle_timeout.as_nanos() as u64;
+        for hot in &mut self.hot {
+            if let Some((k, s)) = hot {
+                if now_ns.saturating_sub(s.last_ns) >= idle {
+                    sink.flow(k, s);
+                    *hot = None;
+                }
+            }
+        }
         self.flows.retain(|k, s| {
             let ended = now_ns.saturating_sub(s.last_ns) >= idle;
             if ended {
@@ -163,6 +204,9 @@ impl FlowTable {
 
     /// Report and forget every flow (at exit).
     pub fn drain(&mut self, sink: &mut dyn FlowSink) {
+        for (k, s) in self.hot.iter_mut().filter_map(Option::take) {
+            sink.flow(&k, &s);
+        }
         for (k, s) in self.flows.drain() {
             sink.flow(&k, &s);
         }
@@ -212,6 +256,38 @@ mod tests {
         t.drain(&mut sink);
         assert_eq!(sink.0.len(), 2);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn interleaved_flows_and_directions_count_exactly() {
+        let mut t = FlowTable::new(FlowConfig::default());
+        let mut sink = Collect::default();
+        let rx = FlowKey {
+            direction: Direction::Rx,
+            ..key(9)
+        };
+        for i in 0..300u64 {
+            let k = match i % 3 {
+                0 => key(1),
+                1 => rx,
+                _ if i % 2 == 0 => key(2),
+                _ => key(1),
+            };
+            t.record(k, S + i, 10, 0, &mut sink);
+        }
+        assert_eq!(t.len(), 3);
+        t.drain(&mut sink);
+        let packets = |k: FlowKey| {
+            sink.0
+                .iter()
+                .filter(|(f, _)| *f == k)
+                .map(|(_, s)| s.packets)
+                .sum::<u64>()
+        };
+        assert_eq!(packets(rx), 100);
+        assert_eq!(packets(key(1)) + packets(key(2)), 200);
+        assert_eq!(packets(key(2)), 50);
+        assert_eq!(sink.0.len(), 3, "one record per flow");
     }
 
     #[test]
