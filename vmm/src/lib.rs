@@ -5,6 +5,7 @@ pub mod audit;
 pub mod boot;
 pub mod bus;
 pub mod cli;
+pub mod clock;
 pub mod event_loop;
 pub mod exit;
 pub mod host_quirks;

@@ -31,13 +31,7 @@ const F_MAC: u32 = 5;
 type Dev = Arc<Mutex<NetDevice<Tap>>>;
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    vmm::clock::clock_ns(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// Packets, wall seconds and CPU nanoseconds of one measured run.

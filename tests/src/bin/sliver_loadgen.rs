@@ -145,13 +145,7 @@ fn frame(len: usize, src: Ipv4Addr) -> Vec<u8> {
 }
 
 fn cpu_ms() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+    vmm::clock::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID) as f64 / 1e6
 }
 
 fn main() {

@@ -114,13 +114,7 @@ const FILE_LEN: usize = HEADER_LEN + SLOTS * SLOT_LEN;
 
 /// CLOCK_MONOTONIC in nanoseconds (the same clock in every process of the host).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into the valid struct we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    crate::clock::clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 impl Slot {
