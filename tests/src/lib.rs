@@ -2,6 +2,7 @@
 //! packaged as PVH ELF kernels, and running the `slicevisor` binary.
 
 pub mod guest;
+pub mod inject;
 pub mod netns;
 pub mod node;
 pub mod run;

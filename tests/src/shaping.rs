@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vmm::node::client::request;
 
+use crate::inject::Injector;
 use crate::netns::NetNs;
 use crate::run::{slicevisor_bin, ChildGuard};
 
@@ -156,35 +157,8 @@ pub fn inject(
     len: usize,
     secs: f64,
 ) -> std::thread::JoinHandle<()> {
-    let name = std::ffi::CString::new(tap).expect("TAP name");
-    let fd = ns.run_in(move || {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: `fd` is a socket we just opened and own exclusively.
-        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex > 0, "no interface {name:?}");
-        // SAFETY: a zeroed sockaddr_ll is a valid value; we fill the fields bind needs.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: bind with a properly sized sockaddr_ll on our socket.
-        let rc = unsafe {
-            libc::bind(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
-        fd
-    });
+    let tap = tap.to_string();
+    let injector = ns.run_in(move || Injector::open(&tap));
     std::thread::spawn(move || {
         let mut frame = vec![0u8; len];
         frame[..6].copy_from_slice(&[0x02, 0x5e, 0, 0, 0, 2]);
@@ -196,15 +170,7 @@ pub fn inject(
         while start.elapsed().as_secs_f64() < secs {
             let due = start.elapsed().as_secs_f64() * 1000.0 * per_ms;
             while sent < due {
-                // SAFETY: sending from a valid buffer of the given length on our socket.
-                unsafe {
-                    libc::send(
-                        std::os::fd::AsRawFd::as_raw_fd(&fd),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
+                injector.offer(&frame);
                 sent += 1.0;
             }
             std::thread::sleep(Duration::from_millis(1));

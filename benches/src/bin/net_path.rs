@@ -8,7 +8,6 @@
 //! Run (root, needs /dev/net/tun): `cargo build --release -p benches && target/release/net_path`
 
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,6 +17,7 @@ use devices::virtio::net::NetBackend;
 use devices::virtio::net::PacketPolicy;
 use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Tap, QUEUE_SIZE, VNET_HDR_LEN};
 use devices::virtio::test_utils::GuestDriver;
+use e2e::inject::Injector;
 use e2e::netns::NetNs;
 use event_manager::{EventManager, SubscriberOps};
 use vmm::audit::capture::CaptureConfig;
@@ -170,56 +170,6 @@ impl DevicePath {
     }
 }
 
-/// An AF_PACKET socket on the TAP: what it sends, the TAP fd reads.
-struct Injector {
-    fd: std::os::fd::OwnedFd,
-}
-
-impl Injector {
-    fn new() -> Self {
-        // SAFETY: plain socket(2) call; the result is checked.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let name = std::ffi::CString::new(TAP).expect("name");
-        // SAFETY: if_nametoindex reads a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        assert!(ifindex > 0, "no interface {TAP}");
-        // SAFETY: zeroed sockaddr_ll is a valid value; we fill the fields bind needs.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = ifindex as i32;
-        // SAFETY: bind with a properly sized sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                fd,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
-        // SAFETY: `fd` is a socket we just opened and own exclusively.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-        Self { fd }
-    }
-
-    fn send(&self, eth: &[u8], count: usize) {
-        for _ in 0..count {
-            // SAFETY: sending from a valid buffer of the given length.
-            let n = unsafe { libc::send(self.fd.as_raw_fd(), eth.as_ptr().cast(), eth.len(), 0) };
-            assert_eq!(
-                n as usize,
-                eth.len(),
-                "inject: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
     let mut p = DevicePath::new(audit);
     let f = frame(len);
@@ -339,7 +289,7 @@ fn main() {
         .status()
         .expect("ip");
     assert!(status.success());
-    let inj = Injector::new();
+    let inj = Injector::open(TAP);
     if let Some(only) = only.as_deref() {
         let run = match only {
             "tx-device" => tx_device(64, batches, Audit::Off),
