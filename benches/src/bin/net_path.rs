@@ -258,6 +258,14 @@ fn rx_raw(len: usize, batches: usize, inj: &Injector) -> Run {
     )
 }
 
+/// Run `a` and `b` interleaved as a, b, b, a (so drift on a shared machine affects both
+/// alike) and add up each one's two runs.
+fn side_by_side(a: impl Fn() -> Run, b: impl Fn() -> Run) -> (Run, Run) {
+    let (a1, b1) = (a(), b());
+    let (b2, a2) = (b(), a());
+    (add(a1, a2), add(b1, b2))
+}
+
 fn row(dir: &str, len: usize, dev: Run, raw: Run) {
     println!(
         "{dir:<3} {len:>5} B | {:>10.0} {:>7.3} {:>8.0} | {:>10.0} {:>7.3} {:>8.0} | {:>6.1} %",
@@ -318,27 +326,18 @@ fn main() {
         "dev pps", "Gbit/s", "ns CPU", "raw pps", "Gbit/s", "ns CPU"
     );
     for len in [64usize, 1500] {
-        // Interleave device and raw runs so drift on a shared machine affects both.
-        let (d1, r1) = (
-            tx_device(len, batches / 2, Audit::Off),
-            tx_raw(len, batches / 2),
+        let (dev, raw) = side_by_side(
+            || tx_device(len, batches / 2, Audit::Off),
+            || tx_raw(len, batches / 2),
         );
-        let (r2, d2) = (
-            tx_raw(len, batches / 2),
-            tx_device(len, batches / 2, Audit::Off),
-        );
-        row("TX", len, add(d1, d2), add(r1, r2));
+        row("TX", len, dev, raw);
     }
     for len in [64usize, 1500] {
-        let (d1, r1) = (
-            rx_device(len, batches / 2, &inj, Audit::Off),
-            rx_raw(len, batches / 2, &inj),
+        let (dev, raw) = side_by_side(
+            || rx_device(len, batches / 2, &inj, Audit::Off),
+            || rx_raw(len, batches / 2, &inj),
         );
-        let (r2, d2) = (
-            rx_raw(len, batches / 2, &inj),
-            rx_device(len, batches / 2, &inj, Audit::Off),
-        );
-        row("RX", len, add(d1, d2), add(r1, r2));
+        row("RX", len, dev, raw);
     }
     for (audit, what) in [
         (Audit::Flows, "anti-spoofing, flow table, log; no capture"),
@@ -354,26 +353,18 @@ fn main() {
             "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
         );
         for len in [64usize, 1500] {
-            let (on1, off1) = (
-                tx_device(len, batches / 2, audit),
-                tx_device(len, batches / 2, Audit::Off),
+            let (on, off) = side_by_side(
+                || tx_device(len, batches / 2, audit),
+                || tx_device(len, batches / 2, Audit::Off),
             );
-            let (off2, on2) = (
-                tx_device(len, batches / 2, Audit::Off),
-                tx_device(len, batches / 2, audit),
-            );
-            row("TX", len, add(on1, on2), add(off1, off2));
+            row("TX", len, on, off);
         }
         for len in [64usize, 1500] {
-            let (on1, off1) = (
-                rx_device(len, batches / 2, &inj, audit),
-                rx_device(len, batches / 2, &inj, Audit::Off),
+            let (on, off) = side_by_side(
+                || rx_device(len, batches / 2, &inj, audit),
+                || rx_device(len, batches / 2, &inj, Audit::Off),
             );
-            let (off2, on2) = (
-                rx_device(len, batches / 2, &inj, Audit::Off),
-                rx_device(len, batches / 2, &inj, audit),
-            );
-            row("RX", len, add(on1, on2), add(off1, off2));
+            row("RX", len, on, off);
         }
     }
 }
