@@ -38,3 +38,17 @@ pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (Chi
     }
     (child, socket)
 }
+
+/// Now as RFC 3339 (what `slicevisor audit query --at` takes).
+pub fn now_rfc3339() -> String {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    vmm::audit::params::format_time(ns)
+}
+
+/// The path of `GET /audit?{filters}&at=<now>` (with `at` escaped for a URL).
+pub fn audit_now_path(filters: &str) -> String {
+    format!("/audit?{filters}&at={}", now_rfc3339().replace('+', "%2B"))
+}

@@ -4,22 +4,13 @@
 //! tshark) must say which slice and sliver sent what, and what was done with it.
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
+use e2e::node::{audit_now_path, now_rfc3339, spawn_daemon};
 use e2e::run::slicevisor_bin;
 use e2e::shaping::{loadgen_report, spawn_loadgen_with, tap_rx_bytes, Sliver};
 use serde_json::Value;
 use vmm::node::client::request;
-
-fn now_rfc3339() -> String {
-    let ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64;
-    vmm::audit::params::format_time(ns)
-}
 
 fn tap_rx_packets(ns: &NetNs, tap: &str) -> u64 {
     let out = Command::new("ip")
@@ -143,10 +134,7 @@ fn spoofed_frames_are_dropped_and_every_packet_is_accounted_for() {
     let r = request(
         &socket,
         "GET",
-        &format!(
-            "/audit?dst=10.201.0.1&at={}&window=5m",
-            at.replace('+', "%2B")
-        ),
+        &audit_now_path("dst=10.201.0.1&window=5m"),
         None,
     );
     assert_eq!(r.status, 200, "{}", r.body);

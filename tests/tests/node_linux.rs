@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
+use e2e::node::{audit_now_path, spawn_daemon};
 use e2e::run::wait_with_timeout;
 use e2e::shaping::measure_rates;
 use serde_json::{json, Value};
@@ -167,18 +167,9 @@ fn two_linux_slivers_through_their_whole_life() {
     }
     // The audit log answers who sent to beta's host address: beta's VMM ended its flows
     // when it stopped, and the records outlive the sliver.
-    let at = vmm::audit::params::format_time(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos() as u64,
-    );
     let r = call(
         "GET",
-        &format!(
-            "/audit?dst=10.20.2.1&port=5001&window=10m&at={}",
-            at.replace('+', "%2B")
-        ),
+        &audit_now_path("dst=10.20.2.1&port=5001&window=10m"),
         None,
     );
     assert_eq!(r.status, 200, "{}", r.body);
