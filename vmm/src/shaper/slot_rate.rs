@@ -48,14 +48,10 @@ impl Drop for SlotRate {
 impl RateSource for SlotRate {
     fn rate(&self, dir: Direction) -> Option<u64> {
         let slot = self.slot();
-        let (alloc, backlog) = match dir {
-            Direction::Tx => (&slot.tx_alloc, &slot.tx_backlog),
-            Direction::Rx => (&slot.rx_alloc, &slot.rx_backlog),
+        let alloc = match dir {
+            Direction::Tx => &slot.tx_alloc,
+            Direction::Rx => &slot.rx_alloc,
         };
-        // A backlog flag is only believed while the VMM keeps visiting (it may die holding it).
-        if backlog.load(Ordering::Relaxed) != 0 {
-            slot.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
-        }
         match alloc.load(Ordering::Relaxed) {
             UNLIMITED => None,
             r => Some(r),
@@ -72,6 +68,8 @@ impl RateSource for SlotRate {
 
     fn set_backlogged(&self, dir: Direction, backlogged: bool) {
         let slot = self.slot();
+        // A backlog flag is only believed while the VMM keeps repeating it (it may die
+        // holding it): each repetition renews the heartbeat.
         if backlogged {
             slot.heartbeat_ns.store(monotonic_ns(), Ordering::Relaxed);
         }

@@ -27,7 +27,9 @@ pub trait RateSource: Send + Sync {
     fn rate(&self, dir: Direction) -> Option<u64>;
     /// `bytes` of frames went through.
     fn account(&self, dir: Direction, bytes: u64);
-    /// Whether frames are waiting for tokens (the demand signal for the allocator).
+    /// Whether frames are waiting for tokens (the demand signal for the allocator). While
+    /// frames wait this is repeated at every wait (at least every [`MAX_WAIT`]), so the source
+    /// can tell a live backlog from one whose VMM died.
     fn set_backlogged(&self, dir: Direction, backlogged: bool);
     /// Time spent throttled (frames waiting) grew by `ns`.
     fn add_throttled(&self, dir: Direction, ns: u64);
@@ -146,8 +148,8 @@ impl Shaper {
         let b = &mut buckets[dir as usize];
         if b.throttled_since.is_none() {
             b.throttled_since = Some(now);
-            self.source.set_backlogged(dir, true);
         }
+        self.source.set_backlogged(dir, true);
     }
 
     /// A frame of `bytes` went in direction `dir`.
