@@ -191,7 +191,7 @@ fn rate_str(bps: u64) -> String {
 fn reconcile_slots(ledger: &Ledger, registry: &Registry) {
     let slivers = registry.list();
     for (_, slot) in ledger.slots() {
-        if slot.is_used() && !slivers.iter().any(|(n, _)| *n == slot.name()) {
+        if slot.is_used() && !slivers.iter().any(|(n, _)| slot.name_is(n)) {
             log::info!("shaper: freeing the slot of deleted sliver {}", slot.name());
             slot.release();
         }

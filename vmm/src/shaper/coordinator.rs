@@ -90,10 +90,9 @@ impl Coordinator {
             }
             roll_day(slot, today);
             let track = &mut self.tracks[i];
-            let name = slot.name();
-            if track.name != name {
+            if !slot.name_is(&track.name) {
                 *track = Track {
-                    name,
+                    name: slot.name(),
                     ..Track::default()
                 };
             }

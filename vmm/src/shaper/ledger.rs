@@ -120,12 +120,24 @@ pub fn monotonic_ns() -> u64 {
 impl Slot {
     /// The sliver name kept in the slot ("" when free).
     pub fn name(&self) -> String {
-        let mut bytes = Vec::with_capacity(NAME_LEN);
-        for w in &self.name {
-            bytes.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
-        }
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        let bytes = self.name_bytes();
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(NAME_LEN);
         String::from_utf8_lossy(&bytes[..end]).into_owned()
+    }
+
+    /// Whether the slot is kept for sliver `name` (compared in place, nothing allocated).
+    pub fn name_is(&self, name: &str) -> bool {
+        let bytes = self.name_bytes();
+        let n = name.len();
+        n <= NAME_LEN && bytes[..n] == *name.as_bytes() && bytes.get(n).is_none_or(|&b| b == 0)
+    }
+
+    fn name_bytes(&self) -> [u8; NAME_LEN] {
+        let mut bytes = [0u8; NAME_LEN];
+        for (chunk, w) in bytes.chunks_exact_mut(8).zip(&self.name) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        }
+        bytes
     }
 
     fn set_name(&self, name: &str) {
@@ -317,6 +329,7 @@ mod tests {
         let s = vmm.slot(3).expect("slot");
         assert!(s.is_used());
         assert_eq!(s.name(), "alice");
+        assert!(s.name_is("alice") && !s.name_is("alic") && !s.name_is("alice2"));
         assert_eq!(s.tx_alloc.load(Ordering::Relaxed), 1234);
         s.tx_bytes.fetch_add(99, Ordering::Relaxed);
         assert_eq!(

@@ -33,7 +33,7 @@ pub fn unix_now() -> f64 {
 pub fn find(ledger: &Ledger, name: &str) -> Option<usize> {
     ledger
         .slots()
-        .find(|(_, s)| s.is_used() && s.name() == name)
+        .find(|(_, s)| s.is_used() && s.name_is(name))
         .map(|(i, _)| i)
 }
 
