@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::daemon::{request, ResponseExt};
 use serde_json::{json, Value};
-use vmm::node::client::request;
 
 use crate::inject::Injector;
 use crate::netns::NetNs;
@@ -59,7 +59,7 @@ pub fn define(socket: &Path, i: usize, net_limits: Value) -> Sliver {
     assert_eq!(r.status, 201, "PUT {name}: {}", r.body);
     let v = r.json();
     Sliver {
-        tap: vmm::node::host_net::tap_name(&name),
+        tap: node_daemon::host_net::tap_name(&name),
         slot: v["shaping"]["slot"].as_u64().expect("shaping.slot in GET"),
         src_ip: format!("10.200.{}.{}", i / 250, i % 250 + 1),
         name,

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use audit_store::capture::{read_ring, RING_FILE};
+use audit_store::{codec, reader, segment, synth, FlowRecord};
 use e2e::run::ChildGuard;
-use vmm::audit::capture::{read_ring, RING_FILE};
-use vmm::audit::{codec, reader, segment, synth, FlowRecord};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_audit_writer");
 const BASE_NS: u64 = 1_795_834_800_000_000_000;

@@ -5,12 +5,12 @@
 
 use std::process::Command;
 
+use e2e::daemon::{audit_now_path, now_rfc3339, spawn_daemon};
+use e2e::daemon::{request, ResponseExt};
 use e2e::netns::NetNs;
-use e2e::node::{audit_now_path, now_rfc3339, spawn_daemon};
 use e2e::run::slicevisor_bin;
 use e2e::shaping::{loadgen_report, spawn_loadgen_with, tap_rx_bytes, Sliver};
 use serde_json::Value;
-use vmm::node::client::request;
 
 fn tap_rx_packets(ns: &NetNs, tap: &str) -> u64 {
     let out = Command::new("ip")
@@ -47,7 +47,7 @@ fn spoofed_frames_are_dropped_and_every_packet_is_accounted_for() {
     };
     // Every 10th frame claims 10.200.0.2; 8 Mbit/s of 1500-byte frames for 1.5 s, so the
     // shaper makes frames wait too (they are recorded as throttled).
-    let audit_dir = vmm::audit::sliver_dir(&state, "alpha");
+    let audit_dir = audit_store::sliver_dir(&state, "alpha");
     let gen = spawn_loadgen_with(
         &ns,
         &sliver,

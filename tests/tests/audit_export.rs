@@ -8,10 +8,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use audit_store::pcapng::{Packet, PcapngWriter};
+use audit_store::{ipfix, synth, Direction, FlowRecord, Verdict};
 use e2e::netns::NetNs;
 use e2e::run::{self, wait_with_timeout, ChildGuard};
-use vmm::audit::pcapng::{Packet, PcapngWriter};
-use vmm::audit::{ipfix, synth, Direction, FlowRecord, Verdict};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_audit_writer");
 /// 2026-11-28T03:00:00Z.
@@ -324,7 +324,7 @@ fn expected_packet(sliver: &str, r: &FlowRecord) -> String {
     } else {
         String::new()
     };
-    let tc = vmm::audit::pcapng::tc_action(r.verdict);
+    let tc = audit_store::pcapng::tc_action(r.verdict);
     let dir = if r.direction == Direction::Rx { 1 } else { 2 };
     format!(
         "{sliver}/eth{}|verdict={}|{tc}|0x{dir:08x}|{v4}|{v6}|{d4}|{d6}|{port}|{}|{}|{}.{:09}",

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
+use e2e::daemon::spawn_daemon;
+use e2e::daemon::{request, ResponseExt};
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
 use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
+use node_daemon::client::Response;
 use serde_json::{json, Value};
-use vmm::node::client::{request, Response};
 
 struct Daemon {
     child: Option<ChildGuard>,

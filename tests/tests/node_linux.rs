@@ -8,13 +8,13 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use e2e::daemon::{audit_now_path, spawn_daemon};
+use e2e::daemon::{request, ResponseExt};
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
 use e2e::netns::NetNs;
-use e2e::node::{audit_now_path, spawn_daemon};
 use e2e::run::wait_with_timeout;
 use e2e::shaping::measure_rates;
 use serde_json::{json, Value};
-use vmm::node::client::request;
 
 fn wait_for_log(path: &Path, needles: &[&str], start: Instant) -> String {
     loop {

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::daemon::request;
+use e2e::daemon::spawn_daemon;
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
 use e2e::shaping::{
     define, inject, loadgen_report, measure_rates, shaping, spawn_loadgen, spawn_loadgen_with,
 };
 use serde_json::json;
-use vmm::node::client::request;
 
 const M: f64 = 1e6;
 

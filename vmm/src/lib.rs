@@ -1,21 +1,26 @@
-//! slicevisor's VMM: builds a micro-VM on KVM, owns its buses, IRQs, vCPUs and event loop.
+//! slicevisor's VMM: one sliver's micro-VM on KVM. It builds guest memory, loads the kernel
+//! through its PVH entry, wires the devices (port-I/O and MMIO buses, irqfd, ioeventfd), runs
+//! the vCPU threads and the device event loop, and says why the VM ended.
+//!
+//! What the node daemon reads of a running VMM is defined here too, so both sides share one
+//! definition: the shaper [`ledger`], the [`stats`] file and the [`exit`] record.
 
 pub mod arch;
-pub mod audit;
+pub mod attach;
+pub mod audit_sink;
 pub mod boot;
+pub mod boot_report;
 pub mod bus;
-pub mod cli;
 pub mod clock;
 pub mod event_loop;
 pub mod exit;
 pub mod host_quirks;
 pub mod kvm_vm;
+pub mod ledger;
 pub mod memory;
-pub mod metrics;
 pub mod net_spec;
-pub mod node;
-pub mod shaper;
+pub mod run_cmd;
+pub mod slot_rate;
 pub mod stats;
 pub mod vcpu;
-pub mod virtio_mmio;
 pub mod vm;

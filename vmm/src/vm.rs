@@ -18,7 +18,8 @@ use crate::arch::layout::{
     BOOT_TIMER_PORT, CMDLINE_START, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, I8042_PORT,
 };
 use crate::arch::{mptable, regs};
-use crate::audit::sink::SliverAudit;
+use crate::attach::{AttachError, AttachedNet, NicAudit, VirtioAttacher};
+use crate::audit_sink::SliverAudit;
 use crate::boot::{cmdline, loader, pvh};
 use crate::bus::{Bus, BusError};
 use crate::event_loop::{EventLoop, EventLoopError};
@@ -28,8 +29,7 @@ use crate::memory::{self, MemoryError};
 use crate::net_spec::NetSpec;
 use crate::stats::StatsWriter;
 use crate::vcpu::{self, VcpuContext, VcpuError};
-use crate::virtio_mmio::{AttachError, AttachedNet, NicAudit, VirtioAttacher};
-use crate::{kvm_vm, metrics};
+use crate::{boot_report, kvm_vm};
 
 /// Enough CPUID entries for any current x86 CPU.
 const KVM_MAX_CPUID_ENTRIES: usize = 256;
@@ -67,9 +67,9 @@ pub struct AuditSetup {
     /// The sliver's audit directory (log segments and capture ring).
     pub dir: PathBuf,
     /// Who the records are about.
-    pub identity: crate::audit::sink::Identity,
+    pub identity: crate::audit_sink::Identity,
     /// Header capture settings.
-    pub capture: crate::audit::capture::CaptureConfig,
+    pub capture: audit_store::capture::CaptureConfig,
 }
 
 /// Errors building the VM; each message names what failed.
@@ -116,16 +116,16 @@ pub enum VmError {
     Resource(&'static str, std::io::Error),
     /// The shaper ledger named by --shaper-ledger/--shaper-slot.
     #[error("--shaper-ledger: {0}")]
-    Shaper(#[from] crate::shaper::LedgerError),
+    Shaper(#[from] crate::ledger::LedgerError),
     /// The audit log or capture ring named by --audit-dir.
     #[error("--audit-dir: {0}")]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] audit_store::AuditError),
 }
 
 /// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path`.
 fn open_shaper(path: &std::path::Path, slot: usize) -> Result<Arc<Shaper>, VmError> {
-    let ledger = Arc::new(crate::shaper::Ledger::open(path)?);
-    let source = crate::shaper::SlotRate::new(ledger, slot)?;
+    let ledger = Arc::new(crate::ledger::Ledger::open(path)?);
+    let source = crate::slot_rate::SlotRate::new(ledger, slot)?;
     log::info!("shaping with slot {slot} of {}", path.display());
     Ok(Arc::new(Shaper::new(Box::new(source))))
 }
@@ -146,7 +146,7 @@ impl GuestEventSink for VmEvents {
             GuestEvent::Reset => self.exit.report(ExitReason::PowerOff),
             GuestEvent::Panic(line) => self.exit.report(ExitReason::GuestPanic(line)),
             GuestEvent::BootMarker => {
-                let r = metrics::boot_report(self.start, &self.guest_ranges);
+                let r = boot_report::boot_report(self.start, &self.guest_ranges);
                 log::info!(
                     "boot-timer: guest running after {:.2} ms wall, {:.2} ms CPU; RSS {} KiB = guest memory {} KiB + VMM overhead {} KiB (private {} KiB)",
                     r.wall_ms,

@@ -22,11 +22,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vmm::audit::capture::{CaptureConfig, CaptureRing, RING_FILE};
-use vmm::audit::params::{format_time, QueryRequest};
-use vmm::audit::segment::Segment;
-use vmm::audit::writer::AppendError;
-use vmm::audit::{query, synth, AuditConfig, AuditLog, Direction, FlowRecord, Verdict};
+use audit_store::capture::{CaptureConfig, CaptureRing, RING_FILE};
+use audit_store::params::{format_time, QueryRequest};
+use audit_store::segment::Segment;
+use audit_store::writer::AppendError;
+use audit_store::{query, synth, AuditConfig, AuditLog, Direction, FlowRecord, Verdict};
 
 /// 2026-11-28T00:00:00Z.
 const DAY0: u64 = 1_795_824_000_000_000_000;
@@ -171,7 +171,7 @@ fn main() {
     drop(log);
     assert_eq!(counters.durable, seq, "{counters:?}");
     let bytes = dir_bytes(&dir);
-    let day_segments = vmm::audit::segment::list(&dir).expect("list").len();
+    let day_segments = audit_store::segment::list(&dir).expect("list").len();
     // A live sliver: its writer open, the segment being written (no index yet, a span file)
     // full at ~16 MiB (178 000 records at 10 000/s just after the day).
     let (log, _) = AuditLog::open(&dir, AuditConfig::default()).expect("reopen");
@@ -191,7 +191,7 @@ fn main() {
         std::fs::write(&seg.path, b"").expect("pad segment");
         std::fs::write(seg.index_path(first, first + 16 * S), b"").expect("pad index");
     }
-    let segments = vmm::audit::segment::list(&dir).expect("list").len();
+    let segments = audit_store::segment::list(&dir).expect("list").len();
     let mut rows = Vec::new();
     for (name, targets) in [
         ("sparse day", &sparse),

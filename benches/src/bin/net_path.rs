@@ -11,6 +11,7 @@ use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use audit_store::capture::CaptureConfig;
 use devices::virtio::feature;
 use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
 use devices::virtio::net::NetBackend;
@@ -20,8 +21,7 @@ use devices::virtio::test_utils::GuestDriver;
 use e2e::inject::Injector;
 use e2e::netns::NetNs;
 use event_manager::{EventManager, SubscriberOps};
-use vmm::audit::capture::CaptureConfig;
-use vmm::audit::sink::{Identity, NicSink, SliverAudit};
+use vmm::audit_sink::{Identity, NicSink, SliverAudit};
 
 const TAP: &str = "svbench0";
 const BATCH: usize = QUEUE_SIZE as usize;

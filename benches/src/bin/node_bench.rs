@@ -8,11 +8,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use benches::summarize;
+use e2e::daemon::request;
+use e2e::daemon::spawn_daemon;
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
 use e2e::tiny_guest::Program;
 use serde_json::json;
-use vmm::node::client::request;
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -22,14 +22,14 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use e2e::daemon::request;
+use e2e::daemon::spawn_daemon;
 use e2e::netns::NetNs;
-use e2e::node::spawn_daemon;
 use e2e::run::ChildGuard;
 use e2e::shaping::{define, measure_rates, spawn_loadgen, spawn_loadgen_with, Sliver};
+use node_daemon::shares::alloc::{allocate, jain_index, Claim};
 use serde_json::json;
-use vmm::node::client::request;
-use vmm::shaper::alloc::{allocate, jain_index, Claim};
-use vmm::shaper::Ledger;
+use vmm::ledger::Ledger;
 
 const NODE_RATE: u64 = 200_000_000;
 const COUNTS: [usize; 5] = [2, 4, 8, 16, 32];

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::bus::BusDevice;
+use crate::bus_device::BusDevice;
 use crate::guest_events::{GuestEvent, GuestEventSink};
 
 /// The byte a guest writes to report it is running.

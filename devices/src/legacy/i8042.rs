@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::bus::BusDevice;
+use crate::bus_device::BusDevice;
 use crate::guest_events::{GuestEvent, GuestEventSink};
 
 /// Offset of the command/status port (0x64) from the data port (0x60).

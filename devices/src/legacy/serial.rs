@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use vm_superio::{serial::NoEvents, Serial, Trigger};
 
-use crate::bus::BusDevice;
+use crate::bus_device::BusDevice;
 use crate::guest_events::{GuestEvent, GuestEventSink};
 use crate::interrupt::Interrupt;
 

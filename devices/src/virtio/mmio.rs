@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::device::{Activation, DeviceHealth, VirtioDevice};
 use super::feature;
 use super::interrupt::VirtioInterrupt;
-use crate::bus::BusDevice;
+use crate::bus_device::BusDevice;
 
 /// "virt" in little endian.
 const MMIO_MAGIC: u32 = 0x7472_6976;

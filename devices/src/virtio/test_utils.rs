@@ -17,7 +17,7 @@ use super::device::VirtioDevice;
 use super::interrupt::VirtioInterrupt;
 use super::mmio::MmioTransport;
 use super::net::NetBackend;
-use crate::bus::BusDevice;
+use crate::bus_device::BusDevice;
 use crate::interrupt::EventFdInterrupt;
 
 /// Guest memory the harness creates.

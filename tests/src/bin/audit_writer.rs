@@ -17,8 +17,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vmm::audit::capture::{CaptureConfig, CaptureRing, RING_FILE};
-use vmm::audit::{synth, AuditConfig, AuditLog};
+use audit_store::capture::{CaptureConfig, CaptureRing, RING_FILE};
+use audit_store::{synth, AuditConfig, AuditLog};
 
 /// Records are stamped from this time on (2026-11-28T03:00:00Z).
 const BASE_NS: u64 = 1_795_834_800_000_000_000;
@@ -93,7 +93,7 @@ fn crash(dir: &Path, commit_ms: u64) {
 }
 
 fn fill(state_dir: &Path, sliver: &str, count: u64, start_ns: u64, step_ns: u64) {
-    let dir = vmm::audit::sliver_dir(state_dir, sliver);
+    let dir = audit_store::sliver_dir(state_dir, sliver);
     let config = AuditConfig {
         commit_interval: Duration::from_millis(50),
         ..AuditConfig::default()

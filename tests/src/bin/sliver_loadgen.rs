@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use audit_store::capture::CaptureConfig;
 use devices::virtio::feature;
 use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
 use devices::virtio::net::shaper::FixedRate;
@@ -30,8 +31,7 @@ use devices::virtio::net::{
 };
 use devices::virtio::test_utils::GuestDriver;
 use event_manager::{EventManager, SubscriberOps};
-use vmm::audit::capture::CaptureConfig;
-use vmm::audit::sink::{Identity, NicSink, SliverAudit};
+use vmm::audit_sink::{Identity, NicSink, SliverAudit};
 
 type Dev = Arc<Mutex<NetDevice<Tap>>>;
 
@@ -184,11 +184,11 @@ fn main() {
     };
     let mut device = NetDevice::new(tap, MacAddr(mac), policy).expect("device");
     if let Some((path, slot)) = &args.ledger {
-        let ledger = Arc::new(vmm::shaper::Ledger::open(path).unwrap_or_else(|e| {
+        let ledger = Arc::new(vmm::ledger::Ledger::open(path).unwrap_or_else(|e| {
             eprintln!("sliver_loadgen: {e}");
             std::process::exit(1)
         }));
-        let source = vmm::shaper::SlotRate::new(ledger, *slot).unwrap_or_else(|e| {
+        let source = vmm::slot_rate::SlotRate::new(ledger, *slot).unwrap_or_else(|e| {
             eprintln!("sliver_loadgen: {e}");
             std::process::exit(1)
         });

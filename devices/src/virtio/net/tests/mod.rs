@@ -132,7 +132,7 @@ fn handshake_offers_version_1_and_mac() {
     let mac: Vec<u8> = (0..6)
         .map(|i| {
             let mut b = [0u8; 1];
-            crate::bus::BusDevice::read(&mut f.driver.transport, 0x100 + i, &mut b);
+            crate::bus_device::BusDevice::read(&mut f.driver.transport, 0x100 + i, &mut b);
             b[0]
         })
         .collect();
@@ -665,10 +665,10 @@ fn out_of_order_status_and_late_queue_writes_are_refused() {
 fn odd_width_and_unknown_register_accesses_are_counted() {
     let (mut d, _em) = fresh();
     let mut one = [0xffu8; 1];
-    crate::bus::BusDevice::read(&mut d.transport, 0, &mut one);
+    crate::bus_device::BusDevice::read(&mut d.transport, 0, &mut one);
     assert_eq!(one, [0]);
-    crate::bus::BusDevice::write(&mut d.transport, 0x70, &[1, 0]);
-    crate::bus::BusDevice::write(&mut d.transport, 0x71, &[1, 0, 0, 0]);
+    crate::bus_device::BusDevice::write(&mut d.transport, 0x70, &[1, 0]);
+    crate::bus_device::BusDevice::write(&mut d.transport, 0x71, &[1, 0, 0, 0]);
     assert_eq!(d.read_reg(0xf0), 0);
     assert_eq!(d.status(), 0);
     assert_eq!(count(&d.transport.counters().bad_register_access), 4);

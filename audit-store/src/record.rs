@@ -1,0 +1,167 @@
+//! One flow record as the packet path's audit stage emits it: who (slice, sliver, NIC), what
+//! (5-tuple or EtherType), when (first/last packet), how much, and what the VMM did with it.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Which way a flow went, seen from the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the guest to the network.
+    Tx,
+    /// From the network to the guest.
+    Rx,
+}
+
+impl Direction {
+    /// The on-disk code.
+    pub fn code(self) -> u8 {
+        match self {
+            Direction::Tx => 0,
+            Direction::Rx => 1,
+        }
+    }
+
+    /// From the on-disk code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Direction::Tx),
+            1 => Some(Direction::Rx),
+            _ => None,
+        }
+    }
+
+    /// `tx` or `rx`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Tx => "tx",
+            Direction::Rx => "rx",
+        }
+    }
+}
+
+/// What the VMM did with the packets of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Passed on.
+    Forwarded,
+    /// Delayed or dropped by the bandwidth shaper.
+    Throttled,
+    /// Dropped: source address not the sliver's.
+    DroppedSpoof,
+    /// Dropped: could not be parsed.
+    DroppedMalformed,
+}
+
+impl Verdict {
+    /// Every verdict, in code order.
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Forwarded,
+        Verdict::Throttled,
+        Verdict::DroppedSpoof,
+        Verdict::DroppedMalformed,
+    ];
+
+    /// The on-disk code.
+    pub fn code(self) -> u8 {
+        match self {
+            Verdict::Forwarded => 0,
+            Verdict::Throttled => 1,
+            Verdict::DroppedSpoof => 2,
+            Verdict::DroppedMalformed => 3,
+        }
+    }
+
+    /// From the on-disk code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The name used in the CLI, JSON and exports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Forwarded => "forwarded",
+            Verdict::Throttled => "throttled",
+            Verdict::DroppedSpoof => "dropped-spoof",
+            Verdict::DroppedMalformed => "dropped-malformed",
+        }
+    }
+}
+
+/// One flow (or one active-timeout slice of a long flow) of one sliver NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// Sequence number in the sliver's log, assigned by [`super::writer::AuditLog::append`].
+    pub seq: u64,
+    /// Slice name.
+    pub slice: String,
+    /// Numeric slice id (IPFIX ingressVRFID/egressVRFID).
+    pub slice_id: u32,
+    /// Sliver name.
+    pub sliver: String,
+    /// Index of the sliver's NIC (0 = eth0).
+    pub nic: u8,
+    /// Seen from the guest.
+    pub direction: Direction,
+    /// EtherType of the frames (0x0800 IPv4, 0x86dd IPv6, others for non-IP).
+    pub ethertype: u16,
+    /// Source address (None for non-IP frames).
+    pub src: Option<IpAddr>,
+    /// Destination address (None for non-IP frames).
+    pub dst: Option<IpAddr>,
+    /// IP protocol (6 TCP, 17 UDP, ...); 0 for non-IP.
+    pub protocol: u8,
+    /// Source port (0 if none).
+    pub src_port: u16,
+    /// Destination port (0 if none).
+    pub dst_port: u16,
+    /// First packet, ns since the Unix epoch.
+    pub first_ns: u64,
+    /// Last packet, ns since the Unix epoch.
+    pub last_ns: u64,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (whole frames).
+    pub bytes: u64,
+    /// OR of the TCP flags of every packet.
+    pub tcp_flags: u8,
+    /// What the VMM did.
+    pub verdict: Verdict,
+}
+
+impl FlowRecord {
+    /// Whether the flow was active at some time in `[from, to]` (ns, inclusive).
+    pub fn overlaps(&self, from: u64, to: u64) -> bool {
+        self.first_ns <= to && self.last_ns >= from
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth;
+
+    #[test]
+    fn codes_round_trip() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_code(v.code()), Some(v));
+        }
+        assert_eq!(Verdict::from_code(4), None);
+        for d in [Direction::Tx, Direction::Rx] {
+            assert_eq!(Direction::from_code(d.code()), Some(d));
+        }
+        assert_eq!(Direction::from_code(2), None);
+    }
+
+    #[test]
+    fn overlap_is_inclusive() {
+        let r = synth::flow(2, "s", 10_000_000_000);
+        assert!(r.overlaps(r.last_ns, r.last_ns + 10));
+        assert!(r.overlaps(0, r.first_ns));
+        assert!(!r.overlaps(r.last_ns + 1, u64::MAX));
+        assert!(!r.overlaps(0, r.first_ns - 1));
+    }
+}

@@ -1,0 +1,17 @@
+//! The node daemon (`slicevisor node`): the node manager's HTTP + JSON API on a unix socket,
+//! sliver specs and the state directory that survives restarts, one supervised VMM process per
+//! running sliver, each sliver's TAP on the host, and the node-wide bandwidth [`shares`].
+//! [`ctl_cmd`] is its client (`slicevisor ctl`).
+
+pub mod api;
+pub mod client;
+pub mod ctl_cmd;
+pub mod error;
+pub mod host_net;
+pub mod node_cmd;
+pub mod registry;
+pub mod server;
+pub mod shares;
+pub mod spec;
+pub mod state;
+pub mod supervisor;

@@ -1,0 +1,56 @@
+//! `slicevisor node`: the daemon's flags, and serving until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ctl_cmd::DEFAULT_SOCKET;
+use crate::server::{NodeConfig, NodeError};
+use crate::shares::coordinator::NodeRates;
+use crate::spec::MAX_RATE_BPS;
+
+/// `slicevisor node` flags.
+#[derive(Debug, clap::Args)]
+pub struct NodeArgs {
+    /// Control socket path (created mode 0600).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Directory for the daemon's state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+    /// Numeric group id allowed to use the socket (mode 0660 instead of 0600).
+    #[arg(long)]
+    pub socket_group: Option<u32>,
+    /// Seconds a guest gets to power off when its sliver is stopped, before SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub guest_stop_timeout: u64,
+    /// What all guests together may send, bit/s (shared by weight; default: no node limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RATE_BPS))]
+    pub node_rate: Option<u64>,
+    /// Do not keep rings of packet headers (flow records are always kept).
+    #[arg(long)]
+    pub no_capture: bool,
+    /// What all guests together may receive, bit/s (default: no node limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RATE_BPS))]
+    pub node_rx_rate: Option<u64>,
+}
+
+impl From<NodeArgs> for NodeConfig {
+    fn from(args: NodeArgs) -> Self {
+        NodeConfig {
+            socket: args.socket,
+            state_dir: args.state_dir,
+            socket_group: args.socket_group,
+            guest_stop_timeout: Duration::from_secs(args.guest_stop_timeout),
+            capture: !args.no_capture,
+            node_rates: NodeRates {
+                tx: args.node_rate.unwrap_or(u64::MAX),
+                rx: args.node_rx_rate.unwrap_or(u64::MAX),
+            },
+        }
+    }
+}
+
+/// Serve the node API until SIGTERM/SIGINT; the error names the flag that failed.
+pub fn run(args: NodeArgs) -> Result<(), NodeError> {
+    crate::server::run(&NodeConfig::from(args))
+}

@@ -1,0 +1,207 @@
+//! `slicevisor node`: the daemon's unix socket, its permissions, and serving until a signal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::api::{self, Peer};
+use super::registry::Registry;
+use super::state::{StateDir, StateError};
+use super::supervisor::Supervisor;
+use crate::shares::coordinator::{self, NodeRates};
+use crate::shares::slots;
+use vmm::ledger::{Ledger, LedgerError};
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Group allowed to use the socket (mode 0660); otherwise mode 0600, owner only.
+    pub socket_group: Option<u32>,
+    /// How long a guest gets to power off when asked, before its VMM gets SIGTERM.
+    pub guest_stop_timeout: std::time::Duration,
+    /// What all guests together may send and receive, bit/s.
+    pub node_rates: NodeRates,
+    /// Whether VMMs keep a ring of packet headers (flow records are always kept).
+    pub capture: bool,
+}
+
+/// Errors starting the daemon; each names what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// State directory.
+    #[error("--state-dir: {0}")]
+    State(#[from] StateError),
+    /// Socket problems.
+    #[error("--socket {path}: {what}: {source}")]
+    Socket {
+        /// Socket path.
+        path: PathBuf,
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The shaper ledger in the state directory.
+    #[error("--state-dir: {0}")]
+    Shaper(#[from] LedgerError),
+    /// Another daemon answers on the socket.
+    #[error("--socket {0}: another daemon is serving this socket")]
+    InUse(PathBuf),
+    /// The async runtime (or finding our own executable) failed.
+    #[error("starting the daemon: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn socket_err<'a>(
+    path: &'a Path,
+    what: &'static str,
+) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
+    move |source| NodeError::Socket {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+/// Remove a socket file left by a daemon that died; refuse if one still answers.
+fn clear_stale_socket(path: &Path) -> Result<(), NodeError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(NodeError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(socket_err(path, "removing a stale socket"))
+}
+
+fn set_permissions(path: &Path, group: Option<u32>) -> Result<(), NodeError> {
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(socket_err(path, "chown"))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(socket_err(path, "chmod"))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot watch SIGTERM/SIGINT; stop the daemon with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM: shutting down"),
+        _ = int.recv() => log::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Serve the API until SIGTERM/SIGINT.
+pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
+    let registry = Arc::new(Registry::load(StateDir::open(&config.state_dir)?)?);
+    let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
+    log::info!(
+        "state directory {}: {} sliver(s)",
+        config.state_dir.display(),
+        registry.list().len()
+    );
+    let ledger_path = config.state_dir.join("shaper.ledger");
+    let ledger = Arc::new(Ledger::create_or_open(&ledger_path).map_err(NodeError::Shaper)?);
+    let stop_shaper = Arc::new(AtomicBool::new(false));
+    let mut shaper_thread = None;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    let socket = config.socket.clone();
+    let result = runtime.block_on(async {
+        let (connection, netlink, _) = rtnetlink::new_connection().map_err(NodeError::Runtime)?;
+        tokio::spawn(connection);
+        let supervisor = Arc::new(
+            Supervisor::new(
+                registry.clone(),
+                netlink,
+                exe,
+                &config.state_dir,
+                config.guest_stop_timeout,
+                ledger.clone(),
+                config.capture,
+            )
+            .map_err(|e| {
+                NodeError::State(StateError::Io {
+                    path: config.state_dir.join("run"),
+                    source: e,
+                })
+            })?,
+        );
+        clear_stale_socket(&socket)?;
+        let listener =
+            tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
+        set_permissions(&socket, config.socket_group)?;
+        // Only the daemon that owns the socket touches the ledger's allocation.
+        reconcile_slots(&ledger, &registry);
+        shaper_thread = Some(
+            coordinator::spawn(ledger.clone(), config.node_rates, stop_shaper.clone())
+                .map_err(NodeError::Runtime)?,
+        );
+        log::info!(
+            "shaping: node rate {} bit/s out, {} bit/s in; ledger {}",
+            rate_str(config.node_rates.tx),
+            rate_str(config.node_rates.rx),
+            ledger_path.display()
+        );
+        log::info!("serving on {}", socket.display());
+        supervisor.adopt_all();
+        let app = api::router(supervisor).into_make_service_with_connect_info::<Peer>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(socket_err(&socket, "serving"))
+    });
+    if let Err(e) = std::fs::remove_file(&config.socket) {
+        log::warn!("removing {}: {e}", config.socket.display());
+    }
+    stop_shaper.store(true, Ordering::Relaxed);
+    if shaper_thread.map(|t| t.join()).is_some_and(|r| r.is_err()) {
+        log::error!("the shaper thread panicked");
+    }
+    result
+}
+
+fn rate_str(bps: u64) -> String {
+    if bps == u64::MAX {
+        "unlimited".into()
+    } else {
+        bps.to_string()
+    }
+}
+
+/// After a restart: every sliver with a network device keeps (or gets) its slot with its
+/// current limits; slots of slivers that no longer exist are freed.
+fn reconcile_slots(ledger: &Ledger, registry: &Registry) {
+    let slivers = registry.list();
+    for (_, slot) in ledger.slots() {
+        if slot.is_used() && !slivers.iter().any(|(n, _)| slot.name_is(n)) {
+            log::info!("shaper: freeing the slot of deleted sliver {}", slot.name());
+            slot.release();
+        }
+    }
+    for (name, record) in &slivers {
+        if let Some(net) = &record.spec.net {
+            if let Err(e) = slots::assign(ledger, name, &net.limits()) {
+                log::error!("sliver {name}: no shaper slot: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! A sliver as the node manager describes it (`PUT /slivers/{name}`), with every field checked
+//! and every error naming its field.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use devices::virtio::net::MacAddr;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use vmm::arch::mptable::MAX_VCPUS;
+use vmm::boot::cmdline;
+use vmm::memory::{host_mem_mib, MIN_MEM_MIB};
+
+/// Largest request body the daemon reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest extra command line a spec may carry (the VMM adds its own arguments).
+pub const MAX_CMDLINE: usize = 1024;
+/// Largest rate a limit may name: 100 Gbit/s.
+pub const MAX_RATE_BPS: u64 = 100_000_000_000;
+/// Largest daily byte budget: 10 TB.
+pub const MAX_KBYTE_PER_DAY: u64 = 10_000_000_000;
+/// Largest share weight.
+pub const MAX_SHARE: u32 = 1000;
+
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_mem_mib() -> u64 {
+    128
+}
+fn default_share() -> u32 {
+    1
+}
+
+/// `net` of a sliver: its address plan and PlanetLab-style limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliverNet {
+    /// Guest MAC; derived from the sliver name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Guest address with prefix, e.g. `10.0.3.2/24`.
+    pub ipv4: String,
+    /// Host (TAP) address in the same subnet, e.g. `10.0.3.1`.
+    pub host_ipv4: String,
+    /// Weight of this sliver's share of the node's bandwidth.
+    #[serde(default = "default_share")]
+    pub net_share: u32,
+    /// Guaranteed rate while it has traffic, bit/s.
+    #[serde(default)]
+    pub net_min_rate: u64,
+    /// Cap, bit/s; none means the node's capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_max_rate: Option<u64>,
+    /// Daily budget, KB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_max_kbyte: Option<u64>,
+    /// Daily threshold after which the cap tightens, KB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_thresh_kbyte: Option<u64>,
+}
+
+/// A sliver spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliverSpec {
+    /// Must equal the name in the URL when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The slice this sliver belongs to.
+    pub slice: String,
+    /// Guest kernel (ELF vmlinux with a PVH entry) on the node.
+    pub kernel: PathBuf,
+    /// Guest initramfs on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Extra kernel arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory, MiB.
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u64,
+    /// Network device, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<SliverNet>,
+}
+
+/// Whether `s` is a valid sliver name: `[a-z0-9-]{1,63}`.
+pub fn valid_sliver_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `s` is a valid slice name: `[a-z0-9_-]{1,63}` (PlanetLab slice names carry the
+/// site prefix with an underscore, e.g. `princeton_codeen`).
+pub fn valid_slice_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Parse a JSON body; a type error, unknown field or truncated document names its field.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::status(
+            413,
+            format!(
+                "request body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
+                body.len()
+            ),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        ApiError::invalid(&field, e.into_inner().to_string())
+    })?;
+    de.end().map_err(|e| {
+        ApiError::invalid(
+            "body",
+            format!("trailing data after the JSON document: {e}"),
+        )
+    })?;
+    Ok(value)
+}
+
+fn check_file(field: &str, path: &std::path::Path) -> Result<(), ApiError> {
+    if !path.is_absolute() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{} is not an absolute path", path.display()),
+        ));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(ApiError::invalid(
+            field,
+            format!("{} is not a regular file", path.display()),
+        )),
+        Err(e) => Err(ApiError::invalid(field, format!("{}: {e}", path.display()))),
+    }
+}
+
+fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = s.split_once('/')?;
+    let prefix: u8 = prefix.parse().ok()?;
+    Some((addr.parse().ok()?, prefix))
+}
+
+impl SliverNet {
+    /// Guest address and prefix (valid once [`SliverNet::validate`] passed).
+    pub fn guest_cidr(&self) -> Option<(Ipv4Addr, u8)> {
+        parse_cidr(&self.ipv4)
+    }
+
+    /// Host (TAP) address (valid once [`SliverNet::validate`] passed).
+    pub fn host_addr(&self) -> Option<Ipv4Addr> {
+        self.host_ipv4.parse().ok()
+    }
+
+    /// Check addresses and limits.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let Some(mac) = &self.mac {
+            let parsed: MacAddr =
+                mac.parse()
+                    .map_err(|e: devices::virtio::net::config::BadMac| {
+                        ApiError::invalid("net.mac", e.to_string())
+                    })?;
+            if parsed.is_multicast() {
+                return Err(ApiError::invalid(
+                    "net.mac",
+                    format!("{mac} is a multicast address"),
+                ));
+            }
+        }
+        let (guest, prefix) = parse_cidr(&self.ipv4)
+            .filter(|(_, p)| (1..=30).contains(p))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "net.ipv4",
+                    format!(
+                        "{:?} is not ADDRESS/PREFIX with a prefix of 1 to 30",
+                        self.ipv4
+                    ),
+                )
+            })?;
+        let host: Ipv4Addr = self.host_ipv4.parse().map_err(|_| {
+            ApiError::invalid(
+                "net.host_ipv4",
+                format!("{:?} is not an IPv4 address", self.host_ipv4),
+            )
+        })?;
+        let mask = u32::MAX << (32 - u32::from(prefix));
+        if u32::from(host) & mask != u32::from(guest) & mask || host == guest {
+            return Err(ApiError::invalid(
+                "net.host_ipv4",
+                format!("{host} must be another address in {guest}/{prefix}"),
+            ));
+        }
+        self.validate_limits()
+    }
+
+    /// The limits as the shaper's allocator takes them.
+    pub fn limits(&self) -> crate::shares::slots::Limits {
+        crate::shares::slots::Limits {
+            share: self.net_share,
+            min_rate: self.net_min_rate,
+            max_rate: self.net_max_rate,
+            budget: self.net_thresh_kbyte.zip(self.net_max_kbyte),
+        }
+    }
+
+    /// Check the limits alone (also used for PATCH).
+    pub fn validate_limits(&self) -> Result<(), ApiError> {
+        if !(1..=MAX_SHARE).contains(&self.net_share) {
+            return Err(ApiError::invalid(
+                "net.net_share",
+                format!("{} is not a weight from 1 to {MAX_SHARE}", self.net_share),
+            ));
+        }
+        if self.net_min_rate > MAX_RATE_BPS {
+            return Err(ApiError::invalid(
+                "net.net_min_rate",
+                format!("{} bit/s is above {MAX_RATE_BPS}", self.net_min_rate),
+            ));
+        }
+        if let Some(max) = self.net_max_rate {
+            if max == 0 || max > MAX_RATE_BPS {
+                return Err(ApiError::invalid(
+                    "net.net_max_rate",
+                    format!("{max} bit/s is not between 1 and {MAX_RATE_BPS}"),
+                ));
+            }
+            if self.net_min_rate > max {
+                return Err(ApiError::invalid(
+                    "net.net_min_rate",
+                    format!("{} bit/s is above net_max_rate {max}", self.net_min_rate),
+                ));
+            }
+        }
+        for (field, value) in [
+            ("net.net_max_kbyte", self.net_max_kbyte),
+            ("net.net_thresh_kbyte", self.net_thresh_kbyte),
+        ] {
+            if value.is_some_and(|v| v > MAX_KBYTE_PER_DAY) {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "{} KB a day is above {MAX_KBYTE_PER_DAY}",
+                        value.unwrap_or(0)
+                    ),
+                ));
+            }
+        }
+        match (self.net_thresh_kbyte, self.net_max_kbyte) {
+            (Some(t), Some(m)) if t > m => Err(ApiError::invalid(
+                "net.net_thresh_kbyte",
+                format!("{t} KB is above net_max_kbyte {m}"),
+            )),
+            (Some(_), None) => Err(ApiError::invalid(
+                "net.net_thresh_kbyte",
+                "a threshold needs net_max_kbyte",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl SliverSpec {
+    /// Check the spec for sliver `name` (from the URL); fills in `name`.
+    pub fn validate(&mut self, name: &str) -> Result<(), ApiError> {
+        if !valid_sliver_name(name) {
+            return Err(ApiError::invalid(
+                "name",
+                format!("{name:?} does not match [a-z0-9-]{{1,63}}"),
+            ));
+        }
+        if let Some(body_name) = &self.name {
+            if body_name != name {
+                return Err(ApiError::invalid(
+                    "name",
+                    format!("{body_name:?} differs from {name:?} in the URL"),
+                ));
+            }
+        }
+        self.name = Some(name.to_string());
+        if !valid_slice_name(&self.slice) {
+            return Err(ApiError::invalid(
+                "slice",
+                format!("{:?} does not match [a-z0-9_-]{{1,63}}", self.slice),
+            ));
+        }
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+        }
+        if let Some(extra) = &self.cmdline {
+            if extra.len() > MAX_CMDLINE {
+                return Err(ApiError::invalid(
+                    "cmdline",
+                    format!("{} bytes is over {MAX_CMDLINE}", extra.len()),
+                ));
+            }
+            cmdline::build(Some(extra), &[])
+                .map_err(|e| ApiError::invalid("cmdline", e.to_string()))?;
+        }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ApiError::invalid(
+                "vcpus",
+                format!("{} is not between 1 and {MAX_VCPUS}", self.vcpus),
+            ));
+        }
+        let host = host_mem_mib().unwrap_or(u64::MAX);
+        if self.mem_mib < MIN_MEM_MIB || self.mem_mib > host {
+            return Err(ApiError::invalid(
+                "mem_mib",
+                format!(
+                    "{} MiB is not between {MIN_MEM_MIB} and the host's {host}",
+                    self.mem_mib
+                ),
+            ));
+        }
+        if let Some(net) = &self.net {
+            net.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn kernel() -> tempfile::NamedTempFile {
+        tempfile::NamedTempFile::new().expect("tmp")
+    }
+
+    fn good(kernel: &std::path::Path) -> serde_json::Value {
+        json!({
+            "slice": "princeton_codeen",
+            "kernel": kernel,
+            "vcpus": 1,
+            "mem_mib": 128,
+            "net": {"ipv4": "10.0.3.2/24", "host_ipv4": "10.0.3.1", "net_share": 3,
+                    "net_min_rate": 1000000, "net_max_rate": 10000000,
+                    "net_max_kbyte": 5000000, "net_thresh_kbyte": 4000000}
+        })
+    }
+
+    fn check(body: &[u8], name: &str) -> Result<SliverSpec, ApiError> {
+        let mut spec: SliverSpec = parse(body)?;
+        spec.validate(name)?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn a_good_spec_passes_with_defaults_filled() {
+        let k = kernel();
+        let mut body = good(k.path());
+        body.as_object_mut().expect("object").remove("vcpus");
+        let spec = check(body.to_string().as_bytes(), "web-1").expect("valid");
+        assert_eq!(spec.name.as_deref(), Some("web-1"));
+        assert_eq!(spec.vcpus, 1);
+        assert_eq!(spec.net.as_ref().map(|n| n.net_share), Some(3));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let k = kernel();
+        let dir = tempfile::tempdir().expect("dir");
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("slice", Box::new(|v| v["slice"] = json!("Bad Slice"))),
+            (
+                "kernel",
+                Box::new(|v| v["kernel"] = json!("/nonexistent/vmlinux")),
+            ),
+            (
+                "kernel",
+                Box::new(|v| v["kernel"] = json!("relative/vmlinux")),
+            ),
+            ("kernel", Box::new(move |v| v["kernel"] = json!(dir.path()))),
+            (
+                "initrd",
+                Box::new(|v| v["initrd"] = json!("/nonexistent/initrd")),
+            ),
+            (
+                "cmdline",
+                Box::new(|v| v["cmdline"] = json!("a=\"unbalanced")),
+            ),
+            (
+                "cmdline",
+                Box::new(|v| v["cmdline"] = json!("x".repeat(2000))),
+            ),
+            ("vcpus", Box::new(|v| v["vcpus"] = json!(0))),
+            ("vcpus", Box::new(|v| v["vcpus"] = json!(300))),
+            ("vcpus", Box::new(|v| v["vcpus"] = json!("two"))),
+            ("mem_mib", Box::new(|v| v["mem_mib"] = json!(1))),
+            ("mem_mib", Box::new(|v| v["mem_mib"] = json!(1u64 << 40))),
+            ("mem_mib", Box::new(|v| v["mem_mib"] = json!(-5))),
+            (
+                "net.mac",
+                Box::new(|v| v["net"]["mac"] = json!("01:00:5e:00:00:01")),
+            ),
+            ("net.mac", Box::new(|v| v["net"]["mac"] = json!("nope"))),
+            (
+                "net.ipv4",
+                Box::new(|v| v["net"]["ipv4"] = json!("10.0.3.2")),
+            ),
+            (
+                "net.ipv4",
+                Box::new(|v| v["net"]["ipv4"] = json!("10.0.3.2/31")),
+            ),
+            (
+                "net.host_ipv4",
+                Box::new(|v| v["net"]["host_ipv4"] = json!("10.0.4.1")),
+            ),
+            (
+                "net.host_ipv4",
+                Box::new(|v| v["net"]["host_ipv4"] = json!("10.0.3.2")),
+            ),
+            (
+                "net.net_share",
+                Box::new(|v| v["net"]["net_share"] = json!(0)),
+            ),
+            (
+                "net.net_share",
+                Box::new(|v| v["net"]["net_share"] = json!(-1)),
+            ),
+            (
+                "net.net_max_rate",
+                Box::new(|v| v["net"]["net_max_rate"] = json!(0)),
+            ),
+            (
+                "net.net_max_rate",
+                Box::new(|v| v["net"]["net_max_rate"] = json!(1e15)),
+            ),
+            (
+                "net.net_min_rate",
+                Box::new(|v| v["net"]["net_min_rate"] = json!(20_000_000)),
+            ),
+            (
+                "net.net_thresh_kbyte",
+                Box::new(|v| v["net"]["net_thresh_kbyte"] = json!(6_000_000)),
+            ),
+            (
+                "net.net_max_kbyte",
+                Box::new(|v| v["net"]["net_max_kbyte"] = json!(u64::MAX)),
+            ),
+            ("net.bogus", Box::new(|v| v["net"]["bogus"] = json!(1))),
+            ("colour", Box::new(|v| v["colour"] = json!("blue"))),
+            ("name", Box::new(|v| v["name"] = json!("other"))),
+        ];
+        for (field, mutate) in cases {
+            let mut body = good(k.path());
+            mutate(&mut body);
+            let e = check(body.to_string().as_bytes(), "web-1")
+                .expect_err(&format!("{field} case should fail: {body}"));
+            assert_eq!(e.field.as_deref(), Some(field), "{body}: {e:?}");
+            assert_eq!(e.status, 400);
+            assert!(!e.error.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_names_truncated_json_and_big_bodies() {
+        let k = kernel();
+        let body = good(k.path()).to_string();
+        for name in ["", "UPPER", "a_b", "a/b", &"x".repeat(64)] {
+            let e = check(body.as_bytes(), name).expect_err("bad name");
+            assert_eq!(e.field.as_deref(), Some("name"), "{name:?}");
+        }
+        let e = check(&body.as_bytes()[..body.len() / 2], "ok").expect_err("truncated");
+        assert_eq!(e.status, 400);
+        assert!(e.field.is_some());
+        let e = check(format!("{body} {{}}").as_bytes(), "ok").expect_err("trailing");
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let e = check(&vec![b' '; MAX_BODY_BYTES + 1], "ok").expect_err("big");
+        assert_eq!(e.status, 413);
+    }
+
+    #[test]
+    fn errors_serialise_as_error_and_field() {
+        let e = ApiError::invalid("net.ipv4", "bad");
+        assert_eq!(
+            serde_json::to_value(&e).expect("json"),
+            json!({"error": "bad", "field": "net.ipv4"})
+        );
+        let e = ApiError::status(404, "no such sliver");
+        assert_eq!(
+            serde_json::to_value(&e).expect("json"),
+            json!({"error": "no such sliver"})
+        );
+    }
+}

@@ -1,0 +1,449 @@
+//! One VMM process per running sliver: started as `slicevisor run`, watched until it exits
+//! (its exit is noticed at once and recorded with the reason), stopped by asking the guest to
+//! power off, then with SIGTERM and, if need be, SIGKILL. After a daemon restart, VMMs that kept running are re-adopted through a
+//! pidfd instead of being orphaned or started twice.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::error::ApiError;
+use super::host_net;
+use super::registry::Registry;
+use super::state::{SliverRecord, SliverState};
+use crate::shares::slots::{self, Shaping};
+use vmm::exit::ExitRecord;
+use vmm::ledger::Ledger;
+
+/// How long a VMM gets to stop after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Starts, watches and stops VMM processes.
+#[derive(Debug)]
+pub struct Supervisor {
+    registry: Arc<Registry>,
+    guest_grace: Duration,
+    netlink: rtnetlink::Handle,
+    exe: PathBuf,
+    run_dir: PathBuf,
+    /// The daemon's state directory (audit logs live in `audit/`).
+    state_dir: PathBuf,
+    /// Whether VMMs capture packet headers.
+    capture: bool,
+    /// The shaper ledger shared with the VMMs.
+    ledger: Arc<Ledger>,
+    /// Per running VMM: becomes `true` once its exit has been recorded.
+    exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::status(500, format!("{what}: {e}"))
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on a pid we started or adopted; a stale pid at worst gets ESRCH.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Whether `pid` is a VMM of ours for sliver `name` (its arguments say so).
+fn is_our_vmm(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"--sliver" && w[1] == name.as_bytes())
+        && args.iter().any(|a| *a == b"run")
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Supervisor {
+    /// A supervisor running `exe` (this binary) for VMMs, keeping exit files and logs in
+    /// `state_dir/run`.
+    pub fn new(
+        registry: Arc<Registry>,
+        netlink: rtnetlink::Handle,
+        exe: PathBuf,
+        state_dir: &Path,
+        guest_grace: Duration,
+        ledger: Arc<Ledger>,
+        capture: bool,
+    ) -> std::io::Result<Self> {
+        let run_dir = state_dir.join("run");
+        std::fs::create_dir_all(&run_dir)?;
+        Ok(Self {
+            registry,
+            guest_grace,
+            netlink,
+            exe,
+            run_dir,
+            state_dir: state_dir.to_owned(),
+            capture,
+            ledger,
+            exited: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The sliver registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Create and address the TAP of sliver `name` if its spec has a network device.
+    pub async fn setup_host_net(
+        &self,
+        name: &str,
+        spec: &super::spec::SliverSpec,
+    ) -> Result<(), ApiError> {
+        let Some(net) = &spec.net else {
+            return Ok(());
+        };
+        let (Some((_, prefix)), Some(host)) = (net.guest_cidr(), net.host_addr()) else {
+            return Err(ApiError::invalid("net", "addresses not validated"));
+        };
+        let tap = host_net::tap_name(name);
+        host_net::ensure_tap(&self.netlink, &tap, host, prefix)
+            .await
+            .map_err(|e| ApiError {
+                status: 500,
+                error: format!("setting up the host side: {e}"),
+                field: Some("net".into()),
+            })?;
+        log::info!("sliver {name}: TAP {tap} with {host}/{prefix}");
+        self.apply_limits(name, net)
+    }
+
+    /// Give sliver `name` a shaper slot (or update its own) with the limits in `net`; the
+    /// allocation loop applies them at its next tick.
+    pub fn apply_limits(&self, name: &str, net: &super::spec::SliverNet) -> Result<(), ApiError> {
+        slots::assign(&self.ledger, name, &net.limits())
+            .map(|_| ())
+            .map_err(|e| ApiError::status(507, format!("no shaper slot for {name:?}: {e}")))
+    }
+
+    /// The daemon's state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Sliver `name`'s shaping state (allocated rates, bytes today, time throttled).
+    pub fn shaping(&self, name: &str) -> Option<Shaping> {
+        slots::find(&self.ledger, name).and_then(|i| slots::snapshot(&self.ledger, i))
+    }
+
+    /// Remove the TAP of sliver `name` (if any).
+    pub async fn teardown_host_net(&self, name: &str) {
+        slots::release(&self.ledger, name);
+        let tap = host_net::tap_name(name);
+        if let Err(e) = host_net::remove_tap(&self.netlink, &tap).await {
+            log::error!("sliver {name}: {e}");
+        }
+    }
+
+    fn exit_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.exit.json"))
+    }
+
+    fn stats_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.stats.json"))
+    }
+
+    /// The packet counters of sliver `name`'s current (or last) VMM; zeros before any ran.
+    pub fn counters(&self, name: &str) -> vmm::stats::SliverCounters {
+        vmm::stats::SliverCounters::read(&self.stats_file(name)).unwrap_or_default()
+    }
+
+    /// The VMM's console and log (appended across runs).
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.log"))
+    }
+
+    fn watch(&self, name: &str) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), rx);
+        tx
+    }
+
+    fn command(&self, name: &str, r: &SliverRecord) -> std::io::Result<tokio::process::Command> {
+        let spec = &r.spec;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .args(["--sliver", name])
+            .arg("--exit-file")
+            .arg(self.exit_file(name))
+            .arg("--stats-file")
+            .arg(self.stats_file(name))
+            .arg("--kernel")
+            .arg(&spec.kernel)
+            .args(["--mem-mib", &spec.mem_mib.to_string()])
+            .args(["--vcpus", &spec.vcpus.to_string()]);
+        if let Some(initrd) = &spec.initrd {
+            cmd.arg("--initrd").arg(initrd);
+        }
+        cmd.arg("--audit-dir")
+            .arg(audit_store::sliver_dir(&self.state_dir, name))
+            .args(["--slice", &spec.slice]);
+        if !self.capture {
+            cmd.arg("--no-capture");
+        }
+        let mut cmdline = Vec::new();
+        if let Some(net) = &spec.net {
+            let tap = host_net::tap_name(name);
+            let mac = match &net.mac {
+                Some(mac) => mac.clone(),
+                None => vmm::net_spec::NetSpec {
+                    tap: tap.clone(),
+                    mac: None,
+                    ip: None,
+                }
+                .mac_or_derived()
+                .to_string(),
+            };
+            let ip = net.guest_cidr().map(|(ip, _)| format!(",ip={ip}"));
+            cmd.arg("--net")
+                .arg(format!("tap={tap},mac={mac}{}", ip.unwrap_or_default()));
+            if let Some(slot) = slots::find(&self.ledger, name) {
+                cmd.arg("--shaper-ledger")
+                    .arg(self.ledger.path())
+                    .args(["--shaper-slot", &slot.to_string()]);
+            }
+            cmdline.push(format!("ip={}", net.ipv4));
+        }
+        cmdline.extend(spec.cmdline.clone());
+        if !cmdline.is_empty() {
+            cmd.arg("--cmdline").arg(cmdline.join(" "));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file(name))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            // Its own process group: signals meant for the daemon do not reach the VMMs.
+            .process_group(0)
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // async-signal-safe functions (sigemptyset, sigaddset, pthread_sigmask).
+        unsafe {
+            cmd.pre_exec(|| {
+                // Start with SIGTERM/SIGINT blocked: the VMM unblocks them once it handles
+                // them, so a stop right after start is delivered then instead of killing a
+                // half-built VM.
+                let mut set = std::mem::zeroed::<libc::sigset_t>();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::sigaddset(&mut set, libc::SIGINT);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// Start the VMM of sliver `name`.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverRecord, ApiError> {
+        let (_, record) = self.registry.update(name, |r| match r.state {
+            SliverState::Created | SliverState::Stopped | SliverState::Failed => {
+                r.state = SliverState::Starting;
+                r.exit_reason = None;
+                Ok(())
+            }
+            s => Err(ApiError::status(
+                409,
+                format!("sliver {name:?} is {}", s.as_str()),
+            )),
+        })?;
+        let _ = std::fs::remove_file(self.exit_file(name));
+        let _ = std::fs::remove_file(self.stats_file(name));
+        let spawned = self.command(name, &record).and_then(|mut cmd| cmd.spawn());
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let reason = format!("starting the VMM: {e}");
+                self.registry.update(name, |r| {
+                    r.state = SliverState::Failed;
+                    r.exit_reason = Some(reason.clone());
+                    Ok(())
+                })?;
+                return Err(internal("starting the VMM", e));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let tx = self.watch(name);
+        let (_, record) = self.registry.update(name, |r| {
+            r.state = SliverState::Running;
+            r.pid = Some(pid);
+            r.started_at = Some(now_secs());
+            Ok(())
+        })?;
+        log::info!("sliver {name}: VMM started, pid {pid}");
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await.ok();
+            me.record_exit(&name, status);
+            let _ = tx.send(true);
+        });
+        Ok(record)
+    }
+
+    /// Record how the VMM of `name` ended, from its exit file, or from `status`.
+    fn record_exit(&self, name: &str, status: Option<ExitStatus>) {
+        let from_file = ExitRecord::read(&self.exit_file(name)).ok();
+        let (state, reason) = match (from_file, status) {
+            (Some(rec), _) => {
+                let state = if rec.code == 0 {
+                    SliverState::Stopped
+                } else {
+                    SliverState::Failed
+                };
+                (state, rec.reason)
+            }
+            (None, Some(st)) => match st.signal() {
+                Some(sig) => (SliverState::Failed, format!("VMM killed by signal {sig}")),
+                None => (
+                    SliverState::Failed,
+                    format!(
+                        "VMM exited with code {} without a reason",
+                        st.code().unwrap_or(-1)
+                    ),
+                ),
+            },
+            (None, None) => (
+                SliverState::Failed,
+                "VMM ended while the daemon was not watching; no exit record".to_string(),
+            ),
+        };
+        log::info!("sliver {name}: VMM ended: {reason}");
+        slots::vmm_gone(&self.ledger, name);
+        if let Err(e) = self.registry.update(name, |r| {
+            r.state = state;
+            r.pid = None;
+            r.exit_reason = Some(reason.clone());
+            Ok(())
+        }) {
+            log::error!("sliver {name}: recording its exit: {e}");
+        }
+    }
+
+    /// Stop the VMM of `name`: ask the guest to power off (SIGUSR1 makes the VMM type a
+    /// request on the guest console), then SIGTERM after the guest grace period, then SIGKILL
+    /// after [`STOP_GRACE`]. Waits for the exit to be recorded. Stopping a sliver that is not
+    /// running is not an error.
+    pub async fn stop(&self, name: &str) -> Result<SliverRecord, ApiError> {
+        let (pid, _) = self.registry.update(name, |r| match (r.state, r.pid) {
+            (SliverState::Starting | SliverState::Running | SliverState::Stopping, Some(pid)) => {
+                r.state = SliverState::Stopping;
+                Ok(Some(pid))
+            }
+            _ => Ok(None),
+        })?;
+        let Some(pid) = pid else {
+            return self.registry.get(name);
+        };
+        let rx = self
+            .exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        let Some(mut rx) = rx else {
+            return Err(internal(
+                "stopping",
+                format!("sliver {name:?} has a pid but no watcher"),
+            ));
+        };
+        let steps = [
+            (
+                libc::SIGUSR1,
+                self.guest_grace,
+                "the guest's power-off request",
+            ),
+            (libc::SIGTERM, STOP_GRACE, "SIGTERM"),
+            (libc::SIGKILL, STOP_GRACE, "SIGKILL"),
+        ];
+        for (sig, grace, what) in steps {
+            signal(pid, sig);
+            if tokio::time::timeout(grace, rx.wait_for(|done| *done))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            log::warn!("sliver {name}: VMM {pid} still running {grace:?} after {what}");
+        }
+        self.registry.get(name)
+    }
+
+    /// After a daemon restart: watch VMMs that kept running, and record the ones that ended
+    /// meanwhile.
+    pub fn adopt_all(self: &Arc<Self>) {
+        for (name, r) in self.registry.list() {
+            let active = matches!(
+                r.state,
+                SliverState::Starting | SliverState::Running | SliverState::Stopping
+            );
+            if !active {
+                continue;
+            }
+            match r
+                .pid
+                .filter(|&pid| is_our_vmm(pid, &name))
+                .map(|pid| (pid, pidfd_open(pid)))
+            {
+                Some((pid, Ok(fd))) => {
+                    log::info!("sliver {name}: re-adopted running VMM, pid {pid}");
+                    let tx = self.watch(&name);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        // A pidfd becomes readable when the process exits.
+                        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open
+                        // and refers to the same pidfd for the AsyncFd's whole life.
+                        let registered = unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                fd,
+                                tokio::io::Interest::READABLE,
+                            )
+                        };
+                        match registered {
+                            Ok(afd) => {
+                                let _ = afd.readable().await;
+                            }
+                            Err(e) => log::error!("sliver {name}: watching pid {pid}: {e}"),
+                        }
+                        me.record_exit(&name, None);
+                        let _ = tx.send(true);
+                    });
+                }
+                _ => self.record_exit(&name, None),
+            }
+        }
+    }
+}

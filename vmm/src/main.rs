@@ -1,5 +1,0 @@
-//! The `slicevisor` binary.
-
-fn main() {
-    std::process::exit(vmm::cli::main());
-}
