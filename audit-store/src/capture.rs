@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::error::{AuditError, Result};
 use super::lock::lock_exclusive;
 use super::mmap::SharedMap;
-use super::record::{Direction, Verdict};
+use packet::{Direction, Verdict};
 
 const MAGIC: [u8; 4] = *b"SVCR";
 const VERSION: u32 = 1;

@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::error::{AuditError, Result};
-use super::record::{Direction, FlowRecord, Verdict};
+use packet::{Direction, Verdict};
+
+use super::record::FlowRecord;
 
 /// Starts every record: "SVAR".
 pub const MAGIC: [u8; 4] = *b"SVAR";

@@ -13,7 +13,9 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
-use super::record::{Direction, FlowRecord, Verdict};
+use packet::{Direction, Verdict};
+
+use super::record::FlowRecord;
 
 /// Largest message written.
 pub const MAX_MESSAGE: usize = 1400;

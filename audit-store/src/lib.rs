@@ -28,6 +28,6 @@ pub mod synth;
 pub mod writer;
 
 pub use error::{AuditError, Result};
-pub use record::{Direction, FlowRecord, Verdict};
+pub use record::FlowRecord;
 pub use segment::sliver_dir;
 pub use writer::{AuditConfig, AuditLog};

@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use super::record::{Direction, Verdict};
+use packet::{Direction, Verdict};
 
 const SHB: u32 = 0x0A0D_0D0A;
 const IDB: u32 = 1;

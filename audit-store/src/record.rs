@@ -3,93 +3,8 @@
 
 use std::net::IpAddr;
 
+use packet::{Direction, Verdict};
 use serde::{Deserialize, Serialize};
-
-/// Which way a flow went, seen from the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// From the guest to the network.
-    Tx,
-    /// From the network to the guest.
-    Rx,
-}
-
-impl Direction {
-    /// The on-disk code.
-    pub fn code(self) -> u8 {
-        match self {
-            Direction::Tx => 0,
-            Direction::Rx => 1,
-        }
-    }
-
-    /// From the on-disk code.
-    pub fn from_code(code: u8) -> Option<Self> {
-        match code {
-            0 => Some(Direction::Tx),
-            1 => Some(Direction::Rx),
-            _ => None,
-        }
-    }
-
-    /// `tx` or `rx`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Tx => "tx",
-            Direction::Rx => "rx",
-        }
-    }
-}
-
-/// What the VMM did with the packets of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Verdict {
-    /// Passed on.
-    Forwarded,
-    /// Delayed or dropped by the bandwidth shaper.
-    Throttled,
-    /// Dropped: source address not the sliver's.
-    DroppedSpoof,
-    /// Dropped: could not be parsed.
-    DroppedMalformed,
-}
-
-impl Verdict {
-    /// Every verdict, in code order.
-    pub const ALL: [Verdict; 4] = [
-        Verdict::Forwarded,
-        Verdict::Throttled,
-        Verdict::DroppedSpoof,
-        Verdict::DroppedMalformed,
-    ];
-
-    /// The on-disk code.
-    pub fn code(self) -> u8 {
-        match self {
-            Verdict::Forwarded => 0,
-            Verdict::Throttled => 1,
-            Verdict::DroppedSpoof => 2,
-            Verdict::DroppedMalformed => 3,
-        }
-    }
-
-    /// From the on-disk code.
-    pub fn from_code(code: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(code)).copied()
-    }
-
-    /// The name used in the CLI, JSON and exports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Forwarded => "forwarded",
-            Verdict::Throttled => "throttled",
-            Verdict::DroppedSpoof => "dropped-spoof",
-            Verdict::DroppedMalformed => "dropped-malformed",
-        }
-    }
-}
 
 /// One flow (or one active-timeout slice of a long flow) of one sliver NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,20 +56,7 @@ impl FlowRecord {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::synth;
-
-    #[test]
-    fn codes_round_trip() {
-        for v in Verdict::ALL {
-            assert_eq!(Verdict::from_code(v.code()), Some(v));
-        }
-        assert_eq!(Verdict::from_code(4), None);
-        for d in [Direction::Tx, Direction::Rx] {
-            assert_eq!(Direction::from_code(d.code()), Some(d));
-        }
-        assert_eq!(Direction::from_code(2), None);
-    }
 
     #[test]
     fn overlap_is_inclusive() {

@@ -3,7 +3,9 @@
 
 use std::net::IpAddr;
 
-use super::record::{Direction, FlowRecord, Verdict};
+use packet::{Direction, Verdict};
+
+use super::record::FlowRecord;
 
 /// The record number `seq` of sliver `sliver`, its last packet at `last_ns`.
 ///

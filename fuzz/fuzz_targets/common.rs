@@ -1,14 +1,28 @@
 // Shared set-up: a virtio-net device on a datagram backend behind the MMIO transport, driven
-// by the guest-driver harness, with its event loop.
+// by the guest-driver harness, with its event loop. Anti-spoofing and the audit stage are on,
+// so every fuzzed frame goes through the header parser and the flow table too.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::{ForwardAll, MacAddr, NetDevice};
+use devices::virtio::net::audit::{FlowConfig, FlowKey, FlowSink, FlowStats};
+use devices::virtio::net::{AntiSpoofing, AuditSink, AuditStage, MacAddr, NetDevice, Stages};
+use packet::{Direction, Verdict};
 use devices::virtio::test_utils::{DgramBackend, GuestDriver};
 use event_manager::{EventManager, SubscriberOps};
 
 pub type Dev = Arc<Mutex<NetDevice<DgramBackend>>>;
+
+/// Keeps nothing: the audit stage runs, its output goes nowhere.
+struct Discard;
+
+impl FlowSink for Discard {
+    fn flow(&mut self, _key: &FlowKey, _stats: &FlowStats) {}
+}
+
+impl AuditSink for Discard {
+    fn capture(&mut self, _ts: u64, _d: Direction, _v: Verdict, _len: usize, _head: &[u8]) {}
+}
 
 pub struct Rig {
     pub driver: GuestDriver,
@@ -19,8 +33,17 @@ pub struct Rig {
 impl Rig {
     pub fn new() -> Self {
         let (backend, peer) = DgramBackend::pair();
+        let mac = MacAddr::local(1);
+        let stages = Stages {
+            shaper: None,
+            anti_spoofing: Some(AntiSpoofing {
+                mac: mac.0,
+                ipv4: Some([10, 0, 0, 2].into()),
+            }),
+            audit: Some(AuditStage::new(FlowConfig::default(), Box::new(Discard), true)),
+        };
         let dev: Dev = Arc::new(Mutex::new(
-            NetDevice::new(backend, MacAddr::local(1), Box::new(ForwardAll)).expect("device"),
+            NetDevice::new(backend, mac, stages).expect("device"),
         ));
         let mut em = EventManager::<Dev>::new().expect("event manager");
         em.add_subscriber(dev.clone());

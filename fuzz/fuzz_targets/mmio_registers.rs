@@ -2,7 +2,7 @@
 //! transport of a virtio-net device. The transport must never panic.
 #![no_main]
 
-use devices::bus::BusDevice;
+use devices::BusDevice;
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]

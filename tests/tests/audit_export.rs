@@ -9,9 +9,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use audit_store::pcapng::{Packet, PcapngWriter};
-use audit_store::{ipfix, synth, Direction, FlowRecord, Verdict};
+use audit_store::{ipfix, synth, FlowRecord};
 use e2e::netns::NetNs;
 use e2e::run::{self, wait_with_timeout, ChildGuard};
+use packet::{Direction, Verdict};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_audit_writer");
 /// 2026-11-28T03:00:00Z.

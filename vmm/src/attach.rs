@@ -1,14 +1,8 @@
-//! Attaching virtio-mmio devices: an MMIO window and an IRQ each, QueueNotify through
-//! ioeventfd, interrupts through irqfd, and the `virtio_mmio.device=` kernel argument.
+//! Attaching virtio-mmio devices to the VM: an MMIO window and an IRQ each, QueueNotify
+//! through ioeventfd, interrupts through irqfd, and the `virtio_mmio.device=` kernel argument.
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
-use devices::virtio::net::{
-    ForwardAll, MacAddr, NetCounters, NetDevice, PacketPolicy, Shaper, Tap,
-};
-
-use crate::audit_sink::{NicSink, NullSink, SliverAudit};
 use devices::virtio::{MmioTransport, TransportCounters, VirtioDevice, VirtioInterrupt};
 use devices::EventFdInterrupt;
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -17,22 +11,17 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_DEVICES};
 use crate::bus::{Bus, BusError};
-use crate::event_loop::EventLoop;
-use crate::net_spec::NetSpec;
 
-/// Errors attaching a device; each names the device.
+/// Errors attaching a device; each names the device by its slot (`virtio{N}`).
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// More devices than slots.
-    #[error("--net: at most {VIRTIO_MMIO_MAX_DEVICES} virtio devices")]
+    #[error("at most {VIRTIO_MMIO_MAX_DEVICES} virtio devices")]
     TooMany,
-    /// The TAP could not be opened.
-    #[error(transparent)]
-    Tap(#[from] devices::virtio::net::tap::TapError),
     /// eventfd/irqfd/ioeventfd setup failed.
-    #[error("net{index}: {what}: {source}")]
+    #[error("virtio{index}: {what}: {source}")]
     Resource {
-        /// Device index.
+        /// Device slot.
         index: usize,
         /// Which step.
         what: &'static str,
@@ -40,19 +29,8 @@ pub enum AttachError {
         source: std::io::Error,
     },
     /// MMIO window clash.
-    #[error("net{0}: {1}")]
+    #[error("virtio{0}: {1}")]
     Bus(usize, BusError),
-}
-
-/// What the VMM keeps of an attached network device.
-#[derive(Debug)]
-pub struct AttachedNet {
-    /// TAP name.
-    pub tap: String,
-    /// Packet counters.
-    pub counters: Arc<NetCounters>,
-    /// Transport counters.
-    pub transport: Arc<TransportCounters>,
 }
 
 /// Attaches devices in order, handing out MMIO windows and IRQs.
@@ -84,83 +62,15 @@ impl<'a> VirtioAttacher<'a> {
         }
     }
 
-    /// Attach a virtio-net device on the TAP of `spec`; its events go to `event_loop`.
-    pub fn attach_net(
-        &mut self,
-        spec: &NetSpec,
-        shaper: Option<Arc<Shaper>>,
-        audit: Option<&NicAudit>,
-        event_loop: &mut EventLoop,
-    ) -> Result<AttachedNet, AttachError> {
-        let index = self.count;
-        let tap = Tap::open(&spec.tap)?;
-        let mac = spec.mac_or_derived();
-        let res = |what| {
-            move |source| AttachError::Resource {
-                index,
-                what,
-                source,
-            }
-        };
-        let policy = nic_policy(spec, mac, audit, index as u8);
-        let mut device = NetDevice::new(tap, mac, policy).map_err(res("device eventfds"))?;
-        if let Some(shaper) = shaper {
-            device.set_shaper(shaper);
-        }
-        let device = Arc::new(Mutex::new(device));
-        let counters = device.lock().unwrap_or_else(|p| p.into_inner()).counters();
-        let transport = self.attach(device.clone())?;
-        event_loop.add_subscriber(Box::new(device));
-        log::info!("net{index}: tap {} mac {mac}", spec.tap);
-        Ok(AttachedNet {
-            tap: spec.tap.clone(),
-            counters,
-            transport,
-        })
-    }
-}
-
-/// What the audit stage of a sliver's NICs needs.
-#[derive(Debug, Clone)]
-pub struct NicAudit {
-    /// The sliver's log and capture ring.
-    pub audit: Arc<SliverAudit>,
-    /// Whether headers go to the capture ring.
-    pub capture: bool,
-}
-
-/// The policy stage of a NIC: anti-spoofing and audit with a log; anti-spoofing alone when only
-/// the guest's address is known; nothing otherwise.
-fn nic_policy(
-    spec: &NetSpec,
-    mac: MacAddr,
-    audit: Option<&NicAudit>,
-    nic: u8,
-) -> Box<dyn PacketPolicy> {
-    let guard = SpoofGuard {
-        mac: mac.0,
-        ipv4: spec.ip,
-    };
-    match audit {
-        Some(a) => Box::new(AuditStage::new(
-            Some(guard),
-            FlowConfig::default(),
-            Box::new(NicSink::new(a.audit.clone(), nic)),
-            a.capture,
-        )),
-        None if spec.ip.is_some() => Box::new(AuditStage::new(
-            Some(guard),
-            FlowConfig::default(),
-            Box::new(NullSink),
-            false,
-        )),
-        None => Box::new(ForwardAll),
+    /// How many devices are attached (the next one gets this slot).
+    pub fn count(&self) -> usize {
+        self.count
     }
 }
 
 impl VirtioAttacher<'_> {
     /// Give `device` the next MMIO window and IRQ.
-    fn attach(
+    pub fn attach(
         &mut self,
         device: Arc<Mutex<dyn VirtioDevice>>,
     ) -> Result<Arc<TransportCounters>, AttachError> {

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::audit::{AuditSink, AuditVerdict, FlowKey, FlowSink, FlowStats};
-use devices::virtio::net::Direction as NetDirection;
+use devices::virtio::net::audit::{AuditSink, FlowKey, FlowSink, FlowStats};
+use packet::{Direction, Verdict};
 
 use audit_store::capture::{CaptureConfig, CaptureRing, RING_FILE};
-use audit_store::record::{Direction, FlowRecord, Verdict};
+use audit_store::record::FlowRecord;
 use audit_store::writer::{AuditConfig, AuditLog};
 use audit_store::Result;
 
@@ -87,22 +87,6 @@ impl NicSink {
     }
 }
 
-fn direction(d: NetDirection) -> Direction {
-    match d {
-        NetDirection::Tx => Direction::Tx,
-        NetDirection::Rx => Direction::Rx,
-    }
-}
-
-fn verdict(v: AuditVerdict) -> Verdict {
-    match v {
-        AuditVerdict::Forwarded => Verdict::Forwarded,
-        AuditVerdict::Throttled => Verdict::Throttled,
-        AuditVerdict::DroppedSpoof => Verdict::DroppedSpoof,
-        AuditVerdict::DroppedMalformed => Verdict::DroppedMalformed,
-    }
-}
-
 impl FlowSink for NicSink {
     fn flow(&mut self, key: &FlowKey, stats: &FlowStats) {
         let a = &self.audit;
@@ -112,7 +96,7 @@ impl FlowSink for NicSink {
             slice_id: a.slice_id,
             sliver: a.identity.sliver.clone(),
             nic: self.nic,
-            direction: direction(key.direction),
+            direction: key.direction,
             ethertype: key.ethertype,
             src: key.src,
             dst: key.dst,
@@ -124,7 +108,7 @@ impl FlowSink for NicSink {
             packets: stats.packets,
             bytes: stats.bytes,
             tcp_flags: stats.tcp_flags,
-            verdict: verdict(key.verdict),
+            verdict: key.verdict,
         };
         // A full queue (slow or failing disk) is counted by the log; the packet path goes on.
         if let Err(e) = a.log.append(&rec) {
@@ -137,8 +121,8 @@ impl AuditSink for NicSink {
     fn capture(
         &mut self,
         ts_ns: u64,
-        dir: NetDirection,
-        v: AuditVerdict,
+        direction: Direction,
+        verdict: Verdict,
         frame_len: usize,
         head: &[u8],
     ) {
@@ -147,8 +131,8 @@ impl AuditSink for NicSink {
             ring.push(
                 ts_ns,
                 self.nic,
-                direction(dir),
-                verdict(v),
+                direction,
+                verdict,
                 u32::try_from(frame_len).unwrap_or(u32::MAX),
                 head,
             );
@@ -156,23 +140,11 @@ impl AuditSink for NicSink {
     }
 }
 
-/// A sink that keeps nothing: anti-spoofing without an audit log.
-#[derive(Debug, Default)]
-pub struct NullSink;
-
-impl FlowSink for NullSink {
-    fn flow(&mut self, _key: &FlowKey, _stats: &FlowStats) {}
-}
-
-impl AuditSink for NullSink {
-    fn capture(&mut self, _: u64, _: NetDirection, _: AuditVerdict, _: usize, _: &[u8]) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
-    use devices::virtio::net::{PacketPolicy, Verdict as PolicyVerdict};
+    use devices::virtio::net::audit::{AuditStage, FlowConfig};
+    use devices::virtio::net::headers::parse;
 
     #[test]
     fn slice_ids_are_stable_and_distinct() {
@@ -196,12 +168,7 @@ mod tests {
         )
         .expect("open");
         let mac = [2, 0, 0, 0, 0, 9];
-        let guard = SpoofGuard {
-            mac,
-            ipv4: Some([10, 0, 0, 2].into()),
-        };
         let mut stage = AuditStage::new(
-            Some(guard),
             FlowConfig::default(),
             Box::new(NicSink::new(audit.clone(), 0)),
             true,
@@ -216,8 +183,13 @@ mod tests {
         };
         let good = frame([10, 0, 0, 2]);
         let spoofed = frame([10, 0, 0, 99]);
-        assert_eq!(stage.on_tx(&good, good.len()), PolicyVerdict::Forward);
-        assert_eq!(stage.on_tx(&spoofed, spoofed.len()), PolicyVerdict::Drop);
+        for (frame, verdict) in [
+            (&good, Verdict::Forwarded),
+            (&spoofed, Verdict::DroppedSpoof),
+        ] {
+            let parsed = parse(frame, frame.len()).expect("parse");
+            stage.record(Direction::Tx, frame, frame.len(), Some(&parsed), verdict);
+        }
         drop(stage); // ends every flow
         audit.log().flush(std::time::Duration::from_secs(5));
         let ring = audit_store::capture::read_ring(&dir.path().join(RING_FILE)).expect("ring");

@@ -19,6 +19,7 @@ pub mod kvm_vm;
 pub mod ledger;
 pub mod memory;
 pub mod net_spec;
+pub mod nic;
 pub mod run_cmd;
 pub mod slot_rate;
 pub mod stats;

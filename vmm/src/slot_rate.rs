@@ -3,7 +3,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use devices::virtio::net::{Direction, RateSource};
+use devices::virtio::net::RateSource;
+use packet::Direction;
 
 use crate::ledger::{monotonic_ns, Ledger, LedgerError, Slot, UNLIMITED};
 

@@ -117,11 +117,11 @@ mod tests {
     fn sums_devices_and_roundtrips() {
         let a = Arc::new(NetCounters::default());
         let b = Arc::new(NetCounters::default());
-        a.tx_packets.store(2, Ordering::Relaxed);
-        a.tx_bytes.store(100, Ordering::Relaxed);
-        b.tx_packets.store(3, Ordering::Relaxed);
-        b.rx_dropped.store(4, Ordering::Relaxed);
-        a.tx_dropped.store(1, Ordering::Relaxed);
+        a.tx.packets.store(2, Ordering::Relaxed);
+        a.tx.bytes.store(100, Ordering::Relaxed);
+        b.tx.packets.store(3, Ordering::Relaxed);
+        b.rx.dropped.store(4, Ordering::Relaxed);
+        a.tx.dropped.store(1, Ordering::Relaxed);
         let s = SliverCounters::sum(&[a.clone(), b]);
         assert_eq!((s.tx_packets, s.tx_bytes, s.drops), (5, 100, 5));
         let dir = tempfile::tempdir().expect("tmp");

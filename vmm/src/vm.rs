@@ -18,7 +18,7 @@ use crate::arch::layout::{
     BOOT_TIMER_PORT, CMDLINE_START, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, I8042_PORT,
 };
 use crate::arch::{mptable, regs};
-use crate::attach::{AttachError, AttachedNet, NicAudit, VirtioAttacher};
+use crate::attach::VirtioAttacher;
 use crate::audit_sink::SliverAudit;
 use crate::boot::{cmdline, loader, pvh};
 use crate::bus::{Bus, BusError};
@@ -27,6 +27,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::host_quirks::{self, QuirkMode};
 use crate::memory::{self, MemoryError};
 use crate::net_spec::NetSpec;
+use crate::nic::{self, AttachedNet, NicAudit, NicError};
 use crate::stats::StatsWriter;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 use crate::{boot_report, kvm_vm};
@@ -108,9 +109,9 @@ pub enum VmError {
     /// Event loop setup.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
-    /// A virtio device could not be attached.
+    /// A network device could not be set up.
     #[error(transparent)]
-    Attach(#[from] AttachError),
+    Nic(#[from] NicError),
     /// A system resource (eventfd, irqfd, CPUID query) failed.
     #[error("{0}: {1}")]
     Resource(&'static str, std::io::Error),
@@ -291,7 +292,15 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let nets = config
         .net
         .iter()
-        .map(|spec| attacher.attach_net(spec, shaper.clone(), audit.as_ref(), &mut event_loop))
+        .map(|spec| {
+            nic::attach(
+                &mut attacher,
+                spec,
+                shaper.clone(),
+                audit.as_ref(),
+                &mut event_loop,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let stats = match &config.stats_file {
         Some(path) => {

@@ -26,7 +26,8 @@ use audit_store::capture::{CaptureConfig, CaptureRing, RING_FILE};
 use audit_store::params::{format_time, QueryRequest};
 use audit_store::segment::Segment;
 use audit_store::writer::AppendError;
-use audit_store::{query, synth, AuditConfig, AuditLog, Direction, FlowRecord, Verdict};
+use audit_store::{query, synth, AuditConfig, AuditLog, FlowRecord};
+use packet::{Direction, Verdict};
 
 /// 2026-11-28T00:00:00Z.
 const DAY0: u64 = 1_795_824_000_000_000_000;

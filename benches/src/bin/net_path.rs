@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use audit_store::capture::CaptureConfig;
 use devices::virtio::feature;
-use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
-use devices::virtio::net::NetBackend;
-use devices::virtio::net::PacketPolicy;
-use devices::virtio::net::{ForwardAll, MacAddr, NetDevice, Tap, QUEUE_SIZE, VNET_HDR_LEN};
+use devices::virtio::net::audit::FlowConfig;
+use devices::virtio::net::{
+    AntiSpoofing, AuditStage, MacAddr, NetBackend, NetDevice, Stages, Tap, QUEUE_SIZE, VNET_HDR_LEN,
+};
 use devices::virtio::test_utils::GuestDriver;
 use e2e::inject::Injector;
 use e2e::netns::NetNs;
@@ -100,10 +100,10 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-/// Which policy stage the device path has.
+/// Which stages the device path has besides the frame checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Audit {
-    /// None (`ForwardAll`).
+    /// None.
     Off,
     /// Anti-spoofing, flow table and log; no header capture.
     Flows,
@@ -111,9 +111,9 @@ enum Audit {
     Full,
 }
 
-/// The audit stage as a sliver's VMM has it: anti-spoofing, flow table, a log and (with
-/// `capture`) a 64 MiB capture ring in `dir`.
-fn audit_policy(dir: &std::path::Path, capture: bool) -> Box<dyn PacketPolicy> {
+/// The stages as a sliver's VMM has them: anti-spoofing, and the audit with its flow table, a
+/// log and (with `capture`) a 64 MiB capture ring in `dir`.
+fn audit_stages(dir: &std::path::Path, capture: bool) -> Stages {
     let identity = Identity {
         slice: "bench_slice".into(),
         sliver: "bench".into(),
@@ -123,16 +123,18 @@ fn audit_policy(dir: &std::path::Path, capture: bool) -> Box<dyn PacketPolicy> {
         ..CaptureConfig::default()
     };
     let audit = SliverAudit::open(dir, identity, &config).expect("audit log");
-    let guard = SpoofGuard {
-        mac: SRC_MAC,
-        ipv4: Some(SRC_IP.into()),
-    };
-    Box::new(AuditStage::new(
-        Some(guard),
-        FlowConfig::default(),
-        Box::new(NicSink::new(audit, 0)),
-        capture,
-    ))
+    Stages {
+        shaper: None,
+        anti_spoofing: Some(AntiSpoofing {
+            mac: SRC_MAC,
+            ipv4: Some(SRC_IP.into()),
+        }),
+        audit: Some(AuditStage::new(
+            FlowConfig::default(),
+            Box::new(NicSink::new(audit, 0)),
+            capture,
+        )),
+    }
 }
 
 struct DevicePath {
@@ -142,16 +144,16 @@ struct DevicePath {
 }
 
 impl DevicePath {
-    /// The device path with policy stage `audit`.
+    /// The device path with stages `audit`.
     fn new(audit: Audit) -> Self {
         let tap = Tap::open(TAP).expect("open bench TAP");
         let audit_dir = (audit != Audit::Off).then(|| tempfile::tempdir().expect("tmp"));
-        let policy = match &audit_dir {
-            Some(d) => audit_policy(d.path(), audit == Audit::Full),
-            None => Box::new(ForwardAll),
+        let stages = match &audit_dir {
+            Some(d) => audit_stages(d.path(), audit == Audit::Full),
+            None => Stages::default(),
         };
         let dev: Dev = Arc::new(Mutex::new(
-            NetDevice::new(tap, MacAddr(SRC_MAC), policy).expect("device"),
+            NetDevice::new(tap, MacAddr(SRC_MAC), stages).expect("device"),
         ));
         let mut em = EventManager::<Dev>::new().expect("event manager");
         em.add_subscriber(dev.clone());

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use audit_store::capture::CaptureConfig;
 use devices::virtio::feature;
-use devices::virtio::net::audit::{AuditStage, FlowConfig, SpoofGuard};
+use devices::virtio::net::audit::FlowConfig;
 use devices::virtio::net::shaper::FixedRate;
-use devices::virtio::net::PacketPolicy;
 use devices::virtio::net::{
-    ForwardAll, MacAddr, NetDevice, Shaper, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+    AntiSpoofing, AuditStage, MacAddr, NetDevice, Shaper, Stages, Tap, QUEUE_SIZE, RX_QUEUE,
+    TX_QUEUE,
 };
 use devices::virtio::test_utils::GuestDriver;
 use event_manager::{EventManager, SubscriberOps};
@@ -161,28 +161,24 @@ fn main() {
         std::process::exit(1)
     });
     let mac = [0x02, 0x5e, 0, 0, 0, 2];
-    let policy: Box<dyn PacketPolicy> = match &args.audit {
-        Some((dir, slice, sliver)) => {
-            let identity = Identity {
-                slice: slice.clone(),
-                sliver: sliver.clone(),
-            };
-            let audit =
-                SliverAudit::open(dir, identity, &CaptureConfig::default()).unwrap_or_else(|e| {
-                    eprintln!("sliver_loadgen: {e}");
-                    std::process::exit(1)
-                });
-            let guard = SpoofGuard { mac, ipv4: args.ip };
-            Box::new(AuditStage::new(
-                Some(guard),
-                FlowConfig::default(),
-                Box::new(NicSink::new(audit, 0)),
-                true,
-            ))
-        }
-        None => Box::new(ForwardAll),
-    };
-    let mut device = NetDevice::new(tap, MacAddr(mac), policy).expect("device");
+    let mut stages = Stages::default();
+    if let Some((dir, slice, sliver)) = &args.audit {
+        let identity = Identity {
+            slice: slice.clone(),
+            sliver: sliver.clone(),
+        };
+        let audit =
+            SliverAudit::open(dir, identity, &CaptureConfig::default()).unwrap_or_else(|e| {
+                eprintln!("sliver_loadgen: {e}");
+                std::process::exit(1)
+            });
+        stages.anti_spoofing = Some(AntiSpoofing { mac, ipv4: args.ip });
+        stages.audit = Some(AuditStage::new(
+            FlowConfig::default(),
+            Box::new(NicSink::new(audit, 0)),
+            true,
+        ));
+    }
     if let Some((path, slot)) = &args.ledger {
         let ledger = Arc::new(vmm::ledger::Ledger::open(path).unwrap_or_else(|e| {
             eprintln!("sliver_loadgen: {e}");
@@ -192,14 +188,15 @@ fn main() {
             eprintln!("sliver_loadgen: {e}");
             std::process::exit(1)
         });
-        device.set_shaper(Arc::new(Shaper::new(Box::new(source))));
+        stages.shaper = Some(Arc::new(Shaper::new(Box::new(source))));
     } else if let Some(bps) = args.offer_bps {
         let fixed = Arc::new(FixedRate {
             rates: [Some(bps / 8), None],
             ..Default::default()
         });
-        device.set_shaper(Arc::new(Shaper::new(Box::new(fixed))));
+        stages.shaper = Some(Arc::new(Shaper::new(Box::new(fixed))));
     }
+    let device = NetDevice::new(tap, MacAddr(mac), stages).expect("device");
     let dev: Dev = Arc::new(Mutex::new(device));
     let counters = dev.lock().expect("device").counters();
     let mut em = EventManager::<Dev>::new().expect("event manager");

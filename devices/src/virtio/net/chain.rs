@@ -58,9 +58,9 @@ impl IovecBuf {
     }
 }
 
-/// Which way a chain's buffers go.
+/// Who writes a chain's buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Direction {
+enum Access {
     /// TX: the device reads, every descriptor must be device-readable.
     DeviceReads,
     /// RX: the device writes, every descriptor must be device-writable.
@@ -74,7 +74,7 @@ enum Direction {
 /// how many of its bytes `head` covers.
 fn map_chain<M>(
     chain: &mut DescriptorChain<M>,
-    direction: Direction,
+    access: Access,
     head: &mut [u8],
     iovs: &mut Vec<libc::iovec>,
     max_len: usize,
@@ -92,7 +92,7 @@ where
     let mut more = true;
     while let Some(desc) = chain.next() {
         more = desc.has_next();
-        if desc.is_write_only() != (direction == Direction::DeviceWrites) {
+        if desc.is_write_only() != (access == Access::DeviceWrites) {
             return Err(ChainError::WrongDirection);
         }
         let len = desc.len() as usize;
@@ -109,7 +109,7 @@ where
             .get_slice(desc.addr(), len)
             .map_err(|_| ChainError::BadAddress)?;
         let in_head = head.len().saturating_sub(start).min(len);
-        if in_head > 0 && direction == Direction::DeviceReads {
+        if in_head > 0 && access == Access::DeviceReads {
             slice.copy_to(&mut head[start..start + in_head]);
         }
         if len > in_head {
@@ -146,7 +146,7 @@ where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let (len, head_len) = map_chain(chain, Direction::DeviceReads, head, &mut iovs.0, max_len)?;
+    let (len, head_len) = map_chain(chain, Access::DeviceReads, head, &mut iovs.0, max_len)?;
     Ok(Gathered { len, head_len })
 }
 
@@ -164,13 +164,7 @@ where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let (capacity, _) = map_chain(
-        chain,
-        Direction::DeviceWrites,
-        head,
-        &mut iovs.0,
-        usize::MAX,
-    )?;
+    let (capacity, _) = map_chain(chain, Access::DeviceWrites, head, &mut iovs.0, usize::MAX)?;
     iovs.0.push(libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),

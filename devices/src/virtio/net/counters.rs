@@ -1,37 +1,55 @@
-//! Per-device packet counters, updated on the packet path and read from anywhere.
+//! Per-device packet counters, updated on the packet path and read from anywhere. Each
+//! direction's queue updates its own part ([`TxCounters`], [`RxCounters`]); "tx" is what the
+//! guest sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of one virtio-net device. "tx" is what the guest sent.
+/// Counters of the transmit queue.
 #[derive(Debug, Default)]
-pub struct NetCounters {
+pub struct TxCounters {
     /// Frames sent by the guest and written to the backend.
-    pub tx_packets: AtomicU64,
+    pub packets: AtomicU64,
     /// Their bytes (without the virtio header).
-    pub tx_bytes: AtomicU64,
-    /// Guest frames dropped (bad frame, backend error, policy).
-    pub tx_dropped: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Guest frames dropped (bad chain or frame, spoofed, backend error).
+    pub dropped: AtomicU64,
+    /// Descriptor chains that were malformed (loops, bad addresses, wrong direction).
+    pub malformed_chains: AtomicU64,
+    /// Times TX had to wait because the backend would block.
+    pub backend_full: AtomicU64,
+    /// Times TX stopped to wait for the shaper.
+    pub throttled: AtomicU64,
+}
+
+/// Counters of the receive queue.
+#[derive(Debug, Default)]
+pub struct RxCounters {
     /// Frames delivered to the guest.
-    pub rx_packets: AtomicU64,
+    pub packets: AtomicU64,
     /// Their bytes (without the virtio header).
-    pub rx_bytes: AtomicU64,
-    /// Host frames dropped (guest buffer too small or unusable, policy).
-    pub rx_dropped: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Host frames dropped (runt, longer than the guest's buffer, malformed).
+    pub dropped: AtomicU64,
     /// Descriptor chains that were malformed (loops, bad addresses, wrong direction).
     pub malformed_chains: AtomicU64,
     /// Times a frame had to wait because the guest had posted no RX buffer.
-    pub rx_no_buffer: AtomicU64,
-    /// Times TX had to wait because the backend would block.
-    pub tx_backend_full: AtomicU64,
-    /// Times the device gave up on the driver's rings (DEVICE_NEEDS_RESET).
-    pub needs_reset: AtomicU64,
-    /// Times TX stopped to wait for the shaper.
-    pub tx_throttled: AtomicU64,
+    pub no_buffer: AtomicU64,
     /// Times RX stopped to wait for the shaper.
-    pub rx_throttled: AtomicU64,
+    pub throttled: AtomicU64,
 }
 
-/// A plain copy of [`NetCounters`].
+/// Counters of one virtio-net device.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// The transmit queue's.
+    pub tx: TxCounters,
+    /// The receive queue's.
+    pub rx: RxCounters,
+    /// Times the device gave up on the driver's rings (DEVICE_NEEDS_RESET).
+    pub needs_reset: AtomicU64,
+}
+
+/// A plain copy of [`NetCounters`], both queues' malformed chains summed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct NetCountersSnapshot {
@@ -63,19 +81,20 @@ impl NetCounters {
     /// Read every counter.
     pub fn snapshot(&self) -> NetCountersSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (tx, rx) = (&self.tx, &self.rx);
         NetCountersSnapshot {
-            tx_packets: get(&self.tx_packets),
-            tx_bytes: get(&self.tx_bytes),
-            tx_dropped: get(&self.tx_dropped),
-            rx_packets: get(&self.rx_packets),
-            rx_bytes: get(&self.rx_bytes),
-            rx_dropped: get(&self.rx_dropped),
-            malformed_chains: get(&self.malformed_chains),
-            rx_no_buffer: get(&self.rx_no_buffer),
-            tx_backend_full: get(&self.tx_backend_full),
+            tx_packets: get(&tx.packets),
+            tx_bytes: get(&tx.bytes),
+            tx_dropped: get(&tx.dropped),
+            rx_packets: get(&rx.packets),
+            rx_bytes: get(&rx.bytes),
+            rx_dropped: get(&rx.dropped),
+            malformed_chains: get(&tx.malformed_chains) + get(&rx.malformed_chains),
+            rx_no_buffer: get(&rx.no_buffer),
+            tx_backend_full: get(&tx.backend_full),
             needs_reset: get(&self.needs_reset),
-            tx_throttled: get(&self.tx_throttled),
-            rx_throttled: get(&self.rx_throttled),
+            tx_throttled: get(&tx.throttled),
+            rx_throttled: get(&rx.throttled),
         }
     }
 }

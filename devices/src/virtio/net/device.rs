@@ -1,28 +1,27 @@
 //! The virtio-net device: state, the virtio interface, and its event-loop subscriber.
 
-use std::num::Wrapping;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
+use packet::Direction;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::audit::SWEEP_INTERVAL;
 use super::backend::NetBackend;
-use super::chain::IovecBuf;
 use super::config::{self, MacAddr};
 use super::counters::{inc, NetCounters};
-use super::policy::PacketPolicy;
-use super::shaper::{Direction, Shaper};
-use super::tx::HEAD_LEN;
+use super::queue::{QueueIo, Stop};
+use super::rx::RxQueue;
+use super::stages::Stages;
+use super::tx::TxQueue;
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
@@ -32,71 +31,34 @@ const EV_RX_QUEUE: u32 = 1;
 const EV_TX_QUEUE: u32 = 2;
 const EV_BACKEND: u32 = 3;
 const EV_SHAPER_TIMER: u32 = 4;
-const EV_POLICY_TIMER: u32 = 5;
+const EV_AUDIT_TIMER: u32 = 5;
 
-/// Queues and memory while the driver has the device running.
-pub(super) struct Active {
-    pub(super) mem: GuestMemoryMmap,
-    pub(super) rx: Queue,
-    pub(super) tx: Queue,
-    pub(super) interrupt: Arc<VirtioInterrupt>,
+/// Memory, interrupt and queues while the driver has the device running.
+struct Active {
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
     health: Arc<DeviceHealth>,
-}
-
-impl Active {
-    /// Give up on the driver's rings until it resets the device.
-    pub(super) fn fail(&self, why: &str, counters: &NetCounters) {
-        inc(&counters.needs_reset);
-        self.health.fail(why, &self.interrupt);
-    }
-
-    /// Whether the available index moved further than a ring can hold (a driver bug or an
-    /// attack); then nothing in the ring can be trusted.
-    pub(super) fn avail_index_invalid(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
-        match queue.avail_idx(mem, Ordering::Acquire) {
-            Ok(idx) => (idx - Wrapping(queue.next_avail())).0 > queue.size(),
-            Err(_) => true,
-        }
-    }
+    tx: TxQueue,
+    rx: RxQueue,
 }
 
 /// A virtio-net device on backend `B`.
 pub struct NetDevice<B: NetBackend> {
-    pub(super) backend: B,
-    pub(super) policy: Box<dyn PacketPolicy>,
-    /// The shaper stage (none: no limits).
-    pub(super) shaper: Option<Arc<Shaper>>,
+    backend: B,
+    stages: Stages,
     /// Wakes a throttled device when its bucket has refilled.
     shaper_timer: TimerFd,
-    /// Runs the policy's periodic housekeeping.
-    policy_timer: TimerFd,
+    /// Runs the audit stage's sweep for idle flows.
+    audit_timer: TimerFd,
     /// When the armed shaper timer fires, if armed.
     timer_deadline: Option<Instant>,
-    /// Out of TX tokens: chains wait in the ring until the shaper timer.
-    pub(super) tx_throttled: bool,
-    /// Out of RX tokens: frames wait in the backend until the shaper timer.
-    pub(super) rx_throttled: bool,
     config: [u8; 8],
     avail_features: u64,
     acked_features: u64,
-    pub(super) counters: Arc<NetCounters>,
-    pub(super) queue_evts: [EventFd; 2],
+    counters: Arc<NetCounters>,
+    queue_evts: [EventFd; 2],
     state_evt: EventFd,
-    pub(super) active: Option<Active>,
-    /// The first bytes of the TX frame being sent (see `tx.rs`).
-    pub(super) tx_head: Box<[u8; HEAD_LEN]>,
-    /// Where the rest of that frame is in guest memory.
-    pub(super) tx_iovs: IovecBuf,
-    /// The first bytes of the RX frame being received (see `rx.rs`).
-    pub(super) rx_head: Box<[u8; HEAD_LEN]>,
-    /// Catches the first byte of a frame longer than the guest's buffer.
-    pub(super) rx_spare: [u8; 1],
-    /// Where the rest of that frame goes in guest memory.
-    pub(super) rx_iovs: IovecBuf,
-    /// No guest RX buffer: stop reading the backend until the guest kicks RX.
-    pub(super) rx_blocked: bool,
-    /// The backend would block: wait for it to become writable.
-    pub(super) tx_blocked: bool,
+    active: Option<Active>,
     backend_interest: EventSet,
 }
 
@@ -122,20 +84,15 @@ impl<B: NetBackend> std::fmt::Debug for NetDevice<B> {
 }
 
 impl<B: NetBackend> NetDevice<B> {
-    /// A device with MAC `mac` on `backend`, deciding per frame with `policy`.
-    pub fn new(backend: B, mac: MacAddr, policy: Box<dyn PacketPolicy>) -> std::io::Result<Self> {
+    /// A device with MAC `mac` on `backend`, running `stages` besides the frame checks.
+    pub fn new(backend: B, mac: MacAddr, stages: Stages) -> std::io::Result<Self> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK);
-        let shaper_timer = nonblocking_timer()?;
-        let policy_timer = nonblocking_timer()?;
         Ok(Self {
             backend,
-            policy,
-            shaper: None,
-            shaper_timer,
-            policy_timer,
+            stages,
+            shaper_timer: nonblocking_timer()?,
+            audit_timer: nonblocking_timer()?,
             timer_deadline: None,
-            tx_throttled: false,
-            rx_throttled: false,
             config: config::config_bytes(mac),
             avail_features: feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC),
             acked_features: 0,
@@ -143,29 +100,13 @@ impl<B: NetBackend> NetDevice<B> {
             queue_evts: [evt()?, evt()?],
             state_evt: evt()?,
             active: None,
-            tx_head: Box::new([0u8; HEAD_LEN]),
-            tx_iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
-            rx_head: Box::new([0u8; HEAD_LEN]),
-            rx_spare: [0u8; 1],
-            rx_iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
-            rx_blocked: false,
-            tx_blocked: false,
             backend_interest: EventSet::empty(),
         })
     }
 
-    /// Put the shaper stage `shaper` (shared by the sliver's NICs) into both pipelines.
-    pub fn set_shaper(&mut self, shaper: Arc<Shaper>) {
-        self.shaper = Some(shaper);
-    }
-
-    /// Stop direction `dir` for `wait` (the shaper's answer): arm the timer if that is
-    /// sooner than it is armed for.
-    pub(super) fn throttle(&mut self, dir: Direction, wait: Duration) {
-        match dir {
-            Direction::Tx => self.tx_throttled = true,
-            Direction::Rx => self.rx_throttled = true,
-        }
+    /// Wake up in `wait` (the shaper's answer for a throttled direction): arm the timer if
+    /// that is sooner than it is armed for.
+    fn arm_shaper_timer(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
         if self.timer_deadline.is_some_and(|d| d <= deadline) {
             return;
@@ -179,8 +120,67 @@ impl<B: NetBackend> NetDevice<B> {
             Err(e) => {
                 // Without a timer, fall back to the next guest or backend event.
                 log::error!("virtio-net: arming the shaper timer: {e}");
-                self.tx_throttled = false;
-                self.rx_throttled = false;
+                self.unthrottle();
+            }
+        }
+    }
+
+    /// Both directions may ask the shaper again.
+    fn unthrottle(&mut self) {
+        if let Some(active) = &mut self.active {
+            active.tx.throttled = false;
+            active.rx.throttled = false;
+        }
+    }
+
+    /// Run the TX queue, then act on why it stopped.
+    fn process_tx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut io = QueueIo {
+            mem: &active.mem,
+            interrupt: &active.interrupt,
+            backend: &mut self.backend,
+            stages: &mut self.stages,
+        };
+        let stop = active.tx.process(&mut io);
+        self.after(Direction::Tx, stop);
+    }
+
+    /// Run the RX queue, then act on why it stopped.
+    fn process_rx(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut io = QueueIo {
+            mem: &active.mem,
+            interrupt: &active.interrupt,
+            backend: &mut self.backend,
+            stages: &mut self.stages,
+        };
+        let stop = active.rx.process(&mut io);
+        self.after(Direction::Rx, stop);
+    }
+
+    fn after(&mut self, dir: Direction, stop: Stop) {
+        match stop {
+            Stop::Idle => {}
+            Stop::Yield => {
+                let queue = match dir {
+                    Direction::Tx => TX_QUEUE,
+                    Direction::Rx => RX_QUEUE,
+                };
+                if let Err(e) = self.queue_evts[queue].write(1) {
+                    log::error!("virtio-net: re-kicking {}: {e}", dir.as_str());
+                }
+            }
+            Stop::Throttled(wait) => self.arm_shaper_timer(wait),
+            Stop::Broken(why) => {
+                if let Some(active) = self.active.take() {
+                    inc(&self.counters.needs_reset);
+                    active.health.fail(why, &active.interrupt);
+                }
             }
         }
     }
@@ -216,11 +216,11 @@ impl<B: NetBackend> NetDevice<B> {
     /// Which backend readiness we want to hear about now.
     fn wanted_interest(&self) -> EventSet {
         let mut set = EventSet::empty();
-        if self.active.is_some() {
-            if !self.rx_blocked && !self.rx_throttled {
+        if let Some(active) = &self.active {
+            if !active.rx.blocked && !active.rx.throttled {
                 set |= EventSet::IN;
             }
-            if self.tx_blocked && !self.tx_throttled {
+            if active.tx.blocked && !active.tx.throttled {
                 set |= EventSet::OUT;
             }
         }
@@ -288,15 +288,11 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         let rx = queues.remove(RX_QUEUE);
         self.active = Some(Active {
             mem,
-            rx,
-            tx,
             interrupt,
             health,
+            tx: TxQueue::new(tx, self.counters.clone()),
+            rx: RxQueue::new(rx, self.counters.clone()),
         });
-        self.rx_blocked = false;
-        self.tx_blocked = false;
-        self.tx_throttled = false;
-        self.rx_throttled = false;
         self.wake_event_loop();
         Ok(())
     }
@@ -304,10 +300,6 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
     fn reset(&mut self) {
         self.active = None;
         self.acked_features = 0;
-        self.rx_blocked = false;
-        self.tx_blocked = false;
-        self.tx_throttled = false;
-        self.rx_throttled = false;
         self.wake_event_loop();
     }
 }
@@ -323,7 +315,9 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
             }
             EV_RX_QUEUE => {
                 let _ = self.queue_evts[RX_QUEUE].read();
-                self.rx_blocked = false;
+                if let Some(active) = &mut self.active {
+                    active.rx.blocked = false;
+                }
                 self.process_rx();
             }
             EV_TX_QUEUE => {
@@ -333,22 +327,25 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
             EV_BACKEND => {
                 let set = events.event_set();
                 if set.contains(EventSet::OUT) {
-                    self.tx_blocked = false;
+                    if let Some(active) = &mut self.active {
+                        active.tx.blocked = false;
+                    }
                     self.process_tx();
                 }
                 if set.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
                     self.process_rx();
                 }
             }
-            EV_POLICY_TIMER => {
-                let _ = self.policy_timer.wait();
-                self.policy.tick();
+            EV_AUDIT_TIMER => {
+                let _ = self.audit_timer.wait();
+                if let Some(audit) = &mut self.stages.audit {
+                    audit.sweep();
+                }
             }
             EV_SHAPER_TIMER => {
                 let _ = self.shaper_timer.wait();
                 self.timer_deadline = None;
-                self.tx_throttled = false;
-                self.rx_throttled = false;
+                self.unthrottle();
                 self.process_tx();
                 self.process_rx();
             }
@@ -364,11 +361,11 @@ impl<B: NetBackend> MutEventSubscriber for NetDevice<B> {
             Events::with_data(&self.queue_evts[TX_QUEUE], EV_TX_QUEUE, EventSet::IN),
             Events::with_data(&self.backend, EV_BACKEND, EventSet::empty()),
             Events::with_data(&self.shaper_timer, EV_SHAPER_TIMER, EventSet::IN),
-            Events::with_data(&self.policy_timer, EV_POLICY_TIMER, EventSet::IN),
+            Events::with_data(&self.audit_timer, EV_AUDIT_TIMER, EventSet::IN),
         ];
-        if let Some(every) = self.policy.tick_interval() {
-            if let Err(e) = self.policy_timer.reset(every, Some(every)) {
-                log::error!("virtio-net: arming the policy timer: {e}");
+        if self.stages.audit.is_some() {
+            if let Err(e) = self.audit_timer.reset(SWEEP_INTERVAL, Some(SWEEP_INTERVAL)) {
+                log::error!("virtio-net: arming the audit timer: {e}");
             }
         }
         for events in registrations {

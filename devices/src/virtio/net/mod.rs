@@ -1,32 +1,37 @@
-//! virtio-net on a host backend (a TAP device in production).
+//! virtio-net (virtio 1.2, section 5.1) on a host backend (a TAP device in production).
 //!
-//! The TX path is one pipeline of named stages (`tx.rs`): descriptor chain → shaper
-//! (`shaper.rs`: admits before the chain is read, is charged what was sent) → frame checks →
-//! policy (anti-spoofing and audit) → backend. RX (`rx.rs`): guest buffer → shaper → backend →
-//! policy → descriptor chain. No heap allocation per packet: frames pass through two buffers
-//! allocated once per device.
+//! Each direction is a queue type that owns its state (ring, head buffer, iovecs, counters)
+//! and runs one pipeline of named stages per frame, in an order stated once, in code:
+//! [`tx`] (`TxQueue::transmit`) and [`rx`] (`RxQueue::receive`). The stages are the
+//! [`shaper`], the [`frame_checks`], [`anti_spoofing`] and the [`audit`]; which of the
+//! optional ones a NIC runs is its [`Stages`]. No heap allocation per packet: each queue's
+//! buffers are allocated once, when the driver activates the device.
 
+pub mod anti_spoofing;
 pub mod audit;
 pub mod backend;
 mod chain;
 pub mod config;
 pub mod counters;
 pub mod device;
-pub mod frame;
-pub mod policy;
+pub mod flow_table;
+pub mod frame_checks;
+pub mod headers;
+mod queue;
 mod rx;
 pub mod shaper;
+pub mod stages;
 pub mod tap;
-#[cfg(test)]
-mod tests;
 mod tx;
 
+pub use anti_spoofing::AntiSpoofing;
+pub use audit::{AuditSink, AuditStage};
 pub use backend::NetBackend;
 pub use config::MacAddr;
 pub use counters::{NetCounters, NetCountersSnapshot};
 pub use device::NetDevice;
-pub use policy::{ForwardAll, PacketPolicy, Verdict};
-pub use shaper::{Direction, RateSource, Shaper};
+pub use shaper::{RateSource, Shaper};
+pub use stages::Stages;
 pub use tap::Tap;
 
 /// Descriptors per queue.

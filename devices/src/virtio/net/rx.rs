@@ -1,174 +1,212 @@
-//! The receive pipeline: guest buffer → backend → policy → guest.
+//! The receive queue and its pipeline. [`RxQueue::receive`] takes one frame through the
+//! stages, in the order it calls them: guest buffer (descriptor chain) → shaper admission →
+//! TAP (the backend) → frame checks → audit → guest.
 //!
-//! A guest RX chain is taken first, so a frame is read only when there is room for it
+//! A guest buffer is taken first, so a frame is read only when there is room for it
 //! (backpressure: with no buffer, the TAP is not read at all). `readv(2)` puts the frame's
-//! first bytes into the device's own buffer — what the policy inspects — and the rest straight
-//! into guest memory; the first bytes are then copied into the chain.
+//! first bytes into the queue's own buffer (what the stages read) and the rest straight into
+//! guest memory; the first bytes are then copied into the chain.
 
 use std::io::ErrorKind;
-use std::time::Instant;
+use std::sync::Arc;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use packet::{Direction, Verdict};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
-use super::chain::{rx_iovs, scatter, ChainError};
-use super::counters::NetCounters;
-use super::counters::{add, inc};
-use super::device::{Active, NetDevice};
-use super::policy::{PacketPolicy, Verdict};
-use super::shaper::{Admit, Direction};
+use super::chain::{rx_iovs, scatter, ChainError, IovecBuf};
+use super::counters::{add, inc, NetCounters, RxCounters};
+use super::frame_checks::read_headers;
+use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::tx::HEAD_LEN;
 use super::{QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
-impl<B: NetBackend> NetDevice<B> {
-    /// Deliver backend frames while the guest has buffers (bounded per call).
-    pub(super) fn process_rx(&mut self) {
-        if self.rx_throttled {
-            return;
+/// Where one guest buffer's trip through the pipeline ended.
+enum Received {
+    /// The chain goes back to the guest with this many bytes written (0: nothing usable).
+    Used(u32),
+    /// The shaper holds frames back this long: the chain stays in the ring.
+    Wait(std::time::Duration),
+    /// No frame in the backend: the chain stays in the ring.
+    Empty,
+}
+
+/// The receive queue while the driver has the device running.
+pub(super) struct RxQueue {
+    queue: Queue,
+    /// The first bytes of the frame being received: the device's own copy.
+    head: Box<[u8; HEAD_LEN]>,
+    /// Catches the first byte of a frame longer than the guest's buffer.
+    spare: [u8; 1],
+    /// Where that frame goes: `head`, the guest's buffers after those bytes, `spare`.
+    iovs: IovecBuf,
+    counters: Arc<NetCounters>,
+    /// No guest buffer: stop reading the backend until the guest kicks RX.
+    pub(super) blocked: bool,
+    /// Out of tokens: frames wait in the backend until the shaper timer.
+    pub(super) throttled: bool,
+    /// The last frame waited for the shaper, so the next one that passes was delayed.
+    delayed: bool,
+}
+
+impl RxQueue {
+    /// The driver's RX `queue`, counting into `counters`.
+    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>) -> Self {
+        Self {
+            queue,
+            head: Box::new([0u8; HEAD_LEN]),
+            spare: [0u8; 1],
+            iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
+            counters,
+            blocked: false,
+            throttled: false,
+            delayed: false,
         }
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if Active::avail_index_invalid(&active.rx, &active.mem) {
-            active.fail(
-                "RX avail index moved by more than the queue size",
-                &self.counters,
-            );
-            self.active = None;
-            return;
+    }
+
+    fn counters(&self) -> &RxCounters {
+        &self.counters.rx
+    }
+
+    /// Deliver backend frames while the guest has buffers, at most a queue's worth per call
+    /// (the backend's readiness brings the device back for the rest).
+    pub(super) fn process<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
+        if self.throttled {
+            return Stop::Idle;
         }
-        let mut returned = 0u32;
-        let mut throttled = None;
-        while returned < u32::from(QUEUE_SIZE) {
-            // Stage 1: a guest buffer.
-            let Some(chain) = active.rx.pop_descriptor_chain(&active.mem) else {
-                if let Ok(true) = active.rx.enable_notification(&active.mem) {
+        if avail_index_invalid(&self.queue, io.mem) {
+            return Stop::Broken("RX avail index moved by more than the queue size");
+        }
+        let mut returned = 0u16;
+        let mut stop = Stop::Idle;
+        while returned < QUEUE_SIZE {
+            let Some(chain) = self.queue.pop_descriptor_chain(io.mem) else {
+                if let Ok(true) = self.queue.enable_notification(io.mem) {
                     continue;
                 }
-                self.rx_blocked = true;
-                inc(&self.counters.rx_no_buffer);
+                self.blocked = true;
+                inc(&self.counters().no_buffer);
                 break;
             };
-            // The shaper decides before the backend is read: a throttled frame waits there.
-            if let Some(shaper) = &self.shaper {
-                let now = Instant::now();
-                if let Admit::Wait(wait) = shaper.admit(Direction::Rx, now) {
-                    if self.backend.readable() {
-                        shaper.waiting(Direction::Rx, now);
-                    }
-                    active.rx.go_to_previous_position();
-                    throttled = Some(wait);
+            let head = chain.head_index();
+            let used_len = match self.receive(chain, io) {
+                Received::Used(len) => len,
+                Received::Wait(wait) => {
+                    self.queue.go_to_previous_position();
+                    self.throttled = true;
+                    self.delayed = true;
+                    inc(&self.counters().throttled);
+                    stop = Stop::Throttled(wait);
                     break;
                 }
-            }
-            let head_index = chain.head_index();
-            let mut walk = chain.clone();
-            let used_len = match rx_iovs(
-                &mut walk,
-                &mut self.rx_head[..],
-                &mut self.rx_spare,
-                &mut self.rx_iovs,
-            ) {
-                Err(e) => {
-                    // The chain is unusable; the frame stays in the backend for the next one.
-                    log::debug!("virtio-net RX: unusable chain {head_index}: {e}");
-                    inc(&self.counters.malformed_chains);
-                    0
-                }
-                Ok(capacity) => {
-                    // Stage 2: a frame from the backend.
-                    // SAFETY: iovs point to `rx_head`, `rx_spare` and guest buffers that
-                    // get_slice checked and `active.mem` keeps mapped for this whole call.
-                    let n = match unsafe { self.backend.read_iov(self.rx_iovs.as_slice()) } {
-                        Ok(n) => n,
-                        Err(e) => {
-                            if e.kind() != ErrorKind::WouldBlock {
-                                log::debug!("virtio-net RX: backend read: {e}");
-                            } else if let Some(shaper) = &self.shaper {
-                                shaper.idle(Direction::Rx);
-                            }
-                            active.rx.go_to_previous_position();
-                            break;
-                        }
-                    };
-                    if let Some(shaper) = &self.shaper {
-                        shaper.charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
-                    }
-                    deliver(
-                        self.policy.as_mut(),
-                        &self.counters,
-                        &mut self.rx_head[..],
-                        chain,
-                        n,
-                        capacity,
-                    )
+                Received::Empty => {
+                    self.queue.go_to_previous_position();
+                    break;
                 }
             };
-            if active
-                .rx
-                .add_used(&active.mem, head_index, used_len)
-                .is_err()
-            {
-                active.fail("RX used ring is outside guest memory", &self.counters);
-                self.active = None;
-                return;
+            if self.queue.add_used(io.mem, head, used_len).is_err() {
+                return Stop::Broken("RX used ring is outside guest memory");
             }
             returned += 1;
         }
-        if returned > 0 && active.rx.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
+        if returned > 0 && self.queue.needs_notification(io.mem).unwrap_or(true) {
+            io.interrupt.signal_used_queue();
         }
-        if let Some(wait) = throttled {
-            super::counters::inc(&self.counters.rx_throttled);
-            self.policy.on_throttled(Direction::Rx);
-            self.throttle(Direction::Rx, wait);
-        }
+        stop
     }
-}
 
-/// Stages 3 and 4 for a frame of `n` bytes read into a chain of `capacity` bytes: policy,
-/// then the device's copy of the first bytes into the chain. Returns the used length.
-fn deliver<M>(
-    policy: &mut dyn PacketPolicy,
-    counters: &NetCounters,
-    head: &mut [u8],
-    mut chain: virtio_queue::DescriptorChain<M>,
-    n: usize,
-    capacity: usize,
-) -> u32
-where
-    M: std::ops::Deref,
-    M::Target: vm_memory::GuestMemoryBackend,
-{
-    if n < VNET_HDR_LEN || n > capacity {
-        // Runt, or longer than the guest's buffer (it reached the spare byte).
-        inc(&counters.rx_dropped);
-        return 0;
-    }
-    let head_len = n.min(HEAD_LEN);
-    if policy.on_rx(&head[VNET_HDR_LEN..head_len], n - VNET_HDR_LEN) == Verdict::Drop {
-        inc(&counters.rx_dropped);
-        return 0;
-    }
-    head[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&1u16.to_le_bytes());
-    match scatter(&mut chain, &head[..head_len]) {
-        Ok(()) => {
-            inc(&counters.rx_packets);
-            add(&counters.rx_bytes, (n - VNET_HDR_LEN) as u64);
-            n as u32
+    /// One frame through the RX pipeline; the stages run in the order written here.
+    fn receive<B: NetBackend>(
+        &mut self,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+        io: &mut QueueIo<'_, B>,
+    ) -> Received {
+        // Guest buffer: popped by the caller.
+        // Shaper admission: a frame that must wait stays in the backend.
+        let backend = &*io.backend;
+        if let Some(wait) = io.stages.admit(Direction::Rx, || backend.readable()) {
+            return Received::Wait(wait);
         }
-        Err(e) => {
-            // Cannot happen for a chain rx_iovs accepted, short of the guest rewriting
-            // its descriptors meanwhile; then the frame is lost, the device goes on.
-            log::debug!("virtio-net RX: writing frame head: {e}");
-            if e != ChainError::TooSmall {
-                inc(&counters.malformed_chains);
+        let mut walk = chain.clone();
+        let capacity = match rx_iovs(
+            &mut walk,
+            &mut self.head[..],
+            &mut self.spare,
+            &mut self.iovs,
+        ) {
+            Ok(capacity) => capacity,
+            Err(e) => {
+                // The chain is unusable; the frame stays in the backend for the next one.
+                log::debug!("virtio-net RX: unusable chain {}: {e}", chain.head_index());
+                inc(&self.counters().malformed_chains);
+                return Received::Used(0);
             }
-            inc(&counters.rx_dropped);
-            0
+        };
+        // TAP.
+        // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_iovs checked
+        // with get_slice and `io.mem` keeps mapped for this whole call.
+        let n = match unsafe { io.backend.read_iov(self.iovs.as_slice()) } {
+            Ok(n) => n,
+            Err(e) => {
+                if e.kind() == ErrorKind::WouldBlock {
+                    io.stages.idle(Direction::Rx);
+                } else {
+                    log::debug!("virtio-net RX: backend read: {e}");
+                }
+                return Received::Empty;
+            }
+        };
+        io.stages
+            .charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
+        // Frame checks: a runt, or a frame longer than the guest's buffer (it reached the
+        // spare byte), is dropped here.
+        if n < VNET_HDR_LEN || n > capacity {
+            inc(&self.counters().dropped);
+            return Received::Used(0);
+        }
+        let head_len = n.min(HEAD_LEN);
+        let frame_len = n - VNET_HDR_LEN;
+        let headers = &self.head[VNET_HDR_LEN..head_len];
+        let checked = read_headers(headers, frame_len, io.stages.reads_headers());
+        let parsed = checked.as_ref().ok().copied().flatten();
+        let verdict = match checked {
+            Ok(_) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
+            Ok(_) => Verdict::Forwarded,
+            Err(dropped) => dropped,
+        };
+        // Audit.
+        io.stages
+            .audit(Direction::Rx, headers, frame_len, parsed.as_ref(), verdict);
+        if !verdict.passes() {
+            inc(&self.counters().dropped);
+            return Received::Used(0);
+        }
+        // Guest: the device's copy of the first bytes goes into the chain's start.
+        self.head[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&1u16.to_le_bytes());
+        let mut chain = chain;
+        match scatter(&mut chain, &self.head[..head_len]) {
+            Ok(()) => {
+                inc(&self.counters().packets);
+                add(
+                    &self.counters().bytes,
+                    u64::try_from(frame_len).unwrap_or(u64::MAX),
+                );
+                Received::Used(u32::try_from(n).unwrap_or(u32::MAX))
+            }
+            Err(e) => {
+                // Cannot happen for a chain rx_iovs accepted, short of the guest rewriting
+                // its descriptors meanwhile; then the frame is lost, the device goes on.
+                log::debug!("virtio-net RX: writing frame head: {e}");
+                if e != ChainError::TooSmall {
+                    inc(&self.counters().malformed_chains);
+                }
+                inc(&self.counters().dropped);
+                Received::Used(0)
+            }
         }
     }
 }

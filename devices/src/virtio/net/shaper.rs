@@ -1,5 +1,6 @@
 //! The shaper stage of the packet path: a deficit token bucket per direction whose rate comes
-//! from outside (the node-wide allocation, see `vmm::shaper`).
+//! from outside (the node daemon's share allocation, through the VMM's ledger slot: see
+//! `node_daemon::shares` and `vmm::slot_rate`).
 //!
 //! Throttling is backpressure: when the bucket is empty the device stops taking TX chains
 //! (they wait in the guest's ring) and stops reading the backend for RX (frames wait in the
@@ -11,14 +12,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Which way a frame goes, seen from the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// The guest sends (egress).
-    Tx = 0,
-    /// The guest receives (ingress).
-    Rx = 1,
-}
+use packet::Direction;
 
 /// Where the allocated rate comes from and where the shaper reports what it did. Shared by
 /// every NIC of one sliver; called on the packet path, so lock-free and non-blocking.
@@ -130,7 +124,7 @@ impl Shaper {
         };
         let rate = rate as f64;
         let mut buckets = self.buckets();
-        let b = &mut buckets[dir as usize];
+        let b = &mut buckets[dir.index()];
         b.refill(rate, now);
         if b.tokens >= 0.0 {
             if let Some(since) = b.throttled_since.take() {
@@ -145,7 +139,7 @@ impl Shaper {
     /// A frame in direction `dir` waits for tokens since `now` (the allocator's demand signal).
     pub fn waiting(&self, dir: Direction, now: Instant) {
         let mut buckets = self.buckets();
-        let b = &mut buckets[dir as usize];
+        let b = &mut buckets[dir.index()];
         if b.throttled_since.is_none() {
             b.throttled_since = Some(now);
         }
@@ -156,7 +150,7 @@ impl Shaper {
     pub fn charge(&self, dir: Direction, bytes: usize) {
         self.source.account(dir, bytes as u64);
         if self.source.rate(dir).is_some() {
-            self.buckets()[dir as usize].tokens -= bytes as f64;
+            self.buckets()[dir.index()].tokens -= bytes as f64;
         }
     }
 
@@ -164,7 +158,7 @@ impl Shaper {
     pub fn idle(&self, dir: Direction) {
         self.source.set_backlogged(dir, false);
         let mut buckets = self.buckets();
-        let b = &mut buckets[dir as usize];
+        let b = &mut buckets[dir.index()];
         if let Some(since) = b.throttled_since.take() {
             self.source.add_throttled(
                 dir,
@@ -175,6 +169,7 @@ impl Shaper {
 }
 
 /// A fixed rate, for a device with a static limit and for tests.
+#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub struct FixedRate {
     /// Bytes per second per direction (`None`: unlimited).
@@ -187,18 +182,19 @@ pub struct FixedRate {
     pub throttled_ns: [std::sync::atomic::AtomicU64; 2],
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl RateSource for std::sync::Arc<FixedRate> {
     fn rate(&self, dir: Direction) -> Option<u64> {
-        self.rates[dir as usize]
+        self.rates[dir.index()]
     }
     fn account(&self, dir: Direction, bytes: u64) {
-        self.bytes[dir as usize].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes[dir.index()].fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
     fn set_backlogged(&self, dir: Direction, backlogged: bool) {
-        self.backlogged[dir as usize].store(backlogged, std::sync::atomic::Ordering::Relaxed);
+        self.backlogged[dir.index()].store(backlogged, std::sync::atomic::Ordering::Relaxed);
     }
     fn add_throttled(&self, dir: Direction, ns: u64) {
-        self.throttled_ns[dir as usize].fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        self.throttled_ns[dir.index()].fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

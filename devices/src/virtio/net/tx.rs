@@ -1,154 +1,192 @@
-//! The transmit pipeline: descriptor chain → frame checks → policy → shaper → backend.
+//! The transmit queue and its pipeline. [`TxQueue::transmit`] takes one frame through the
+//! stages, in the order it calls them: descriptor chain → shaper admission → frame checks →
+//! anti-spoofing → audit → TAP (the backend).
 //!
-//! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the policy looks
-//! at) are copied into the device; the payload goes from guest memory to the TAP by
-//! `writev(2)` without a copy.
+//! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the stages read)
+//! are copied into the queue's own buffer, so the guest cannot change what was checked; the
+//! rest goes from guest memory to the backend with the same `writev(2)`, without a copy.
 
 use std::io::ErrorKind;
-use std::time::Instant;
+use std::sync::Arc;
 
-use virtio_queue::{QueueOwnedT, QueueT};
+use packet::{Direction, Verdict};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
-use super::chain::{gather_iov, ChainError};
-use super::counters::{add, inc};
-use super::device::{Active, NetDevice};
-use super::frame::check_tx_frame;
-use super::policy::{Verdict, HEADER_BYTES};
-use super::shaper::{Admit, Direction};
-use super::{FRAME_BUF_LEN, QUEUE_SIZE, TX_QUEUE, VNET_HDR_LEN};
+use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
+use super::counters::{add, inc, NetCounters, TxCounters};
+use super::frame_checks::{check_tx_frame, read_headers};
+use super::headers::HEADER_BYTES;
+use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::{FRAME_BUF_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Bytes of each TX frame copied into the device.
 pub(super) const HEAD_LEN: usize = VNET_HDR_LEN + HEADER_BYTES;
 
-/// What happened to one chain.
-enum TxOutcome {
-    /// Written to the backend.
-    Sent(usize),
-    /// Dropped (counted by the caller).
-    Dropped,
-    /// The backend would block: put the chain back and wait.
+/// Where one chain's trip through the pipeline ended.
+enum Sent {
+    /// Done with the chain (sent or dropped): it goes back to the guest.
+    Used,
+    /// The shaper holds the frame back this long: the chain stays in the ring.
+    Wait(std::time::Duration),
+    /// The backend would block: the chain stays in the ring.
     Blocked,
 }
 
-impl<B: NetBackend> NetDevice<B> {
-    /// Send everything the guest queued (bounded per call; re-kicks itself if more remain).
-    pub(super) fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
-            return;
-        };
-        if self.tx_blocked || self.tx_throttled {
-            return;
+/// The transmit queue while the driver has the device running.
+pub(super) struct TxQueue {
+    queue: Queue,
+    /// The first bytes of the frame being sent: the device's own copy.
+    head: Box<[u8; HEAD_LEN]>,
+    /// Where that frame is: `head`, then the rest in guest memory.
+    iovs: IovecBuf,
+    counters: Arc<NetCounters>,
+    /// The backend would block: wait until it is writable.
+    pub(super) blocked: bool,
+    /// Out of tokens: chains wait in the ring until the shaper timer.
+    pub(super) throttled: bool,
+    /// The last frame waited for the shaper, so the next one that passes was delayed.
+    delayed: bool,
+}
+
+impl TxQueue {
+    /// The driver's TX `queue`, counting into `counters`.
+    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>) -> Self {
+        Self {
+            queue,
+            head: Box::new([0u8; HEAD_LEN]),
+            iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
+            counters,
+            blocked: false,
+            throttled: false,
+            delayed: false,
         }
-        if Active::avail_index_invalid(&active.tx, &active.mem) {
-            active.fail(
-                "TX avail index moved by more than the queue size",
-                &self.counters,
-            );
-            self.active = None;
-            return;
+    }
+
+    fn counters(&self) -> &TxCounters {
+        &self.counters.tx
+    }
+
+    /// Send what the guest queued, at most a queue's worth per call.
+    pub(super) fn process<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
+        if self.blocked || self.throttled {
+            return Stop::Idle;
         }
-        let mut returned = 0u32;
-        let mut throttled = None;
-        loop {
-            let Some(mut chain) = active.tx.pop_descriptor_chain(&active.mem) else {
+        if avail_index_invalid(&self.queue, io.mem) {
+            return Stop::Broken("TX avail index moved by more than the queue size");
+        }
+        let mut returned = 0u16;
+        let stop = loop {
+            let Some(chain) = self.queue.pop_descriptor_chain(io.mem) else {
                 // Re-arm notifications; if the guest added chains meanwhile, go on.
-                match active.tx.enable_notification(&active.mem) {
-                    Ok(true) => continue,
-                    _ => {
-                        if let Some(shaper) = &self.shaper {
-                            shaper.idle(Direction::Tx);
-                        }
-                        break;
-                    }
+                if let Ok(true) = self.queue.enable_notification(io.mem) {
+                    continue;
                 }
+                io.stages.idle(Direction::Tx);
+                break Stop::Idle;
             };
-            // The shaper decides before the chain is read: a throttled chain waits in the
-            // ring, untouched, until the shaper timer.
-            if let Some(shaper) = &self.shaper {
-                let now = Instant::now();
-                if let Admit::Wait(wait) = shaper.admit(Direction::Tx, now) {
-                    shaper.waiting(Direction::Tx, now);
-                    active.tx.go_to_previous_position();
-                    throttled = Some(wait);
-                    break;
-                }
-            }
             let head = chain.head_index();
-            // Stage 1: descriptor chain.
-            let gathered = gather_iov(
-                &mut chain,
-                &mut self.tx_head[..],
-                &mut self.tx_iovs,
-                FRAME_BUF_LEN,
-            );
-            let outcome = match gathered {
-                Err(e) => {
-                    log::debug!("virtio-net TX: dropping chain {head}: {e}");
-                    if e != ChainError::TooLong {
-                        inc(&self.counters.malformed_chains);
-                    }
-                    TxOutcome::Dropped
+            match self.transmit(chain, io) {
+                Sent::Used => {}
+                Sent::Wait(wait) => {
+                    self.queue.go_to_previous_position();
+                    self.throttled = true;
+                    self.delayed = true;
+                    inc(&self.counters().throttled);
+                    break Stop::Throttled(wait);
                 }
-                Ok(g) => {
-                    let headers = &self.tx_head[VNET_HDR_LEN.min(g.head_len)..g.head_len];
-                    // Stage 2: frame checks. Stage 3: policy. Stage 4: backend.
-                    if let Err(e) = check_tx_frame(g.len) {
-                        log::debug!("virtio-net TX: dropping frame: {e}");
-                        self.policy
-                            .on_tx_malformed(headers, g.len.saturating_sub(VNET_HDR_LEN));
-                        TxOutcome::Dropped
-                    } else if self.policy.on_tx(headers, g.len - VNET_HDR_LEN) == Verdict::Drop {
-                        TxOutcome::Dropped
-                    } else {
-                        // SAFETY: iovs[0] is `tx_head`; the others point into guest memory that
-                        // `active.mem` keeps mapped for this whole call (checked by get_slice).
-                        match unsafe { self.backend.write_iov(self.tx_iovs.as_slice()) } {
-                            Ok(_) => TxOutcome::Sent(g.len - VNET_HDR_LEN),
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => TxOutcome::Blocked,
-                            Err(e) => {
-                                log::debug!("virtio-net TX: backend write: {e}");
-                                TxOutcome::Dropped
-                            }
-                        }
-                    }
+                Sent::Blocked => {
+                    self.queue.go_to_previous_position();
+                    self.blocked = true;
+                    inc(&self.counters().backend_full);
+                    break Stop::Idle;
                 }
-            };
-            match outcome {
-                TxOutcome::Blocked => {
-                    active.tx.go_to_previous_position();
-                    inc(&self.counters.tx_backend_full);
-                    self.tx_blocked = true;
-                    break;
-                }
-                TxOutcome::Sent(bytes) => {
-                    if let Some(shaper) = &self.shaper {
-                        shaper.charge(Direction::Tx, bytes);
-                    }
-                    inc(&self.counters.tx_packets);
-                    add(&self.counters.tx_bytes, bytes as u64);
-                }
-                TxOutcome::Dropped => inc(&self.counters.tx_dropped),
             }
-            if active.tx.add_used(&active.mem, head, 0).is_err() {
-                active.fail("TX used ring is outside guest memory", &self.counters);
-                self.active = None;
-                return;
+            if self.queue.add_used(io.mem, head, 0).is_err() {
+                return Stop::Broken("TX used ring is outside guest memory");
             }
             returned += 1;
-            if returned >= u32::from(QUEUE_SIZE) {
-                // Fairness: let RX and other devices run, then continue.
-                let _ = self.queue_evts[TX_QUEUE].write(1);
-                break;
+            if returned >= QUEUE_SIZE {
+                break Stop::Yield;
             }
+        };
+        if returned > 0 && self.queue.needs_notification(io.mem).unwrap_or(true) {
+            io.interrupt.signal_used_queue();
         }
-        if returned > 0 && active.tx.needs_notification(&active.mem).unwrap_or(true) {
-            active.interrupt.signal_used_queue();
+        stop
+    }
+
+    /// One frame through the TX pipeline; the stages run in the order written here.
+    fn transmit<B: NetBackend>(
+        &mut self,
+        mut chain: DescriptorChain<&GuestMemoryMmap>,
+        io: &mut QueueIo<'_, B>,
+    ) -> Sent {
+        // Descriptor chain: popped by the caller, not read yet.
+        // Shaper admission: a chain that must wait stays in the ring, untouched.
+        if let Some(wait) = io.stages.admit(Direction::Tx, || true) {
+            return Sent::Wait(wait);
         }
-        if let Some(wait) = throttled {
-            inc(&self.counters.tx_throttled);
-            self.policy.on_throttled(Direction::Tx);
-            self.throttle(Direction::Tx, wait);
+        let frame = match gather_iov(
+            &mut chain,
+            &mut self.head[..],
+            &mut self.iovs,
+            FRAME_BUF_LEN,
+        ) {
+            Ok(frame) => frame,
+            Err(e) => {
+                log::debug!("virtio-net TX: dropping chain {}: {e}", chain.head_index());
+                if e != ChainError::TooLong {
+                    inc(&self.counters().malformed_chains);
+                }
+                inc(&self.counters().dropped);
+                return Sent::Used;
+            }
+        };
+        let Gathered { len, head_len } = frame;
+        let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
+        let frame_len = len.saturating_sub(VNET_HDR_LEN);
+        // Frame checks.
+        let checked = check_tx_frame(len)
+            .map_err(|e| {
+                log::debug!("virtio-net TX: dropping frame: {e}");
+                Verdict::DroppedMalformed
+            })
+            .and_then(|()| read_headers(headers, frame_len, io.stages.reads_headers()));
+        let parsed = checked.as_ref().ok().copied().flatten();
+        // Anti-spoofing.
+        let verdict = match checked.and_then(|_| io.stages.check_source(parsed.as_ref())) {
+            Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
+            Ok(()) => Verdict::Forwarded,
+            Err(dropped) => dropped,
+        };
+        // Audit.
+        io.stages
+            .audit(Direction::Tx, headers, frame_len, parsed.as_ref(), verdict);
+        if !verdict.passes() {
+            inc(&self.counters().dropped);
+            return Sent::Used;
+        }
+        // TAP.
+        // SAFETY: iovs[0] is `head`; the others point into guest memory that `io.mem` keeps
+        // mapped for this whole call (gather_iov checked each with get_slice).
+        match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
+            Ok(_) => {
+                io.stages.charge(Direction::Tx, frame_len);
+                inc(&self.counters().packets);
+                add(
+                    &self.counters().bytes,
+                    u64::try_from(frame_len).unwrap_or(u64::MAX),
+                );
+                Sent::Used
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Sent::Blocked,
+            Err(e) => {
+                log::debug!("virtio-net TX: backend write: {e}");
+                inc(&self.counters().dropped);
+                Sent::Used
+            }
         }
     }
 }

@@ -4,8 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::*;
-use crate::virtio::net::shaper::FixedRate;
+use devices::virtio::net::shaper::FixedRate;
+
+use crate::fixture::*;
 
 const FRAME: usize = 1000;
 
@@ -15,7 +16,11 @@ fn shaped(tx: Option<u64>, rx: Option<u64>) -> (Fixture, Arc<FixedRate>) {
         ..Default::default()
     });
     let shaper = Arc::new(Shaper::new(Box::new(src.clone())));
-    (fixture_full(Box::new(ForwardAll), Some(shaper)), src)
+    let stages = Stages {
+        shaper: Some(shaper),
+        ..Stages::default()
+    };
+    (fixture_with(stages), src)
 }
 
 impl Fixture {

@@ -1,7 +1,12 @@
-//! What the audit stage reads from a frame's first bytes: MACs, EtherType (after one VLAN
-//! tag), and for IPv4/IPv6 the addresses, protocol, ports and TCP flags; for ARP the sender.
+//! What the stages after the frame checks read from a frame's first bytes: MACs, EtherType
+//! (after one VLAN tag), and for IPv4/IPv6 the addresses, protocol, ports and TCP flags; for
+//! ARP the sender. Parsed once per frame, when anti-spoofing or the audit is on.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// How much of each frame the device copies and the stages read (enough for Ethernet + VLAN +
+/// IPv6 + TCP headers).
+pub const HEADER_BYTES: usize = 128;
 
 /// EtherType of IPv4.
 pub const ETH_IPV4: u16 = 0x0800;

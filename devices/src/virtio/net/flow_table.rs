@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHasher;
 
-use super::AuditVerdict;
-use crate::virtio::net::shaper::Direction;
+use packet::{Direction, Verdict};
 
 /// What identifies a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +30,7 @@ pub struct FlowKey {
     /// Destination port.
     pub dst_port: u16,
     /// What the VMM did with its packets.
-    pub verdict: AuditVerdict,
+    pub verdict: Verdict,
 }
 
 /// What a flow did.
@@ -127,7 +126,7 @@ impl FlowTable {
         tcp_flags: u8,
         sink: &mut dyn FlowSink,
     ) {
-        let d = key.direction as usize;
+        let d = key.direction.index();
         let active_ns = self.config.active_timeout.as_nanos() as u64;
         let add = |s: &mut FlowStats| {
             s.last_ns = now_ns;
@@ -234,7 +233,7 @@ mod tests {
             protocol: 6,
             src_port: port,
             dst_port: 80,
-            verdict: AuditVerdict::Forwarded,
+            verdict: Verdict::Forwarded,
         }
     }
 

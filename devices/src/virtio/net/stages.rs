@@ -1,0 +1,89 @@
+//! The optional stages of one NIC's pipelines, as the TX and RX queues call them: the shaper
+//! (shared by a sliver's NICs), anti-spoofing and the audit. The frame checks always run and
+//! need no state. A stage that is off lets every frame through.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use packet::{Direction, Verdict};
+
+use super::anti_spoofing::AntiSpoofing;
+use super::audit::AuditStage;
+use super::headers::FrameHeaders;
+use super::shaper::{Admit, Shaper};
+
+/// Which stages a NIC runs besides the frame checks.
+#[derive(Debug, Default)]
+pub struct Stages {
+    /// Bandwidth shaper, shared by the sliver's NICs (none: no limits).
+    pub shaper: Option<Arc<Shaper>>,
+    /// Source-address checks on TX (none: any source passes).
+    pub anti_spoofing: Option<AntiSpoofing>,
+    /// Flow records and header capture, both directions (none: nothing is recorded).
+    pub audit: Option<AuditStage>,
+}
+
+impl Stages {
+    /// Whether a stage after the frame checks reads the frame's headers.
+    pub(super) fn reads_headers(&self) -> bool {
+        self.anti_spoofing.is_some() || self.audit.is_some()
+    }
+
+    /// Shaper admission for the next frame going `dir`: `None` to go on, or how long to wait
+    /// before asking again. While it waits, `frame_waits()` says whether a frame is held back
+    /// (reported to the allocator as backlog).
+    pub(super) fn admit(
+        &self,
+        dir: Direction,
+        frame_waits: impl FnOnce() -> bool,
+    ) -> Option<Duration> {
+        let shaper = self.shaper.as_ref()?;
+        let now = Instant::now();
+        match shaper.admit(dir, now) {
+            Admit::Go => None,
+            Admit::Wait(wait) => {
+                if frame_waits() {
+                    shaper.waiting(dir, now);
+                }
+                Some(wait)
+            }
+        }
+    }
+
+    /// `bytes` of frames went `dir`: the shaper is charged for them.
+    pub(super) fn charge(&self, dir: Direction, bytes: usize) {
+        if let Some(shaper) = &self.shaper {
+            shaper.charge(dir, bytes);
+        }
+    }
+
+    /// Nothing waits to go `dir` any more.
+    pub(super) fn idle(&self, dir: Direction) {
+        if let Some(shaper) = &self.shaper {
+            shaper.idle(dir);
+        }
+    }
+
+    /// Anti-spoofing on a guest frame whose headers are `parsed` (read by the frame checks
+    /// whenever this stage is on).
+    pub(super) fn check_source(&self, parsed: Option<&FrameHeaders>) -> Result<(), Verdict> {
+        match (&self.anti_spoofing, parsed) {
+            (Some(stage), Some(headers)) => stage.check(headers),
+            _ => Ok(()),
+        }
+    }
+
+    /// The audit stage, if on: one packet going `dir` with `verdict`.
+    pub(super) fn audit(
+        &mut self,
+        dir: Direction,
+        head: &[u8],
+        frame_len: usize,
+        parsed: Option<&FrameHeaders>,
+        verdict: Verdict,
+    ) {
+        if let Some(audit) = &mut self.audit {
+            audit.record(dir, head, frame_len, parsed, verdict);
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! virtio-net device tests through the guest-driver harness (`devices::virtio::test_utils`):
+//! the data path and its stages, the shaper's backpressure, a malicious guest, and the MMIO
+//! transport's validation, each at native speed without KVM.
+
+mod datapath;
+mod fixture;
+mod malicious_guest;
+mod shaper;
+mod stages;
+mod transport;
