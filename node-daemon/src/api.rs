@@ -1,8 +1,10 @@
 //! The HTTP/1.1 + JSON API on the node's unix socket (axum). Routes are listed once in
-//! [`ROUTES`]; `docs/openapi.json` documents them and a test keeps the two in step.
+//! [`ROUTES`]; `docs/openapi.json` documents them and a test keeps the two in step. Handlers
+//! only parse the request, call the [`Node`] and map its [`SliverError`]s to statuses.
 
 use std::sync::Arc;
 
+use audit_store::params::QueryRequest;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -10,17 +12,13 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Serialize;
 use serde_json::json;
 
-use super::error::ApiError;
-use super::registry::{Created, LimitsPatch};
-use super::spec::{parse, SliverSpec, MAX_BODY_BYTES};
-use super::state::SliverRecord;
-use super::supervisor::Supervisor;
-use crate::shares::slots::Shaping;
-use audit_store::params::QueryRequest;
-use audit_store::AuditError;
-use vmm::stats::SliverCounters;
+use crate::error::SliverError;
+use crate::node::{Node, SliverView};
+use crate::registry::{Created, LimitsPatch};
+use crate::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 
 /// Every (method, path) the daemon serves.
 pub const ROUTES: &[(&str, &str)] = &[
@@ -55,312 +53,181 @@ impl
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self)).into_response()
+/// An error as a client gets it: an HTTP status and `{"error": "...", "field": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    /// HTTP status code.
+    #[serde(skip)]
+    pub status: StatusCode,
+    /// What was wrong, for a person.
+    pub error: String,
+    /// The offending field (dotted path), when one field is to blame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    fn status(status: StatusCode, error: impl Into<String>) -> Self {
+        Self {
+            status,
+            error: error.into(),
+            field: None,
+        }
     }
 }
 
-fn view(sup: &Supervisor, name: &str, r: &SliverRecord) -> serde_json::Value {
-    json!({
-        "name": name,
-        "slice": r.spec.slice,
-        "state": r.state,
-        "pid": r.pid,
-        "started_at": r.started_at,
-        "exit_reason": r.exit_reason,
-        "counters": sup.counters(name),
-        "shaping": sup.shaping(name),
-        "spec": r.spec,
-    })
+/// The status code of each kind of failure (RFC 9110 section 15; 507 from RFC 4918).
+fn status_of(e: &SliverError) -> StatusCode {
+    match e {
+        SliverError::Invalid { .. } => StatusCode::BAD_REQUEST,
+        SliverError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        SliverError::NotFound(_) => StatusCode::NOT_FOUND,
+        SliverError::Conflict { .. } => StatusCode::CONFLICT,
+        SliverError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
+        SliverError::Audit(a) if a.field().is_some() => StatusCode::BAD_REQUEST,
+        SliverError::Storage(_)
+        | SliverError::HostNet(_)
+        | SliverError::Vmm { .. }
+        | SliverError::Audit(_)
+        | SliverError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
-    body.map_err(|e| ApiError::status(e.status().as_u16(), format!("request body: {e}")))
+impl From<SliverError> for ApiError {
+    fn from(e: SliverError) -> Self {
+        Self {
+            status: status_of(&e),
+            field: e.field().map(str::to_string),
+            error: e.to_string(),
+        }
+    }
 }
 
-/// Run registry work (which fsyncs) off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::status(500, format!("internal error: {e}")))?
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self)).into_response()
+    }
+}
+
+type Reply<T> = Result<T, ApiError>;
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Reply<Bytes> {
+    body.map_err(|e| ApiError::status(e.status(), format!("request body: {e}")))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Per-sliver counter series: name, help, and which counter.
-type Series = (&'static str, &'static str, fn(&SliverCounters) -> u64);
-
-const SERIES: [Series; 5] = [
-    (
-        "slicevisor_sliver_tx_bytes_total",
-        "Bytes the sliver's guest sent.",
-        |c| c.tx_bytes,
-    ),
-    (
-        "slicevisor_sliver_tx_packets_total",
-        "Frames the sliver's guest sent.",
-        |c| c.tx_packets,
-    ),
-    (
-        "slicevisor_sliver_rx_bytes_total",
-        "Bytes delivered to the sliver's guest.",
-        |c| c.rx_bytes,
-    ),
-    (
-        "slicevisor_sliver_rx_packets_total",
-        "Frames delivered to the sliver's guest.",
-        |c| c.rx_packets,
-    ),
-    (
-        "slicevisor_sliver_drops_total",
-        "Frames dropped in either direction.",
-        |c| c.drops,
-    ),
-];
-
-async fn metrics(State(sup): State<Arc<Supervisor>>) -> Response {
-    let reg = sup.registry();
-    let mut out = String::from(
-        "# HELP slicevisor_slivers Slivers defined on this node, by state.\n# TYPE slicevisor_slivers gauge\n",
-    );
-    for (state, count) in reg.count_by_state() {
-        out.push_str(&format!(
-            "slicevisor_slivers{{state=\"{}\"}} {count}\n",
-            state.as_str()
-        ));
-    }
-    let counters: Vec<_> = reg
-        .list()
-        .into_iter()
-        .map(|(name, r)| {
-            let c = sup.counters(&name);
-            (name, r.spec.slice, c)
-        })
-        .collect();
-    for (metric, help, get) in SERIES {
-        out.push_str(&format!(
-            "# HELP {metric} {help}\n# TYPE {metric} counter\n"
-        ));
-        for (name, slice, c) in &counters {
-            out.push_str(&format!(
-                "{metric}{{sliver=\"{name}\",slice=\"{slice}\"}} {}\n",
-                get(c)
-            ));
-        }
-    }
-    shaping_metrics(&sup, &counters, &mut out);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
-}
-
-type ShapingGauge = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&Shaping) -> Option<f64>,
-);
-
-/// Per-sliver shaping series: allocated rates, bytes today, time throttled.
-const SHAPING_SERIES: [ShapingGauge; 5] = [
-    (
-        "slicevisor_sliver_tx_allocated_bps",
-        "gauge",
-        "Rate allocated to the sliver's egress now, bit/s (absent: unlimited).",
-        |s| s.tx_allocated_bps.map(|v| v as f64),
-    ),
-    (
-        "slicevisor_sliver_rx_allocated_bps",
-        "gauge",
-        "Rate allocated to the sliver's ingress now, bit/s (absent: unlimited).",
-        |s| s.rx_allocated_bps.map(|v| v as f64),
-    ),
-    (
-        "slicevisor_sliver_tx_bytes_today",
-        "gauge",
-        "Bytes the sliver sent since midnight UTC (the daily budget's count).",
-        |s| Some(s.tx_bytes_today as f64),
-    ),
-    (
-        "slicevisor_sliver_tx_throttled_seconds_total",
-        "counter",
-        "Time the sliver's frames waited for egress tokens.",
-        |s| Some(s.tx_throttled_ms as f64 / 1e3),
-    ),
-    (
-        "slicevisor_sliver_rx_throttled_seconds_total",
-        "counter",
-        "Time frames for the sliver waited for ingress tokens.",
-        |s| Some(s.rx_throttled_ms as f64 / 1e3),
-    ),
-];
-
-fn shaping_metrics<C>(sup: &Supervisor, slivers: &[(String, String, C)], out: &mut String) {
-    let shaping: Vec<_> = slivers
-        .iter()
-        .filter_map(|(name, slice, _)| sup.shaping(name).map(|s| (name, slice, s)))
-        .collect();
-    for (metric, kind, help, get) in SHAPING_SERIES {
-        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} {kind}\n"));
-        for (name, slice, s) in &shaping {
-            if let Some(v) = get(s) {
-                out.push_str(&format!(
-                    "{metric}{{sliver=\"{name}\",slice=\"{slice}\"}} {v}\n"
-                ));
-            }
-        }
-    }
-}
-
-fn audit_error(e: AuditError) -> ApiError {
-    match e.field() {
-        Some(field) => ApiError::invalid(field, e.to_string()),
-        None => ApiError::status(500, format!("audit log: {e}")),
-    }
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let text = crate::metrics::render(&node);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// `GET /audit?at=...&dst=...`: which slice and sliver, with the flows.
 async fn audit(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     RawQuery(query): RawQuery,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Reply<Json<serde_json::Value>> {
     let request: QueryRequest = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|e| ApiError::invalid("query", format!("query string: {e}")))?;
-    let params = request.parse("").map_err(audit_error)?;
-    let state_dir = sup.state_dir().to_owned();
-    let answer =
-        blocking(move || audit_store::query::run(&state_dir, &params).map_err(audit_error)).await?;
-    serde_json::to_value(answer)
-        .map(Json)
-        .map_err(|e| ApiError::status(500, format!("audit answer: {e}")))
+        .map_err(|e| SliverError::invalid("query", format!("query string: {e}")))?;
+    let params = request.parse("").map_err(SliverError::Audit)?;
+    let answer = node.audit(params).await?;
+    serde_json::to_value(answer).map(Json).map_err(|e| {
+        ApiError::status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("audit answer: {e}"),
+        )
+    })
 }
 
-async fn list(State(sup): State<Arc<Supervisor>>) -> Json<serde_json::Value> {
-    let reg = sup.registry();
-    let all: Vec<_> = reg.list().iter().map(|(n, r)| view(&sup, n, r)).collect();
-    Json(json!(all))
+async fn list(State(node): State<Arc<Node>>) -> Json<Vec<SliverView>> {
+    Json(node.list())
 }
 
-async fn show(
-    State(sup): State<Arc<Supervisor>>,
-    Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let record = sup.registry().get(&name)?;
-    Ok(Json(view(&sup, &name, &record)))
+async fn show(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Reply<Json<SliverView>> {
+    Ok(Json(node.show(&name)?))
 }
 
 async fn create(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body_bytes(body)?;
-    let reg = sup.registry().clone();
-    let (created, record) = blocking(move || {
-        let mut spec: SliverSpec = parse(&body)?;
-        spec.validate(&name)?;
-        let (created, record) = reg.create(&name, spec)?;
-        Ok((created, (name, record)))
-    })
-    .await?;
-    if created == Created::New {
-        if let Err(e) = sup.setup_host_net(&record.0, &record.1.spec).await {
-            // Nothing half-made: the definition goes again.
-            let reg = sup.registry().clone();
-            let name = record.0.clone();
-            blocking(move || reg.delete(&name)).await?;
-            sup.teardown_host_net(&record.0).await;
-            return Err(e);
-        }
-        log::info!("uid {:?} created sliver {}", peer.uid, record.0);
-    }
+) -> Reply<(StatusCode, Json<SliverView>)> {
+    let spec: SliverSpec = parse(&body_bytes(body)?)?;
+    let (created, view) = node.create(&name, spec).await?;
     let status = match created {
-        Created::New => StatusCode::CREATED,
+        Created::New => {
+            log::info!("uid {:?} created sliver {name}", peer.uid);
+            StatusCode::CREATED
+        }
         Created::Unchanged => StatusCode::OK,
     };
-    Ok((status, Json(view(&sup, &record.0, &record.1))).into_response())
+    Ok((status, Json(view)))
 }
 
 async fn patch(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = body_bytes(body)?;
-    let reg = sup.registry().clone();
-    let sup2 = sup.clone();
-    let (name, record) = blocking(move || {
-        let patch: LimitsPatch = parse(&body)?;
-        let record = reg.patch_limits(&name, &patch)?;
-        if let Some(net) = &record.spec.net {
-            sup2.apply_limits(&name, net)?;
-        }
-        log::info!(
-            "uid {:?} changed the limits of sliver {name}: {patch:?}",
-            peer.uid
-        );
-        Ok((name, record))
-    })
-    .await?;
-    Ok(Json(view(&sup, &name, &record)))
+) -> Reply<Json<SliverView>> {
+    let patch: LimitsPatch = parse(&body_bytes(body)?)?;
+    let described = format!("{patch:?}");
+    let view = node.patch_limits(&name, patch).await?;
+    log::info!(
+        "uid {:?} changed the limits of sliver {name}: {described}",
+        peer.uid
+    );
+    Ok(Json(view))
 }
 
 async fn remove(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let had_net = sup.registry().get(&name)?.spec.net.is_some();
-    sup.stop(&name).await?;
-    let reg = sup.registry().clone();
-    let deleted = name.clone();
-    blocking(move || reg.delete(&deleted)).await?;
-    if had_net {
-        sup.teardown_host_net(&name).await;
-    }
+) -> Reply<StatusCode> {
+    node.delete(&name).await?;
     log::info!("uid {:?} deleted sliver {name}", peer.uid);
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn start(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let record = sup.start(&name).await?;
+) -> Reply<Json<SliverView>> {
+    let view = node.start(&name).await?;
     log::info!("uid {:?} started sliver {name}", peer.uid);
-    Ok(Json(view(&sup, &name, &record)))
+    Ok(Json(view))
 }
 
 async fn stop(
-    State(sup): State<Arc<Supervisor>>,
+    State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Reply<Json<SliverView>> {
     log::info!("uid {:?} stops sliver {name}", peer.uid);
-    let record = sup.stop(&name).await?;
-    Ok(Json(view(&sup, &name, &record)))
+    Ok(Json(node.stop(&name).await?))
 }
 
 async fn fallback() -> ApiError {
-    ApiError::status(404, "no such route (see docs/openapi.json)")
+    ApiError::status(
+        StatusCode::NOT_FOUND,
+        "no such route (see docs/openapi.json)",
+    )
 }
 
 async fn method_not_allowed() -> ApiError {
     ApiError::status(
-        405,
+        StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route (see docs/openapi.json)",
     )
 }
 
-/// The router over the supervisor (and its registry).
-pub fn router(supervisor: Arc<Supervisor>) -> Router {
+/// The router over the node.
+pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -376,7 +243,7 @@ pub fn router(supervisor: Arc<Supervisor>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Our own parser reports oversize bodies as JSON; let one byte more through to it.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES + 1))
-        .with_state(supervisor)
+        .with_state(node)
 }
 
 #[cfg(test)]
@@ -402,5 +269,42 @@ mod tests {
             .collect();
         served.sort();
         assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn errors_serialise_as_error_and_field_with_their_status() {
+        let e = ApiError::from(SliverError::invalid("net.ipv4", "bad"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            serde_json::to_value(&e).expect("json"),
+            json!({"error": "bad", "field": "net.ipv4"})
+        );
+        let e = ApiError::from(SliverError::NotFound("web-1".into()));
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            serde_json::to_value(&e).expect("json"),
+            json!({"error": "no sliver named \"web-1\""})
+        );
+        let cases = [
+            (
+                SliverError::TooLarge { len: 9, max: 8 },
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+            (
+                SliverError::conflict(Some("name"), "exists"),
+                StatusCode::CONFLICT,
+            ),
+            (
+                SliverError::Exhausted("no slot".into()),
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+            (
+                SliverError::Internal("bug".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(ApiError::from(e).status, status);
+        }
     }
 }

@@ -8,6 +8,8 @@ pub mod client;
 pub mod ctl_cmd;
 pub mod error;
 pub mod host_net;
+pub mod metrics;
+pub mod node;
 pub mod node_cmd;
 pub mod registry;
 pub mod server;

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
 use super::spec::{SliverNet, SliverSpec};
 use super::state::{SliverRecord, SliverState, StateDir};
+use crate::error::SliverError;
 
 /// A partial update of a sliver's network limits (`PATCH /slivers/{name}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,12 +69,8 @@ pub struct Registry {
     slivers: Mutex<BTreeMap<String, SliverRecord>>,
 }
 
-fn storage(e: super::state::StateError) -> ApiError {
-    ApiError::status(500, format!("state directory: {e}"))
-}
-
-fn not_found(name: &str) -> ApiError {
-    ApiError::status(404, format!("no sliver named {name:?}"))
+fn not_found(name: &str) -> SliverError {
+    SliverError::NotFound(name.to_string())
 }
 
 impl Registry {
@@ -99,17 +95,16 @@ impl Registry {
         &self,
         name: &str,
         spec: SliverSpec,
-    ) -> Result<(Created, SliverRecord), ApiError> {
+    ) -> Result<(Created, SliverRecord), SliverError> {
         let mut slivers = self.lock();
         if let Some(existing) = slivers.get(name) {
             if existing.spec == spec {
                 return Ok((Created::Unchanged, existing.clone()));
             }
-            return Err(ApiError {
-                status: 409,
-                error: format!("sliver {name:?} exists with a different spec"),
-                field: Some("name".into()),
-            });
+            return Err(SliverError::conflict(
+                Some("name"),
+                format!("sliver {name:?} exists with a different spec"),
+            ));
         }
         let record = SliverRecord {
             spec,
@@ -118,13 +113,13 @@ impl Registry {
             started_at: None,
             exit_reason: None,
         };
-        self.state.save(name, &record).map_err(storage)?;
+        self.state.save(name, &record)?;
         slivers.insert(name.to_string(), record.clone());
         Ok((Created::New, record))
     }
 
     /// One sliver.
-    pub fn get(&self, name: &str) -> Result<SliverRecord, ApiError> {
+    pub fn get(&self, name: &str) -> Result<SliverRecord, SliverError> {
         self.lock()
             .get(name)
             .cloned()
@@ -140,11 +135,15 @@ impl Registry {
     }
 
     /// Apply a limits patch (validated as a whole before anything is stored).
-    pub fn patch_limits(&self, name: &str, patch: &LimitsPatch) -> Result<SliverRecord, ApiError> {
+    pub fn patch_limits(
+        &self,
+        name: &str,
+        patch: &LimitsPatch,
+    ) -> Result<SliverRecord, SliverError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;
         let net = record.spec.net.as_ref().ok_or_else(|| {
-            ApiError::invalid(
+            SliverError::invalid(
                 "net",
                 format!("sliver {name:?} has no network device to limit"),
             )
@@ -153,7 +152,7 @@ impl Registry {
         patched.validate_limits()?;
         let mut updated = record.clone();
         updated.spec.net = Some(patched);
-        self.state.save(name, &updated).map_err(storage)?;
+        self.state.save(name, &updated)?;
         slivers.insert(name.to_string(), updated.clone());
         Ok(updated)
     }
@@ -163,30 +162,30 @@ impl Registry {
     pub fn update<T>(
         &self,
         name: &str,
-        f: impl FnOnce(&mut SliverRecord) -> Result<T, ApiError>,
-    ) -> Result<(T, SliverRecord), ApiError> {
+        f: impl FnOnce(&mut SliverRecord) -> Result<T, SliverError>,
+    ) -> Result<(T, SliverRecord), SliverError> {
         let mut slivers = self.lock();
         let mut record = slivers.get(name).cloned().ok_or_else(|| not_found(name))?;
         let out = f(&mut record)?;
-        self.state.save(name, &record).map_err(storage)?;
+        self.state.save(name, &record)?;
         slivers.insert(name.to_string(), record.clone());
         Ok((out, record))
     }
 
     /// Forget sliver `name`; it must not be running (the supervisor stops it first).
-    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+    pub fn delete(&self, name: &str) -> Result<(), SliverError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;
         if matches!(
             record.state,
             SliverState::Starting | SliverState::Running | SliverState::Stopping
         ) {
-            return Err(ApiError::status(
-                409,
-                format!("sliver {name:?} is {:?}", record.state),
+            return Err(SliverError::conflict(
+                None,
+                format!("sliver {name:?} is {}", record.state.as_str()),
             ));
         }
-        self.state.remove(name).map_err(storage)?;
+        self.state.remove(name)?;
         slivers.remove(name);
         Ok(())
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::api::{self, Peer};
+use super::node::Node;
 use super::registry::Registry;
 use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
@@ -131,7 +132,6 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         let supervisor = Arc::new(
             Supervisor::new(
                 registry.clone(),
-                netlink,
                 exe,
                 &config.state_dir,
                 config.guest_stop_timeout,
@@ -163,7 +163,14 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         );
         log::info!("serving on {}", socket.display());
         supervisor.adopt_all();
-        let app = api::router(supervisor).into_make_service_with_connect_info::<Peer>();
+        let node = Arc::new(Node::new(
+            registry.clone(),
+            supervisor,
+            netlink,
+            ledger.clone(),
+            &config.state_dir,
+        ));
+        let app = api::router(node).into_make_service_with_connect_info::<Peer>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use devices::virtio::net::MacAddr;
 use serde::{Deserialize, Serialize};
 
-use super::error::ApiError;
+use crate::error::SliverError;
 use vmm::arch::mptable::MAX_VCPUS;
 use vmm::boot::cmdline;
 use vmm::memory::{host_mem_mib, MIN_MEM_MIB};
@@ -105,15 +105,12 @@ pub fn valid_slice_name(s: &str) -> bool {
 }
 
 /// Parse a JSON body; a type error, unknown field or truncated document names its field.
-pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SliverError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::status(
-            413,
-            format!(
-                "request body of {} bytes is over the {MAX_BODY_BYTES}-byte limit",
-                body.len()
-            ),
-        ));
+        return Err(SliverError::TooLarge {
+            len: body.len(),
+            max: MAX_BODY_BYTES,
+        });
     }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -123,10 +120,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         } else {
             path
         };
-        ApiError::invalid(&field, e.into_inner().to_string())
+        SliverError::invalid(&field, e.into_inner().to_string())
     })?;
     de.end().map_err(|e| {
-        ApiError::invalid(
+        SliverError::invalid(
             "body",
             format!("trailing data after the JSON document: {e}"),
         )
@@ -134,20 +131,23 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     Ok(value)
 }
 
-fn check_file(field: &str, path: &std::path::Path) -> Result<(), ApiError> {
+fn check_file(field: &str, path: &std::path::Path) -> Result<(), SliverError> {
     if !path.is_absolute() {
-        return Err(ApiError::invalid(
+        return Err(SliverError::invalid(
             field,
             format!("{} is not an absolute path", path.display()),
         ));
     }
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(ApiError::invalid(
+        Ok(_) => Err(SliverError::invalid(
             field,
             format!("{} is not a regular file", path.display()),
         )),
-        Err(e) => Err(ApiError::invalid(field, format!("{}: {e}", path.display()))),
+        Err(e) => Err(SliverError::invalid(
+            field,
+            format!("{}: {e}", path.display()),
+        )),
     }
 }
 
@@ -169,15 +169,15 @@ impl SliverNet {
     }
 
     /// Check addresses and limits.
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), SliverError> {
         if let Some(mac) = &self.mac {
             let parsed: MacAddr =
                 mac.parse()
                     .map_err(|e: devices::virtio::net::config::BadMac| {
-                        ApiError::invalid("net.mac", e.to_string())
+                        SliverError::invalid("net.mac", e.to_string())
                     })?;
             if parsed.is_multicast() {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     "net.mac",
                     format!("{mac} is a multicast address"),
                 ));
@@ -186,7 +186,7 @@ impl SliverNet {
         let (guest, prefix) = parse_cidr(&self.ipv4)
             .filter(|(_, p)| (1..=30).contains(p))
             .ok_or_else(|| {
-                ApiError::invalid(
+                SliverError::invalid(
                     "net.ipv4",
                     format!(
                         "{:?} is not ADDRESS/PREFIX with a prefix of 1 to 30",
@@ -195,14 +195,14 @@ impl SliverNet {
                 )
             })?;
         let host: Ipv4Addr = self.host_ipv4.parse().map_err(|_| {
-            ApiError::invalid(
+            SliverError::invalid(
                 "net.host_ipv4",
                 format!("{:?} is not an IPv4 address", self.host_ipv4),
             )
         })?;
         let mask = u32::MAX << (32 - u32::from(prefix));
         if u32::from(host) & mask != u32::from(guest) & mask || host == guest {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "net.host_ipv4",
                 format!("{host} must be another address in {guest}/{prefix}"),
             ));
@@ -221,28 +221,28 @@ impl SliverNet {
     }
 
     /// Check the limits alone (also used for PATCH).
-    pub fn validate_limits(&self) -> Result<(), ApiError> {
+    pub fn validate_limits(&self) -> Result<(), SliverError> {
         if !(1..=MAX_SHARE).contains(&self.net_share) {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "net.net_share",
                 format!("{} is not a weight from 1 to {MAX_SHARE}", self.net_share),
             ));
         }
         if self.net_min_rate > MAX_RATE_BPS {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "net.net_min_rate",
                 format!("{} bit/s is above {MAX_RATE_BPS}", self.net_min_rate),
             ));
         }
         if let Some(max) = self.net_max_rate {
             if max == 0 || max > MAX_RATE_BPS {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     "net.net_max_rate",
                     format!("{max} bit/s is not between 1 and {MAX_RATE_BPS}"),
                 ));
             }
             if self.net_min_rate > max {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     "net.net_min_rate",
                     format!("{} bit/s is above net_max_rate {max}", self.net_min_rate),
                 ));
@@ -253,7 +253,7 @@ impl SliverNet {
             ("net.net_thresh_kbyte", self.net_thresh_kbyte),
         ] {
             if value.is_some_and(|v| v > MAX_KBYTE_PER_DAY) {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     field,
                     format!(
                         "{} KB a day is above {MAX_KBYTE_PER_DAY}",
@@ -263,11 +263,11 @@ impl SliverNet {
             }
         }
         match (self.net_thresh_kbyte, self.net_max_kbyte) {
-            (Some(t), Some(m)) if t > m => Err(ApiError::invalid(
+            (Some(t), Some(m)) if t > m => Err(SliverError::invalid(
                 "net.net_thresh_kbyte",
                 format!("{t} KB is above net_max_kbyte {m}"),
             )),
-            (Some(_), None) => Err(ApiError::invalid(
+            (Some(_), None) => Err(SliverError::invalid(
                 "net.net_thresh_kbyte",
                 "a threshold needs net_max_kbyte",
             )),
@@ -278,16 +278,16 @@ impl SliverNet {
 
 impl SliverSpec {
     /// Check the spec for sliver `name` (from the URL); fills in `name`.
-    pub fn validate(&mut self, name: &str) -> Result<(), ApiError> {
+    pub fn validate(&mut self, name: &str) -> Result<(), SliverError> {
         if !valid_sliver_name(name) {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "name",
                 format!("{name:?} does not match [a-z0-9-]{{1,63}}"),
             ));
         }
         if let Some(body_name) = &self.name {
             if body_name != name {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     "name",
                     format!("{body_name:?} differs from {name:?} in the URL"),
                 ));
@@ -295,7 +295,7 @@ impl SliverSpec {
         }
         self.name = Some(name.to_string());
         if !valid_slice_name(&self.slice) {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "slice",
                 format!("{:?} does not match [a-z0-9_-]{{1,63}}", self.slice),
             ));
@@ -306,23 +306,23 @@ impl SliverSpec {
         }
         if let Some(extra) = &self.cmdline {
             if extra.len() > MAX_CMDLINE {
-                return Err(ApiError::invalid(
+                return Err(SliverError::invalid(
                     "cmdline",
                     format!("{} bytes is over {MAX_CMDLINE}", extra.len()),
                 ));
             }
             cmdline::build(Some(extra), &[])
-                .map_err(|e| ApiError::invalid("cmdline", e.to_string()))?;
+                .map_err(|e| SliverError::invalid("cmdline", e.to_string()))?;
         }
         if !(1..=MAX_VCPUS).contains(&self.vcpus) {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "vcpus",
                 format!("{} is not between 1 and {MAX_VCPUS}", self.vcpus),
             ));
         }
         let host = host_mem_mib().unwrap_or(u64::MAX);
         if self.mem_mib < MIN_MEM_MIB || self.mem_mib > host {
-            return Err(ApiError::invalid(
+            return Err(SliverError::invalid(
                 "mem_mib",
                 format!(
                     "{} MiB is not between {MIN_MEM_MIB} and the host's {host}",
@@ -358,7 +358,7 @@ mod tests {
         })
     }
 
-    fn check(body: &[u8], name: &str) -> Result<SliverSpec, ApiError> {
+    fn check(body: &[u8], name: &str) -> Result<SliverSpec, SliverError> {
         let mut spec: SliverSpec = parse(body)?;
         spec.validate(name)?;
         Ok(spec)
@@ -467,9 +467,9 @@ mod tests {
             mutate(&mut body);
             let e = check(body.to_string().as_bytes(), "web-1")
                 .expect_err(&format!("{field} case should fail: {body}"));
-            assert_eq!(e.field.as_deref(), Some(field), "{body}: {e:?}");
-            assert_eq!(e.status, 400);
-            assert!(!e.error.is_empty());
+            assert_eq!(e.field(), Some(field), "{body}: {e:?}");
+            assert!(matches!(e, SliverError::Invalid { .. }), "{e:?}");
+            assert!(!e.to_string().is_empty());
         }
     }
 
@@ -479,28 +479,14 @@ mod tests {
         let body = good(k.path()).to_string();
         for name in ["", "UPPER", "a_b", "a/b", &"x".repeat(64)] {
             let e = check(body.as_bytes(), name).expect_err("bad name");
-            assert_eq!(e.field.as_deref(), Some("name"), "{name:?}");
+            assert_eq!(e.field(), Some("name"), "{name:?}");
         }
         let e = check(&body.as_bytes()[..body.len() / 2], "ok").expect_err("truncated");
-        assert_eq!(e.status, 400);
-        assert!(e.field.is_some());
+        assert!(matches!(e, SliverError::Invalid { .. }), "{e:?}");
+        assert!(e.field().is_some());
         let e = check(format!("{body} {{}}").as_bytes(), "ok").expect_err("trailing");
-        assert_eq!(e.field.as_deref(), Some("body"));
+        assert_eq!(e.field(), Some("body"));
         let e = check(&vec![b' '; MAX_BODY_BYTES + 1], "ok").expect_err("big");
-        assert_eq!(e.status, 413);
-    }
-
-    #[test]
-    fn errors_serialise_as_error_and_field() {
-        let e = ApiError::invalid("net.ipv4", "bad");
-        assert_eq!(
-            serde_json::to_value(&e).expect("json"),
-            json!({"error": "bad", "field": "net.ipv4"})
-        );
-        let e = ApiError::status(404, "no such sliver");
-        assert_eq!(
-            serde_json::to_value(&e).expect("json"),
-            json!({"error": "no such sliver"})
-        );
+        assert!(matches!(e, SliverError::TooLarge { .. }), "{e:?}");
     }
 }

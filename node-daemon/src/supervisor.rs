@@ -1,7 +1,7 @@
 //! One VMM process per running sliver: started as `slicevisor run`, watched until it exits
 //! (its exit is noticed at once and recorded with the reason), stopped by asking the guest to
-//! power off, then with SIGTERM and, if need be, SIGKILL. After a daemon restart, VMMs that kept running are re-adopted through a
-//! pidfd instead of being orphaned or started twice.
+//! power off, then with SIGTERM and, if need be, SIGKILL. After a daemon restart, VMMs that
+//! kept running are re-adopted through a pidfd instead of being orphaned or started twice.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -12,14 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
-
-use super::error::ApiError;
-use super::host_net;
-use super::registry::Registry;
-use super::state::{SliverRecord, SliverState};
-use crate::shares::slots::{self, Shaping};
 use vmm::exit::ExitRecord;
 use vmm::ledger::Ledger;
+
+use crate::error::SliverError;
+use crate::host_net;
+use crate::registry::Registry;
+use crate::shares::slots;
+use crate::state::{SliverRecord, SliverState};
 
 /// How long a VMM gets to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -29,7 +29,6 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Supervisor {
     registry: Arc<Registry>,
     guest_grace: Duration,
-    netlink: rtnetlink::Handle,
     exe: PathBuf,
     run_dir: PathBuf,
     /// The daemon's state directory (audit logs live in `audit/`).
@@ -47,10 +46,6 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
-    ApiError::status(500, format!("{what}: {e}"))
 }
 
 fn signal(pid: u32, sig: libc::c_int) {
@@ -84,7 +79,6 @@ impl Supervisor {
     /// `state_dir/run`.
     pub fn new(
         registry: Arc<Registry>,
-        netlink: rtnetlink::Handle,
         exe: PathBuf,
         state_dir: &Path,
         guest_grace: Duration,
@@ -96,7 +90,6 @@ impl Supervisor {
         Ok(Self {
             registry,
             guest_grace,
-            netlink,
             exe,
             run_dir,
             state_dir: state_dir.to_owned(),
@@ -104,62 +97,6 @@ impl Supervisor {
             ledger,
             exited: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The sliver registry.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    /// Create and address the TAP of sliver `name` if its spec has a network device.
-    pub async fn setup_host_net(
-        &self,
-        name: &str,
-        spec: &super::spec::SliverSpec,
-    ) -> Result<(), ApiError> {
-        let Some(net) = &spec.net else {
-            return Ok(());
-        };
-        let (Some((_, prefix)), Some(host)) = (net.guest_cidr(), net.host_addr()) else {
-            return Err(ApiError::invalid("net", "addresses not validated"));
-        };
-        let tap = host_net::tap_name(name);
-        host_net::ensure_tap(&self.netlink, &tap, host, prefix)
-            .await
-            .map_err(|e| ApiError {
-                status: 500,
-                error: format!("setting up the host side: {e}"),
-                field: Some("net".into()),
-            })?;
-        log::info!("sliver {name}: TAP {tap} with {host}/{prefix}");
-        self.apply_limits(name, net)
-    }
-
-    /// Give sliver `name` a shaper slot (or update its own) with the limits in `net`; the
-    /// allocation loop applies them at its next tick.
-    pub fn apply_limits(&self, name: &str, net: &super::spec::SliverNet) -> Result<(), ApiError> {
-        slots::assign(&self.ledger, name, &net.limits())
-            .map(|_| ())
-            .map_err(|e| ApiError::status(507, format!("no shaper slot for {name:?}: {e}")))
-    }
-
-    /// The daemon's state directory.
-    pub fn state_dir(&self) -> &Path {
-        &self.state_dir
-    }
-
-    /// Sliver `name`'s shaping state (allocated rates, bytes today, time throttled).
-    pub fn shaping(&self, name: &str) -> Option<Shaping> {
-        slots::find(&self.ledger, name).and_then(|i| slots::snapshot(&self.ledger, i))
-    }
-
-    /// Remove the TAP of sliver `name` (if any).
-    pub async fn teardown_host_net(&self, name: &str) {
-        slots::release(&self.ledger, name);
-        let tap = host_net::tap_name(name);
-        if let Err(e) = host_net::remove_tap(&self.netlink, &tap).await {
-            log::error!("sliver {name}: {e}");
-        }
     }
 
     fn exit_file(&self, name: &str) -> PathBuf {
@@ -268,15 +205,15 @@ impl Supervisor {
     }
 
     /// Start the VMM of sliver `name`.
-    pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverRecord, ApiError> {
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverRecord, SliverError> {
         let (_, record) = self.registry.update(name, |r| match r.state {
             SliverState::Created | SliverState::Stopped | SliverState::Failed => {
                 r.state = SliverState::Starting;
                 r.exit_reason = None;
                 Ok(())
             }
-            s => Err(ApiError::status(
-                409,
+            s => Err(SliverError::conflict(
+                None,
                 format!("sliver {name:?} is {}", s.as_str()),
             )),
         })?;
@@ -292,7 +229,10 @@ impl Supervisor {
                     r.exit_reason = Some(reason.clone());
                     Ok(())
                 })?;
-                return Err(internal("starting the VMM", e));
+                return Err(SliverError::Vmm {
+                    what: "starting the VMM",
+                    source: e,
+                });
             }
         };
         let pid = child.id().unwrap_or(0);
@@ -357,7 +297,7 @@ impl Supervisor {
     /// request on the guest console), then SIGTERM after the guest grace period, then SIGKILL
     /// after [`STOP_GRACE`]. Waits for the exit to be recorded. Stopping a sliver that is not
     /// running is not an error.
-    pub async fn stop(&self, name: &str) -> Result<SliverRecord, ApiError> {
+    pub async fn stop(&self, name: &str) -> Result<SliverRecord, SliverError> {
         let (pid, _) = self.registry.update(name, |r| match (r.state, r.pid) {
             (SliverState::Starting | SliverState::Running | SliverState::Stopping, Some(pid)) => {
                 r.state = SliverState::Stopping;
@@ -375,10 +315,9 @@ impl Supervisor {
             .get(name)
             .cloned();
         let Some(mut rx) = rx else {
-            return Err(internal(
-                "stopping",
-                format!("sliver {name:?} has a pid but no watcher"),
-            ));
+            return Err(SliverError::Internal(format!(
+                "stopping sliver {name:?}: it has a pid but no watcher"
+            )));
         };
         let steps = [
             (
