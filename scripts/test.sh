@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
 # Every test slicevisor has: the guest kernel is built (or taken from its cache) first, because
 # the end-to-end tests boot it. Needs root, /dev/kvm and /dev/net/tun; see README.md.
+#
+# scripts/test.sh --quick: the quick lane for a developer's machine, any user, no KVM: format,
+# lints, and every test that needs neither root nor KVM nor a guest kernel (the crates' own
+# tests, the device tests through the guest-driver harness, the workspace conventions).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
 command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found (install Rust)" >&2; exit 1; }
+
+# One closing line for a whole run (cargo's last line is a doc-test summary).
+summarize() {
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
+         END { printf "summary: %d passed, %d failed\n", p, f }' "$1"
+}
+
+if [[ "${1:-}" == "--quick" ]]; then
+    step "format and lints"
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    step "tests that need neither root nor KVM"
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    status=0
+    { cargo test --workspace --exclude e2e --no-fail-fast &&
+        cargo test -p e2e --lib --test conventions --no-fail-fast; } 2>&1 | tee "$log" || status=$?
+    summarize "$log"
+    exit "$status"
+elif [[ $# -gt 0 ]]; then
+    echo "usage: scripts/test.sh [--quick]" >&2
+    exit 2
+fi
 
 step "host tools the tests use"
 need=()
@@ -39,7 +66,5 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
-# One closing line for the whole run (cargo's last line is a doc-test summary).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "summary: %d passed, %d failed\n", p, f }' "$log"
+summarize "$log"
 exit "$status"

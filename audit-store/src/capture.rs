@@ -13,10 +13,11 @@ use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use packet::{Direction, Verdict};
+
 use super::error::{AuditError, Result};
 use super::lock::lock_exclusive;
 use super::mmap::SharedMap;
-use packet::{Direction, Verdict};
 
 const MAGIC: [u8; 4] = *b"SVCR";
 const VERSION: u32 = 1;

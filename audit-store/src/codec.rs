@@ -6,9 +6,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::error::{AuditError, Result};
 use packet::{Direction, Verdict};
 
+use super::error::{AuditError, Result};
 use super::record::FlowRecord;
 
 /// Starts every record: "SVAR".

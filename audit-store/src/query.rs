@@ -261,10 +261,11 @@ fn scan_whole(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::params::QueryRequest;
     use crate::{synth, AuditConfig, AuditLog};
-    use std::time::Duration;
 
     const T0: u64 = 1_795_834_800_000_000_000; // 2026-11-28T03:00:00Z
     const S: u64 = 1_000_000_000;

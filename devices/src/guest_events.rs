@@ -19,8 +19,9 @@ pub trait GuestEventSink: Send + Sync {
 
 #[cfg(test)]
 pub(crate) mod test_utils {
-    use super::{GuestEvent, GuestEventSink};
     use std::sync::Mutex;
+
+    use super::{GuestEvent, GuestEventSink};
 
     /// Records every event, for assertions.
     #[derive(Debug, Default)]

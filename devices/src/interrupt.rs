@@ -1,6 +1,7 @@
 //! How a device raises its interrupt line without knowing about KVM.
 
 use std::io;
+
 use vmm_sys_util::eventfd::EventFd;
 
 /// An edge-triggered interrupt line of one device.

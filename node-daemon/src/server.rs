@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use vmm::ledger::{Ledger, LedgerError};
+
 use super::api::{self, Peer};
 use super::node::Node;
 use super::registry::Registry;
@@ -12,7 +14,6 @@ use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
 use crate::shares::coordinator::{self, NodeRates};
 use crate::shares::slots;
-use vmm::ledger::{Ledger, LedgerError};
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -118,8 +119,8 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     );
     let ledger_path = config.state_dir.join("shaper.ledger");
     let ledger = Arc::new(Ledger::create_or_open(&ledger_path).map_err(NodeError::Shaper)?);
-    let stop_shaper = Arc::new(AtomicBool::new(false));
-    let mut shaper_thread = None;
+    let stop_shares = Arc::new(AtomicBool::new(false));
+    let mut shares_thread = None;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,8 +152,8 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         set_permissions(&socket, config.socket_group)?;
         // Only the daemon that owns the socket touches the ledger's allocation.
         reconcile_slots(&ledger, &registry);
-        shaper_thread = Some(
-            coordinator::spawn(ledger.clone(), config.node_rates, stop_shaper.clone())
+        shares_thread = Some(
+            coordinator::spawn(ledger.clone(), config.node_rates, stop_shares.clone())
                 .map_err(NodeError::Runtime)?,
         );
         log::info!(
@@ -179,9 +180,9 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     if let Err(e) = std::fs::remove_file(&config.socket) {
         log::warn!("removing {}: {e}", config.socket.display());
     }
-    stop_shaper.store(true, Ordering::Relaxed);
-    if shaper_thread.map(|t| t.join()).is_some_and(|r| r.is_err()) {
-        log::error!("the shaper thread panicked");
+    stop_shares.store(true, Ordering::Relaxed);
+    if shares_thread.map(|t| t.join()).is_some_and(|r| r.is_err()) {
+        log::error!("the share allocation thread panicked");
     }
     result
 }
@@ -200,7 +201,7 @@ fn reconcile_slots(ledger: &Ledger, registry: &Registry) {
     let slivers = registry.list();
     for (_, slot) in ledger.slots() {
         if slot.is_used() && !slivers.iter().any(|(n, _)| slot.name_is(n)) {
-            log::info!("shaper: freeing the slot of deleted sliver {}", slot.name());
+            log::info!("shares: freeing the slot of deleted sliver {}", slot.name());
             slot.release();
         }
     }

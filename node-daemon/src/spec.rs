@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use devices::virtio::net::MacAddr;
 use serde::{Deserialize, Serialize};
-
-use crate::error::SliverError;
 use vmm::arch::mptable::MAX_VCPUS;
 use vmm::boot::cmdline;
 use vmm::memory::{host_mem_mib, MIN_MEM_MIB};
+
+use crate::error::SliverError;
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -339,8 +339,9 @@ impl SliverSpec {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn kernel() -> tempfile::NamedTempFile {
         tempfile::NamedTempFile::new().expect("tmp")

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::daemon::{request, ResponseExt};
 use serde_json::{json, Value};
 
+use crate::daemon::{request, ResponseExt};
 use crate::inject::Injector;
 use crate::netns::NetNs;
 use crate::run::{slicevisor_bin, ChildGuard};

@@ -3,9 +3,8 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use e2e::daemon::spawn_daemon;
 use e2e::daemon::{request, ResponseExt};

@@ -5,13 +5,12 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::audit::{AuditSink, FlowKey, FlowSink, FlowStats};
-use packet::{Direction, Verdict};
-
 use audit_store::capture::{CaptureConfig, CaptureRing, RING_FILE};
 use audit_store::record::FlowRecord;
 use audit_store::writer::{AuditConfig, AuditLog};
 use audit_store::Result;
+use devices::virtio::net::audit::{AuditSink, FlowKey, FlowSink, FlowStats};
+use packet::{Direction, Verdict};
 
 /// Who the records are about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,9 +141,10 @@ impl AuditSink for NicSink {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use devices::virtio::net::audit::{AuditStage, FlowConfig};
     use devices::virtio::net::headers::parse;
+
+    use super::*;
 
     #[test]
     fn slice_ids_are_stable_and_distinct() {

@@ -56,8 +56,9 @@ pub fn cmdline_workarounds(mode: QuirkMode, detected: bool) -> (Vec<String>, &'s
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::io::Write;
+
+    use super::*;
 
     #[test]
     fn detection_reads_the_module_parameter() {

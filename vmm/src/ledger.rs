@@ -8,6 +8,13 @@
 //!
 //! The file survives daemon restarts (byte counters and the daily baseline with it), and a
 //! VMM that outlives the daemon keeps its mapping.
+// Casts on the packet path and in shared memory must not truncate or wrap silently.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,11 @@
 //! The VMM's side of the ledger: its slot as the shaper stage's [`RateSource`].
+// Casts on the packet path and in shared memory must not truncate or wrap silently.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -110,8 +110,9 @@ impl MutEventSubscriber for StatsWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::atomic::Ordering;
+
+    use super::*;
 
     #[test]
     fn sums_devices_and_roundtrips() {

@@ -17,9 +17,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{Activation, DeviceHealth, VirtioDevice};
 use super::feature;
-use super::interrupt::VirtioInterrupt;
+use super::interrupt_status::VirtioInterrupt;
+use super::virtio_device::{Activation, DeviceHealth, VirtioDevice};
 use crate::bus_device::BusDevice;
 
 /// "virt" in little endian.

@@ -1,15 +1,15 @@
 //! virtio 1.x: the device interface, the MMIO transport, and the devices.
 
-pub mod device;
-pub mod interrupt;
+pub mod interrupt_status;
 pub mod mmio;
 pub mod net;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
+pub mod virtio_device;
 
-pub use device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
-pub use interrupt::VirtioInterrupt;
+pub use interrupt_status::VirtioInterrupt;
 pub use mmio::{MmioTransport, TransportCounters};
+pub use virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 
 /// Feature bit as a mask.
 pub const fn feature(bit: u32) -> u64 {

@@ -13,10 +13,10 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::device::VirtioDevice;
-use super::interrupt::VirtioInterrupt;
+use super::interrupt_status::VirtioInterrupt;
 use super::mmio::MmioTransport;
 use super::net::NetBackend;
+use super::virtio_device::VirtioDevice;
 use crate::bus_device::BusDevice;
 use crate::interrupt::EventFdInterrupt;
 

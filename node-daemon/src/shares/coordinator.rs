@@ -13,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use vmm::ledger::{monotonic_ns, Ledger, Slot, SLOTS, UNLIMITED};
+
 use super::alloc::{allocate, Claim};
 use super::budget::{day_of, Budget};
 use super::slots::unix_now;
-use vmm::ledger::{monotonic_ns, Ledger, Slot, SLOTS, UNLIMITED};
 
 /// How often the allocation is recomputed.
 pub const TICK: Duration = Duration::from_millis(2);
@@ -227,7 +228,7 @@ pub fn spawn(
         h.node_rx.store(node.rx, Ordering::Relaxed);
     }
     std::thread::Builder::new()
-        .name("shaper".into())
+        .name("shares".into())
         .spawn(move || {
             let mut c = Coordinator::new(ledger, node);
             while !stop.load(Ordering::Relaxed) {

@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
+use vmm::ledger::{Ledger, LedgerError, Slot, SLOTS, UNLIMITED};
 
 use super::budget::day_of;
-use vmm::ledger::{Ledger, LedgerError, Slot, SLOTS, UNLIMITED};
 
 /// A sliver's limits as the allocator needs them (PlanetLab's names; rates in bit/s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

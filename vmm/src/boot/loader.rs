@@ -217,8 +217,9 @@ pub fn load_initrd(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::io::Write;
+
+    use super::*;
 
     fn mem(mib: usize) -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mib << 20)]).expect("memory")

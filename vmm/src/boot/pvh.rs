@@ -74,9 +74,10 @@ pub fn write_start_info(
 
 #[cfg(test)]
 mod tests {
+    use vm_memory::Bytes;
+
     use super::*;
     use crate::memory::usable_ram;
-    use vm_memory::Bytes;
 
     #[test]
     fn start_info_points_at_map_cmdline_and_initrd() {

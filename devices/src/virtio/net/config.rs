@@ -58,11 +58,18 @@ impl MacAddr {
     }
 }
 
-/// `struct virtio_net_config` up to `status`: mac[6], status u16.
+/// `VIRTIO_NET_S_LINK_UP` as the 16-bit `status` field holds it (virtio 1.2 section 5.1.4).
+#[allow(clippy::cast_possible_truncation)] // checked at compile time just above the cast
+const STATUS_LINK_UP: u16 = {
+    assert!(VIRTIO_NET_S_LINK_UP <= u16::MAX as u32);
+    VIRTIO_NET_S_LINK_UP as u16
+};
+
+/// `struct virtio_net_config` up to `status`: mac[6], status u16 (little-endian).
 pub fn config_bytes(mac: MacAddr) -> [u8; 8] {
     let mut c = [0u8; 8];
     c[..6].copy_from_slice(&mac.0);
-    c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+    c[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
     c
 }
 

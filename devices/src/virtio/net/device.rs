@@ -23,7 +23,7 @@ use super::rx::RxQueue;
 use super::stages::Stages;
 use super::tx::TxQueue;
 use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
-use crate::virtio::device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
+use crate::virtio::virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
 const EV_STATE: u32 = 0;

@@ -6,6 +6,13 @@
 //! [`shaper`], the [`frame_checks`], [`anti_spoofing`] and the [`audit`]; which of the
 //! optional ones a NIC runs is its [`Stages`]. No heap allocation per packet: each queue's
 //! buffers are allocated once, when the driver activates the device.
+// Casts on the packet path and in shared memory must not truncate or wrap silently.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap,
+    clippy::cast_lossless
+)]
 
 pub mod anti_spoofing;
 pub mod audit;

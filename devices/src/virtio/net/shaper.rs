@@ -49,6 +49,11 @@ pub enum Admit {
     Wait(Duration),
 }
 
+/// `d` in nanoseconds (saturating).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug)]
 struct Bucket {
     /// Bytes that may be sent now; negative is debt.
@@ -129,7 +134,7 @@ impl Shaper {
         if b.tokens >= 0.0 {
             if let Some(since) = b.throttled_since.take() {
                 self.source
-                    .add_throttled(dir, now.saturating_duration_since(since).as_nanos() as u64);
+                    .add_throttled(dir, nanos(now.saturating_duration_since(since)));
             }
             return Admit::Go;
         }
@@ -160,10 +165,8 @@ impl Shaper {
         let mut buckets = self.buckets();
         let b = &mut buckets[dir.index()];
         if let Some(since) = b.throttled_since.take() {
-            self.source.add_throttled(
-                dir,
-                Instant::now().saturating_duration_since(since).as_nanos() as u64,
-            );
+            self.source
+                .add_throttled(dir, nanos(Instant::now().saturating_duration_since(since)));
         }
     }
 }
@@ -200,9 +203,10 @@ impl RateSource for std::sync::Arc<FixedRate> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    use super::*;
 
     fn shaper(rate: Option<u64>) -> (Shaper, Arc<FixedRate>) {
         let src = Arc::new(FixedRate {

@@ -102,7 +102,9 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETIFF")(io::Error::last_os_error()));
         }
-        let hdr_len = VNET_HDR_LEN as libc::c_int;
+        let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).map_err(|_| {
+            ioctl_err("TUNSETVNETHDRSZ")(io::Error::from_raw_os_error(libc::EINVAL))
+        })?;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer we pass.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), sys::TUNSETVNETHDRSZ, &hdr_len) };
         if rc < 0 {

@@ -7,7 +7,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::interrupt::VirtioInterrupt;
+use super::interrupt_status::VirtioInterrupt;
 
 /// Everything a device gets when the driver sets DRIVER_OK.
 #[derive(Debug)]
