@@ -133,7 +133,7 @@ where
     Ok((total, head_len))
 }
 
-/// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and policy
+/// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and stages
 /// look at, and what is sent: the guest cannot change them after the checks), and describe
 /// the rest with iovecs pointing into guest memory. `iovs[0]` describes `head`.
 pub fn gather_iov<M>(
