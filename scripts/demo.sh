@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 command -v cargo >/dev/null || { echo "scripts/demo.sh: cargo not found (install Rust)" >&2; exit 1; }
 bash guest-kernel/build.sh >/dev/null
-cargo build --release -p vmm --bin slicevisor
+cargo build --release -p slicevisor
 exec target/release/slicevisor run \
     --kernel target/guest/vmlinux \
     --initrd target/guest/initramfs.cpio \

@@ -21,6 +21,7 @@ summarize() {
 if [[ "${1:-}" == "--quick" ]]; then
     step "format and lints"
     cargo fmt --all -- --check
+    cargo fmt --manifest-path fuzz/Cargo.toml -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     step "tests that need neither root nor KVM"
     log=$(mktemp)
@@ -55,6 +56,7 @@ bash guest-kernel/build.sh
 
 step "format and lints"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "build (and the fuzz targets, which must keep building)"

@@ -18,7 +18,7 @@ pub trait GuestEventSink: Send + Sync {
 }
 
 #[cfg(test)]
-pub(crate) mod test_utils {
+pub(crate) mod recording_sink {
     use std::sync::Mutex;
 
     use super::{GuestEvent, GuestEventSink};

@@ -54,11 +54,20 @@ pub enum SliverError {
         source: std::io::Error,
     },
     /// An audit query that failed (a bad parameter names its field).
-    #[error("audit log: {0}")]
+    #[error("{}", audit_message(.0))]
     Audit(#[from] AuditError),
     /// The daemon's own bookkeeping went wrong (a bug, described).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// A bad query parameter as the audit store words it (it names the field); any other failure
+/// of the store says it is the audit log's.
+fn audit_message(e: &AuditError) -> String {
+    match e.field() {
+        Some(_) => e.to_string(),
+        None => format!("audit log: {e}"),
+    }
 }
 
 impl SliverError {

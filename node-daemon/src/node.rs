@@ -111,7 +111,7 @@ impl Node {
                 return Err(e);
             }
         }
-        Ok((created, self.view(name, &record)))
+        Ok((created, self.view(name, record)))
     }
 
     /// Change sliver `name`'s network limits with `patch` (validated as a whole first); the
@@ -127,19 +127,19 @@ impl Node {
         if let Some(net) = &record.spec.net {
             self.apply_limits(name, net)?;
         }
-        Ok(self.view(name, &record))
+        Ok(self.view(name, record))
     }
 
     /// Start sliver `name`'s VMM.
     pub async fn start(&self, name: &str) -> Result<SliverView, SliverError> {
         let record = self.supervisor.start(name).await?;
-        Ok(self.view(name, &record))
+        Ok(self.view(name, record))
     }
 
     /// Stop sliver `name`'s VMM (asking its guest first; see [`Supervisor::stop`]).
     pub async fn stop(&self, name: &str) -> Result<SliverView, SliverError> {
         let record = self.supervisor.stop(name).await?;
-        Ok(self.view(name, &record))
+        Ok(self.view(name, record))
     }
 
     /// Delete sliver `name`: stop its VMM, forget its record, remove its TAP and slot.
@@ -158,15 +158,15 @@ impl Node {
     /// Sliver `name` as the API shows it.
     pub fn show(&self, name: &str) -> Result<SliverView, SliverError> {
         let record = self.registry.get(name)?;
-        Ok(self.view(name, &record))
+        Ok(self.view(name, record))
     }
 
     /// Every sliver, by name.
     pub fn list(&self) -> Vec<SliverView> {
         self.registry
             .list()
-            .iter()
-            .map(|(name, record)| self.view(name, record))
+            .into_iter()
+            .map(|(name, record)| self.view(&name, record))
             .collect()
     }
 
@@ -176,17 +176,17 @@ impl Node {
         blocking(move || Ok(audit_store::query::run(&state_dir, &params)?)).await
     }
 
-    fn view(&self, name: &str, r: &SliverRecord) -> SliverView {
+    fn view(&self, name: &str, r: SliverRecord) -> SliverView {
         SliverView {
             name: name.to_string(),
             slice: r.spec.slice.clone(),
             state: r.state,
             pid: r.pid,
             started_at: r.started_at,
-            exit_reason: r.exit_reason.clone(),
+            exit_reason: r.exit_reason,
             counters: self.supervisor.counters(name),
             shaping: self.shaping(name),
-            spec: r.spec.clone(),
+            spec: r.spec,
         }
     }
 

@@ -2,7 +2,8 @@
 //! - private `use` statements come in groups, std/core/alloc first, then other crates, then
 //!   this crate (`crate::`, `super::`, `self::`), one kind per group, groups separated by a
 //!   blank line (see `rustfmt.toml`);
-//! - no two modules of the product (outside tests and benchmarks) share a name;
+//! - no two modules of the product (outside tests and benchmarks) share a name, in files or
+//!   inline;
 //! - `docs/architecture.md`'s crate table lists exactly the workspace's crates.
 
 use std::collections::BTreeMap;
@@ -124,10 +125,25 @@ fn the_check_finds_what_it_should() {
     assert!(misgrouped(multi).is_empty(), "{:?}", misgrouped(multi));
     let nested = "mod tests {\n    use super::*;\n    use std::io;\n}\n";
     assert_eq!(misgrouped(nested).len(), 1, "{:?}", misgrouped(nested));
+    let mods = "pub(crate) mod a {\n    mod b {\n    }\n}\nmod c;\npub mod d;\n";
+    assert_eq!(inline_modules(mods), ["a", "b"]);
 }
 
 /// Module names every crate may have once, with the same meaning everywhere.
-const CONVENTIONAL: [&str; 4] = ["lib", "main", "mod", "error"];
+const CONVENTIONAL: [&str; 5] = ["lib", "main", "mod", "error", "tests"];
+
+/// The names of the modules written inline in `text` (`mod name {`).
+fn inline_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let l = l.strip_prefix("pub ").unwrap_or(l);
+            let l = l.strip_prefix("pub(crate) ").unwrap_or(l);
+            let name = l.strip_prefix("mod ")?.strip_suffix(" {")?;
+            Some(name.to_string())
+        })
+        .collect()
+}
 
 /// Whether `path` (relative to the workspace) is test or benchmark code.
 fn is_test_code(path: &Path) -> bool {

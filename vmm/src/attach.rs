@@ -12,14 +12,15 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_DEVICES};
 use crate::bus::{Bus, BusError};
 
-/// Errors attaching a device; each names the device by its slot (`virtio{N}`).
+/// Errors attaching a device; each names the device by its slot (`netN` for the Nth; every
+/// virtio device today is a NIC).
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// More devices than slots.
     #[error("at most {VIRTIO_MMIO_MAX_DEVICES} virtio devices")]
     TooMany,
     /// eventfd/irqfd/ioeventfd setup failed.
-    #[error("virtio{index}: {what}: {source}")]
+    #[error("net{index}: {what}: {source}")]
     Resource {
         /// Device slot.
         index: usize,
@@ -29,7 +30,7 @@ pub enum AttachError {
         source: std::io::Error,
     },
     /// MMIO window clash.
-    #[error("virtio{0}: {1}")]
+    #[error("net{0}: {1}")]
     Bus(usize, BusError),
 }
 

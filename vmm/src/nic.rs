@@ -16,28 +16,23 @@ use crate::audit_sink::{NicSink, SliverAudit};
 use crate::event_loop::EventLoop;
 use crate::net_spec::NetSpec;
 
-/// Errors setting up a NIC; each names the `--net` it came from.
+/// Errors setting up a NIC; each names the TAP or the NIC (`netN`, the Nth `--net`).
 #[derive(Debug, thiserror::Error)]
 pub enum NicError {
-    /// The TAP could not be opened.
-    #[error("--net: {0}")]
+    /// The TAP could not be opened (the message names it).
+    #[error(transparent)]
     Tap(#[from] TapError),
     /// The device's eventfds or timers could not be made.
-    #[error("--net tap={tap}: device eventfds and timers: {source}")]
+    #[error("net{index}: device eventfds: {source}")]
     Device {
-        /// The TAP's name.
-        tap: String,
+        /// Which NIC.
+        index: usize,
         /// Why.
         source: std::io::Error,
     },
     /// The transport could not be attached.
-    #[error("--net tap={tap}: {source}")]
-    Attach {
-        /// The TAP's name.
-        tap: String,
-        /// Why.
-        source: AttachError,
-    },
+    #[error("--net: {0}")]
+    Attach(#[from] AttachError),
 }
 
 /// What the audit stage of a sliver's NICs needs.
@@ -100,18 +95,11 @@ pub fn attach(
     let mac = spec.mac_or_derived();
     let nic = u8::try_from(index).unwrap_or(u8::MAX);
     let stages = stages(spec, mac, shaper, audit, nic);
-    let device = NetDevice::new(tap, mac, stages).map_err(|source| NicError::Device {
-        tap: spec.tap.clone(),
-        source,
-    })?;
+    let device =
+        NetDevice::new(tap, mac, stages).map_err(|source| NicError::Device { index, source })?;
     let counters = device.counters();
     let device = Arc::new(Mutex::new(device));
-    let transport = attacher
-        .attach(device.clone())
-        .map_err(|source| NicError::Attach {
-            tap: spec.tap.clone(),
-            source,
-        })?;
+    let transport = attacher.attach(device.clone())?;
     event_loop.add_subscriber(Box::new(device));
     log::info!("net{index}: tap {} mac {mac}", spec.tap);
     Ok(AttachedNet {

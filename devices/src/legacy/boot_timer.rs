@@ -36,7 +36,7 @@ impl BusDevice for BootTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_events::test_utils::RecordingSink;
+    use crate::guest_events::recording_sink::RecordingSink;
 
     #[test]
     fn only_the_magic_byte_marks_boot() {

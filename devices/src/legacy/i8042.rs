@@ -40,7 +40,7 @@ impl BusDevice for I8042 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_events::test_utils::RecordingSink;
+    use crate::guest_events::recording_sink::RecordingSink;
 
     #[test]
     fn reset_command_reports_reset() {

@@ -136,7 +136,7 @@ impl<W: Write + Send> BusDevice for SerialDevice<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_events::test_utils::RecordingSink;
+    use crate::guest_events::recording_sink::RecordingSink;
     use crate::interrupt::EventFdInterrupt;
 
     const THR: u64 = 0;

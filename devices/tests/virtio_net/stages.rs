@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 
 use devices::virtio::net::audit::{FlowConfig, FlowKey, FlowSink, FlowStats};
-use devices::virtio::net::shaper::FixedRate;
 use packet::{Direction, Verdict};
 
 use crate::fixture::*;
@@ -147,51 +146,78 @@ fn flows_name_the_spoofed_source_when_the_device_goes() {
     assert_eq!((spoof.0.dst_port, spoof.1.packets), (53, 1));
 }
 
+/// A rate the test switches: `None` unlimited, `Some(0)` nothing goes. Counts bytes charged.
+#[derive(Default)]
+struct Switch {
+    unlimited: std::sync::atomic::AtomicBool,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+/// The shaper's view of a shared [`Switch`].
+struct SwitchedRate(Arc<Switch>);
+
+impl RateSource for SwitchedRate {
+    fn rate(&self, _dir: Direction) -> Option<u64> {
+        (!self.0.unlimited.load(Ordering::Relaxed)).then_some(0)
+    }
+    fn account(&self, _dir: Direction, bytes: u64) {
+        self.0.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn set_backlogged(&self, _dir: Direction, _backlogged: bool) {}
+    fn add_throttled(&self, _dir: Direction, _ns: u64) {}
+}
+
 #[test]
-fn a_frame_after_a_shaper_wait_is_throttled_and_drops_are_not_charged() {
-    // 100 kB/s: the 3 kB starting burst lets four 1 kB frames out (the last one into debt),
-    // then the queue waits.
-    let rate = Arc::new(FixedRate {
-        rates: [Some(100_000), None],
-        ..Default::default()
-    });
-    let shaper = Arc::new(Shaper::new(Box::new(rate.clone())));
+fn only_the_first_passing_frame_after_a_wait_is_throttled_and_drops_are_not_charged() {
+    // Rate 0: the starting burst (two full frames' worth) lets four 1 000-byte frames out,
+    // the last into debt; the fifth chain waits in the ring.
+    let rate = Arc::new(Switch::default());
+    let shaper = Arc::new(Shaper::new(Box::new(SwitchedRate(rate.clone()))));
     let (mut f, seen) = audited(Some(shaper));
     let mut big = udp_frame(OWN_IP);
     big.resize(VNET_HDR_LEN + 1000, 0);
-    f.send(&udp_frame([10, 0, 0, 66]));
-    for _ in 0..6 {
+    for _ in 0..4 {
         f.driver.add_buffer(TXQ, Some(&big), 0);
     }
+    let spoofed = udp_frame([10, 0, 0, 66]);
+    f.driver.add_buffer(TXQ, Some(&spoofed), 0);
+    f.driver.add_buffer(TXQ, Some(&big), 0);
+    f.driver.add_buffer(TXQ, Some(&big), 0);
     f.driver.kick(TXQ);
     f.pump();
     assert_eq!(f.snap().tx_packets, 4, "the burst");
-    assert!(f.snap().tx_throttled >= 1, "the queue waited");
-    let sent_before = f.snap().tx_bytes;
-    assert_eq!(
-        rate.bytes[0].load(Ordering::Relaxed),
-        sent_before,
-        "the shaper is charged what went out, not the dropped frame"
-    );
-    // The timer lets the rest out; the first frame after the wait reads as throttled.
-    let end = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    assert_eq!(f.snap().tx_throttled, 1, "then the queue waits");
+    // The rate opens; the shaper timer (at most 50 ms at rate 0) lets the rest go at once.
+    rate.unlimited.store(true, Ordering::Relaxed);
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(500);
     while f.snap().tx_packets < 6 && std::time::Instant::now() < end {
         f.em.run_with_timeout(10).expect("event loop");
     }
-    assert_eq!(f.snap().tx_packets, 6);
-    let seen = seen.lock().expect("seen");
-    let verdicts: Vec<Verdict> = seen.captures.iter().map(|(_, v)| *v).collect();
+    assert_eq!((f.snap().tx_packets, f.snap().tx_dropped), (6, 1));
+    assert_eq!(f.snap().tx_throttled, 1, "one wait in all");
+    assert_eq!(
+        rate.bytes.load(Ordering::Relaxed),
+        f.snap().tx_bytes,
+        "the shaper is charged what went out, not the dropped frame"
+    );
+    let verdicts: Vec<Verdict> = seen
+        .lock()
+        .expect("seen")
+        .captures
+        .iter()
+        .map(|(_, v)| *v)
+        .collect();
     assert_eq!(
         verdicts,
         [
+            Verdict::Forwarded,
+            Verdict::Forwarded,
+            Verdict::Forwarded,
+            Verdict::Forwarded,
             Verdict::DroppedSpoof,
-            Verdict::Forwarded,
-            Verdict::Forwarded,
-            Verdict::Forwarded,
-            Verdict::Forwarded,
             Verdict::Throttled,
-            Verdict::Throttled,
+            Verdict::Forwarded,
         ],
-        "each frame that went after a wait was delayed, the burst was not"
+        "a drop after the wait leaves the mark for the next frame that passes, which alone is throttled"
     );
 }

@@ -167,6 +167,7 @@ impl<B: NetBackend> NetDevice<B> {
         match stop {
             Stop::Idle => {}
             Stop::Yield => {
+                // Only TX yields; RX is brought back by its backend's readiness.
                 let queue = match dir {
                     Direction::Tx => TX_QUEUE,
                     Direction::Rx => RX_QUEUE,

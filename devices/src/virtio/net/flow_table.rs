@@ -11,6 +11,8 @@ use std::time::Duration;
 use packet::{Direction, Verdict};
 use rustc_hash::FxHasher;
 
+use super::saturating_nanos;
+
 /// What identifies a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -75,11 +77,6 @@ impl Default for FlowConfig {
     }
 }
 
-/// `d` in nanoseconds (saturating: about 584 years).
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// The table.
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowStats, BuildHasherDefault<FxHasher>>,
@@ -131,7 +128,7 @@ impl FlowTable {
         sink: &mut dyn FlowSink,
     ) {
         let d = key.direction.index();
-        let active_ns = nanos(self.config.active_timeout);
+        let active_ns = saturating_nanos(self.config.active_timeout);
         let add = |s: &mut FlowStats| {
             s.last_ns = now_ns;
             s.packets += 1;
@@ -187,7 +184,7 @@ impl FlowTable {
 
     /// Report and forget the flows idle since `idle_timeout` at `now_ns`.
     pub fn expire(&mut self, now_ns: u64, sink: &mut dyn FlowSink) {
-        let idle = nanos(self.config.idle_timeout);
+        let idle = saturating_nanos(self.config.idle_timeout);
         for hot in &mut self.hot {
             if let Some((k, s)) = hot {
                 if now_ns.saturating_sub(s.last_ns) >= idle {

@@ -21,7 +21,7 @@ mod chain;
 pub mod config;
 pub mod counters;
 pub mod device;
-pub mod flow_table;
+mod flow_table;
 pub mod frame_checks;
 pub mod headers;
 mod queue;
@@ -54,3 +54,11 @@ pub const VNET_HDR_LEN: usize = 12;
 pub const MAX_FRAME_LEN: usize = 65_535 + 14 + 4;
 /// Frame buffer size: header plus the largest frame.
 pub const FRAME_BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
+/// Bytes of each frame the queues copy into the device: the virtio header and the headers
+/// the stages read.
+pub(crate) const HEAD_LEN: usize = VNET_HDR_LEN + headers::HEADER_BYTES;
+
+/// `d` in nanoseconds, saturating (at about 584 years).
+pub(crate) fn saturating_nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}

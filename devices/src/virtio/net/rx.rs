@@ -17,10 +17,9 @@ use vm_memory::GuestMemoryMmap;
 use super::backend::NetBackend;
 use super::chain::{rx_iovs, scatter, ChainError, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
-use super::frame_checks::read_headers;
+use super::frame_checks::{check_rx_frame, read_headers};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
-use super::tx::HEAD_LEN;
-use super::{QUEUE_SIZE, VNET_HDR_LEN};
+use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
@@ -163,8 +162,10 @@ impl RxQueue {
         io.stages
             .charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
         // Frame checks: a runt, or a frame longer than the guest's buffer (it reached the
-        // spare byte), is dropped here.
-        if n < VNET_HDR_LEN || n > capacity {
+        // spare byte), is dropped here, before the audit; then headers that parse when a later
+        // stage reads them.
+        if let Err(e) = check_rx_frame(n, capacity) {
+            log::debug!("virtio-net RX: dropping frame: {e}");
             inc(&self.counters().dropped);
             return Received::Used(0);
         }
@@ -172,11 +173,11 @@ impl RxQueue {
         let frame_len = n - VNET_HDR_LEN;
         let headers = &self.head[VNET_HDR_LEN..head_len];
         let checked = read_headers(headers, frame_len, io.stages.reads_headers());
-        let parsed = checked.as_ref().ok().copied().flatten();
+        let parsed = checked.unwrap_or(None);
         let verdict = match checked {
+            Err(dropped) => dropped,
             Ok(_) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
             Ok(_) => Verdict::Forwarded,
-            Err(dropped) => dropped,
         };
         // Audit.
         io.stages

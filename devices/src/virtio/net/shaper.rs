@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use packet::Direction;
 
+use super::saturating_nanos;
+
 /// Where the allocated rate comes from and where the shaper reports what it did. Shared by
 /// every NIC of one sliver; called on the packet path, so lock-free and non-blocking.
 pub trait RateSource: Send + Sync {
@@ -47,11 +49,6 @@ pub enum Admit {
     Go,
     /// Wait this long, then ask again.
     Wait(Duration),
-}
-
-/// `d` in nanoseconds (saturating).
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug)]
@@ -134,7 +131,7 @@ impl Shaper {
         if b.tokens >= 0.0 {
             if let Some(since) = b.throttled_since.take() {
                 self.source
-                    .add_throttled(dir, nanos(now.saturating_duration_since(since)));
+                    .add_throttled(dir, saturating_nanos(now.saturating_duration_since(since)));
             }
             return Admit::Go;
         }
@@ -165,13 +162,15 @@ impl Shaper {
         let mut buckets = self.buckets();
         let b = &mut buckets[dir.index()];
         if let Some(since) = b.throttled_since.take() {
-            self.source
-                .add_throttled(dir, nanos(Instant::now().saturating_duration_since(since)));
+            self.source.add_throttled(
+                dir,
+                saturating_nanos(Instant::now().saturating_duration_since(since)),
+            );
         }
     }
 }
 
-/// A fixed rate, for a device with a static limit and for tests.
+/// A fixed rate per direction, for tests and benchmarks (`test-utils`).
 #[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default)]
 pub struct FixedRate {

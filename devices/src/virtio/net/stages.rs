@@ -65,11 +65,12 @@ impl Stages {
     }
 
     /// Anti-spoofing on a guest frame whose headers are `parsed` (read by the frame checks
-    /// whenever this stage is on).
+    /// whenever this stage is on; a frame without them does not pass).
     pub(super) fn check_source(&self, parsed: Option<&FrameHeaders>) -> Result<(), Verdict> {
         match (&self.anti_spoofing, parsed) {
+            (None, _) => Ok(()),
             (Some(stage), Some(headers)) => stage.check(headers),
-            _ => Ok(()),
+            (Some(_), None) => Err(Verdict::DroppedMalformed),
         }
     }
 

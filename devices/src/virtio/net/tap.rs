@@ -6,7 +6,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::backend::NetBackend;
-use super::VNET_HDR_LEN;
 
 /// ioctl numbers and flags from `<linux/if_tun.h>` (x86-64 encoding).
 mod sys {
@@ -18,6 +17,8 @@ mod sys {
     pub const IFF_NO_PI: libc::c_short = 0x1000;
     pub const IFF_VNET_HDR: libc::c_short = 0x4000;
     pub const IFNAMSIZ: usize = 16;
+    /// `VNET_HDR_LEN` as `TUNSETVNETHDRSZ` takes it (an `int`).
+    pub const VNET_HDR_SZ: libc::c_int = 12;
 
     /// `struct ifreq` with the `ifr_flags` member of its union.
     #[repr(C)]
@@ -102,9 +103,7 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETIFF")(io::Error::last_os_error()));
         }
-        let hdr_len = libc::c_int::try_from(VNET_HDR_LEN).map_err(|_| {
-            ioctl_err("TUNSETVNETHDRSZ")(io::Error::from_raw_os_error(libc::EINVAL))
-        })?;
+        let hdr_len = sys::VNET_HDR_SZ;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer we pass.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), sys::TUNSETVNETHDRSZ, &hdr_len) };
         if rc < 0 {
@@ -173,6 +172,10 @@ mod tests {
             );
         }
         assert!(valid_name("slv-0"));
+        assert_eq!(
+            usize::try_from(sys::VNET_HDR_SZ).ok(),
+            Some(crate::virtio::net::VNET_HDR_LEN)
+        );
         assert!(valid_name("0123456789abcde"));
     }
 }

@@ -17,12 +17,8 @@ use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
 use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers};
-use super::headers::HEADER_BYTES;
 use super::queue::{avail_index_invalid, QueueIo, Stop};
-use super::{FRAME_BUF_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-
-/// Bytes of each TX frame copied into the device.
-pub(super) const HEAD_LEN: usize = VNET_HDR_LEN + HEADER_BYTES;
+use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Where one chain's trip through the pipeline ended.
 enum Sent {
@@ -147,19 +143,20 @@ impl TxQueue {
         let Gathered { len, head_len } = frame;
         let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let frame_len = len.saturating_sub(VNET_HDR_LEN);
-        // Frame checks.
-        let checked = check_tx_frame(len)
-            .map_err(|e| {
+        // Frame checks: a length we carry, and headers that parse when a later stage reads them.
+        let checked = match check_tx_frame(len) {
+            Ok(()) => read_headers(headers, frame_len, io.stages.reads_headers()),
+            Err(e) => {
                 log::debug!("virtio-net TX: dropping frame: {e}");
-                Verdict::DroppedMalformed
-            })
-            .and_then(|()| read_headers(headers, frame_len, io.stages.reads_headers()));
-        let parsed = checked.as_ref().ok().copied().flatten();
+                Err(Verdict::DroppedMalformed)
+            }
+        };
+        let parsed = checked.unwrap_or(None);
         // Anti-spoofing.
         let verdict = match checked.and_then(|_| io.stages.check_source(parsed.as_ref())) {
+            Err(dropped) => dropped,
             Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
             Ok(()) => Verdict::Forwarded,
-            Err(dropped) => dropped,
         };
         // Audit.
         io.stages
