@@ -79,6 +79,12 @@ impl ApiError {
 /// The status code of each kind of failure (RFC 9110 section 15; 507 from RFC 4918).
 fn status_of(e: &SliverError) -> StatusCode {
     match e {
+        SliverError::Storage(crate::state::StateError::NoSpace { .. }) => {
+            StatusCode::INSUFFICIENT_STORAGE
+        }
+        SliverError::Storage(crate::state::StateError::TooLong { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         SliverError::Invalid { .. } => StatusCode::BAD_REQUEST,
         SliverError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         SliverError::NotFound(_) => StatusCode::NOT_FOUND,

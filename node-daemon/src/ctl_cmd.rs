@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
-use super::client::{try_request, Response};
+use std::io::Read;
+use std::time::Duration;
+
+use super::client::{sliver_path, try_request_within, Response, RESPONSE_TIMEOUT};
+use super::spec::MAX_BODY_BYTES;
 
 /// Default control socket.
 pub const DEFAULT_SOCKET: &str = "/run/slicevisor/node.sock";
@@ -18,6 +22,10 @@ pub struct CtlArgs {
     /// Print the daemon's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Seconds to wait for the daemon's reply (a stop waits for the guest first).
+    #[arg(long, default_value_t = RESPONSE_TIMEOUT.as_secs(), value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
     /// What to do.
     #[command(subcommand)]
     pub action: Action,
@@ -136,26 +144,39 @@ fn table(action: &Action, body: &Value) -> String {
     }
 }
 
+/// Read a spec from `path` (`-`: stdin), at most what the daemon accepts.
+fn read_spec(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let what = format!("--spec {}", path.display());
+    let source: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(|e| format!("{what}: {e}"))?)
+    };
+    let mut body = Vec::new();
+    let limit = u64::try_from(MAX_BODY_BYTES).unwrap_or(u64::MAX) + 1;
+    source
+        .take(limit)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("{what}: {e}"))?;
+    if body.len() > MAX_BODY_BYTES {
+        return Err(format!(
+            "{what}: longer than the {MAX_BODY_BYTES} bytes the daemon accepts"
+        ));
+    }
+    Ok(body)
+}
+
 fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>), String> {
+    let path = |name: &str, suffix: &str| sliver_path(name, suffix).map_err(|e| e.to_string());
     Ok(match action {
         Action::Health => ("GET", "/healthz".into(), None),
         Action::List => ("GET", "/slivers".into(), None),
         Action::Metrics => ("GET", "/metrics".into(), None),
-        Action::Show { name } => ("GET", format!("/slivers/{name}"), None),
-        Action::Start { name } => ("POST", format!("/slivers/{name}/start"), None),
-        Action::Stop { name } => ("POST", format!("/slivers/{name}/stop"), None),
-        Action::Delete { name } => ("DELETE", format!("/slivers/{name}"), None),
-        Action::Create { name, spec } => {
-            let body = if spec.as_os_str() == "-" {
-                let mut b = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-                    .map_err(|e| format!("--spec -: {e}"))?;
-                b
-            } else {
-                std::fs::read(spec).map_err(|e| format!("--spec {}: {e}", spec.display()))?
-            };
-            ("PUT", format!("/slivers/{name}"), Some(body))
-        }
+        Action::Show { name } => ("GET", path(name, "")?, None),
+        Action::Start { name } => ("POST", path(name, "/start")?, None),
+        Action::Stop { name } => ("POST", path(name, "/stop")?, None),
+        Action::Delete { name } => ("DELETE", path(name, "")?, None),
+        Action::Create { name, spec } => ("PUT", path(name, "")?, Some(read_spec(spec)?)),
         Action::Limits {
             name,
             share,
@@ -178,7 +199,7 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
             }
             (
                 "PATCH",
-                format!("/slivers/{name}"),
+                path(name, "")?,
                 Some(Value::Object(patch).to_string().into_bytes()),
             )
         }
@@ -194,13 +215,15 @@ pub fn run(args: &CtlArgs) -> i32 {
             return 1;
         }
     };
-    let response: Response = match try_request(&args.socket, method, &path, body.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("slicevisor: error: --socket {}: {e}", args.socket.display());
-            return 1;
-        }
-    };
+    let timeout = Duration::from_secs(args.timeout);
+    let response: Response =
+        match try_request_within(&args.socket, method, &path, body.as_deref(), timeout) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("slicevisor: error: --socket {e}");
+                return 1;
+            }
+        };
     if matches!(args.action, Action::Metrics) && response.status == 200 {
         print!("{}", response.body);
         return 0;
@@ -231,4 +254,35 @@ pub fn run(args: &CtlArgs) -> i32 {
         print!("{}", table(&args.action, &body));
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_change_the_request_are_refused_before_sending() {
+        for name in [
+            "victim?x=1",
+            "victim#frag",
+            "a\r\nDELETE /slivers/b",
+            "../healthz",
+        ] {
+            let e = request_for(&Action::Delete { name: name.into() }).expect_err(name);
+            assert!(e.contains("is not a sliver name"), "{e}");
+        }
+        let (method, path, _) = request_for(&Action::Stop {
+            name: "web-1".into(),
+        })
+        .expect("a good name");
+        assert_eq!((method, path.as_str()), ("POST", "/slivers/web-1/stop"));
+    }
+
+    #[test]
+    fn spec_files_are_read_up_to_the_body_limit() {
+        let e = read_spec(std::path::Path::new("/dev/zero")).expect_err("endless");
+        assert!(e.contains("longer than the 65536 bytes"), "{e}");
+        let e = read_spec(std::path::Path::new("/nonexistent/spec.json")).expect_err("absent");
+        assert!(e.starts_with("--spec /nonexistent/spec.json: "), "{e}");
+    }
 }

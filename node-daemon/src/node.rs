@@ -1,11 +1,23 @@
-//! The node's operations on its slivers, each whole with its rollback: define (record the
-//! spec, make the TAP and the shaper slot; undo all of it if a step fails), change limits,
-//! start, stop, delete (stop, forget the record, remove the TAP and slot), and what the API
-//! shows of a sliver. The API layer parses requests and maps [`SliverError`]s to statuses;
-//! everything the node does happens here.
+//! The node's operations on its slivers, and the convergence of the host to the recorded
+//! state (`reconcile.rs`).
+//!
+//! Each operation holds the sliver name's lock ([`NameLocks`]) from its first check to its
+//! reply, records its intent, then makes the host match; a failure rolls back what it did
+//! before it replies, and a crash at any point is converged on restart. So a 2xx means the
+//! effect exists and is recorded:
+//! - define: the shaper slot is reserved (nothing is written when none is free), the record
+//!   is written (the only write that needs new disk space), then the TAP is made; an
+//!   identical definition converges the host and answers unchanged;
+//! - change limits: the record, then the slot (rolled back together);
+//! - start: the host side is converged, the record says starting, the VMM is spawned, the
+//!   record says running with its pid;
+//! - stop: the record says stopping, the guest is asked, then SIGTERM, then SIGKILL;
+//! - delete: stop, then the record goes (the commit point), then the TAP, the slot and the
+//!   capture ring.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use audit_store::params::QueryParams;
 use audit_store::query::QueryAnswer;
@@ -15,6 +27,7 @@ use vmm::stats::SliverCounters;
 
 use crate::error::SliverError;
 use crate::host_net;
+use crate::name_locks::NameLocks;
 use crate::registry::{Created, LimitsPatch, Registry};
 use crate::shares::slots::{self, Shaping};
 use crate::spec::{SliverNet, SliverSpec};
@@ -44,18 +57,41 @@ pub struct SliverView {
     pub spec: SliverSpec,
 }
 
+/// What the node keeps of deleted slivers' audit data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetention {
+    /// How long a deleted sliver's capture ring is kept (zero: removed at delete).
+    pub capture_after_delete: Duration,
+    /// Flow records of slivers not running are expired by this policy (running VMMs apply it
+    /// themselves).
+    pub flows: audit_store::retention::Retention,
+}
+
+impl Default for AuditRetention {
+    fn default() -> Self {
+        Self {
+            capture_after_delete: Duration::ZERO,
+            flows: audit_store::retention::Retention::default(),
+        }
+    }
+}
+
 /// The node daemon's slivers and everything the node does for them.
 #[derive(Debug)]
 pub struct Node {
-    registry: Arc<Registry>,
-    supervisor: Arc<Supervisor>,
-    netlink: rtnetlink::Handle,
-    ledger: Arc<Ledger>,
-    state_dir: PathBuf,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) supervisor: Arc<Supervisor>,
+    pub(crate) netlink: rtnetlink::Handle,
+    pub(crate) ledger: Arc<Ledger>,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) locks: NameLocks,
+    /// Finding a free shaper slot and claiming it is one step for every name at once.
+    slots_lock: Mutex<()>,
+    pub(crate) retention: AuditRetention,
 }
 
 /// Run registry work (which fsyncs) off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SliverError> + Send + 'static,
 ) -> Result<T, SliverError> {
     tokio::task::spawn_blocking(f)
@@ -72,6 +108,7 @@ impl Node {
         netlink: rtnetlink::Handle,
         ledger: Arc<Ledger>,
         state_dir: &Path,
+        retention: AuditRetention,
     ) -> Self {
         Self {
             registry,
@@ -79,6 +116,9 @@ impl Node {
             netlink,
             ledger,
             state_dir: state_dir.to_owned(),
+            locks: NameLocks::default(),
+            slots_lock: Mutex::new(()),
+            retention,
         }
     }
 
@@ -87,31 +127,53 @@ impl Node {
         &self.registry
     }
 
-    /// Define sliver `name` with `spec` (validated here). An identical definition is
-    /// [`Created::Unchanged`]; a new one gets its TAP and shaper slot, and if either fails,
-    /// the definition goes again and nothing is left half-made.
+    /// Define sliver `name` with `spec` (validated here). An identical definition converges
+    /// the host and is [`Created::Unchanged`]; a new one gets its shaper slot, its record and
+    /// its TAP, and if any step fails, what was done is undone before the error returns.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         mut spec: SliverSpec,
     ) -> Result<(Created, SliverView), SliverError> {
+        let owned = name.to_string();
+        let spec = blocking(move || spec.validate(&owned).map(|()| spec)).await?;
+        let _lock = self.locks.lock(name).await;
+        if let Ok(existing) = self.registry.get(name) {
+            if existing.spec != spec {
+                return Err(SliverError::conflict(
+                    Some("name"),
+                    format!("sliver {name:?} exists with a different spec"),
+                ));
+            }
+            self.converge_locked(name).await?;
+            return Ok((Created::Unchanged, self.show(name)?));
+        }
+        if let Some(net) = &spec.net {
+            self.claim_slot(name, net)?;
+        }
         let registry = self.registry.clone();
         let owned = name.to_string();
-        let (created, record) = blocking(move || {
-            spec.validate(&owned)?;
-            registry.create(&owned, spec)
-        })
-        .await?;
-        if created == Created::New {
-            if let Err(e) = self.setup_host(name, &record.spec).await {
+        let created = blocking(move || registry.create(&owned, spec)).await;
+        let record = match created {
+            Ok((_, record)) => record,
+            Err(e) => {
+                self.release_slot(name);
+                return Err(e);
+            }
+        };
+        if let Some(net) = &record.spec.net {
+            if let Err(e) = self.ensure_tap(name, net).await {
+                self.remove_tap(name).await;
+                self.release_slot(name);
                 let registry = self.registry.clone();
                 let owned = name.to_string();
-                blocking(move || registry.delete(&owned)).await?;
-                self.teardown_host(name).await;
+                if let Err(undo) = blocking(move || registry.delete(&owned)).await {
+                    log::error!("sliver {name}: undoing its definition: {undo}");
+                }
                 return Err(e);
             }
         }
-        Ok((created, self.view(name, record)))
+        Ok((Created::New, self.view(name, record)))
     }
 
     /// Change sliver `name`'s network limits with `patch` (validated as a whole first); the
@@ -121,37 +183,57 @@ impl Node {
         name: &str,
         patch: LimitsPatch,
     ) -> Result<SliverView, SliverError> {
+        let _lock = self.locks.lock(name).await;
+        let before = self.registry.get(name)?;
         let registry = self.registry.clone();
         let owned = name.to_string();
         let record = blocking(move || registry.patch_limits(&owned, &patch)).await?;
         if let Some(net) = &record.spec.net {
-            self.apply_limits(name, net)?;
+            if let Err(e) = self.claim_slot(name, net) {
+                let registry = self.registry.clone();
+                let owned = name.to_string();
+                blocking(move || {
+                    registry.update(&owned, |r| {
+                        r.spec = before.spec;
+                        Ok(())
+                    })
+                })
+                .await?;
+                return Err(e);
+            }
         }
         Ok(self.view(name, record))
     }
 
-    /// Start sliver `name`'s VMM.
+    /// Start sliver `name`'s VMM, its host side converged first.
     pub async fn start(&self, name: &str) -> Result<SliverView, SliverError> {
+        let _lock = self.locks.lock(name).await;
+        let record = self.registry.get(name)?;
+        if let Some(net) = &record.spec.net {
+            self.ensure_tap(name, net).await?;
+            self.claim_slot(name, net)?;
+        }
         let record = self.supervisor.start(name).await?;
         Ok(self.view(name, record))
     }
 
     /// Stop sliver `name`'s VMM (asking its guest first; see [`Supervisor::stop`]).
     pub async fn stop(&self, name: &str) -> Result<SliverView, SliverError> {
+        let _lock = self.locks.lock(name).await;
         let record = self.supervisor.stop(name).await?;
         Ok(self.view(name, record))
     }
 
-    /// Delete sliver `name`: stop its VMM, forget its record, remove its TAP and slot.
+    /// Delete sliver `name`: stop its VMM, forget its record, remove its TAP, slot and
+    /// capture ring. Needs no new disk space.
     pub async fn delete(&self, name: &str) -> Result<(), SliverError> {
-        let had_net = self.registry.get(name)?.spec.net.is_some();
+        let _lock = self.locks.lock(name).await;
+        self.registry.get(name)?;
         self.supervisor.stop(name).await?;
         let registry = self.registry.clone();
         let owned = name.to_string();
         blocking(move || registry.delete(&owned)).await?;
-        if had_net {
-            self.teardown_host(name).await;
-        }
+        self.remove_host_side(name).await;
         Ok(())
     }
 
@@ -195,34 +277,56 @@ impl Node {
         slots::find(&self.ledger, name).and_then(|i| slots::snapshot(&self.ledger, i))
     }
 
-    /// Make the TAP of sliver `name` and give it a shaper slot, if its spec has a network
-    /// device.
-    async fn setup_host(&self, name: &str, spec: &SliverSpec) -> Result<(), SliverError> {
-        let Some(net) = &spec.net else {
-            return Ok(());
-        };
+    /// Make sliver `name`'s TAP with exactly its host address, up.
+    pub(crate) async fn ensure_tap(&self, name: &str, net: &SliverNet) -> Result<(), SliverError> {
         let (Some((_, prefix)), Some(host)) = (net.guest_cidr(), net.host_addr()) else {
             return Err(SliverError::invalid("net", "addresses not validated"));
         };
         let tap = host_net::tap_name(name);
         host_net::ensure_tap(&self.netlink, &tap, host, prefix).await?;
-        log::info!("sliver {name}: TAP {tap} with {host}/{prefix}");
-        self.apply_limits(name, net)
+        log::debug!("sliver {name}: TAP {tap} with {host}/{prefix}");
+        Ok(())
     }
 
     /// Give sliver `name` a shaper slot (or update its own) with the limits in `net`.
-    fn apply_limits(&self, name: &str, net: &SliverNet) -> Result<(), SliverError> {
+    pub(crate) fn claim_slot(&self, name: &str, net: &SliverNet) -> Result<(), SliverError> {
+        let _slots = self.slots_lock.lock().unwrap_or_else(|p| p.into_inner());
         slots::assign(&self.ledger, name, &net.limits())
             .map(|_| ())
             .map_err(|e| SliverError::Exhausted(format!("no shaper slot for {name:?}: {e}")))
     }
 
-    /// Give back sliver `name`'s slot and remove its TAP (if any).
-    async fn teardown_host(&self, name: &str) {
+    /// Give back sliver `name`'s shaper slot (if it has one).
+    pub(crate) fn release_slot(&self, name: &str) {
+        let _slots = self.slots_lock.lock().unwrap_or_else(|p| p.into_inner());
         slots::release(&self.ledger, name);
-        let tap = host_net::tap_name(name);
-        if let Err(e) = host_net::remove_tap(&self.netlink, &tap).await {
+    }
+
+    /// Remove sliver `name`'s TAP (if any); a failure is logged, the next convergence retries.
+    pub(crate) async fn remove_tap(&self, name: &str) {
+        if let Err(e) = host_net::remove_tap(&self.netlink, &host_net::tap_name(name)).await {
             log::error!("sliver {name}: {e}");
+        }
+    }
+
+    /// Everything the host keeps for a sliver that no longer exists: its TAP, its shaper
+    /// slot, and (unless kept for a while) its capture ring.
+    pub(crate) async fn remove_host_side(&self, name: &str) {
+        self.release_slot(name);
+        self.remove_tap(name).await;
+        if self.retention.capture_after_delete.is_zero() {
+            self.remove_capture_ring(name);
+        }
+    }
+
+    /// Remove sliver `name`'s capture ring (absent is fine).
+    pub(crate) fn remove_capture_ring(&self, name: &str) {
+        let ring =
+            audit_store::sliver_dir(&self.state_dir, name).join(audit_store::capture::RING_FILE);
+        match std::fs::remove_file(&ring) {
+            Ok(()) => log::info!("sliver {name}: capture ring {} removed", ring.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::error!("sliver {name}: removing {}: {e}", ring.display()),
         }
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::ctl_cmd::DEFAULT_SOCKET;
+use crate::node::AuditRetention;
 use crate::server::{NodeConfig, NodeError};
 use crate::shares::coordinator::NodeRates;
 use crate::spec::MAX_RATE_BPS;
@@ -32,6 +33,10 @@ pub struct NodeArgs {
     /// What all guests together may receive, bit/s (default: no node limit).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RATE_BPS))]
     pub node_rx_rate: Option<u64>,
+    /// Seconds a deleted sliver's capture ring is kept (0: removed at delete). Its flow
+    /// records are kept by the audit retention policy (30 days) either way.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub capture_retention_after_delete: u64,
 }
 
 impl From<NodeArgs> for NodeConfig {
@@ -45,6 +50,10 @@ impl From<NodeArgs> for NodeConfig {
             node_rates: NodeRates {
                 tx: args.node_rate.unwrap_or(u64::MAX),
                 rx: args.node_rx_rate.unwrap_or(u64::MAX),
+            },
+            audit_retention: AuditRetention {
+                capture_after_delete: Duration::from_secs(args.capture_retention_after_delete),
+                ..AuditRetention::default()
             },
         }
     }

@@ -62,11 +62,15 @@ pub enum Created {
     Unchanged,
 }
 
-/// All slivers of this node.
+/// All slivers of this node: the records in memory, each change written to the state
+/// directory before it is acknowledged.
 #[derive(Debug)]
 pub struct Registry {
     state: StateDir,
     slivers: Mutex<BTreeMap<String, SliverRecord>>,
+    /// Records changed in memory whose write failed (a VMM's exit seen while the disk
+    /// refused writes): written again by [`Registry::flush_deferred`].
+    deferred: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn not_found(name: &str) -> SliverError {
@@ -83,6 +87,7 @@ impl Registry {
         Ok(Self {
             state,
             slivers: Mutex::new(loaded.records.into_iter().collect()),
+            deferred: Mutex::new(std::collections::BTreeSet::new()),
         })
     }
 
@@ -113,7 +118,7 @@ impl Registry {
             started_at: None,
             exit_reason: None,
         };
-        self.state.save(name, &record)?;
+        self.state.create(name, &record)?;
         slivers.insert(name.to_string(), record.clone());
         Ok((Created::New, record))
     }
@@ -158,18 +163,67 @@ impl Registry {
     }
 
     /// Change sliver `name` with `f` (which may refuse by returning an error) and store the
-    /// result before acknowledging it.
+    /// result before acknowledging it; a change that changes nothing writes nothing.
     pub fn update<T>(
         &self,
         name: &str,
         f: impl FnOnce(&mut SliverRecord) -> Result<T, SliverError>,
     ) -> Result<(T, SliverRecord), SliverError> {
         let mut slivers = self.lock();
-        let mut record = slivers.get(name).cloned().ok_or_else(|| not_found(name))?;
+        let current = slivers.get(name).ok_or_else(|| not_found(name))?;
+        let mut record = current.clone();
         let out = f(&mut record)?;
-        self.state.save(name, &record)?;
-        slivers.insert(name.to_string(), record.clone());
+        if record != *current {
+            self.state.save(name, &record)?;
+            slivers.insert(name.to_string(), record.clone());
+            self.lock_deferred().remove(name);
+        }
         Ok((out, record))
+    }
+
+    /// Change sliver `name` with `f` in memory even if the write fails (what happened to a
+    /// VMM is a fact, not a request); a failed write is retried by
+    /// [`Registry::flush_deferred`]. Returns the record, or `None` if there is none.
+    pub fn record_fact(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut SliverRecord),
+    ) -> Option<SliverRecord> {
+        let mut slivers = self.lock();
+        let record = slivers.get_mut(name)?;
+        f(record);
+        let record = record.clone();
+        if let Err(e) = self.state.save(name, &record) {
+            log::error!("sliver {name}: recording in the state directory: {e} (will retry)");
+            self.lock_deferred().insert(name.to_string());
+        }
+        Some(record)
+    }
+
+    /// Write again the records whose write failed; returns how many are still not written.
+    pub fn flush_deferred(&self) -> usize {
+        let names: Vec<String> = self.lock_deferred().iter().cloned().collect();
+        for name in names {
+            let record = self.lock().get(&name).cloned();
+            let written = match &record {
+                Some(r) => self.state.save(&name, r).is_ok(),
+                None => true,
+            };
+            if written {
+                log::info!("sliver {name}: its record is written again");
+                self.lock_deferred().remove(&name);
+            }
+        }
+        self.lock_deferred().len()
+    }
+
+    fn lock_deferred(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.deferred.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether sliver `name` is defined.
+    pub fn contains(&self, name: &str) -> bool {
+        self.lock().contains_key(name)
     }
 
     /// Forget sliver `name`; it must not be running (the supervisor stops it first).
@@ -187,6 +241,7 @@ impl Registry {
         }
         self.state.remove(name)?;
         slivers.remove(name);
+        self.lock_deferred().remove(name);
         Ok(())
     }
 

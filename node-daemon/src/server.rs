@@ -8,12 +8,11 @@ use std::sync::Arc;
 use vmm::ledger::{Ledger, LedgerError};
 
 use super::api::{self, Peer};
-use super::node::Node;
+use super::node::{AuditRetention, Node};
 use super::registry::Registry;
 use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
 use crate::shares::coordinator::{self, NodeRates};
-use crate::shares::slots;
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -30,6 +29,8 @@ pub struct NodeConfig {
     pub node_rates: NodeRates,
     /// Whether VMMs keep a ring of packet headers (flow records are always kept).
     pub capture: bool,
+    /// What is kept of deleted slivers' audit data, and for how long.
+    pub audit_retention: AuditRetention,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -151,7 +152,6 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
         set_permissions(&socket, config.socket_group)?;
         // Only the daemon that owns the socket touches the ledger's allocation.
-        reconcile_slots(&ledger, &registry);
         shares_thread = Some(
             coordinator::spawn(ledger.clone(), config.node_rates, stop_shares.clone())
                 .map_err(NodeError::Runtime)?,
@@ -162,15 +162,18 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             rate_str(config.node_rates.rx),
             ledger_path.display()
         );
-        log::info!("serving on {}", socket.display());
-        supervisor.adopt_all();
         let node = Arc::new(Node::new(
             registry.clone(),
             supervisor,
             netlink,
             ledger.clone(),
             &config.state_dir,
+            config.audit_retention,
         ));
+        // The host is made to match the records before the first request is served.
+        node.reconcile_all().await;
+        node.spawn_periodic();
+        log::info!("serving on {}", socket.display());
         let app = api::router(node).into_make_service_with_connect_info::<Peer>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
@@ -192,24 +195,5 @@ fn rate_str(bps: u64) -> String {
         "unlimited".into()
     } else {
         bps.to_string()
-    }
-}
-
-/// After a restart: every sliver with a network device keeps (or gets) its slot with its
-/// current limits; slots of slivers that no longer exist are freed.
-fn reconcile_slots(ledger: &Ledger, registry: &Registry) {
-    let slivers = registry.list();
-    for (_, slot) in ledger.slots() {
-        if slot.is_used() && !slivers.iter().any(|(n, _)| slot.name_is(n)) {
-            log::info!("shares: freeing the slot of deleted sliver {}", slot.name());
-            slot.release();
-        }
-    }
-    for (name, record) in &slivers {
-        if let Some(net) = &record.spec.net {
-            if let Err(e) = slots::assign(ledger, name, &net.limits()) {
-                log::error!("sliver {name}: no shaper slot: {e}");
-            }
-        }
     }
 }

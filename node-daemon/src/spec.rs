@@ -104,7 +104,48 @@ pub fn valid_slice_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// Parse a JSON body; a type error, unknown field or truncated document names its field.
+/// Check what serde would otherwise let through: a request body is a JSON object whose
+/// values are scalars or objects of the same kind. An array (serde would read it as a struct,
+/// field by field in order) or a `null` (read as "absent") is refused, naming its field.
+fn check_shape(value: &serde_json::Value, path: &str) -> Result<(), SliverError> {
+    let field = |path: &str| {
+        if path.is_empty() {
+            "body".to_string()
+        } else {
+            path.to_string()
+        }
+    };
+    match value {
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(key, v)| {
+            let inner = if path.is_empty() {
+                key.clone()
+            } else {
+                format!("{path}.{key}")
+            };
+            check_shape(v, &inner)
+        }),
+        serde_json::Value::Array(_) if path.is_empty() => Err(SliverError::invalid(
+            "body",
+            "the body must be a JSON object, not an array",
+        )),
+        serde_json::Value::Array(_) => Err(SliverError::invalid(
+            &field(path),
+            "an array is not allowed here",
+        )),
+        serde_json::Value::Null => Err(SliverError::invalid(
+            &field(path),
+            "null is not allowed: leave the field out instead",
+        )),
+        _ if path.is_empty() => Err(SliverError::invalid(
+            "body",
+            "the body must be a JSON object",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parse a JSON body into `T`: a type error, unknown field or truncated document names its
+/// field; the body must be an object without arrays or nulls ([`check_shape`]).
 pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SliverError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(SliverError::TooLarge {
@@ -128,6 +169,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, SliverErr
             format!("trailing data after the JSON document: {e}"),
         )
     })?;
+    let document: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| SliverError::invalid("body", format!("not JSON: {e}")))?;
+    check_shape(&document, "")?;
     Ok(value)
 }
 
@@ -489,5 +533,37 @@ mod tests {
         assert_eq!(e.field(), Some("body"));
         let e = check(&vec![b' '; MAX_BODY_BYTES + 1], "ok").expect_err("big");
         assert!(matches!(e, SliverError::TooLarge { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn only_objects_without_arrays_or_nulls() {
+        let k = kernel();
+        let positional = json!(["arr1", "s1", k.path()]).to_string();
+        let e = check(positional.as_bytes(), "arr1").expect_err("array body");
+        assert_eq!(e.field(), Some("body"), "{e}");
+        for (body, field) in [
+            (
+                json!({"name": null, "slice": "s", "kernel": k.path()}),
+                "name",
+            ),
+            (
+                json!({"slice": "s", "kernel": k.path(), "net": null}),
+                "net",
+            ),
+            (
+                json!({"slice": "s", "kernel": k.path(), "net": ["10.0.3.2/24", "10.0.3.1"]}),
+                "net",
+            ),
+            (json!(42), "body"),
+            (json!("spec"), "body"),
+        ] {
+            let e = check(body.to_string().as_bytes(), "web-1").expect_err("refused");
+            assert_eq!(e.field(), Some(field), "{body}: {e}");
+        }
+        let e = parse::<crate::registry::LimitsPatch>(b"[999]").expect_err("array patch");
+        assert_eq!(e.field(), Some("body"));
+        let e = parse::<crate::registry::LimitsPatch>(b"{\"net_max_rate\": null}")
+            .expect_err("null patch");
+        assert_eq!(e.field(), Some("net_max_rate"));
     }
 }

@@ -4,7 +4,6 @@
 //! kept running are re-adopted through a pidfd instead of being orphaned or started twice.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -20,6 +19,7 @@ use crate::host_net;
 use crate::registry::Registry;
 use crate::shares::slots;
 use crate::state::{SliverRecord, SliverState};
+use crate::vmm_procs::{self, signal};
 
 /// How long a VMM gets to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -37,7 +37,7 @@ pub struct Supervisor {
     capture: bool,
     /// The shaper ledger shared with the VMMs.
     ledger: Arc<Ledger>,
-    /// Per running VMM: becomes `true` once its exit has been recorded.
+    /// Per watched VMM: becomes `true` once its exit has been recorded.
     exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
 }
 
@@ -48,30 +48,12 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn signal(pid: u32, sig: libc::c_int) {
-    // SAFETY: kill(2) on a pid we started or adopted; a stale pid at worst gets ESRCH.
-    unsafe { libc::kill(pid as libc::pid_t, sig) };
-}
-
-/// Whether `pid` is a VMM of ours for sliver `name` (its arguments say so).
-fn is_our_vmm(pid: u32, name: &str) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2)
-        .any(|w| w[0] == b"--sliver" && w[1] == name.as_bytes())
-        && args.iter().any(|a| *a == b"run")
-}
-
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just gave us this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+/// Whether a sliver in `state` should have a VMM.
+fn active(state: SliverState) -> bool {
+    matches!(
+        state,
+        SliverState::Starting | SliverState::Running | SliverState::Stopping
+    )
 }
 
 impl Supervisor {
@@ -204,7 +186,21 @@ impl Supervisor {
         Ok(cmd)
     }
 
-    /// Start the VMM of sliver `name`.
+    /// The directory of the VMMs' exit, stats and log files.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Whether the exit of sliver `name`'s VMM is being watched (it runs, as far as we know).
+    pub fn watching(&self, name: &str) -> bool {
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .is_some_and(|rx| !*rx.borrow())
+    }
+
+    /// Start the VMM of sliver `name` (the caller holds the name's operation lock).
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverRecord, SliverError> {
         let (_, record) = self.registry.update(name, |r| match r.state {
             SliverState::Created | SliverState::Stopped | SliverState::Failed => {
@@ -229,9 +225,16 @@ impl Supervisor {
                     r.exit_reason = Some(reason.clone());
                     Ok(())
                 })?;
-                return Err(SliverError::Vmm {
-                    what: "starting the VMM",
-                    source: e,
+                return Err(match e.raw_os_error() {
+                    Some(libc::ENOSPC | libc::EDQUOT) => {
+                        SliverError::Storage(crate::state::StateError::NoSpace {
+                            path: self.log_file(name),
+                        })
+                    }
+                    _ => SliverError::Vmm {
+                        what: "starting the VMM",
+                        source: e,
+                    },
                 });
             }
         };
@@ -283,21 +286,18 @@ impl Supervisor {
         };
         log::info!("sliver {name}: VMM ended: {reason}");
         slots::vmm_gone(&self.ledger, name);
-        if let Err(e) = self.registry.update(name, |r| {
+        self.registry.record_fact(name, |r| {
             r.state = state;
             r.pid = None;
             r.exit_reason = Some(reason.clone());
-            Ok(())
-        }) {
-            log::error!("sliver {name}: recording its exit: {e}");
-        }
+        });
     }
 
     /// Stop the VMM of `name`: ask the guest to power off (SIGUSR1 makes the VMM type a
     /// request on the guest console), then SIGTERM after the guest grace period, then SIGKILL
     /// after [`STOP_GRACE`]. Waits for the exit to be recorded. Stopping a sliver that is not
     /// running is not an error.
-    pub async fn stop(&self, name: &str) -> Result<SliverRecord, SliverError> {
+    pub async fn stop(self: &Arc<Self>, name: &str) -> Result<SliverRecord, SliverError> {
         let (pid, _) = self.registry.update(name, |r| match (r.state, r.pid) {
             (SliverState::Starting | SliverState::Running | SliverState::Stopping, Some(pid)) => {
                 r.state = SliverState::Stopping;
@@ -308,6 +308,9 @@ impl Supervisor {
         let Some(pid) = pid else {
             return self.registry.get(name);
         };
+        if !self.watching(name) {
+            self.adopt(name, pid);
+        }
         let rx = self
             .exited
             .lock()
@@ -316,7 +319,7 @@ impl Supervisor {
             .cloned();
         let Some(mut rx) = rx else {
             return Err(SliverError::Internal(format!(
-                "stopping sliver {name:?}: it has a pid but no watcher"
+                "stopping sliver {name:?}: its VMM {pid} cannot be watched"
             )));
         };
         let steps = [
@@ -341,48 +344,89 @@ impl Supervisor {
         self.registry.get(name)
     }
 
-    /// After a daemon restart: watch VMMs that kept running, and record the ones that ended
-    /// meanwhile.
-    pub fn adopt_all(self: &Arc<Self>) {
-        for (name, r) in self.registry.list() {
-            let active = matches!(
-                r.state,
-                SliverState::Starting | SliverState::Running | SliverState::Stopping
-            );
-            if !active {
-                continue;
+    /// Watch VMM `pid` of sliver `name`, started by an earlier daemon (or by this one before
+    /// its record said so), and record its exit; if it is already gone, record that.
+    fn adopt(self: &Arc<Self>, name: &str, pid: u32) {
+        let exit = match vmm_procs::ExitWatch::new(pid) {
+            Ok(exit) if vmm_procs::is_ours(pid, name, &self.run_dir) => exit,
+            _ => {
+                self.record_exit(name, None);
+                return;
             }
-            match r
+        };
+        log::info!("sliver {name}: adopted running VMM, pid {pid}");
+        let tx = self.watch(name);
+        let me = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            exit.exited().await;
+            me.record_exit(&name, None);
+            let _ = tx.send(true);
+        });
+    }
+
+    /// Make sliver `name`'s VMM what its record says (the caller holds the name's lock).
+    /// `running` is what [`vmm_procs::scan`] found. A sliver that should have a VMM and has
+    /// one that nobody watches gets it adopted (a start cut off before its pid was recorded
+    /// is thereby completed), or its end recorded; a sliver that should have none has a VMM
+    /// that runs anyway stopped. Returns whether a stop was cut off and must be finished.
+    pub async fn converge(
+        self: &Arc<Self>,
+        name: &str,
+        record: &SliverRecord,
+        running: &HashMap<String, u32>,
+    ) -> bool {
+        let found = running.get(name).copied();
+        if active(record.state) {
+            if self.watching(name) {
+                return false;
+            }
+            let pid = record
                 .pid
-                .filter(|&pid| is_our_vmm(pid, &name))
-                .map(|pid| (pid, pidfd_open(pid)))
-            {
-                Some((pid, Ok(fd))) => {
-                    log::info!("sliver {name}: re-adopted running VMM, pid {pid}");
-                    let tx = self.watch(&name);
-                    let me = self.clone();
-                    tokio::spawn(async move {
-                        // A pidfd becomes readable when the process exits.
-                        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open
-                        // and refers to the same pidfd for the AsyncFd's whole life.
-                        let registered = unsafe {
-                            tokio::io::unix::AsyncFd::register_with_interest(
-                                fd,
-                                tokio::io::Interest::READABLE,
-                            )
-                        };
-                        match registered {
-                            Ok(afd) => {
-                                let _ = afd.readable().await;
+                .filter(|&pid| vmm_procs::is_ours(pid, name, &self.run_dir))
+                .or(found);
+            match pid {
+                Some(pid) => {
+                    if record.pid != Some(pid) || record.state == SliverState::Starting {
+                        self.registry.record_fact(name, |r| {
+                            r.pid = Some(pid);
+                            if r.state == SliverState::Starting {
+                                r.state = SliverState::Running;
+                                r.started_at = Some(now_secs());
                             }
-                            Err(e) => log::error!("sliver {name}: watching pid {pid}: {e}"),
-                        }
-                        me.record_exit(&name, None);
-                        let _ = tx.send(true);
-                    });
+                        });
+                    }
+                    self.adopt(name, pid);
+                    record.state == SliverState::Stopping
                 }
-                _ => self.record_exit(&name, None),
+                None => {
+                    self.record_exit(name, None);
+                    false
+                }
             }
+        } else {
+            if let Some(pid) = found {
+                log::warn!(
+                    "sliver {name} is {} but its VMM {pid} runs: stopping it",
+                    record.state.as_str()
+                );
+                self.terminate(pid).await;
+            }
+            false
+        }
+    }
+
+    /// Stop a VMM nobody should be running (an orphan): SIGTERM, then SIGKILL after
+    /// [`STOP_GRACE`]; waits until it is gone.
+    pub async fn terminate(&self, pid: u32) {
+        let Ok(exit) = vmm_procs::ExitWatch::new(pid) else {
+            return;
+        };
+        signal(pid, libc::SIGTERM);
+        if !exit.wait(STOP_GRACE).await {
+            log::warn!("VMM {pid} still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
+            signal(pid, libc::SIGKILL);
+            exit.wait(STOP_GRACE).await;
         }
     }
 }

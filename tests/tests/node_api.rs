@@ -339,7 +339,8 @@ fn thirty_two_clients_at_once() {
             std::thread::spawn(move || {
                 let name = format!("s-{i}");
                 let path = format!("/slivers/{name}");
-                assert_eq!(request(&socket, "PUT", &path, Some(&body)).status, 201);
+                let r = request(&socket, "PUT", &path, Some(&body));
+                assert_eq!(r.status, 201, "{r:?}");
                 for _ in 0..5 {
                     assert_eq!(request(&socket, "GET", "/slivers", None).status, 200);
                     assert_eq!(request(&socket, "GET", &path, None).status, 200);

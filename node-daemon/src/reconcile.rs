@@ -1,0 +1,175 @@
+//! Convergence: make the host match the recorded state, one sliver at a time, idempotently.
+//! It runs at start-up (before the socket is served), after each operation (for its sliver)
+//! and every [`PERIOD`] (for all of them, and for what no record accounts for).
+//!
+//! For a recorded sliver: its TAP with exactly its host address, its shaper slot with its
+//! limits, and its VMM as the record says (adopted when one runs that nobody watches, its end
+//! recorded when none runs, an interrupted stop finished, a VMM that should not run
+//! stopped). Without a record: no VMM, TAP, slot or capture ring of that name (the ring after
+//! its retention), and the flow records expire by the audit retention policy. Records whose
+//! write failed (a full disk) are written again.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::error::SliverError;
+use crate::host_net;
+use crate::node::Node;
+use crate::vmm_procs;
+
+/// How often everything is converged.
+pub const PERIOD: Duration = Duration::from_secs(10);
+
+impl Node {
+    /// Converge sliver `name` (taking its lock).
+    pub async fn converge(self: &Arc<Self>, name: &str) -> Result<(), SliverError> {
+        let _lock = self.locks.lock(name).await;
+        self.converge_locked(name).await
+    }
+
+    /// Converge sliver `name`; the caller holds its lock.
+    pub(crate) async fn converge_locked(self: &Arc<Self>, name: &str) -> Result<(), SliverError> {
+        let running = vmm_procs::scan(self.supervisor.run_dir());
+        self.converge_with(name, &running).await
+    }
+
+    async fn converge_with(
+        self: &Arc<Self>,
+        name: &str,
+        running: &HashMap<String, u32>,
+    ) -> Result<(), SliverError> {
+        let Ok(record) = self.registry.get(name) else {
+            if let Some(&pid) = running.get(name) {
+                log::warn!("VMM {pid} of deleted sliver {name} runs: stopping it");
+                self.supervisor.terminate(pid).await;
+            }
+            self.remove_host_side(name).await;
+            return Ok(());
+        };
+        if let Some(net) = &record.spec.net {
+            self.ensure_tap(name, net).await?;
+            self.claim_slot(name, net)?;
+        }
+        if self.supervisor.converge(name, &record, running).await {
+            // A stop was cut off (by a daemon restart): finish it, in its own time.
+            let me = self.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let _lock = me.locks.lock(&name).await;
+                if let Err(e) = me.supervisor.stop(&name).await {
+                    log::error!("sliver {name}: finishing its stop: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Converge every sliver, then remove what no record accounts for. Slivers busy with an
+    /// operation are left to it. Host state is listed before the records, so a sliver defined
+    /// meanwhile is never taken for a stray.
+    pub async fn reconcile_all(self: &Arc<Self>) {
+        let running = vmm_procs::scan(self.supervisor.run_dir());
+        let taps = match host_net::sliver_taps(&self.netlink).await {
+            Ok(taps) => taps,
+            Err(e) => {
+                log::error!("reconcile: {e}");
+                Vec::new()
+            }
+        };
+        let slotted: Vec<String> = self
+            .ledger
+            .slots()
+            .filter(|(_, s)| s.is_used())
+            .map(|(_, s)| s.name())
+            .collect();
+        let records = self.registry.list();
+        let recorded: BTreeSet<&str> = records.iter().map(|(n, _)| n.as_str()).collect();
+        for name in &recorded {
+            if let Some(_lock) = self.locks.try_lock(name) {
+                if let Err(e) = self.converge_with(name, &running).await {
+                    log::error!("sliver {name}: converging: {e}");
+                }
+            }
+        }
+        let strays: BTreeSet<&str> = running
+            .keys()
+            .map(String::as_str)
+            .chain(slotted.iter().map(String::as_str))
+            .filter(|n| !recorded.contains(n))
+            .collect();
+        for name in strays {
+            if let Some(_lock) = self.locks.try_lock(name) {
+                if !self.registry.contains(name) {
+                    let _ = self.converge_with(name, &running).await;
+                }
+            }
+        }
+        let expected: BTreeSet<String> = self
+            .registry
+            .list()
+            .iter()
+            .map(|(n, _)| host_net::tap_name(n))
+            .collect();
+        for tap in taps.iter().filter(|t| !expected.contains(*t)) {
+            log::info!("reconcile: removing TAP {tap} of a deleted sliver");
+            if let Err(e) = host_net::remove_tap(&self.netlink, tap).await {
+                log::error!("reconcile: {e}");
+            }
+        }
+        let unwritten = self.registry.flush_deferred();
+        if unwritten > 0 {
+            log::warn!("reconcile: {unwritten} record(s) still not written (disk full?)");
+        }
+        self.expire_audit_data(&running);
+    }
+
+    /// Audit data of slivers whose VMM is not running: flow records by the retention
+    /// policy, and deleted slivers' capture rings once their retention has passed.
+    fn expire_audit_data(&self, running: &HashMap<String, u32>) {
+        let Ok(dirs) = audit_store::segment::sliver_dirs(&self.state_dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for dir in dirs {
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let Some(_lock) = self.locks.try_lock(&name) else {
+                continue;
+            };
+            if running.contains_key(&name) || self.supervisor.watching(&name) {
+                continue;
+            }
+            if let Err(e) = audit_store::retention::apply(&dir, &self.retention.flows, now, None) {
+                log::error!("audit retention for {}: {e}", dir.display());
+            }
+            if !self.registry.contains(&name) {
+                let ring = dir.join(audit_store::capture::RING_FILE);
+                let expired = std::fs::metadata(&ring)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| {
+                        now.duration_since(t)
+                            .is_ok_and(|age| age >= self.retention.capture_after_delete)
+                    });
+                if expired {
+                    self.remove_capture_ring(&name);
+                }
+            }
+        }
+    }
+
+    /// Converge everything every [`PERIOD`], for as long as the daemon runs.
+    pub fn spawn_periodic(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                me.reconcile_all().await;
+            }
+        })
+    }
+}
