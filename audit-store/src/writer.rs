@@ -222,6 +222,27 @@ impl Drop for AuditLog {
     }
 }
 
+/// Whether some process holds the writer lock of the log in `dir` (a running VMM). Read from
+/// `/proc/locks`, so asking takes no lock and cannot make a starting writer fail.
+pub fn has_writer(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir.join("LOCK")) else {
+        return false;
+    };
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    // Lines like "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF": the sixth field is
+    // MAJOR:MINOR:INODE (device numbers in hex).
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let want = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&want.as_str())
+    })
+}
+
 fn lock_dir(dir: &Path) -> Result<File> {
     let path = dir.join("LOCK");
     let file = File::options()
@@ -238,6 +259,16 @@ fn lock_dir(dir: &Path) -> Result<File> {
 mod tests {
     use super::*;
     use crate::{reader, segment, synth};
+
+    #[test]
+    fn a_held_writer_lock_is_seen_without_taking_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        assert!(!has_writer(dir.path()), "no log yet");
+        let (log, _) = AuditLog::open(dir.path(), AuditConfig::default()).expect("open");
+        assert!(has_writer(dir.path()));
+        drop(log);
+        assert!(!has_writer(dir.path()), "released");
+    }
 
     fn read_seqs(dir: &Path) -> Vec<u64> {
         let mut seqs = Vec::new();

@@ -1,11 +1,10 @@
 //! `slicevisor ctl`: a client for the node API, with readable tables or `--json`.
 
+use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{json, Value};
-
-use std::io::Read;
-use std::time::Duration;
 
 use super::client::{sliver_path, try_request_within, Response, RESPONSE_TIMEOUT};
 use super::spec::MAX_BODY_BYTES;

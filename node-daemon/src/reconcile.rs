@@ -138,7 +138,10 @@ impl Node {
             let Some(_lock) = self.locks.try_lock(&name) else {
                 continue;
             };
-            if running.contains_key(&name) || self.supervisor.watching(&name) {
+            let writing = running.contains_key(&name)
+                || self.supervisor.watching(&name)
+                || audit_store::writer::has_writer(&dir);
+            if writing {
                 continue;
             }
             if let Err(e) = audit_store::retention::apply(&dir, &self.retention.flows, now, None) {

@@ -213,8 +213,27 @@ impl Supervisor {
                 format!("sliver {name:?} is {}", s.as_str()),
             )),
         })?;
-        let _ = std::fs::remove_file(self.exit_file(name));
         let _ = std::fs::remove_file(self.stats_file(name));
+        // Room for the VMM's exit record, made now, while there is space.
+        if let Err(e) = ExitRecord::reserve(&self.exit_file(name)) {
+            let _ = std::fs::remove_file(self.exit_file(name));
+            self.registry.update(name, |r| {
+                r.state = SliverState::Failed;
+                r.exit_reason = Some(format!("reserving the exit file: {e}"));
+                Ok(())
+            })?;
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => {
+                    SliverError::Storage(crate::state::StateError::NoSpace {
+                        path: self.exit_file(name),
+                    })
+                }
+                _ => SliverError::Vmm {
+                    what: "reserving the VMM's exit file",
+                    source: e,
+                },
+            });
+        }
         let spawned = self.command(name, &record).and_then(|mut cmd| cmd.spawn());
         let mut child = match spawned {
             Ok(child) => child,
@@ -269,13 +288,17 @@ impl Supervisor {
                 };
                 (state, rec.reason)
             }
-            (None, Some(st)) => match st.signal() {
-                Some(sig) => (SliverState::Failed, format!("VMM killed by signal {sig}")),
-                None => (
+            (None, Some(st)) => match (st.signal(), st.code()) {
+                (Some(sig), _) => (SliverState::Failed, format!("VMM killed by signal {sig}")),
+                (None, Some(0)) => (
+                    SliverState::Stopped,
+                    "VMM exited with code 0 without a reason".to_string(),
+                ),
+                (None, code) => (
                     SliverState::Failed,
                     format!(
                         "VMM exited with code {} without a reason",
-                        st.code().unwrap_or(-1)
+                        code.unwrap_or(-1)
                     ),
                 ),
             },

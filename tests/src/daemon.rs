@@ -2,19 +2,34 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use node_daemon::client::{try_request, Response};
+use serde_json::Value;
 
 use crate::netns::NetNs;
-use crate::run::{slicevisor_bin, ChildGuard};
+use crate::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 
 /// Start a node daemon inside `ns`, with socket `dir/node.sock` and state in `dir/state`, plus
-/// `extra` flags; returns once it accepts connections. Its output is piped (read it when it
-/// exits) unless `quiet`, when it is discarded.
+/// `extra` flags; returns once it accepts connections. Its output goes to `dir/daemon.log`
+/// (see [`daemon_log`]; a file, so a busy daemon never blocks on a full pipe) unless `quiet`,
+/// when it is discarded.
 pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (ChildGuard, PathBuf) {
     let socket = dir.join("node.sock");
-    let out = || if quiet { Stdio::null() } else { Stdio::piped() };
+    let log = dir.join("daemon.log");
+    let out = || {
+        if quiet {
+            Stdio::null()
+        } else {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map(Stdio::from)
+                .expect("daemon log file")
+        }
+    };
     let child = ns
         .command(slicevisor_bin())
         .args(["node", "--socket"])
@@ -39,6 +54,11 @@ pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (Chi
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, socket)
+}
+
+/// What the daemons started in `dir` without `quiet` wrote, so far.
+pub fn daemon_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default()
 }
 
 /// One request on a fresh connection; panics (naming the request) on I/O errors.
@@ -72,4 +92,181 @@ pub fn now_rfc3339() -> String {
 /// The path of `GET /audit?{filters}&at=<now>` (with `at` escaped for a URL).
 pub fn audit_now_path(filters: &str) -> String {
     format!("/audit?{filters}&at={}", now_rfc3339().replace('+', "%2B"))
+}
+
+/// A `slicevisor node` under test, in its own network namespace; a test that fails leaves no
+/// VMM of it running.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<ChildGuard>,
+    /// Its control socket.
+    pub socket: PathBuf,
+    /// The namespace the daemon (and its TAPs and VMMs) lives in; outlives the daemon.
+    pub ns: Arc<NetNs>,
+}
+
+/// Kill every process whose arguments mention `dir` (VMMs a failed test left behind: they
+/// run in their own process group and outlive the daemon by design).
+pub fn kill_vmms_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
+            // SAFETY: SIGKILL to a process of this test (its arguments name our temp dir).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // The test failed before stopping the daemon: leave nothing running.
+            self.child = None;
+            if let Some(dir) = self.socket.parent() {
+                kill_vmms_under(dir);
+            }
+        }
+    }
+}
+
+impl Daemon {
+    /// A daemon in a fresh network namespace.
+    pub fn start(dir: &Path) -> Self {
+        Self::start_in(dir, Arc::new(NetNs::new("svnode")))
+    }
+
+    /// A daemon in namespace `ns` (e.g. the previous daemon's, for restarts).
+    pub fn start_in(dir: &Path, ns: Arc<NetNs>) -> Self {
+        // Tiny guests cannot answer a power-off request: go on to SIGTERM after 1 s.
+        Self::start_with(dir, ns, &["--guest-stop-timeout", "1"])
+    }
+
+    /// A daemon in namespace `ns` with flags `extra`.
+    pub fn start_with(dir: &Path, ns: Arc<NetNs>, extra: &[&str]) -> Self {
+        let (child, socket) = spawn_daemon(&ns, dir, extra, false);
+        Self {
+            child: Some(child),
+            socket,
+            ns,
+        }
+    }
+
+    /// One request with a JSON body.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        request(&self.socket, method, path, bytes.as_deref())
+    }
+
+    /// SIGTERM, then check the daemon exited 0 and removed its socket; returns what the
+    /// daemons of this directory logged.
+    pub fn stop(mut self) -> String {
+        let child = self.child.take().expect("running").take();
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = wait_with_timeout(child, Duration::from_secs(20));
+        assert_eq!(out.code(), 0, "{out:?}");
+        assert!(!self.socket.exists(), "socket left behind");
+        daemon_log(self.socket.parent().expect("socket dir"))
+    }
+
+    /// SIGKILL the daemon (its VMMs run on, by design); returns its namespace for a restart.
+    pub fn kill(mut self) -> Arc<NetNs> {
+        let child = self.child.take().expect("running").take();
+        let pid = libc::pid_t::try_from(child.id()).expect("pid");
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = wait_with_timeout(child, Duration::from_secs(20));
+        self.ns.clone()
+    }
+}
+
+/// Poll sliver `name` until it is in `state` (at most 60 s); returns its view.
+pub fn wait_for_state(d: &Daemon, name: &str, state: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = d.call("GET", &format!("/slivers/{name}"), None).json();
+        if s["state"] == state {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name} never became {state}: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether process `pid` exists and has not exited (a zombie waiting for its parent to reap
+/// it has exited).
+pub fn pid_alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses.
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}
+
+/// What a daemon's host side looks like, read from the host itself: for the convergence
+/// tests to compare with the daemon's records.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HostState {
+    /// Sliver TAPs in the daemon's namespace, with their IPv4 addresses (`a.b.c.d/len`).
+    pub taps: std::collections::BTreeMap<String, Vec<String>>,
+    /// Names holding a shaper ledger slot.
+    pub slots: std::collections::BTreeSet<String>,
+    /// The daemon's VMM processes, by sliver name.
+    pub vmms: std::collections::BTreeMap<String, u32>,
+}
+
+/// The host side of the daemon with state directory `state`, in namespace `ns`.
+pub fn host_state(ns: &NetNs, state: &Path) -> HostState {
+    let out = ns
+        .command("ip")
+        .args(["-j", "-4", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    assert!(out.status.success(), "{out:?}");
+    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
+    let links_all = ns
+        .command("ip")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("ip link");
+    let all: Value = serde_json::from_slice(&links_all.stdout).expect("ip -j output");
+    let mut taps = std::collections::BTreeMap::new();
+    for link in all.as_array().into_iter().flatten() {
+        let name = link["ifname"].as_str().unwrap_or_default();
+        if node_daemon::host_net::is_sliver_tap_name(name) {
+            taps.insert(name.to_string(), Vec::new());
+        }
+    }
+    for link in links.as_array().into_iter().flatten() {
+        let name = link["ifname"].as_str().unwrap_or_default();
+        if let Some(addrs) = taps.get_mut(name) {
+            for a in link["addr_info"].as_array().into_iter().flatten() {
+                addrs.push(format!(
+                    "{}/{}",
+                    a["local"].as_str().unwrap_or_default(),
+                    a["prefixlen"]
+                ));
+            }
+        }
+    }
+    let slots = match vmm::ledger::Ledger::open(&state.join("shaper.ledger")) {
+        Ok(ledger) => ledger
+            .slots()
+            .filter(|(_, s)| s.is_used())
+            .map(|(_, s)| s.name())
+            .collect(),
+        Err(_) => Default::default(),
+    };
+    let vmms = node_daemon::vmm_procs::scan(&state.join("run"))
+        .into_iter()
+        .collect();
+    HostState { taps, slots, vmms }
 }

@@ -3,84 +3,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use e2e::daemon::spawn_daemon;
-use e2e::daemon::{request, ResponseExt};
-use e2e::netns::NetNs;
-use e2e::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
-use node_daemon::client::Response;
+use e2e::daemon::{pid_alive, request, wait_for_state, Daemon, ResponseExt};
+use e2e::run::slicevisor_bin;
 use serde_json::{json, Value};
-
-struct Daemon {
-    child: Option<ChildGuard>,
-    socket: PathBuf,
-    /// The namespace the daemon (and its TAPs and VMMs) lives in; outlives the daemon.
-    ns: Arc<NetNs>,
-}
-
-/// Kill every process whose arguments mention `dir` (VMMs a failed test left behind: they
-/// run in their own process group and outlive the daemon by design).
-fn kill_vmms_under(dir: &Path) {
-    let needle = dir.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) && pid != std::process::id() as i32 {
-            // SAFETY: SIGKILL to a process of this test (its arguments name our temp dir).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // The test failed before stopping the daemon: leave nothing running.
-            self.child = None;
-            if let Some(dir) = self.socket.parent() {
-                kill_vmms_under(dir);
-            }
-        }
-    }
-}
-
-impl Daemon {
-    /// A daemon in a fresh network namespace.
-    fn start(dir: &Path) -> Self {
-        Self::start_in(dir, Arc::new(NetNs::new("svnode")))
-    }
-
-    /// A daemon in namespace `ns` (e.g. the previous daemon's, for restarts).
-    fn start_in(dir: &Path, ns: Arc<NetNs>) -> Self {
-        // Tiny guests cannot answer a power-off request: go on to SIGTERM after 1 s.
-        let (child, socket) = spawn_daemon(&ns, dir, &["--guest-stop-timeout", "1"], false);
-        Self {
-            child: Some(child),
-            socket,
-            ns,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
-        let bytes = body.map(|b| b.to_string().into_bytes());
-        request(&self.socket, method, path, bytes.as_deref())
-    }
-
-    /// SIGTERM, then check the daemon exited 0 and removed its socket.
-    fn stop(mut self) -> String {
-        let child = self.child.take().expect("running").take();
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let out = wait_with_timeout(child, Duration::from_secs(20));
-        assert_eq!(out.code(), 0, "{out:?}");
-        assert!(!self.socket.exists(), "socket left behind");
-        out.stderr
-    }
-}
 
 fn kernel_file(dir: &Path) -> PathBuf {
     let k = dir.join("vmlinux");
@@ -395,9 +321,9 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
         Some(2)
     );
     // SIGKILL leaves the socket file behind; the next daemon clears it.
-    let mut d = d;
-    drop(d.child.take());
-    assert!(d.socket.exists());
+    let socket = d.socket.clone();
+    d.kill();
+    assert!(socket.exists());
     let d = Daemon::start_in(dir.path(), ns);
     assert_eq!(d.call("GET", "/slivers/b", None).status, 200);
     // A second daemon on the same socket refuses to start.
@@ -411,25 +337,6 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
     assert_eq!(second.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&second.stderr).contains("another daemon is serving"));
     d.stop();
-}
-
-fn wait_for_state(d: &Daemon, name: &str, state: &str) -> Value {
-    let start = Instant::now();
-    loop {
-        let s = d.call("GET", &format!("/slivers/{name}"), None).json();
-        if s["state"] == state {
-            return s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{name} never became {state}: {s}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 #[test]

@@ -69,11 +69,55 @@ pub struct ExitRecord {
     pub reason: String,
 }
 
+/// Bytes of an exit file reserved before the VMM starts ([`ExitRecord::reserve`]).
+pub const EXIT_FILE_LEN: usize = 4096;
+
 impl ExitRecord {
-    /// Write to `path` atomically (temporary file, fsync, rename).
+    /// Reserve `path` for a record written later ([`EXIT_FILE_LEN`] spaces, synced), so
+    /// that the VMM can say why it ended even when the disk has filled up meanwhile. The node
+    /// daemon does this before it starts a VMM.
+    pub fn reserve(path: &std::path::Path) -> std::io::Result<()> {
+        let mut f = std::fs::File::create(path)?;
+        std::io::Write::write_all(&mut f, &[b' '; EXIT_FILE_LEN])?;
+        f.sync_all()
+    }
+
+    /// The record as JSON of at most [`EXIT_FILE_LEN`] bytes (a very long reason is cut).
+    fn json(&self) -> std::io::Result<Vec<u8>> {
+        let mut record = self.clone();
+        loop {
+            let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+            if json.len() <= EXIT_FILE_LEN {
+                return Ok(json);
+            }
+            let keep = record
+                .reason
+                .len()
+                .saturating_sub(json.len() - EXIT_FILE_LEN + 8);
+            let cut = (0..=keep)
+                .rev()
+                .find(|&i| record.reason.is_char_boundary(i))
+                .unwrap_or(0);
+            record.reason.truncate(cut);
+            record.reason.push_str(" [cut]");
+        }
+    }
+
+    /// Write to `path`: into the space [`ExitRecord::reserve`] made (overwritten in place,
+    /// padded with spaces, synced: needs no new disk space), or else atomically (temporary
+    /// file, fsync, rename).
     pub fn write(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let json = self.json()?;
+        if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+            if f.metadata()?.len() >= EXIT_FILE_LEN as u64 {
+                let mut buf = json;
+                buf.resize(EXIT_FILE_LEN, b' ');
+                f.write_all_at(&buf, 0)?;
+                return f.sync_data();
+            }
+        }
         let tmp = path.with_extension("tmp");
-        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
         {
             let mut f = std::fs::File::create(&tmp)?;
             std::io::Write::write_all(&mut f, &json)?;
@@ -82,9 +126,16 @@ impl ExitRecord {
         std::fs::rename(&tmp, path)
     }
 
-    /// Read one written by [`ExitRecord::write`].
+    /// Read one written by [`ExitRecord::write`]; a reserved file the VMM never wrote is an
+    /// error ([`std::io::ErrorKind::NotFound`]).
     pub fn read(path: &std::path::Path) -> std::io::Result<Self> {
         let bytes = std::fs::read(path)?;
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the VMM wrote no exit record",
+            ));
+        }
         serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     }
 }
@@ -153,6 +204,39 @@ mod tests {
         };
         r.write(&path).expect("write");
         assert_eq!(ExitRecord::read(&path).expect("read"), r);
+    }
+
+    #[test]
+    fn a_reserved_exit_file_is_written_in_place_and_cut_to_fit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("x.exit.json");
+        ExitRecord::reserve(&path).expect("reserve");
+        assert_eq!(
+            ExitRecord::read(&path).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::NotFound),
+            "reserved, not written"
+        );
+        let long = ExitRecord {
+            code: 2,
+            reason: format!("guest kernel panic: {}", "é".repeat(5000)),
+        };
+        long.write(&path).expect("write");
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            EXIT_FILE_LEN as u64,
+            "in place"
+        );
+        let read = ExitRecord::read(&path).expect("read");
+        assert_eq!(read.code, 2);
+        assert!(
+            read.reason.starts_with("guest kernel panic: é") && read.reason.ends_with(" [cut]")
+        );
+        let short = ExitRecord {
+            code: 0,
+            reason: "guest powered off".into(),
+        };
+        short.write(&path).expect("rewrite");
+        assert_eq!(ExitRecord::read(&path).expect("read"), short);
     }
 
     #[test]
