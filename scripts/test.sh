@@ -44,11 +44,21 @@ command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-li
 # The audit export tests read the exports back with the operators' tools.
 command -v nfcapd >/dev/null && command -v nfdump >/dev/null || need+=(nfdump)
 command -v tshark >/dev/null || need+=(tshark)
+# The schema fuzzer speaks TCP; socat carries it to the daemon's unix socket.
+command -v socat >/dev/null || need+=(socat)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
     # tshark's wireshark-common asks whether non-root users may capture; answer no up front.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"
+fi
+
+step "schema fuzzer (Schemathesis from PyPI, into target/schemathesis)"
+if ! target/schemathesis/bin/st --version >/dev/null 2>&1; then
+    python3 -m venv target/schemathesis
+    target/schemathesis/bin/pip install --quiet --disable-pip-version-check schemathesis==4.32.5
 fi
 
 step "guest kernel (cached after the first build)"

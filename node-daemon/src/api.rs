@@ -7,7 +7,7 @@ use std::sync::Arc;
 use audit_store::params::QueryRequest;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -117,6 +117,23 @@ impl IntoResponse for ApiError {
 
 type Reply<T> = Result<T, ApiError>;
 
+/// A route's `{name}`; a path that does not decode is a JSON 400 naming `name`.
+struct Name(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Name {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(Name(name)),
+            Err(e) => Err(SliverError::invalid("name", e.body_text()).into()),
+        }
+    }
+}
+
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Reply<Bytes> {
     body.map_err(|e| ApiError::status(e.status(), format!("request body: {e}")))
 }
@@ -151,14 +168,14 @@ async fn list(State(node): State<Arc<Node>>) -> Json<Vec<SliverView>> {
     Json(node.list())
 }
 
-async fn show(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Reply<Json<SliverView>> {
+async fn show(State(node): State<Arc<Node>>, Name(name): Name) -> Reply<Json<SliverView>> {
     Ok(Json(node.show(&name)?))
 }
 
 async fn create(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply<(StatusCode, Json<SliverView>)> {
     let spec: SliverSpec = parse(&body_bytes(body)?)?;
@@ -176,7 +193,7 @@ async fn create(
 async fn patch(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply<Json<SliverView>> {
     let patch: LimitsPatch = parse(&body_bytes(body)?)?;
@@ -192,7 +209,7 @@ async fn patch(
 async fn remove(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    Name(name): Name,
 ) -> Reply<StatusCode> {
     node.delete(&name).await?;
     log::info!("uid {:?} deleted sliver {name}", peer.uid);
@@ -202,7 +219,7 @@ async fn remove(
 async fn start(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    Name(name): Name,
 ) -> Reply<Json<SliverView>> {
     let view = node.start(&name).await?;
     log::info!("uid {:?} started sliver {name}", peer.uid);
@@ -212,7 +229,7 @@ async fn start(
 async fn stop(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-    Path(name): Path<String>,
+    Name(name): Name,
 ) -> Reply<Json<SliverView>> {
     log::info!("uid {:?} stops sliver {name}", peer.uid);
     Ok(Json(node.stop(&name).await?))

@@ -195,10 +195,13 @@ fn check_file(field: &str, path: &std::path::Path) -> Result<(), SliverError> {
     }
 }
 
+/// `ADDRESS/PREFIX`, the prefix one or two decimal digits (no sign, as the schema says).
 fn parse_cidr(s: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, prefix) = s.split_once('/')?;
-    let prefix: u8 = prefix.parse().ok()?;
-    Some((addr.parse().ok()?, prefix))
+    if !(1..=2).contains(&prefix.len()) || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((addr.parse().ok()?, prefix.parse().ok()?))
 }
 
 impl SliverNet {
@@ -466,6 +469,10 @@ mod tests {
             (
                 "net.ipv4",
                 Box::new(|v| v["net"]["ipv4"] = json!("10.0.3.2/31")),
+            ),
+            (
+                "net.ipv4",
+                Box::new(|v| v["net"]["ipv4"] = json!("10.0.3.2/+24")),
             ),
             (
                 "net.host_ipv4",

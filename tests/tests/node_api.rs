@@ -402,13 +402,26 @@ fn vmm_processes_are_started_watched_stopped_and_readopted() {
     assert_eq!(e["state"], "stopped", "{e}");
     assert_eq!(e["exit_reason"], "stopped by SIGTERM");
 
-    // Deleting a running sliver stops it first.
+    // Deleting a running sliver stops it first, and releases its capture ring (its flow
+    // records stay, under the audit retention policy).
     let pid = d.call("POST", "/slivers/a/start", None).json()["pid"]
         .as_u64()
         .expect("pid");
+    let audit = audit_store::sliver_dir(&dir.path().join("state"), "a");
+    let ring = audit.join(audit_store::capture::RING_FILE);
+    let start = std::time::Instant::now();
+    while !ring.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no ring"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(d.call("DELETE", "/slivers/a", None).status, 204);
     assert!(!pid_alive(pid));
     assert_eq!(d.call("GET", "/slivers/a", None).status, 404);
+    assert!(!ring.exists(), "the capture ring goes with the sliver");
+    assert!(audit.join("LOCK").exists(), "the flow log stays");
     d.stop();
 }
 
@@ -507,5 +520,56 @@ fn ctl_client_drives_every_route() {
     let (code, _, err) = ctl(Path::new("/nonexistent.sock"), &["list"]);
     assert_eq!(code, 1);
     assert!(err.contains("--socket /nonexistent.sock"), "{err}");
+    d.stop();
+}
+
+#[test]
+fn ctl_checks_its_arguments_and_gives_up_on_a_mute_socket() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = kernel_file(dir.path());
+    let d = Daemon::start(dir.path());
+    let sock = d.socket.clone();
+    assert_eq!(
+        d.call("PUT", "/slivers/victim", Some(spec(&k, 1))).status,
+        201
+    );
+    // Names that would address another resource, or smuggle a second request, are refused
+    // before anything is sent.
+    for name in [
+        "victim?x=1",
+        "victim#x",
+        "victim\r\nDELETE /slivers/victim HTTP/1.1",
+        "../victim",
+    ] {
+        let (code, _, err) = ctl(&sock, &["delete", name]);
+        assert_eq!(code, 1, "{name:?}");
+        assert!(err.contains("is not a sliver name"), "{name:?}: {err}");
+    }
+    assert_eq!(
+        d.call("GET", "/slivers/victim", None).status,
+        200,
+        "victim untouched"
+    );
+    // A spec that never ends is read only up to the limit.
+    let start = std::time::Instant::now();
+    let (code, _, err) = ctl(&sock, &["create", "x", "--spec", "/dev/zero"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("longer than the 65536 bytes"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    // A socket that accepts and never answers: a clear message, not a minute's wait.
+    let mute = dir.path().join("mute.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&mute).expect("bind");
+    let start = std::time::Instant::now();
+    let (code, _, err) = ctl(&mute, &["--timeout", "1", "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no answer within 1s (waiting for the reply)"),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     d.stop();
 }
