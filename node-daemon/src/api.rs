@@ -117,6 +117,16 @@ impl IntoResponse for ApiError {
 
 type Reply<T> = Result<T, ApiError>;
 
+/// Run a mutating operation to its end in a task of its own: a client that goes away does
+/// not cancel it halfway (a stop cut off after SIGUSR1 would never send SIGTERM).
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, SliverError>> + Send + 'static,
+) -> Result<T, SliverError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| SliverError::Internal(format!("operation task: {e}")))?
+}
+
 /// A route's `{name}`; a path that does not decode is a JSON 400 naming `name`.
 struct Name(String);
 
@@ -179,7 +189,8 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Reply<(StatusCode, Json<SliverView>)> {
     let spec: SliverSpec = parse(&body_bytes(body)?)?;
-    let (created, view) = node.create(&name, spec).await?;
+    let owned = name.clone();
+    let (created, view) = detached(async move { node.create(&owned, spec).await }).await?;
     let status = match created {
         Created::New => {
             log::info!("uid {:?} created sliver {name}", peer.uid);
@@ -198,7 +209,8 @@ async fn patch(
 ) -> Reply<Json<SliverView>> {
     let patch: LimitsPatch = parse(&body_bytes(body)?)?;
     let described = format!("{patch:?}");
-    let view = node.patch_limits(&name, patch).await?;
+    let owned = name.clone();
+    let view = detached(async move { node.patch_limits(&owned, patch).await }).await?;
     log::info!(
         "uid {:?} changed the limits of sliver {name}: {described}",
         peer.uid
@@ -211,7 +223,8 @@ async fn remove(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Name(name): Name,
 ) -> Reply<StatusCode> {
-    node.delete(&name).await?;
+    let owned = name.clone();
+    detached(async move { node.delete(&owned).await }).await?;
     log::info!("uid {:?} deleted sliver {name}", peer.uid);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -221,7 +234,8 @@ async fn start(
     ConnectInfo(peer): ConnectInfo<Peer>,
     Name(name): Name,
 ) -> Reply<Json<SliverView>> {
-    let view = node.start(&name).await?;
+    let owned = name.clone();
+    let view = detached(async move { node.start(&owned).await }).await?;
     log::info!("uid {:?} started sliver {name}", peer.uid);
     Ok(Json(view))
 }
@@ -232,7 +246,10 @@ async fn stop(
     Name(name): Name,
 ) -> Reply<Json<SliverView>> {
     log::info!("uid {:?} stops sliver {name}", peer.uid);
-    Ok(Json(node.stop(&name).await?))
+    let owned = name.clone();
+    Ok(Json(
+        detached(async move { node.stop(&owned).await }).await?,
+    ))
 }
 
 async fn fallback() -> ApiError {

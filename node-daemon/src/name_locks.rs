@@ -47,9 +47,19 @@ impl NameLocks {
         }
     }
 
-    /// Wait for `name`'s lock.
+    /// Wait for `name`'s lock. A wait given up (the future dropped) leaves no entry behind.
     pub async fn lock(&self, name: &str) -> NameGuard {
-        let guard = self.entry(name).lock_owned().await;
+        /// Forgets the name's entry when dropped, if nobody else holds or waits for it.
+        struct Waiting<'a>(&'a NameLocks, &'a str);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.forget_if_unused(self.1);
+            }
+        }
+        let entry = self.entry(name);
+        let waiting = Waiting(self, name);
+        let guard = entry.lock_owned().await;
+        drop(waiting); // held now: nothing to forget
         self.guard(name, guard)
     }
 

@@ -87,6 +87,10 @@ pub struct Node {
     pub(crate) locks: NameLocks,
     /// Finding a free shaper slot and claiming it is one step for every name at once.
     slots_lock: Mutex<()>,
+    /// Making or removing a TAP, and the sweep for stray TAPs (which lists the host's TAPs
+    /// and the records, then removes), take turns: the sweep never sees a TAP without the
+    /// record it was made for.
+    pub(crate) taps: tokio::sync::Mutex<()>,
     pub(crate) retention: AuditRetention,
 }
 
@@ -118,6 +122,7 @@ impl Node {
             state_dir: state_dir.to_owned(),
             locks: NameLocks::default(),
             slots_lock: Mutex::new(()),
+            taps: tokio::sync::Mutex::new(()),
             retention,
         }
     }
@@ -138,6 +143,15 @@ impl Node {
         let owned = name.to_string();
         let spec = blocking(move || spec.validate(&owned).map(|()| spec)).await?;
         let _lock = self.locks.lock(name).await;
+        if self.registry.is_unreadable(name) {
+            return Err(SliverError::conflict(
+                Some("name"),
+                format!(
+                    "the record file of sliver {name:?} could not be read at start-up: repair or \
+                     remove it first (see the daemon's log)"
+                ),
+            ));
+        }
         if let Ok(existing) = self.registry.get(name) {
             if existing.spec != spec {
                 return Err(SliverError::conflict(
@@ -173,13 +187,14 @@ impl Node {
                 return Err(e);
             }
         }
-        Ok((Created::New, self.view(name, record)))
+        self.converge_after(name).await;
+        Ok((Created::New, self.show(name)?))
     }
 
     /// Change sliver `name`'s network limits with `patch` (validated as a whole first); the
     /// share allocation applies them at its next tick.
     pub async fn patch_limits(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         patch: LimitsPatch,
     ) -> Result<SliverView, SliverError> {
@@ -202,39 +217,49 @@ impl Node {
                 return Err(e);
             }
         }
+        self.converge_after(name).await;
         Ok(self.view(name, record))
     }
 
     /// Start sliver `name`'s VMM, its host side converged first.
-    pub async fn start(&self, name: &str) -> Result<SliverView, SliverError> {
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverView, SliverError> {
         let _lock = self.locks.lock(name).await;
-        let record = self.registry.get(name)?;
-        if let Some(net) = &record.spec.net {
-            self.ensure_tap(name, net).await?;
-            self.claim_slot(name, net)?;
-        }
+        self.registry.get(name)?;
+        self.converge_locked(name).await?;
         let record = self.supervisor.start(name).await?;
         Ok(self.view(name, record))
     }
 
     /// Stop sliver `name`'s VMM (asking its guest first; see [`Supervisor::stop`]).
-    pub async fn stop(&self, name: &str) -> Result<SliverView, SliverError> {
+    pub async fn stop(self: &Arc<Self>, name: &str) -> Result<SliverView, SliverError> {
         let _lock = self.locks.lock(name).await;
+        self.registry.get(name)?;
+        self.converge_after(name).await;
         let record = self.supervisor.stop(name).await?;
         Ok(self.view(name, record))
     }
 
-    /// Delete sliver `name`: stop its VMM, forget its record, remove its TAP, slot and
-    /// capture ring. Needs no new disk space.
-    pub async fn delete(&self, name: &str) -> Result<(), SliverError> {
+    /// Delete sliver `name`: stop its VMM, forget its record (the commit point), then remove
+    /// its TAP, slot, capture ring and run files. Needs no new disk space.
+    pub async fn delete(self: &Arc<Self>, name: &str) -> Result<(), SliverError> {
         let _lock = self.locks.lock(name).await;
         self.registry.get(name)?;
+        self.converge_after(name).await;
         self.supervisor.stop(name).await?;
         let registry = self.registry.clone();
         let owned = name.to_string();
         blocking(move || registry.delete(&owned)).await?;
-        self.remove_host_side(name).await;
+        self.supervisor.forget(name);
+        self.converge_after(name).await;
         Ok(())
+    }
+
+    /// Converge sliver `name` at the end of an operation that did its own steps: what is
+    /// left undone is logged, and the periodic convergence retries it.
+    async fn converge_after(self: &Arc<Self>, name: &str) {
+        if let Err(e) = self.converge_locked(name).await {
+            log::error!("sliver {name}: converging: {e}");
+        }
     }
 
     /// Sliver `name` as the API shows it.
@@ -283,6 +308,7 @@ impl Node {
             return Err(SliverError::invalid("net", "addresses not validated"));
         };
         let tap = host_net::tap_name(name);
+        let _taps = self.taps.lock().await;
         host_net::ensure_tap(&self.netlink, &tap, host, prefix).await?;
         log::debug!("sliver {name}: TAP {tap} with {host}/{prefix}");
         Ok(())
@@ -304,18 +330,31 @@ impl Node {
 
     /// Remove sliver `name`'s TAP (if any); a failure is logged, the next convergence retries.
     pub(crate) async fn remove_tap(&self, name: &str) {
+        let _taps = self.taps.lock().await;
         if let Err(e) = host_net::remove_tap(&self.netlink, &host_net::tap_name(name)).await {
             log::error!("sliver {name}: {e}");
         }
     }
 
     /// Everything the host keeps for a sliver that no longer exists: its TAP, its shaper
-    /// slot, and (unless kept for a while) its capture ring.
+    /// slot, its run files, and (unless kept for a while) its capture ring.
     pub(crate) async fn remove_host_side(&self, name: &str) {
         self.release_slot(name);
         self.remove_tap(name).await;
+        let ring =
+            audit_store::sliver_dir(&self.state_dir, name).join(audit_store::capture::RING_FILE);
         if self.retention.capture_after_delete.is_zero() {
             self.remove_capture_ring(name);
+        } else if let Ok(file) = std::fs::File::options().write(true).open(&ring) {
+            // Its retention counts from now, the delete.
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+        for file in self.supervisor.run_files(name) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::error!("sliver {name}: removing {}: {e}", file.display()),
+            }
         }
     }
 

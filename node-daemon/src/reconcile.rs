@@ -1,13 +1,15 @@
 //! Convergence: make the host match the recorded state, one sliver at a time, idempotently.
-//! It runs at start-up (before the socket is served), after each operation (for its sliver)
-//! and every [`PERIOD`] (for all of them, and for what no record accounts for).
+//! It runs at start-up (before the socket is served), within each operation (for its
+//! sliver) and every [`PERIOD`] (for all of them, and for what no record accounts for).
 //!
-//! For a recorded sliver: its TAP with exactly its host address, its shaper slot with its
-//! limits, and its VMM as the record says (adopted when one runs that nobody watches, its end
-//! recorded when none runs, an interrupted stop finished, a VMM that should not run
-//! stopped). Without a record: no VMM, TAP, slot or capture ring of that name (the ring after
-//! its retention), and the flow records expire by the audit retention policy. Records whose
-//! write failed (a full disk) are written again.
+//! For a recorded sliver: its TAP with exactly its host address and its shaper slot with its
+//! limits (neither, for a sliver without a network device), and its VMM as the record says
+//! (adopted when one runs that nobody watches, its end recorded when none runs, an
+//! interrupted stop finished, a VMM that should not run stopped). Without a record: no VMM,
+//! TAP, slot, run file or capture ring of that name (the ring after its retention), and the
+//! flow records expire by the audit retention policy. A name whose record file could not be
+//! read is not known to be deleted: nothing of it is touched. Records whose write failed (a
+//! full disk) are written again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,24 +36,36 @@ impl Node {
         self.converge_with(name, &running).await
     }
 
+    /// Converge sliver `name` given the VMMs `running`; every part is tried, the first
+    /// error is returned.
     async fn converge_with(
         self: &Arc<Self>,
         name: &str,
-        running: &HashMap<String, u32>,
+        running: &HashMap<String, Vec<u32>>,
     ) -> Result<(), SliverError> {
+        if self.registry.is_unreadable(name) {
+            return Ok(());
+        }
         let Ok(record) = self.registry.get(name) else {
-            if let Some(&pid) = running.get(name) {
+            for &pid in running.get(name).into_iter().flatten() {
                 log::warn!("VMM {pid} of deleted sliver {name} runs: stopping it");
-                self.supervisor.terminate(pid).await;
+                self.supervisor.terminate(name, pid).await;
             }
             self.remove_host_side(name).await;
             return Ok(());
         };
-        if let Some(net) = &record.spec.net {
-            self.ensure_tap(name, net).await?;
-            self.claim_slot(name, net)?;
-        }
-        if self.supervisor.converge(name, &record, running).await {
+        let net = match &record.spec.net {
+            Some(net) => match self.ensure_tap(name, net).await {
+                Ok(()) => self.claim_slot(name, net),
+                Err(e) => Err(e),
+            },
+            None => {
+                self.remove_tap(name).await;
+                self.release_slot(name);
+                Ok(())
+            }
+        };
+        if self.supervisor.converge(name, running).await {
             // A stop was cut off (by a daemon restart): finish it, in its own time.
             let me = self.clone();
             let name = name.to_string();
@@ -62,21 +76,13 @@ impl Node {
                 }
             });
         }
-        Ok(())
+        net
     }
 
     /// Converge every sliver, then remove what no record accounts for. Slivers busy with an
-    /// operation are left to it. Host state is listed before the records, so a sliver defined
-    /// meanwhile is never taken for a stray.
+    /// operation are left to it (it converges them itself).
     pub async fn reconcile_all(self: &Arc<Self>) {
         let running = vmm_procs::scan(self.supervisor.run_dir());
-        let taps = match host_net::sliver_taps(&self.netlink).await {
-            Ok(taps) => taps,
-            Err(e) => {
-                log::error!("reconcile: {e}");
-                Vec::new()
-            }
-        };
         let slotted: Vec<String> = self
             .ledger
             .slots()
@@ -92,6 +98,7 @@ impl Node {
                 }
             }
         }
+        // Strays known by name: VMMs and slots. Each is checked again under its name's lock.
         let strays: BTreeSet<&str> = running
             .keys()
             .map(String::as_str)
@@ -105,28 +112,66 @@ impl Node {
                 }
             }
         }
-        let expected: BTreeSet<String> = self
-            .registry
-            .list()
-            .iter()
-            .map(|(n, _)| host_net::tap_name(n))
-            .collect();
-        for tap in taps.iter().filter(|t| !expected.contains(*t)) {
-            log::info!("reconcile: removing TAP {tap} of a deleted sliver");
-            if let Err(e) = host_net::remove_tap(&self.netlink, tap).await {
-                log::error!("reconcile: {e}");
-            }
-        }
+        self.remove_stray_taps().await;
         let unwritten = self.registry.flush_deferred();
         if unwritten > 0 {
             log::warn!("reconcile: {unwritten} record(s) still not written (disk full?)");
         }
+        self.sweep_run_dir();
         self.expire_audit_data(&running);
+    }
+
+    /// Remove the sliver TAPs no record asks for. Taking turns with every TAP made or
+    /// removed, the host's TAPs and the records are listed, then the strays removed.
+    async fn remove_stray_taps(&self) {
+        let _taps = self.taps.lock().await;
+        let taps = match host_net::sliver_taps(&self.netlink).await {
+            Ok(taps) => taps,
+            Err(e) => {
+                log::error!("reconcile: {e}");
+                return;
+            }
+        };
+        let wanted: BTreeSet<String> = self
+            .registry
+            .list()
+            .iter()
+            .filter(|(_, r)| r.spec.net.is_some())
+            .map(|(n, _)| n.clone())
+            .chain(self.registry.unreadable_names())
+            .map(|n| host_net::tap_name(&n))
+            .collect();
+        for tap in taps.iter().filter(|t| !wanted.contains(*t)) {
+            log::info!("reconcile: removing TAP {tap}, which no sliver has");
+            if let Err(e) = host_net::remove_tap(&self.netlink, tap).await {
+                log::error!("reconcile: {e}");
+            }
+        }
+    }
+
+    /// The run directory: temporary files a full disk left, and the files of slivers that
+    /// no longer exist.
+    fn sweep_run_dir(&self) {
+        let Ok(entries) = std::fs::read_dir(self.supervisor.run_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let name = file.split('.').next().unwrap_or_default();
+            let stray = file.ends_with(".tmp")
+                || (!self.registry.contains(name) && !self.registry.is_unreadable(name));
+            if !stray {
+                continue;
+            }
+            if let Some(_lock) = self.locks.try_lock(name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Audit data of slivers whose VMM is not running: flow records by the retention
     /// policy, and deleted slivers' capture rings once their retention has passed.
-    fn expire_audit_data(&self, running: &HashMap<String, u32>) {
+    fn expire_audit_data(&self, running: &HashMap<String, Vec<u32>>) {
         let Ok(dirs) = audit_store::segment::sliver_dirs(&self.state_dir) else {
             return;
         };
@@ -141,7 +186,7 @@ impl Node {
             let writing = running.contains_key(&name)
                 || self.supervisor.watching(&name)
                 || audit_store::writer::has_writer(&dir);
-            if writing {
+            if writing || self.registry.is_unreadable(&name) {
                 continue;
             }
             if let Err(e) = audit_store::retention::apply(&dir, &self.retention.flows, now, None) {

@@ -71,6 +71,8 @@ pub struct Registry {
     /// Records changed in memory whose write failed (a VMM's exit seen while the disk
     /// refused writes): written again by [`Registry::flush_deferred`].
     deferred: Mutex<std::collections::BTreeSet<String>>,
+    /// Names whose record files could not be read at start-up: not known to be deleted.
+    unreadable: std::collections::BTreeSet<String>,
 }
 
 fn not_found(name: &str) -> SliverError {
@@ -88,6 +90,7 @@ impl Registry {
             state,
             slivers: Mutex::new(loaded.records.into_iter().collect()),
             deferred: Mutex::new(std::collections::BTreeSet::new()),
+            unreadable: loaded.unreadable.into_iter().collect(),
         })
     }
 
@@ -204,8 +207,9 @@ impl Registry {
     pub fn flush_deferred(&self) -> usize {
         let names: Vec<String> = self.lock_deferred().iter().cloned().collect();
         for name in names {
-            let record = self.lock().get(&name).cloned();
-            let written = match &record {
+            // Under the registry's lock, as every write: nothing newer can be overwritten.
+            let slivers = self.lock();
+            let written = match slivers.get(&name) {
                 Some(r) => self.state.save(&name, r).is_ok(),
                 None => true,
             };
@@ -215,6 +219,17 @@ impl Registry {
             }
         }
         self.lock_deferred().len()
+    }
+
+    /// Whether `name`'s record file could not be read at start-up (then nothing of that
+    /// name is removed as a stray: it is not known to be deleted).
+    pub fn is_unreadable(&self, name: &str) -> bool {
+        self.unreadable.contains(name)
+    }
+
+    /// The names whose record files could not be read at start-up.
+    pub fn unreadable_names(&self) -> impl Iterator<Item = String> + '_ {
+        self.unreadable.iter().cloned()
     }
 
     fn lock_deferred(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {

@@ -111,14 +111,24 @@ async fn shutdown_signal() {
 
 /// Serve the API until SIGTERM/SIGINT.
 pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
-    let registry = Arc::new(Registry::load(StateDir::open(&config.state_dir)?)?);
+    let state = StateDir::open(&config.state_dir)?;
+    // One absolute path for the state directory: VMMs are recognised by the exit-file path in
+    // their arguments, which must not depend on the daemon's working directory.
+    let state_dir = config
+        .state_dir
+        .canonicalize()
+        .map_err(|source| StateError::Io {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+    let registry = Arc::new(Registry::load(state)?);
     let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
     log::info!(
         "state directory {}: {} sliver(s)",
-        config.state_dir.display(),
+        state_dir.display(),
         registry.list().len()
     );
-    let ledger_path = config.state_dir.join("shaper.ledger");
+    let ledger_path = state_dir.join("shaper.ledger");
     let ledger = Arc::new(Ledger::create_or_open(&ledger_path).map_err(NodeError::Shaper)?);
     let stop_shares = Arc::new(AtomicBool::new(false));
     let mut shares_thread = None;
@@ -135,14 +145,14 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             Supervisor::new(
                 registry.clone(),
                 exe,
-                &config.state_dir,
+                &state_dir,
                 config.guest_stop_timeout,
                 ledger.clone(),
                 config.capture,
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {
-                    path: config.state_dir.join("run"),
+                    path: state_dir.join("run"),
                     source: e,
                 })
             })?,
@@ -167,7 +177,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             supervisor,
             netlink,
             ledger.clone(),
-            &config.state_dir,
+            &state_dir,
             config.audit_retention,
         ));
         // The host is made to match the records before the first request is served.

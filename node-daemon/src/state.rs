@@ -186,6 +186,9 @@ pub struct Loaded {
     pub records: Vec<(String, SliverRecord)>,
     /// Unreadable or corrupt files (reported, not fatal).
     pub problems: Vec<StateError>,
+    /// The sliver names whose record files could not be read: they are not known to be
+    /// deleted, so nothing of theirs may be removed as a stray.
+    pub unreadable: Vec<String>,
 }
 
 /// The `slivers/` directory under the daemon's `--state-dir`.
@@ -218,10 +221,11 @@ impl StateDir {
         self.path_with(name, RECORD_EXT)
     }
 
-    fn sync_dir(&self) -> Result<(), StateError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+    /// Sync the directory after a rename or unlink (which already took effect).
+    fn sync_dir_logged(&self) {
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            log::error!("{}: syncing the directory: {e}", self.dir.display());
+        }
     }
 
     fn json(path: &Path, record: &SliverRecord) -> Result<Vec<u8>, StateError> {
@@ -259,7 +263,9 @@ impl StateDir {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        self.sync_dir()
+        // The rename is the commit point: a failed directory sync is logged, not an error.
+        self.sync_dir_logged();
+        Ok(())
     }
 
     /// Replace the record of existing sliver `name` with `record`, in place: the older of
@@ -267,11 +273,18 @@ impl StateDir {
     pub fn save(&self, name: &str, record: &SliverRecord) -> Result<(), StateError> {
         let path = self.record_path(name)?;
         let json = Self::json(&path, record)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Still in the earlier format (its conversion could not be written).
+                self.create(name, record)?;
+                let legacy = self.path_with(name, LEGACY_EXT)?;
+                let _ = fs::remove_file(legacy);
+                self.sync_dir_logged();
+                return Ok(());
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
         let mut bytes = vec![0u8; 2 * SLOT_LEN];
         file.read_exact_at(&mut bytes, 0).map_err(io_err(&path))?;
         let (index, seq) = match newest_slot(&bytes) {
@@ -293,7 +306,9 @@ impl StateDir {
                 Err(e) => return Err(io_err(&path)(e)),
             }
         }
-        self.sync_dir()
+        // The unlink is the commit point.
+        self.sync_dir_logged();
+        Ok(())
     }
 
     fn load(path: &Path) -> Result<SliverRecord, StateError> {
@@ -307,7 +322,9 @@ impl StateDir {
         })
     }
 
-    /// A record file of an earlier version (one JSON document), converted to this one.
+    /// A record file of an earlier version (one JSON document), converted to this one. If the
+    /// conversion cannot be written (a full disk), the record is still returned, and the old
+    /// file kept: [`StateDir::save`] converts it at the record's next change.
     fn convert_legacy(&self, name: &str, path: &Path) -> Result<SliverRecord, StateError> {
         let bytes = fs::read(path).map_err(io_err(path))?;
         let record: SliverRecord =
@@ -315,8 +332,16 @@ impl StateDir {
                 path: path.to_path_buf(),
                 source,
             })?;
-        self.create(name, &record)?;
-        fs::remove_file(path).map_err(io_err(path))?;
+        match self.create(name, &record) {
+            Ok(()) => {
+                fs::remove_file(path).map_err(io_err(path))?;
+                self.sync_dir_logged();
+            }
+            Err(e) => log::warn!(
+                "{}: kept in the earlier format for now: {e}",
+                path.display()
+            ),
+        }
         Ok(record)
     }
 
@@ -325,6 +350,7 @@ impl StateDir {
     pub fn load_all(&self) -> Result<Loaded, StateError> {
         let mut records = Vec::new();
         let mut problems = Vec::new();
+        let mut unreadable = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let path = entry.map_err(io_err(&self.dir))?.path();
             let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
@@ -345,6 +371,11 @@ impl StateDir {
                 problems.push(StateError::BadName(name.to_string()));
                 continue;
             }
+            if legacy && self.record_path(name)?.exists() {
+                // Converted already; only the old file's removal was cut off.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             let loaded = if legacy {
                 self.convert_legacy(name, &path)
             } else {
@@ -352,11 +383,18 @@ impl StateDir {
             };
             match loaded {
                 Ok(record) => records.push((name.to_string(), record)),
-                Err(e) => problems.push(e),
+                Err(e) => {
+                    problems.push(e);
+                    unreadable.push(name.to_string());
+                }
             }
         }
         records.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(Loaded { records, problems })
+        Ok(Loaded {
+            records,
+            problems,
+            unreadable,
+        })
     }
 }
 
@@ -408,6 +446,7 @@ mod tests {
         let Loaded {
             records: all,
             problems,
+            ..
         } = state.load_all().expect("load");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(all.len(), 2);
@@ -501,6 +540,7 @@ mod tests {
         let Loaded {
             records: all,
             problems,
+            ..
         } = state.load_all().expect("load");
         assert_eq!(
             all.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
@@ -508,6 +548,12 @@ mod tests {
         );
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.to_string().contains("torn.json")));
+        let unreadable = state.load_all().expect("load").unreadable;
+        assert_eq!(
+            unreadable,
+            ["torn"],
+            "its name is known, and kept from the sweeps"
+        );
         assert!(!slivers.join(".tmp-half").exists(), "leftover removed");
     }
 

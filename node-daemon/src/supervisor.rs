@@ -94,6 +94,15 @@ impl Supervisor {
         vmm::stats::SliverCounters::read(&self.stats_file(name)).unwrap_or_default()
     }
 
+    /// Every file of sliver `name` in the run directory (exit record, counters, log).
+    pub fn run_files(&self, name: &str) -> [PathBuf; 3] {
+        [
+            self.exit_file(name),
+            self.stats_file(name),
+            self.log_file(name),
+        ]
+    }
+
     /// The VMM's console and log (appended across runs).
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.log"))
@@ -197,7 +206,15 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
-            .is_some_and(|rx| !*rx.borrow())
+            .is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_ok())
+    }
+
+    /// Forget sliver `name` (deleted): its watch entry goes.
+    pub fn forget(&self, name: &str) {
+        self.exited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
     }
 
     /// Start the VMM of sliver `name` (the caller holds the name's operation lock).
@@ -258,14 +275,24 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
-        let tx = self.watch(name);
-        let (_, record) = self.registry.update(name, |r| {
+        let recorded = self.registry.update(name, |r| {
             r.state = SliverState::Running;
             r.pid = Some(pid);
             r.started_at = Some(now_secs());
             Ok(())
-        })?;
+        });
+        let record = match recorded {
+            Ok((_, record)) => record,
+            Err(e) => {
+                // Not recorded running: it must not run.
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                self.record_exit(name, status);
+                return Err(e);
+            }
+        };
         log::info!("sliver {name}: VMM started, pid {pid}");
+        let tx = self.watch(name);
         let me = self.clone();
         let name = name.to_string();
         tokio::spawn(async move {
@@ -333,6 +360,10 @@ impl Supervisor {
         };
         if !self.watching(name) {
             self.adopt(name, pid);
+            if !self.watching(name) {
+                // It had ended: that is now recorded.
+                return self.registry.get(name);
+            }
         }
         let rx = self
             .exited
@@ -356,24 +387,37 @@ impl Supervisor {
         ];
         for (sig, grace, what) in steps {
             signal(pid, sig);
-            if tokio::time::timeout(grace, rx.wait_for(|done| *done))
-                .await
-                .is_ok()
-            {
-                break;
+            match tokio::time::timeout(grace, rx.wait_for(|done| *done)).await {
+                Ok(Ok(_)) => return self.registry.get(name),
+                Ok(Err(_)) => {
+                    return Err(SliverError::Internal(format!(
+                        "stopping sliver {name:?}: lost the watch on its VMM {pid}"
+                    )))
+                }
+                Err(_) => {
+                    log::warn!("sliver {name}: VMM {pid} still running {grace:?} after {what}")
+                }
             }
-            log::warn!("sliver {name}: VMM {pid} still running {grace:?} after {what}");
         }
-        self.registry.get(name)
+        Err(SliverError::Internal(format!(
+            "sliver {name:?}: its VMM {pid} survived SIGKILL; it stays stopping"
+        )))
     }
 
     /// Watch VMM `pid` of sliver `name`, started by an earlier daemon (or by this one before
-    /// its record said so), and record its exit; if it is already gone, record that.
+    /// its record said so), and record its exit; if it is gone already (or is not ours),
+    /// record that the VMM the record names has ended.
     fn adopt(self: &Arc<Self>, name: &str, pid: u32) {
-        let exit = match vmm_procs::ExitWatch::new(pid) {
-            Ok(exit) if vmm_procs::is_ours(pid, name, &self.run_dir) => exit,
-            _ => {
-                self.record_exit(name, None);
+        let exit = match vmm_procs::ExitWatch::ours(pid, name, &self.run_dir) {
+            Ok(exit) => exit,
+            Err(_) => {
+                let stale = self
+                    .registry
+                    .get(name)
+                    .is_ok_and(|r| active(r.state) && r.pid.is_none_or(|p| p == pid));
+                if stale {
+                    self.record_exit(name, None);
+                }
                 return;
             }
         };
@@ -388,26 +432,30 @@ impl Supervisor {
         });
     }
 
-    /// Make sliver `name`'s VMM what its record says (the caller holds the name's lock).
-    /// `running` is what [`vmm_procs::scan`] found. A sliver that should have a VMM and has
-    /// one that nobody watches gets it adopted (a start cut off before its pid was recorded
-    /// is thereby completed), or its end recorded; a sliver that should have none has a VMM
-    /// that runs anyway stopped. Returns whether a stop was cut off and must be finished.
+    /// Make sliver `name`'s VMM what its record says (the caller holds the name's lock, so no
+    /// other operation on it is under way). `running` is what [`vmm_procs::scan`] found. A
+    /// sliver that should have a VMM and has one that nobody watches gets it adopted (a start
+    /// cut off before its pid was recorded is thereby completed), or its end recorded; any
+    /// further VMM of the name is stopped; a sliver that should have none has any VMM that
+    /// runs anyway stopped. Returns whether a stop was cut off and must be finished.
     pub async fn converge(
         self: &Arc<Self>,
         name: &str,
-        record: &SliverRecord,
-        running: &HashMap<String, u32>,
+        running: &HashMap<String, Vec<u32>>,
     ) -> bool {
-        let found = running.get(name).copied();
-        if active(record.state) {
-            if self.watching(name) {
-                return false;
-            }
+        let Ok(record) = self.registry.get(name) else {
+            return false;
+        };
+        let found = running.get(name).map(Vec::as_slice).unwrap_or_default();
+        let keep = if !active(record.state) {
+            None
+        } else if self.watching(name) {
+            record.pid
+        } else {
             let pid = record
                 .pid
                 .filter(|&pid| vmm_procs::is_ours(pid, name, &self.run_dir))
-                .or(found);
+                .or(found.first().copied());
             match pid {
                 Some(pid) => {
                     if record.pid != Some(pid) || record.state == SliverState::Starting {
@@ -420,35 +468,32 @@ impl Supervisor {
                         });
                     }
                     self.adopt(name, pid);
-                    record.state == SliverState::Stopping
                 }
-                None => {
-                    self.record_exit(name, None);
-                    false
-                }
+                None => self.record_exit(name, None),
             }
-        } else {
-            if let Some(pid) = found {
-                log::warn!(
-                    "sliver {name} is {} but its VMM {pid} runs: stopping it",
-                    record.state.as_str()
-                );
-                self.terminate(pid).await;
-            }
-            false
+            pid
+        };
+        for &pid in found.iter().filter(|&&p| Some(p) != keep) {
+            log::warn!(
+                "sliver {name} is {} but VMM {pid} of it runs: stopping it",
+                record.state.as_str()
+            );
+            self.terminate(name, pid).await;
         }
+        // Under the name's lock no stop is under way: one the record still shows was cut off.
+        keep.is_some() && record.state == SliverState::Stopping
     }
 
-    /// Stop a VMM nobody should be running (an orphan): SIGTERM, then SIGKILL after
-    /// [`STOP_GRACE`]; waits until it is gone.
-    pub async fn terminate(&self, pid: u32) {
-        let Ok(exit) = vmm_procs::ExitWatch::new(pid) else {
+    /// Stop VMM `pid` of sliver `name`, which nobody should be running (an orphan):
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`], through its pidfd; waits until it is gone.
+    pub async fn terminate(&self, name: &str, pid: u32) {
+        let Ok(exit) = vmm_procs::ExitWatch::ours(pid, name, &self.run_dir) else {
             return;
         };
-        signal(pid, libc::SIGTERM);
+        exit.signal(libc::SIGTERM);
         if !exit.wait(STOP_GRACE).await {
             log::warn!("VMM {pid} still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
-            signal(pid, libc::SIGKILL);
+            exit.signal(libc::SIGKILL);
             exit.wait(STOP_GRACE).await;
         }
     }

@@ -31,13 +31,44 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A watch on one process's exit (its pidfd on the async runtime).
+/// A watch on one process's exit (its pidfd on the async runtime). The pidfd pins the
+/// process: a signal sent through it cannot reach another process that reused the pid.
 #[derive(Debug)]
 pub struct ExitWatch(tokio::io::unix::AsyncFd<OwnedFd>);
 
 impl ExitWatch {
+    /// Watch process `pid` if it is this daemon's VMM for sliver `name` (checked after the
+    /// pidfd is open, so the check is about the pinned process).
+    pub fn ours(pid: u32, name: &str, run_dir: &Path) -> std::io::Result<Self> {
+        let watch = Self::new(pid)?;
+        if !is_ours(pid, name, run_dir) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("pid {pid} is not the VMM of {name}"),
+            ));
+        }
+        Ok(watch)
+    }
+
+    /// Send `sig` to the watched process (pidfd_send_signal(2)); a process that has exited
+    /// meanwhile gets nothing.
+    pub fn signal(&self, sig: libc::c_int) {
+        use std::os::fd::AsRawFd;
+        let fd = self.0.get_ref().as_raw_fd();
+        // SAFETY: pidfd_send_signal(2) on a pidfd we own, with no siginfo (NULL) and no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+
     /// Watch process `pid`; fails if it is gone already.
-    pub fn new(pid: u32) -> std::io::Result<Self> {
+    fn new(pid: u32) -> std::io::Result<Self> {
         let fd = pidfd_open(pid)?;
         // SAFETY: the OwnedFd moves into the AsyncFd, so it stays open, and is this pidfd,
         // for the registration's whole life; nothing else can close it.
@@ -81,9 +112,10 @@ pub fn is_ours(pid: u32, name: &str, run_dir: &Path) -> bool {
         .is_some_and(|n| n == name)
 }
 
-/// This daemon's VMMs running now, by sliver name (the lowest pid if a name has several).
-pub fn scan(run_dir: &Path) -> HashMap<String, u32> {
-    let mut found: HashMap<String, u32> = HashMap::new();
+/// This daemon's VMMs running now, by sliver name (more than one for a name is an accident
+/// the convergence repairs), lowest pid first.
+pub fn scan(run_dir: &Path) -> HashMap<String, Vec<u32>> {
+    let mut found: HashMap<String, Vec<u32>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
     };
@@ -99,9 +131,11 @@ pub fn scan(run_dir: &Path) -> HashMap<String, u32> {
             continue;
         };
         if let Some(name) = sliver_of(&cmdline, run_dir) {
-            let slot = found.entry(name).or_insert(pid);
-            *slot = (*slot).min(pid);
+            found.entry(name).or_default().push(pid);
         }
+    }
+    for pids in found.values_mut() {
+        pids.sort_unstable();
     }
     found
 }

@@ -211,41 +211,47 @@ pub fn pid_alive(pid: u64) -> bool {
     })
 }
 
-/// What a daemon's host side looks like, read from the host itself: for the convergence
-/// tests to compare with the daemon's records.
+/// What a daemon's host side looks like, read from the host itself (with its own tools and
+/// rules, not the daemon's): for the convergence tests to compare with the daemon's records.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct HostState {
-    /// Sliver TAPs in the daemon's namespace, with their IPv4 addresses (`a.b.c.d/len`).
+    /// Every TUN/TAP link in the daemon's namespace, with its IPv4 addresses (`a.b.c.d/len`).
     pub taps: std::collections::BTreeMap<String, Vec<String>>,
     /// Names holding a shaper ledger slot.
     pub slots: std::collections::BTreeSet<String>,
-    /// The daemon's VMM processes, by sliver name.
-    pub vmms: std::collections::BTreeMap<String, u32>,
+    /// The daemon's VMM processes (`slicevisor run` with an exit file in its `run/`), by
+    /// sliver name.
+    pub vmms: std::collections::BTreeMap<String, Vec<u32>>,
+}
+
+/// The value after `flag` in a NUL-separated argument list.
+fn arg_after<'a>(args: &[&'a str], flag: &str) -> Option<&'a str> {
+    args.windows(2).find(|w| w[0] == flag).map(|w| w[1])
 }
 
 /// The host side of the daemon with state directory `state`, in namespace `ns`.
 pub fn host_state(ns: &NetNs, state: &Path) -> HostState {
-    let out = ns
-        .command("ip")
-        .args(["-j", "-4", "addr", "show"])
-        .output()
-        .expect("ip addr");
-    assert!(out.status.success(), "{out:?}");
-    let links: Value = serde_json::from_slice(&out.stdout).expect("ip -j output");
-    let links_all = ns
-        .command("ip")
-        .args(["-j", "link", "show"])
-        .output()
-        .expect("ip link");
-    let all: Value = serde_json::from_slice(&links_all.stdout).expect("ip -j output");
+    let ip = |args: &[&str]| -> Value {
+        let out = ns.command("ip").args(args).output().expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("ip -j output")
+    };
     let mut taps = std::collections::BTreeMap::new();
-    for link in all.as_array().into_iter().flatten() {
-        let name = link["ifname"].as_str().unwrap_or_default();
-        if node_daemon::host_net::is_sliver_tap_name(name) {
-            taps.insert(name.to_string(), Vec::new());
+    for link in ip(&["-d", "-j", "link", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if link["linkinfo"]["info_kind"] == "tun" {
+            let name = link["ifname"].as_str().unwrap_or_default().to_string();
+            taps.insert(name, Vec::new());
         }
     }
-    for link in links.as_array().into_iter().flatten() {
+    for link in ip(&["-j", "-4", "addr", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let name = link["ifname"].as_str().unwrap_or_default();
         if let Some(addrs) = taps.get_mut(name) {
             for a in link["addr_info"].as_array().into_iter().flatten() {
@@ -265,8 +271,22 @@ pub fn host_state(ns: &NetNs, state: &Path) -> HostState {
             .collect(),
         Err(_) => Default::default(),
     };
-    let vmms = node_daemon::vmm_procs::scan(&state.join("run"))
-        .into_iter()
-        .collect();
+    let run_dir = format!("{}/", state.join("run").display());
+    let mut vmms: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&raw);
+        let args: Vec<&str> = text.split('\0').collect();
+        let ours = args.contains(&"run")
+            && arg_after(&args, "--exit-file").is_some_and(|f| f.starts_with(&run_dir));
+        if let (true, Some(name)) = (ours, arg_after(&args, "--sliver")) {
+            vmms.entry(name.to_string()).or_default().push(pid);
+        }
+    }
     HostState { taps, slots, vmms }
 }

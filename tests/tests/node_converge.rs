@@ -79,8 +79,8 @@ fn assert_converged(d: &Daemon, dir: &Path) -> HostState {
             "running" => {
                 let pid = v["pid"].as_u64().expect("pid");
                 assert_eq!(
-                    host.vmms.get(name).map(|&p| u64::from(p)),
-                    Some(pid),
+                    host.vmms.get(name),
+                    Some(&vec![u32::try_from(pid).expect("pid")]),
                     "{name}: {v} vs {host:?}"
                 );
             }
@@ -142,7 +142,7 @@ fn each_interrupted_operation_converges_on_restart() {
     let dir = tempfile::tempdir().expect("tmp");
     let k = halt_kernel(dir.path());
     let d = start_daemon(dir.path(), Arc::new(NetNs::new("svconv")));
-    for (i, name) in ["a", "b", "d", "e", "f"].iter().enumerate() {
+    for (i, name) in ["a", "b", "d", "e", "f", "g"].iter().enumerate() {
         let octet = u8::try_from(i + 1).expect("octet");
         assert_eq!(
             d.call("PUT", &format!("/slivers/{name}"), Some(spec(&k, octet)))
@@ -193,6 +193,18 @@ fn each_interrupted_operation_converges_on_restart() {
         r.state = SliverState::Stopped;
         r.pid = None;
     });
+    // g: a start cut off before the spawn: the record says starting, no VMM exists.
+    rewrite(dir.path(), "g", |r| r.state = SliverState::Starting);
+    // h: a define cut off after the shaper slot was claimed, before the record.
+    let ledger =
+        vmm::ledger::Ledger::open(&state_dir(dir.path()).join("shaper.ledger")).expect("ledger");
+    let limits = node_daemon::shares::slots::Limits {
+        share: 1,
+        min_rate: 0,
+        max_rate: None,
+        budget: None,
+    };
+    node_daemon::shares::slots::assign(&ledger, "h", &limits).expect("slot");
 
     let d = start_daemon(dir.path(), ns);
     let a = d.call("GET", "/slivers/a", None).json();
@@ -207,15 +219,92 @@ fn each_interrupted_operation_converges_on_restart() {
     let d_view = wait_for_state(&d, "d", "stopped");
     assert!(!pid_alive(pd), "{d_view}");
     assert!(!pid_alive(pf), "f's orphan VMM is stopped");
+    let g = d.call("GET", "/slivers/g", None).json();
+    assert_eq!(
+        g["state"], "failed",
+        "a start that never spawned has ended: {g}"
+    );
     settle(&d);
     let host = assert_converged(&d, dir.path());
+    assert!(
+        !host.slots.contains("h"),
+        "the slot of a definition cut off is released"
+    );
     assert_eq!(host.taps["sv-e"], vec!["10.31.4.1/24".to_string()]);
     assert!(!host.taps.contains_key("sv-b"));
     assert_eq!(host.taps["sv-c"], vec!["10.31.9.1/24".to_string()]);
+    // An identical definition makes a TAP that went missing while the daemon ran.
+    let out =
+        d.ns.command("ip")
+            .args(["link", "del", "sv-c"])
+            .output()
+            .expect("ip");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(d.call("PUT", "/slivers/c", Some(spec(&k, 9))).status, 200);
+    assert_eq!(
+        host_state(&d.ns, &state_dir(dir.path())).taps["sv-c"],
+        vec!["10.31.9.1/24".to_string()]
+    );
     // The adopted VMM is stopped like any other.
     let a = d.call("POST", "/slivers/a/stop", None).json();
     assert_eq!(a["state"], "stopped", "{a}");
     assert!(!pid_alive(pa));
+    d.stop();
+}
+
+#[test]
+fn an_unreadable_record_keeps_its_sliver_from_the_sweeps() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = halt_kernel(dir.path());
+    let d = start_daemon(dir.path(), Arc::new(NetNs::new("svtorn")));
+    assert_eq!(d.call("PUT", "/slivers/t", Some(spec(&k, 1))).status, 201);
+    let pid = d.call("POST", "/slivers/t/start", None).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    let ns = d.kill();
+    // Both slots of its record torn: the daemon cannot tell what t is.
+    std::fs::write(state_dir(dir.path()).join("slivers/t.rec"), vec![0x5a; 64]).expect("tear");
+    let d = start_daemon(dir.path(), ns);
+    assert_eq!(d.call("GET", "/slivers/t", None).status, 404, "not listed");
+    let host = host_state(&d.ns, &state_dir(dir.path()));
+    assert!(pid_alive(pid), "its VMM is not stopped as a stray");
+    assert!(
+        host.taps.contains_key("sv-t"),
+        "nor its TAP removed: {host:?}"
+    );
+    assert!(host.slots.contains("t"), "nor its slot released: {host:?}");
+    let r = d.call("PUT", "/slivers/t", Some(spec(&k, 1)));
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (409, json!("name")),
+        "{r:?}"
+    );
+    d.stop();
+    e2e::daemon::kill_vmms_under(dir.path());
+}
+
+#[test]
+fn a_stop_whose_client_gives_up_still_ends_the_vmm() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = halt_kernel(dir.path());
+    let ns = Arc::new(NetNs::new("svcancel"));
+    // The guest gets 2 s to power off (a tiny guest never does), then SIGTERM.
+    let d = Daemon::start_with(dir.path(), ns, &["--guest-stop-timeout", "2"]);
+    assert_eq!(d.call("PUT", "/slivers/s", Some(spec(&k, 1))).status, 201);
+    let pid = d.call("POST", "/slivers/s/start", None).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    let gave_up = node_daemon::client::try_request_within(
+        &d.socket,
+        "POST",
+        "/slivers/s/stop",
+        None,
+        Duration::from_millis(300),
+    );
+    assert!(gave_up.is_err(), "the client stopped waiting: {gave_up:?}");
+    let s = wait_for_state(&d, "s", "stopped");
+    assert_eq!(s["exit_reason"], "stopped by SIGTERM", "{s}");
+    assert!(!pid_alive(pid));
     d.stop();
 }
 

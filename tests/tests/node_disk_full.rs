@@ -105,6 +105,35 @@ fn a_full_state_directory_refuses_new_slivers_and_nothing_else() {
     let b = wait_for_state(&d, "b", "failed");
     assert_eq!(b["exit_reason"], "VMM killed by signal 9");
     assert_eq!(d.call("DELETE", "/slivers/c", None).status, 204);
+    // A start: the VMM runs if the space the delete freed is enough for it, or fails saying
+    // why through its reserved exit file, or the start is refused with 507; never wedged.
+    let r = d.call("POST", "/slivers/a/start", None);
+    match r.status {
+        200 => {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let a = d.call("GET", "/slivers/a", None).json();
+            match a["state"].as_str() {
+                Some("running") => {
+                    let r = d.call("POST", "/slivers/a/stop", None);
+                    assert_eq!(r.json()["state"], "stopped", "{r:?}");
+                }
+                Some("failed") => {
+                    let reason = a["exit_reason"].as_str().unwrap_or_default();
+                    assert!(reason.contains("No space left"), "{a}");
+                }
+                _ => panic!("after a start on a full disk: {a}"),
+            }
+        }
+        507 => assert!(r.body.contains("no space left"), "{r:?}"),
+        other => panic!("start on a full disk: {other} {r:?}"),
+    }
+    let tmp: Vec<String> = std::fs::read_dir(state.join("run"))
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "temporary files left in run/: {tmp:?}");
     let mut files: Vec<String> = std::fs::read_dir(state.join("slivers"))
         .expect("slivers")
         .flatten()

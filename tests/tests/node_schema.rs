@@ -69,13 +69,15 @@ fn the_served_api_keeps_to_its_openapi_document() {
         .args(["--checks", CHECKS])
         .args([
             "--max-examples",
-            "150",
+            "300",
             "--seed",
             "1",
             "--request-timeout",
             "30",
         ])
         .env("NO_COLOR", "1")
+        // Its cache (.schemathesis/) goes to the test's directory, not the repository.
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,6 @@
 //! `slicevisor run`: one micro-VM in the foreground, from its flags.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use crate::exit::{ExitRecord, EXIT_SETUP_ERROR};
@@ -96,25 +97,28 @@ impl From<RunArgs> for VmConfig {
 pub fn run(args: RunArgs) -> i32 {
     let exit_file = args.exit_file.clone();
     let config = VmConfig::from(args);
-    let (code, reason) = match vm::run(&config) {
-        Ok(reason) => {
-            let code = reason.exit_code();
-            if code == 0 {
-                log::info!("VM ended: {reason}");
-            } else {
-                log::error!("VM ended: {reason}");
-            }
-            (code, reason.to_string())
-        }
-        Err(e) => {
-            eprintln!("slicevisor: error: {e}");
-            (EXIT_SETUP_ERROR, format!("setup error: {e}"))
-        }
+    let ended = vm::run(&config);
+    let (code, reason) = match &ended {
+        Ok(reason) => (reason.exit_code(), reason.to_string()),
+        Err(e) => (EXIT_SETUP_ERROR, format!("setup error: {e}")),
     };
+    // The exit record first: it is what the supervisor reads, and it fits in the space
+    // reserved for it even when the disk (which may hold stderr too) is full.
     if let Some(path) = exit_file {
-        let record = ExitRecord { code, reason };
+        let record = ExitRecord {
+            code,
+            reason: reason.clone(),
+        };
         if let Err(e) = record.write(&path) {
             log::error!("--exit-file {}: {e}", path.display());
+        }
+    }
+    match ended {
+        Ok(_) if code == 0 => log::info!("VM ended: {reason}"),
+        Ok(_) => log::error!("VM ended: {reason}"),
+        Err(e) => {
+            // Not eprintln!: it panics when stderr cannot be written (a full disk).
+            let _ = writeln!(std::io::stderr(), "slicevisor: error: {e}");
         }
     }
     code

@@ -49,11 +49,16 @@ impl SliverCounters {
     /// Write to `path` atomically (rename over the previous file).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
-        std::fs::write(
+        let written = std::fs::write(
             &tmp,
             serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(&tmp, path)
+        )
+        .and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            // A full disk: leave no partial file behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     /// Read a file written by [`SliverCounters::write`].
