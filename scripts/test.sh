@@ -44,6 +44,8 @@ command -v unshare >/dev/null && command -v setpriv >/dev/null || need+=(util-li
 # The audit export tests read the exports back with the operators' tools.
 command -v nfcapd >/dev/null && command -v nfdump >/dev/null || need+=(nfdump)
 command -v tshark >/dev/null || need+=(tshark)
+# ...and compare the codes written with the kernel's headers (pkt_cls.h's TC actions).
+[[ -f /usr/include/linux/pkt_cls.h ]] || need+=(linux-libc-dev)
 # The schema fuzzer speaks TCP; socat carries it to the daemon's unix socket.
 command -v socat >/dev/null || need+=(socat)
 command -v python3 >/dev/null || need+=(python3)

@@ -2,7 +2,10 @@
 //!
 //! The magic word lets a reader resynchronise after a corrupted record; the CRC catches torn
 //! and flipped bytes. The payload is a fixed 60-byte part, then the addresses (0, 2×4 or
-//! 2×16 bytes), then the slice and sliver names (at most 255 bytes each).
+//! 2×16 bytes), then the slice and sliver names (at most 255 bytes each). Fixed part: version,
+//! IP version, NIC, direction, verdict, protocol, TCP flags, slice and sliver name lengths,
+//! VLAN tags (u8 each); EtherType, source and destination port (u16); slice id (u32); sequence
+//! number, first and last packet (ns), packets, bytes (u64).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -64,7 +67,7 @@ pub fn encode_with_seq(rec: &FlowRecord, seq: u64, out: &mut Vec<u8>) -> Result<
         rec.tcp_flags,
         slice,
         sliver,
-        0,
+        rec.vlan_tags,
     ]);
     for v in [rec.ethertype, rec.src_port, rec.dst_port] {
         out.extend_from_slice(&v.to_le_bytes());
@@ -217,6 +220,8 @@ fn decode_payload(p: &[u8], peek: &Peek) -> Option<FlowRecord> {
         sliver: String::from_utf8(p[names + slice_len..].to_vec()).ok()?,
         nic: p[2],
         direction: Direction::from_code(p[3])?,
+        // Byte 9 was reserved (0) before tags were recorded: old records read as untagged.
+        vlan_tags: p[9],
         ethertype: u16_at(p, 10),
         src: peek.src,
         dst: peek.dst,

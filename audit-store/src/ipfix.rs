@@ -5,9 +5,19 @@
 //! frames, and options template 259 (scope ingressVRFID → VRFname, 32 bytes NUL-padded, the
 //! fixed size nfcapd expects) with the slice names given up front; a slice not named there
 //! is named just before its first flow. Names come before all flows because nfcapd counts
-//! only flow records in its sequence check. The slice id goes in ingressVRFID (234) for flows to
-//! the guest (Rx) and egressVRFID (235) for flows from it (Tx); the verdict in
-//! forwardingStatus (89, RFC 7270 codes, see [`forwarding_status`]).
+//! only flow records in its sequence check.
+//!
+//! The Observation Point is the node's side of the sliver's NIC: the port a router would have
+//! toward the sliver. So the packets a guest sends are received there: `flowDirection` (61)
+//! 0 (ingress) and `ingressVRFID` (234) the slice's id; the packets it receives are sent
+//! there: `flowDirection` 1 (egress) and `egressVRFID` (235) the slice's id; the other VRF id
+//! is 0, the default (flowDirection: RFC 5102; the VRF elements: IANA's IPFIX registry).
+//! Counts: `octetDeltaCount` (1) counts the IP packets ("IP header(s) and IP payload", RFC
+//! 5102), without the Ethernet header and VLAN tags; `layer2OctetDeltaCount` (352, IANA's
+//! registry) counts whole frames; non-IP flows carry only the latter. Times are
+//! `flowStart/EndMilliseconds` (152/153, dateTimeMilliseconds: ms since the Unix epoch, RFC
+//! 7011 section 6.1). The verdict is `forwardingStatus` (89, RFC 7270, see
+//! [`forwarding_status`]).
 
 use std::collections::HashSet;
 use std::io::{self, Write};
@@ -31,37 +41,112 @@ pub const TEMPLATE_VRF: u16 = 259;
 /// Bytes of VRFname.
 pub const VRF_NAME_LEN: usize = 32;
 
+/// IANA IPFIX Information Element ids (https://www.iana.org/assignments/ipfix).
+pub mod ie {
+    /// octetDeltaCount: IP header(s) and payload, octets.
+    pub const OCTET_DELTA_COUNT: u16 = 1;
+    /// packetDeltaCount.
+    pub const PACKET_DELTA_COUNT: u16 = 2;
+    /// protocolIdentifier.
+    pub const PROTOCOL: u16 = 4;
+    /// tcpControlBits (unsigned16 since RFC 7125).
+    pub const TCP_CONTROL_BITS: u16 = 6;
+    /// sourceTransportPort.
+    pub const SOURCE_PORT: u16 = 7;
+    /// sourceIPv4Address.
+    pub const SOURCE_IPV4: u16 = 8;
+    /// destinationTransportPort.
+    pub const DESTINATION_PORT: u16 = 11;
+    /// destinationIPv4Address.
+    pub const DESTINATION_IPV4: u16 = 12;
+    /// sourceIPv6Address.
+    pub const SOURCE_IPV6: u16 = 27;
+    /// destinationIPv6Address.
+    pub const DESTINATION_IPV6: u16 = 28;
+    /// flowDirection: 0 ingress, 1 egress.
+    pub const FLOW_DIRECTION: u16 = 61;
+    /// forwardingStatus (RFC 7270).
+    pub const FORWARDING_STATUS: u16 = 89;
+    /// flowStartMilliseconds.
+    pub const FLOW_START_MS: u16 = 152;
+    /// flowEndMilliseconds.
+    pub const FLOW_END_MS: u16 = 153;
+    /// ingressVRFID.
+    pub const INGRESS_VRFID: u16 = 234;
+    /// egressVRFID.
+    pub const EGRESS_VRFID: u16 = 235;
+    /// VRFname.
+    pub const VRF_NAME: u16 = 236;
+    /// ethernetType.
+    pub const ETHERNET_TYPE: u16 = 256;
+    /// layer2OctetDeltaCount: whole frames, octets.
+    pub const LAYER2_OCTET_DELTA_COUNT: u16 = 352;
+}
+
 /// (information element, length) of the flow templates.
 fn fields(template: u16) -> Vec<(u16, u16)> {
-    let mut f = match template {
-        TEMPLATE_V4 => vec![(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (6, 2)],
-        TEMPLATE_V6 => vec![(27, 16), (28, 16), (7, 2), (11, 2), (4, 1), (6, 2)],
-        _ => vec![],
+    let ip_counts = |src: u16, dst: u16, len: u16| {
+        vec![
+            (src, len),
+            (dst, len),
+            (ie::SOURCE_PORT, 2),
+            (ie::DESTINATION_PORT, 2),
+            (ie::PROTOCOL, 1),
+            (ie::TCP_CONTROL_BITS, 2),
+            (ie::PACKET_DELTA_COUNT, 8),
+            (ie::OCTET_DELTA_COUNT, 8),
+        ]
     };
-    // packetDeltaCount, octetDeltaCount, flowStart/EndMilliseconds, ingress/egressVRFID,
-    // ethernetType, forwardingStatus.
+    let mut f = match template {
+        TEMPLATE_V4 => ip_counts(ie::SOURCE_IPV4, ie::DESTINATION_IPV4, 4),
+        TEMPLATE_V6 => ip_counts(ie::SOURCE_IPV6, ie::DESTINATION_IPV6, 16),
+        _ => vec![(ie::PACKET_DELTA_COUNT, 8)],
+    };
     f.extend([
-        (2, 8),
-        (1, 8),
-        (152, 8),
-        (153, 8),
-        (234, 4),
-        (235, 4),
-        (256, 2),
-        (89, 1),
+        (ie::LAYER2_OCTET_DELTA_COUNT, 8),
+        (ie::FLOW_START_MS, 8),
+        (ie::FLOW_END_MS, 8),
+        (ie::INGRESS_VRFID, 4),
+        (ie::EGRESS_VRFID, 4),
+        (ie::FLOW_DIRECTION, 1),
+        (ie::ETHERNET_TYPE, 2),
+        (ie::FORWARDING_STATUS, 1),
     ]);
     f
 }
 
-/// RFC 7270 forwardingStatus of a verdict: 64 forwarded; dropped 138 (policer) when
-/// throttled, 140 (reverse-path check) for spoofing, 128 (unknown reason) when malformed.
+/// The forwardingStatus (RFC 7270: the status in the top two bits, 1 forwarded
+/// and 2 dropped, the reason in the low six) of a verdict:
+///
+/// | verdict | value | RFC 7270 meaning |
+/// |---|---|---|
+/// | forwarded | 64 | Forwarded, unknown reason |
+/// | delayed (by the shaper, then sent) | 64 | Forwarded, unknown reason |
+/// | dropped-spoof | 140 | Dropped, RPF (the source address check) |
+/// | dropped-policy | 129 | Dropped, ACL deny |
+/// | dropped-malformed | 128 | Dropped, unknown reason |
+/// | dropped-backend | 128 | Dropped, unknown reason |
 pub fn forwarding_status(v: Verdict) -> u8 {
     match v {
-        Verdict::Forwarded => 64,
-        Verdict::Throttled => 138,
+        Verdict::Forwarded | Verdict::Delayed => 64,
         Verdict::DroppedSpoof => 140,
-        Verdict::DroppedMalformed => 128,
+        Verdict::DroppedPolicy => 129,
+        Verdict::DroppedMalformed | Verdict::DroppedBackend => 128,
     }
+}
+
+/// flowDirection (61) at the Observation Point (see the module doc): 0 ingress for what the
+/// guest sends, 1 egress for what it receives.
+pub fn flow_direction(d: Direction) -> u8 {
+    match d {
+        Direction::Tx => 0,
+        Direction::Rx => 1,
+    }
+}
+
+/// Bytes of the Ethernet header (and VLAN tags) in each frame of flow `r`.
+fn l2_header_len(r: &FlowRecord) -> u64 {
+    14 + 4 * u64::from(r.vlan_tags)
 }
 
 /// What an export wrote.
@@ -147,7 +232,15 @@ impl<W: Write> IpfixWriter<W> {
         self.close_set();
         self.open_set(3);
         // Options template: 2 fields, 1 of them scope: ingressVRFID, VRFname.
-        for v in [TEMPLATE_VRF, 2, 1, 234, 4, 236, VRF_NAME_LEN as u16] {
+        for v in [
+            TEMPLATE_VRF,
+            2,
+            1,
+            ie::INGRESS_VRFID,
+            4,
+            ie::VRF_NAME,
+            VRF_NAME_LEN as u16,
+        ] {
             self.put16(v);
         }
         self.close_set();
@@ -243,21 +336,24 @@ impl<W: Write> IpfixWriter<W> {
             rec.extend_from_slice(&r.dst_port.to_be_bytes());
             rec.push(r.protocol);
             rec.extend_from_slice(&u16::from(r.tcp_flags).to_be_bytes());
+            rec.extend_from_slice(&r.packets.to_be_bytes());
+            let ip_bytes = r
+                .bytes
+                .saturating_sub(r.packets.saturating_mul(l2_header_len(r)));
+            rec.extend_from_slice(&ip_bytes.to_be_bytes());
+        } else {
+            rec.extend_from_slice(&r.packets.to_be_bytes());
         }
         let (ingress, egress) = match r.direction {
-            Direction::Rx => (r.slice_id, 0),
-            Direction::Tx => (0, r.slice_id),
+            Direction::Tx => (r.slice_id, 0),
+            Direction::Rx => (0, r.slice_id),
         };
-        for v in [
-            r.packets,
-            r.bytes,
-            r.first_ns / 1_000_000,
-            r.last_ns / 1_000_000,
-        ] {
+        for v in [r.bytes, r.first_ns / 1_000_000, r.last_ns / 1_000_000] {
             rec.extend_from_slice(&v.to_be_bytes());
         }
         rec.extend_from_slice(&ingress.to_be_bytes());
         rec.extend_from_slice(&egress.to_be_bytes());
+        rec.push(flow_direction(r.direction));
         rec.extend_from_slice(&r.ethertype.to_be_bytes());
         rec.push(forwarding_status(r.verdict));
         self.data(template, &rec)?;
@@ -396,16 +492,41 @@ mod tests {
             decoded.iter().filter(|(t, _)| *t != TEMPLATE_VRF).collect();
         assert_eq!(flows.len(), 200);
         for ((template, d), r) in flows.iter().zip(&recs) {
-            assert_eq!(num(&d[&2]), r.packets);
-            assert_eq!(num(&d[&1]), r.bytes);
-            assert_eq!(num(&d[&152]), r.first_ns / 1_000_000);
+            // Element ids are IANA's (https://www.iana.org/assignments/ipfix), written out
+            // here rather than taken from the `ie` module under test.
+            let l2 = 14 + 4 * u64::from(r.vlan_tags);
+            assert_eq!(num(&d[&2]), r.packets, "packetDeltaCount");
+            assert_eq!(
+                num(&d[&352]),
+                r.bytes,
+                "layer2OctetDeltaCount: whole frames"
+            );
+            assert_eq!(
+                num(&d[&152]),
+                r.first_ns / 1_000_000,
+                "ms since the Unix epoch"
+            );
             assert_eq!(num(&d[&153]), r.last_ns / 1_000_000);
             assert_eq!(num(&d[&256]), u64::from(r.ethertype));
-            assert_eq!(num(&d[&89]), u64::from(forwarding_status(r.verdict)));
-            let (ingress, egress) = (num(&d[&234]), num(&d[&235]));
+            // RFC 7270's forwardingStatus: 64 = forwarded (unknown reason), 128 = dropped (unknown),
+            // 129 = dropped (ACL deny), 140 = dropped (RPF).
+            let status = match r.verdict {
+                Verdict::Forwarded | Verdict::Delayed => 64,
+                Verdict::DroppedSpoof => 140,
+                Verdict::DroppedPolicy => 129,
+                Verdict::DroppedMalformed | Verdict::DroppedBackend => 128,
+            };
+            assert_eq!(num(&d[&89]), status, "{:?}", r.verdict);
+            // RFC 5102's flowDirection: 0 = ingress, 1 = egress, at the
+            // Observation Point (the node's side of the sliver's NIC).
+            let (ingress, egress, direction) = (num(&d[&234]), num(&d[&235]), num(&d[&61]));
             match r.direction {
-                Direction::Rx => assert_eq!((ingress, egress), (u64::from(r.slice_id), 0)),
-                Direction::Tx => assert_eq!((ingress, egress), (0, u64::from(r.slice_id))),
+                Direction::Tx => {
+                    assert_eq!((ingress, egress, direction), (u64::from(r.slice_id), 0, 0))
+                }
+                Direction::Rx => {
+                    assert_eq!((ingress, egress, direction), (0, u64::from(r.slice_id), 1))
+                }
             }
             match (r.src, r.dst) {
                 (Some(IpAddr::V4(s)), Some(IpAddr::V4(dst))) => {
@@ -424,7 +545,15 @@ mod tests {
                 assert_eq!(num(&d[&7]), u64::from(r.src_port));
                 assert_eq!(num(&d[&11]), u64::from(r.dst_port));
                 assert_eq!(num(&d[&4]), u64::from(r.protocol));
+                assert_eq!(d[&6].len(), 2, "tcpControlBits is unsigned16 (RFC 7125)");
                 assert_eq!(num(&d[&6]), u64::from(r.tcp_flags));
+                assert_eq!(
+                    num(&d[&1]),
+                    r.bytes - r.packets * l2,
+                    "octetDeltaCount: IP headers and payload, no Ethernet header (RFC 5102)"
+                );
+            } else {
+                assert!(!d.contains_key(&1), "no IP octets in a non-IP flow");
             }
         }
     }

@@ -1,8 +1,9 @@
 //! pcapng (draft-ietf-opsawg-pcapng) writer for the capture rings: one Interface Description
 //! Block per sliver NIC (`if_name` `<sliver>/eth<N>`, ns timestamps), one Enhanced Packet
-//! Block per packet with its direction in `epb_flags`, its verdict as an `opt_comment`
-//! (`verdict=dropped-spoof`) and in `epb_verdict` (Linux TC action: 0 OK for forwarded, 2 SHOT
-//! for the drops, 3 QUEUED... see [`tc_action`]).
+//! Block per packet with its direction in `epb_flags` (as the guest's interface sees it:
+//! what the guest sends is outbound, 2; what it receives inbound, 1), its verdict as an
+//! `opt_comment` (`verdict=dropped-spoof`) and in `epb_verdict` (Linux TC action: 0 OK for
+//! every packet that went on, 2 SHOT for every drop; see [`tc_action`]).
 
 use std::io::{self, Write};
 
@@ -21,13 +22,22 @@ const EPB_FLAGS: u16 = 2;
 const EPB_VERDICT: u16 = 7;
 const VERDICT_TYPE_TC: u8 = 1;
 
-/// The Linux TC action recorded in `epb_verdict`: forwarded TC_ACT_OK (0), throttled
-/// TC_ACT_QUEUED (3, held or dropped by the shaper), dropped TC_ACT_SHOT (2).
+/// `TC_ACT_OK` of Linux's `include/uapi/linux/pkt_cls.h`: the packet goes on.
+pub const TC_ACT_OK: u64 = 0;
+/// `TC_ACT_SHOT` of `pkt_cls.h`: the packet is dropped.
+pub const TC_ACT_SHOT: u64 = 2;
+
+/// The Linux TC action recorded in `epb_verdict` (verdict type 1, "Linux eBPF TC", of the
+/// pcapng draft's `epb_verdict` option): `TC_ACT_OK` for every packet that went on, including
+/// one that first waited for the shaper (it was delayed, not dropped or queued away);
+/// `TC_ACT_SHOT` for every drop.
 pub fn tc_action(v: Verdict) -> u64 {
     match v {
-        Verdict::Forwarded => 0,
-        Verdict::Throttled => 3,
-        Verdict::DroppedSpoof | Verdict::DroppedMalformed => 2,
+        Verdict::Forwarded | Verdict::Delayed => TC_ACT_OK,
+        Verdict::DroppedSpoof
+        | Verdict::DroppedMalformed
+        | Verdict::DroppedPolicy
+        | Verdict::DroppedBackend => TC_ACT_SHOT,
     }
 }
 
@@ -183,5 +193,29 @@ mod tests {
         assert_eq!(ts, 1_795_834_800_123_456_789);
         assert_eq!(&epb[20..81], &data[..]);
         assert!(epb.windows(21).any(|w| w == b"verdict=dropped-spoof"));
+        // epb_flags (option 2, draft-ietf-opsawg-pcapng, Enhanced Packet Block options): bits 0-1 = 2, outbound.
+        let flags = [2u8, 0, 4, 0, 2, 0, 0, 0];
+        assert!(epb.windows(8).any(|w| w == flags), "epb_flags outbound");
+        // epb_verdict (option 7): type 1 (Linux eBPF TC) then TC_ACT_SHOT, which
+        // /usr/include/linux/pkt_cls.h defines as 2, as a 64-bit little-endian value.
+        let verdict = [7u8, 0, 9, 0, 1, 2, 0, 0, 0, 0, 0, 0, 0];
+        assert!(epb.windows(13).any(|w| w == verdict), "epb_verdict SHOT");
+    }
+
+    #[test]
+    fn tc_actions_are_pkt_cls_values() {
+        // include/uapi/linux/pkt_cls.h: TC_ACT_OK 0, TC_ACT_SHOT 2. A packet the shaper only
+        // delayed went on: OK, never SHOT (dropped) or QUEUED (5, taken away).
+        for (v, want) in [
+            (Verdict::Forwarded, 0),
+            (Verdict::Delayed, 0),
+            (Verdict::DroppedSpoof, 2),
+            (Verdict::DroppedPolicy, 2),
+            (Verdict::DroppedMalformed, 2),
+            (Verdict::DroppedBackend, 2),
+        ] {
+            assert_eq!(tc_action(v), want, "{v:?}");
+        }
+        assert_eq!(Verdict::ALL.len(), 6, "every verdict has a row above");
     }
 }

@@ -21,7 +21,11 @@ pub struct FlowRecord {
     pub nic: u8,
     /// Seen from the guest.
     pub direction: Direction,
-    /// EtherType of the frames (0x0800 IPv4, 0x86dd IPv6, others for non-IP).
+    /// VLAN tags in front of the EtherType (0: untagged).
+    #[serde(default)]
+    pub vlan_tags: u8,
+    /// EtherType of the frames, inside their VLAN tags (0x0800 IPv4, 0x86dd IPv6, others for
+    /// non-IP).
     pub ethertype: u16,
     /// Source address (None for non-IP frames).
     pub src: Option<IpAddr>,

@@ -49,6 +49,7 @@ pub fn flow(seq: u64, sliver: &str, last_ns: u64) -> FlowRecord {
         } else {
             Direction::Rx
         },
+        vlan_tags: u8::from(seq.is_multiple_of(11)),
         ethertype,
         src,
         dst,
@@ -64,7 +65,7 @@ pub fn flow(seq: u64, sliver: &str, last_ns: u64) -> FlowRecord {
         packets: seq % 1000 + 1,
         bytes: (seq % 1000 + 1) * 100,
         tcp_flags: if non_ip { 0 } else { (seq % 64) as u8 },
-        verdict: Verdict::ALL[(seq % 4) as usize],
+        verdict: Verdict::ALL[(seq % 6) as usize],
     }
 }
 

@@ -3,6 +3,9 @@
 // stage are on, so fuzzed frames go through the header parser and the flow table too; without,
 // more of them reach the backend write.
 
+// Shared by both targets; each uses part of it.
+#![allow(dead_code)]
+
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
@@ -29,11 +32,37 @@ pub struct Rig {
     pub driver: GuestDriver,
     pub em: EventManager<Dev>,
     pub peer: UnixDatagram,
+    pub mac: [u8; 6],
+}
+
+/// TPIDs the header parser reads through (802.1Q, 802.1ad, pre-standard QinQ).
+const TPIDS: [u16; 5] = [0x8100, 0x88a8, 0x9100, 0x9200, 0x9300];
+/// EtherTypes: IPv4, ARP, IPv6, and some a sliver may not send (LLDP, MPLS, PPPoE).
+const ETHERTYPES: [u16; 6] = [0x0800, 0x0806, 0x86dd, 0x88cc, 0x8847, 0x8863];
+
+/// A frame shaped from `bytes`: 12 bytes of virtio header as given (flags, gso_type, ...),
+/// a destination MAC, `mac` as the source, 0-4 VLAN tags, a known EtherType, then the rest.
+pub fn shaped_frame(bytes: &[u8], mac: [u8; 6]) -> Vec<u8> {
+    let byte = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    let mut f: Vec<u8> = (0..18).map(byte).collect(); // virtio header, destination MAC
+    f.extend_from_slice(&mac);
+    let pick = byte(18);
+    let tags = usize::from(pick % 5);
+    for i in 0..tags {
+        let tpid = TPIDS[usize::from(byte(19 + i)) % TPIDS.len()];
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&[0, 1]);
+    }
+    let ethertype = ETHERTYPES[usize::from(pick >> 4) % ETHERTYPES.len()];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(bytes.get(19 + tags..).unwrap_or(&[]));
+    f
 }
 
 impl Rig {
-    pub fn new(stages: bool) -> Self {
-        let (backend, peer) = DgramBackend::pair();
+    pub fn new(stages: bool, mtu: bool) -> Self {
+        let (mut backend, peer) = DgramBackend::pair();
+        backend.mtu = mtu.then_some(1500);
         let mac = MacAddr::local(1);
         let stages = if !stages {
             Stages::default()
@@ -60,6 +89,7 @@ impl Rig {
             driver: GuestDriver::new(dev),
             em,
             peer,
+            mac: mac.0,
         }
     }
 

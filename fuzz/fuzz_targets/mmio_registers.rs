@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    let mut rig = common::Rig::new(true);
+    let mut rig = common::Rig::new(true, false);
     for op in data.chunks(8) {
         if op.len() < 3 {
             break;

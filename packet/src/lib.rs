@@ -50,30 +50,42 @@ impl Direction {
 pub enum Verdict {
     /// Passed on.
     Forwarded,
-    /// Passed on after waiting for the bandwidth shaper (delayed, not dropped).
-    Throttled,
+    /// Passed on after waiting for the bandwidth shaper (delayed, not dropped; called
+    /// `throttled` before, a name still accepted when reading JSON).
+    #[serde(alias = "throttled")]
+    Delayed,
     /// Dropped: the guest sent from an address that is not the sliver's.
     DroppedSpoof,
-    /// Dropped: not a well-formed frame.
+    /// Dropped: not a well-formed frame (too short or too long for the link, or headers that
+    /// do not parse).
     DroppedMalformed,
+    /// Dropped: a kind of frame a sliver may not send (VLAN-tagged, or an EtherType other than
+    /// IPv4, ARP or IPv6).
+    DroppedPolicy,
+    /// Dropped: the host side (the TAP) refused the frame.
+    DroppedBackend,
 }
 
 impl Verdict {
     /// Every verdict, in code order.
-    pub const ALL: [Verdict; 4] = [
+    pub const ALL: [Verdict; 6] = [
         Verdict::Forwarded,
-        Verdict::Throttled,
+        Verdict::Delayed,
         Verdict::DroppedSpoof,
         Verdict::DroppedMalformed,
+        Verdict::DroppedPolicy,
+        Verdict::DroppedBackend,
     ];
 
     /// The on-disk code (its index in [`Verdict::ALL`]).
     pub const fn code(self) -> u8 {
         match self {
             Verdict::Forwarded => 0,
-            Verdict::Throttled => 1,
+            Verdict::Delayed => 1,
             Verdict::DroppedSpoof => 2,
             Verdict::DroppedMalformed => 3,
+            Verdict::DroppedPolicy => 4,
+            Verdict::DroppedBackend => 5,
         }
     }
 
@@ -86,15 +98,17 @@ impl Verdict {
     pub const fn as_str(self) -> &'static str {
         match self {
             Verdict::Forwarded => "forwarded",
-            Verdict::Throttled => "throttled",
+            Verdict::Delayed => "delayed",
             Verdict::DroppedSpoof => "dropped-spoof",
             Verdict::DroppedMalformed => "dropped-malformed",
+            Verdict::DroppedPolicy => "dropped-policy",
+            Verdict::DroppedBackend => "dropped-backend",
         }
     }
 
     /// Whether the packet went on (forwarded, possibly after a wait).
     pub const fn passes(self) -> bool {
-        matches!(self, Verdict::Forwarded | Verdict::Throttled)
+        matches!(self, Verdict::Forwarded | Verdict::Delayed)
     }
 }
 
@@ -107,7 +121,7 @@ mod tests {
         for v in Verdict::ALL {
             assert_eq!(Verdict::from_code(v.code()), Some(v));
         }
-        assert_eq!(Verdict::from_code(4), None);
+        assert_eq!(Verdict::from_code(6), None);
         for d in Direction::ALL {
             assert_eq!(Direction::from_code(d.code()), Some(d));
             assert_eq!(Direction::ALL[d.index()], d);
@@ -128,8 +142,10 @@ mod tests {
     }
 
     #[test]
-    fn only_forwarded_and_throttled_pass() {
+    fn only_forwarded_and_delayed_pass() {
         let passing: Vec<_> = Verdict::ALL.into_iter().filter(|v| v.passes()).collect();
-        assert_eq!(passing, [Verdict::Forwarded, Verdict::Throttled]);
+        assert_eq!(passing, [Verdict::Forwarded, Verdict::Delayed]);
+        let old: Verdict = serde_json::from_str("\"throttled\"").expect("old name");
+        assert_eq!(old, Verdict::Delayed);
     }
 }

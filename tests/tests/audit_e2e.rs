@@ -46,7 +46,7 @@ fn spoofed_frames_are_dropped_and_every_packet_is_accounted_for() {
         src_ip: "10.200.0.1".into(),
     };
     // Every 10th frame claims 10.200.0.2; 8 Mbit/s of 1500-byte frames for 1.5 s, so the
-    // shaper makes frames wait too (they are recorded as throttled).
+    // shaper makes frames wait too (they are recorded as delayed).
     let audit_dir = audit_store::sliver_dir(&state, "alpha");
     let gen = spawn_loadgen_with(
         &ns,
@@ -108,16 +108,13 @@ fn spoofed_frames_are_dropped_and_every_packet_is_accounted_for() {
     );
     let flows = &answer["flows"];
     let forwarded = packets_with(flows, "forwarded", "10.200.0.1")
-        + packets_with(flows, "throttled", "10.200.0.1");
+        + packets_with(flows, "delayed", "10.200.0.1");
     let spoofed = packets_with(flows, "dropped-spoof", "10.200.0.2");
     assert_eq!(
         forwarded, sent,
         "every forwarded packet is in a flow: {answer}"
     );
-    assert!(
-        packets_with(flows, "throttled", "10.200.0.1") > 0,
-        "{answer}"
-    );
+    assert!(packets_with(flows, "delayed", "10.200.0.1") > 0, "{answer}");
     let total = forwarded + spoofed;
     assert!(
         spoofed >= total / 10 - 1 && spoofed <= total / 10 + 1,
@@ -179,7 +176,7 @@ fn spoofed_frames_are_dropped_and_every_packet_is_accounted_for() {
         "{text:.2000}"
     );
     assert_eq!(
-        count("10.200.0.1\tverdict=forwarded") + count("10.200.0.1\tverdict=throttled"),
+        count("10.200.0.1\tverdict=forwarded") + count("10.200.0.1\tverdict=delayed"),
         sent
     );
 }

@@ -125,7 +125,9 @@ fn ipfix_export_reads_back_in_nfdump() {
         .map(|e| e.expect("entry").path())
         .find(|p| p.to_string_lossy().contains("nfcapd.2"))
         .expect("nfcapd wrote a file");
-    let fmt = "fmt:%sa|%da|%sp|%dp|%pkt|%byt|%ivrf|%evrf";
+    let fmt = "fmt:%sa|%da|%sp|%dp|%pkt|%byt|%ivrf|%evrf|%dir|%flg|%tsr|%ter";
+    // forwardingStatus is checked in tshark below: nfdump 1.7.1 does not keep IE 89 from
+    // IPFIX (its %fwd prints 0 for every flow).
     let out = tool(
         "nfdump",
         &["-r", nffile.to_str().expect("utf8"), "-q", "-N", "-o", fmt],
@@ -135,22 +137,48 @@ fn ipfix_export_reads_back_in_nfdump() {
             .lines()
             .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>().join("|")),
     );
-    let want = counted(all_expected().iter().map(|r| {
-        let (ivrf, evrf) = match r.direction {
-            Direction::Rx => (r.slice_id, 0),
-            Direction::Tx => (0, r.slice_id),
-        };
-        format!(
-            "{}|{}|{}|{}|{}|{}|{ivrf}|{evrf}",
-            addr_or_zero(r.src),
-            addr_or_zero(r.dst),
-            r.src_port,
-            r.dst_port,
-            r.packets,
-            r.bytes
-        )
-    }));
+    let want = counted(all_expected().iter().map(nfdump_line));
     assert_eq!(got, want);
+}
+
+/// Record `r` as nfdump prints it with the format above, each value derived from the
+/// standards rather than from the exporter: bytes are IP octets (RFC 5102's octetDeltaCount:
+/// "IP header(s) and IP payload", so no Ethernet header, 14 bytes plus 4 per VLAN tag), the
+/// slice's id is the ingress VRF of what the guest sends and the egress VRF of what it
+/// receives, with RFC 5102's flowDirection 0 (ingress, nfdump's "I") and 1 (egress, "E").
+fn nfdump_line(r: &FlowRecord) -> String {
+    let (ivrf, evrf, dir) = match r.direction {
+        Direction::Tx => (r.slice_id, 0, 'I'),
+        Direction::Rx => (0, r.slice_id, 'E'),
+    };
+    let ip_bytes = match r.src {
+        Some(_) => r.bytes - r.packets * (14 + 4 * u64::from(r.vlan_tags)),
+        None => 0,
+    };
+    let ms = |ns: u64| format!("{}.{:03}", ns / S, (ns % S) / 1_000_000);
+    format!(
+        "{}|{}|{}|{}|{}|{ip_bytes}|{ivrf}|{evrf}|{dir}|{}|{}|{}",
+        addr_or_zero(r.src),
+        addr_or_zero(r.dst),
+        r.src_port,
+        r.dst_port,
+        r.packets,
+        tcp_flags(r.tcp_flags),
+        ms(r.first_ns),
+        ms(r.last_ns),
+    )
+}
+
+/// TCP flags as nfdump's %flg prints them: the eight flag bits of the TCP header's byte 13
+/// (RFC 9293 section 3.1, with CWR and ECE of RFC 3168) as "CEUAPRSF", '.' for a flag not set.
+fn tcp_flags(f: u8) -> String {
+    let mut s = String::new();
+    let names = ['C', 'E', 'U', 'A', 'P', 'R', 'S', 'F'];
+    for (i, c) in names.into_iter().enumerate() {
+        let bit = 7 - i;
+        s.push(if f & (1 << bit) != 0 { c } else { '.' });
+    }
+    s
 }
 
 fn wait_for_udp_port(ns: &NetNs, port: u16) {
@@ -230,13 +258,58 @@ fn ipfix_slice_names_and_verdicts_decode_in_tshark() {
     }
     let want = BTreeMap::from([("704", "beta-slice"), ("705", "alpha-slice")]);
     assert_eq!(names, want, "{out}");
+    // Each flow record's values, zipped across the columns (every template carries them all).
+    let columns = [
+        "cflow.forwarding_status",
+        "cflow.direction",
+        "cflow.layer2_octet_delta_count",
+        "cflow.ingress_vrfid",
+        "cflow.egress_vrfid",
+        "cflow.ethernet_type",
+    ];
+    let mut args = vec![
+        "-r",
+        wrapped.to_str().expect("utf8"),
+        "-Y",
+        "cflow.layer2_octet_delta_count",
+    ];
+    args.extend_from_slice(&fields);
+    for c in &columns {
+        args.extend_from_slice(&["-e", c]);
+    }
+    let out = String::from_utf8_lossy(&tool("tshark", &args).stdout).into_owned();
+    let mut got = Vec::new();
+    for line in out.lines() {
+        let cols: Vec<Vec<&str>> = line.split('|').map(|c| c.split(',').collect()).collect();
+        assert_eq!(cols.len(), columns.len(), "{line}");
+        for i in 0..cols[0].len() {
+            got.push(cols.iter().map(|c| c[i]).collect::<Vec<_>>().join("|"));
+        }
+    }
+    let recs = all_expected();
+    let want = counted(recs.iter().map(|r| {
+        // RFC 7270: forwardingStatus's top two bits, 1 forwarded, 2 dropped (a
+        // packet the shaper delayed was forwarded). RFC 5102: flowDirection 0
+        // ingress (what the guest sends arrives at the Observation Point), 1 egress. The
+        // slice's id is the VRF the packet came in on or leaves by; the other VRF is 0.
+        let status = match r.verdict {
+            Verdict::Forwarded | Verdict::Delayed => 1,
+            _ => 2,
+        };
+        let (dir, ivrf, evrf) = match r.direction {
+            Direction::Tx => (0, r.slice_id, 0),
+            Direction::Rx => (1, 0, r.slice_id),
+        };
+        format!("{status}|{dir}|{}|{ivrf}|{evrf}|{}", r.bytes, r.ethertype)
+    }));
+    assert_eq!(counted(got), want, "{out}");
+    // The reasons: RFC 7270's forwarded "unknown" (0) and dropped "unknown" (0),
+    // "ACL deny" (1) for the policy, "RPF" (12) for the source address check.
     let mut args = vec!["-r", wrapped.to_str().expect("utf8"), "-Y", "cflow.octets"];
     args.extend_from_slice(&fields);
-    args.extend_from_slice(&["-e", "cflow.forwarding_status"]);
     args.extend_from_slice(&["-e", "cflow.forwarding_status_forward_code"]);
     args.extend_from_slice(&["-e", "cflow.forwarding_status_drop_code"]);
     let out = String::from_utf8_lossy(&tool("tshark", &args).stdout).into_owned();
-    // Columns: status (1 forwarded, 2 dropped), forward reason, drop reason (RFC 7270).
     let column = |i: usize| -> BTreeMap<String, usize> {
         counted(out.lines().flat_map(|l| {
             let col = l.split('|').nth(i).unwrap_or("");
@@ -246,32 +319,21 @@ fn ipfix_slice_names_and_verdicts_decode_in_tshark() {
                 .collect::<Vec<_>>()
         }))
     };
-    let recs = all_expected();
-    let n = |v: Verdict| recs.iter().filter(|r| r.verdict == v).count();
-    let forwarded = n(Verdict::Forwarded);
-    assert_eq!(
-        column(0),
-        BTreeMap::from([
-            ("1".to_string(), forwarded),
-            ("2".to_string(), 250 - forwarded)
-        ]),
-        "{out}"
-    );
-    let drops = BTreeMap::from([
+    let n = |vs: &[Verdict]| recs.iter().filter(|r| vs.contains(&r.verdict)).count();
+    let forwarded = n(&[Verdict::Forwarded, Verdict::Delayed]);
+    assert_eq!(column(0), BTreeMap::from([("0".to_string(), forwarded)]));
+    let mut drops = BTreeMap::new();
+    for (code, verdicts) in [
         (
-            (ipfix::forwarding_status(Verdict::Throttled) & 0x3f).to_string(),
-            n(Verdict::Throttled),
+            "0",
+            &[Verdict::DroppedMalformed, Verdict::DroppedBackend][..],
         ),
-        (
-            (ipfix::forwarding_status(Verdict::DroppedSpoof) & 0x3f).to_string(),
-            n(Verdict::DroppedSpoof),
-        ),
-        (
-            (ipfix::forwarding_status(Verdict::DroppedMalformed) & 0x3f).to_string(),
-            n(Verdict::DroppedMalformed),
-        ),
-    ]);
-    assert_eq!(column(2), drops, "{out}");
+        ("1", &[Verdict::DroppedPolicy][..]),
+        ("12", &[Verdict::DroppedSpoof][..]),
+    ] {
+        drops.insert(code.to_string(), n(verdicts));
+    }
+    assert_eq!(column(1), drops, "{out}");
 }
 
 fn tshark_packets(file: &Path) -> Vec<String> {
@@ -316,6 +378,22 @@ fn split_addr(a: Option<IpAddr>) -> (String, String) {
     }
 }
 
+/// The value of `#define NAME` in Linux's `pkt_cls.h` (package linux-libc-dev), the
+/// definition of pcapng's "Linux eBPF TC" verdicts.
+fn tc_act(name: &str) -> u64 {
+    let header = std::fs::read_to_string("/usr/include/linux/pkt_cls.h")
+        .expect("pkt_cls.h (scripts/test.sh installs linux-libc-dev)");
+    header
+        .lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("#define") && words.next() == Some(name))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("{name} not defined as a number in pkt_cls.h"))
+}
+
 fn expected_packet(sliver: &str, r: &FlowRecord) -> String {
     let frame = synth::frame(r, 100);
     let (v4, v6) = split_addr(r.src);
@@ -325,7 +403,10 @@ fn expected_packet(sliver: &str, r: &FlowRecord) -> String {
     } else {
         String::new()
     };
-    let tc = audit_store::pcapng::tc_action(r.verdict);
+    let tc = match r.verdict {
+        Verdict::Forwarded | Verdict::Delayed => tc_act("TC_ACT_OK"),
+        _ => tc_act("TC_ACT_SHOT"),
+    };
     let dir = if r.direction == Direction::Rx { 1 } else { 2 };
     format!(
         "{sliver}/eth{}|verdict={}|{tc}|0x{dir:08x}|{v4}|{v6}|{d4}|{d6}|{port}|{}|{}|{}.{:09}",

@@ -96,6 +96,7 @@ impl FlowSink for NicSink {
             sliver: a.identity.sliver.clone(),
             nic: self.nic,
             direction: key.direction,
+            vlan_tags: key.vlan_tags,
             ethertype: key.ethertype,
             src: key.src,
             dst: key.dst,

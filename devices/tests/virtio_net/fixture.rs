@@ -5,7 +5,9 @@ pub use std::sync::{Arc, Mutex};
 
 pub use devices::virtio::feature;
 pub use devices::virtio::net::*;
-pub use devices::virtio::test_utils::{DgramBackend, GuestDriver, RawDesc, SCRATCH};
+pub use devices::virtio::test_utils::{
+    recorded, AuditSeen, DgramBackend, GuestDriver, RawDesc, SCRATCH,
+};
 pub use event_manager::{EventManager, SubscriberOps};
 pub use std::os::unix::net::UnixDatagram;
 pub use virtio_bindings::virtio_config::{
@@ -49,7 +51,13 @@ pub fn frame(len: usize, fill: u8) -> Vec<u8> {
 
 /// A device running `stages` besides the frame checks, activated by the driver.
 pub fn fixture_with(stages: Stages) -> Fixture {
-    let (backend, peer) = DgramBackend::pair();
+    fixture_on(None, stages)
+}
+
+/// [`fixture_with`] on a backend that reports MTU `mtu`, as a TAP does.
+pub fn fixture_on(mtu: Option<usize>, stages: Stages) -> Fixture {
+    let (mut backend, peer) = DgramBackend::pair();
+    backend.mtu = mtu;
     let device = NetDevice::new(backend, MAC, stages).expect("device");
     let dev: Dev = Arc::new(Mutex::new(device));
     let counters = dev.lock().expect("dev").counters();

@@ -1,6 +1,6 @@
 //! virtio-net device tests through the guest-driver harness (`devices::virtio::test_utils`):
-//! the data path and its stages, the shaper's backpressure, a malicious guest, and the MMIO
-//! transport's validation, each at native speed without KVM.
+//! the data path and its stages, the shaper's backpressure, a malicious guest, the MMIO
+//! transport's validation, and what virtio headers may carry, each at native speed without KVM.
 
 mod datapath;
 mod fixture;
@@ -8,3 +8,4 @@ mod malicious_guest;
 mod shaper;
 mod stages;
 mod transport;
+mod vnet_headers;

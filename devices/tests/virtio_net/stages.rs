@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::Ordering;
 
-use devices::virtio::net::audit::{FlowConfig, FlowKey, FlowSink, FlowStats};
+use devices::virtio::net::audit::{FlowKey, FlowStats};
 use packet::{Direction, Verdict};
 
 use crate::fixture::*;
@@ -26,47 +26,21 @@ fn udp_frame(src: [u8; 4]) -> Vec<u8> {
     f
 }
 
-fn anti_spoofing() -> AntiSpoofing {
-    AntiSpoofing {
-        mac: MAC.0,
-        ipv4: Some(Ipv4Addr::from(OWN_IP)),
-    }
-}
-
-/// What the audit stage handed its sink: flows, and the captures in the order they came.
-#[derive(Default)]
-struct Seen {
-    flows: Vec<(FlowKey, FlowStats)>,
-    captures: Vec<(Direction, Verdict)>,
-}
-
-struct Recorder(Arc<Mutex<Seen>>);
-
-impl FlowSink for Recorder {
-    fn flow(&mut self, key: &FlowKey, stats: &FlowStats) {
-        self.0.lock().expect("seen").flows.push((*key, *stats));
-    }
-}
-
-impl AuditSink for Recorder {
-    fn capture(&mut self, _ts: u64, d: Direction, v: Verdict, _len: usize, _head: &[u8]) {
-        self.0.lock().expect("seen").captures.push((d, v));
-    }
-}
-
-fn audited(shaper: Option<Arc<Shaper>>) -> (Fixture, Arc<Mutex<Seen>>) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let audit = AuditStage::new(
-        FlowConfig::default(),
-        Box::new(Recorder(seen.clone())),
-        true,
-    );
+fn audited(shaper: Option<Arc<Shaper>>) -> (Fixture, Arc<Mutex<AuditSeen>>) {
+    let (audit, seen) = recorded();
     let f = fixture_with(Stages {
         shaper,
         anti_spoofing: Some(anti_spoofing()),
         audit: Some(audit),
     });
     (f, seen)
+}
+
+fn anti_spoofing() -> AntiSpoofing {
+    AntiSpoofing {
+        mac: MAC.0,
+        ipv4: Some(Ipv4Addr::from(OWN_IP)),
+    }
 }
 
 #[test]
@@ -126,7 +100,83 @@ fn the_audit_sees_every_verdict_in_pipeline_order() {
     );
 }
 
-fn seen_flows(seen: &Arc<Mutex<Seen>>) -> Vec<(FlowKey, FlowStats)> {
+/// `frame` (virtio header + Ethernet frame) with VLAN tags of `tpids` (outermost first).
+fn tagged(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let at = VNET_HDR_LEN + 12;
+    let mut f = frame[..at].to_vec();
+    for tpid in tpids {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&7u16.to_be_bytes()); // VID 7
+    }
+    f.extend_from_slice(&frame[at..]);
+    f
+}
+
+#[test]
+fn tagged_frames_do_not_walk_around_anti_spoofing_and_are_audited_with_their_addresses() {
+    let (mut f, seen) = audited(None);
+    // The stacks from the report (802.1ad + 802.1Q, QinQ with 0x8100 twice and with the
+    // pre-standard 0x9100, a single S-tag) and a single C-tag, each spoofed and not.
+    let stacks: [&[u16]; 5] = [
+        &[0x88a8, 0x8100],
+        &[0x8100, 0x8100],
+        &[0x9100, 0x8100],
+        &[0x88a8],
+        &[0x8100],
+    ];
+    for tpids in stacks {
+        f.send(&tagged(&udp_frame([10, 0, 0, 66]), tpids));
+        f.send(&tagged(&udp_frame(OWN_IP), tpids));
+    }
+    f.send(&udp_frame([10, 0, 0, 66]));
+    assert!(
+        f.recv_peer().is_none(),
+        "nothing tagged or spoofed left the VM"
+    );
+    assert_eq!((f.snap().tx_packets, f.snap().tx_dropped), (0, 11));
+    drop(f);
+    let flows = seen_flows(&seen);
+    for tags in [1u8, 2] {
+        for src in [[10, 0, 0, 66], OWN_IP] {
+            let flow = flows
+                .iter()
+                .find(|(k, _)| {
+                    k.vlan_tags == tags && k.src == Some(IpAddr::from(Ipv4Addr::from(src)))
+                })
+                .unwrap_or_else(|| panic!("a flow of {tags}-tagged frames from {src:?}"));
+            assert_eq!(flow.0.verdict, Verdict::DroppedPolicy);
+            assert_eq!((flow.0.ethertype, flow.0.dst_port), (0x0800, 53));
+        }
+    }
+    let untagged = flows
+        .iter()
+        .find(|(k, _)| k.vlan_tags == 0)
+        .expect("the untagged frame");
+    assert_eq!(untagged.0.verdict, Verdict::DroppedSpoof);
+}
+
+#[test]
+fn only_ipv4_arp_and_ipv6_leave_the_vm() {
+    let mut f = fixture_with(Stages {
+        anti_spoofing: Some(anti_spoofing()),
+        ..Stages::default()
+    });
+    // LLDP, MPLS, PPPoE discovery, 802.1X, IPX, an unassigned EtherType, an 802.3 length.
+    for ethertype in [0x88ccu16, 0x8847, 0x8863, 0x888e, 0x8137, 0x1234, 0x05dc] {
+        let mut frame = udp_frame(OWN_IP);
+        frame[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&ethertype.to_be_bytes());
+        f.send(&frame);
+    }
+    assert!(f.recv_peer().is_none(), "no other EtherType left the VM");
+    assert_eq!((f.snap().tx_packets, f.snap().tx_dropped), (0, 7));
+    f.send(&udp_frame(OWN_IP));
+    assert!(
+        f.recv_peer().is_some(),
+        "IPv4 from the sliver's address still goes"
+    );
+}
+
+fn seen_flows(seen: &Arc<Mutex<AuditSeen>>) -> Vec<(FlowKey, FlowStats)> {
     seen.lock().expect("seen").flows.clone()
 }
 
@@ -168,7 +218,7 @@ impl RateSource for SwitchedRate {
 }
 
 #[test]
-fn only_the_first_passing_frame_after_a_wait_is_throttled_and_drops_are_not_charged() {
+fn only_the_first_passing_frame_after_a_wait_is_delayed_and_drops_are_not_charged() {
     // Rate 0: the starting burst (two full frames' worth) lets four 1 000-byte frames out,
     // the last into debt; the fifth chain waits in the ring.
     let rate = Arc::new(Switch::default());
@@ -215,9 +265,9 @@ fn only_the_first_passing_frame_after_a_wait_is_throttled_and_drops_are_not_char
             Verdict::Forwarded,
             Verdict::Forwarded,
             Verdict::DroppedSpoof,
-            Verdict::Throttled,
+            Verdict::Delayed,
             Verdict::Forwarded,
         ],
-        "a drop after the wait leaves the mark for the next frame that passes, which alone is throttled"
+        "a drop after the wait leaves the mark for the next frame that passes, which alone is delayed"
     );
 }

@@ -1,13 +1,23 @@
-//! The anti-spoofing stage of the TX pipeline: a sliver may only send frames from its own MAC
-//! and, once it has an address, from its own IPv4 address (ARP included). IPv6 is allowed only
-//! from link-local (fe80::/10) or unspecified sources, since slivers get no global IPv6
-//! address. A frame that fails is dropped with [`Verdict::DroppedSpoof`].
+//! The anti-spoofing stage of the TX pipeline: what a sliver may send. Its NIC is an untagged
+//! access port for IPv4, ARP and IPv6, and every frame must be attributable to the sliver:
+//!
+//! | frame | passes when | else |
+//! |---|---|---|
+//! | any | the source MAC is the NIC's | [`Verdict::DroppedSpoof`] |
+//! | VLAN-tagged (802.1Q, 802.1ad, QinQ; any depth) | never | [`Verdict::DroppedPolicy`] |
+//! | IPv4 | the source is the sliver's address (any, until it has one) | [`Verdict::DroppedSpoof`] |
+//! | ARP | the sender MAC is the NIC's and the sender address the sliver's | [`Verdict::DroppedSpoof`] |
+//! | IPv6 | the source is link-local (fe80::/10) or unspecified: slivers get no global IPv6 | [`Verdict::DroppedSpoof`] |
+//! | any other EtherType (LLDP, MPLS, PPPoE, 802.1X, ...) | never | [`Verdict::DroppedPolicy`] |
+//!
+//! A frame whose headers do not parse never gets here: the frame checks drop it as
+//! malformed. So nothing the stage cannot classify passes as harmless.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use packet::Verdict;
 
-use super::headers::FrameHeaders;
+use super::headers::{FrameHeaders, ETH_ARP, ETH_IPV4, ETH_IPV6};
 
 /// The addresses a sliver NIC may send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,9 +29,25 @@ pub struct AntiSpoofing {
 }
 
 impl AntiSpoofing {
-    /// The stage: `h` (a guest frame's headers) passes, or is dropped as spoofed.
+    /// The stage: `h` (a guest frame's headers) passes, or is dropped with the reason.
     pub fn check(&self, h: &FrameHeaders) -> Result<(), Verdict> {
-        if self.allows(h) {
+        if h.src_mac != self.mac {
+            return Err(Verdict::DroppedSpoof);
+        }
+        if h.vlan_tags > 0 {
+            return Err(Verdict::DroppedPolicy);
+        }
+        let own_source = match (h.ethertype, h.arp_sender, h.ip.map(|ip| ip.src)) {
+            (ETH_ARP, Some((mac, ip)), _) => {
+                mac == self.mac && self.ipv4.is_none_or(|own| own == ip)
+            }
+            (ETH_IPV4, _, Some(IpAddr::V4(src))) => self.ipv4.is_none_or(|own| own == src),
+            (ETH_IPV6, _, Some(IpAddr::V6(src))) => {
+                src.is_unspecified() || (src.segments()[0] & 0xffc0) == 0xfe80
+            }
+            _ => return Err(Verdict::DroppedPolicy),
+        };
+        if own_source {
             Ok(())
         } else {
             Err(Verdict::DroppedSpoof)
@@ -30,25 +56,15 @@ impl AntiSpoofing {
 
     /// Whether `h` is a frame this NIC may send.
     pub fn allows(&self, h: &FrameHeaders) -> bool {
-        if h.src_mac != self.mac {
-            return false;
-        }
-        if let Some((mac, ip)) = h.arp_sender {
-            return mac == self.mac && self.ipv4.is_none_or(|own| own == ip);
-        }
-        match h.ip.map(|ip| ip.src) {
-            Some(IpAddr::V4(src)) => self.ipv4.is_none_or(|own| own == src),
-            Some(IpAddr::V6(src)) => src.is_unspecified() || (src.segments()[0] & 0xffc0) == 0xfe80,
-            None => true,
-        }
+        self.check(h).is_ok()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::net::headers::tests::ipv4_frame;
-    use crate::virtio::net::headers::{parse, ETH_ARP};
+    use crate::virtio::net::headers::parse;
+    use crate::virtio::net::headers::tests::{ipv4_frame, tagged};
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
@@ -74,6 +90,37 @@ mod tests {
         assert!(!g.allows(&parse(&other_mac, other_mac.len()).expect("parse")));
         // Before an address is set, any IPv4 source from its own MAC goes.
         assert!(guard(None).allows(&parse(&other_ip, other_ip.len()).expect("parse")));
+    }
+
+    #[test]
+    fn tagged_frames_and_other_ethertypes_never_pass() {
+        let g = guard(Some([10, 0, 0, 2]));
+        for src in [[10, 0, 0, 66], [10, 0, 0, 2]] {
+            let f = ipv4_frame(MAC, src, [10, 0, 0, 1], 17);
+            for tpids in [
+                &[0x88a8, 0x8100][..],
+                &[0x8100, 0x8100],
+                &[0x9100, 0x8100],
+                &[0x88a8],
+                &[0x8100],
+            ] {
+                let t = tagged(&f, tpids);
+                assert_eq!(
+                    g.check(&parse(&t, t.len()).expect("parse")),
+                    Err(Verdict::DroppedPolicy),
+                    "{tpids:x?} from {src:?}"
+                );
+            }
+        }
+        for ethertype in [0x88ccu16, 0x8847, 0x8863, 0x888e, 0x0801, 0x1234] {
+            let mut f = ipv4_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1], 17);
+            f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            assert_eq!(
+                g.check(&parse(&f, f.len()).expect("parse")),
+                Err(Verdict::DroppedPolicy),
+                "{ethertype:#06x}"
+            );
+        }
     }
 
     #[test]

@@ -83,6 +83,7 @@ impl AuditStage {
         };
         let key = FlowKey {
             direction,
+            vlan_tags: parsed.map_or(0, |h| h.vlan_tags),
             ethertype,
             src: ip.map(|i| i.src),
             dst: ip.map(|i| i.dst),

@@ -52,6 +52,16 @@ pub trait NetBackend: AsRawFd + Send {
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 
+    /// The host link's MTU (bytes of IP packet), asked when the driver activates the device:
+    /// the TX frame checks refuse longer frames (plus the Ethernet header). `None`: no limit
+    /// but the device's own [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).
+    ///
+    /// # Errors
+    /// The query failed (the device then applies only its own limit and logs why).
+    fn mtu(&self) -> io::Result<Option<usize>> {
+        Ok(None)
+    }
+
     /// Write one frame from a contiguous buffer.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
         let iov = libc::iovec {

@@ -19,6 +19,12 @@ pub struct TxCounters {
     pub backend_full: AtomicU64,
     /// Times TX stopped to wait for the shaper.
     pub throttled: AtomicU64,
+    /// Frames whose virtio header set fields of features the driver did not negotiate (the
+    /// fields were cleared before the frame went on).
+    pub header_fields_cleared: AtomicU64,
+    /// Frames the backend refused (a write error other than "would block"); also in
+    /// `dropped`.
+    pub backend_errors: AtomicU64,
 }
 
 /// Counters of the receive queue.
@@ -36,6 +42,9 @@ pub struct RxCounters {
     pub no_buffer: AtomicU64,
     /// Times RX stopped to wait for the shaper.
     pub throttled: AtomicU64,
+    /// Frames whose virtio header from the host set fields of features the driver did not
+    /// negotiate (cleared before the guest saw them).
+    pub header_fields_cleared: AtomicU64,
 }
 
 /// Counters of one virtio-net device.
@@ -65,6 +74,9 @@ pub struct NetCountersSnapshot {
     pub needs_reset: u64,
     pub tx_throttled: u64,
     pub rx_throttled: u64,
+    pub tx_header_fields_cleared: u64,
+    pub rx_header_fields_cleared: u64,
+    pub tx_backend_errors: u64,
 }
 
 /// Add one.
@@ -95,6 +107,9 @@ impl NetCounters {
             needs_reset: get(&self.needs_reset),
             tx_throttled: get(&tx.throttled),
             rx_throttled: get(&rx.throttled),
+            tx_header_fields_cleared: get(&tx.header_fields_cleared),
+            rx_header_fields_cleared: get(&rx.header_fields_cleared),
+            tx_backend_errors: get(&tx.backend_errors),
         }
     }
 }

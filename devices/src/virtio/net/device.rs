@@ -22,7 +22,7 @@ use super::queue::{QueueIo, Stop};
 use super::rx::RxQueue;
 use super::stages::Stages;
 use super::tx::TxQueue;
-use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
@@ -287,12 +287,19 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         }
         let tx = queues.remove(TX_QUEUE);
         let rx = queues.remove(RX_QUEUE);
+        let mtu = self.backend.mtu().unwrap_or_else(|e| {
+            log::warn!(
+                "virtio-net: asking the backend's MTU: {e}; frames up to {MAX_FRAME_LEN} bytes go"
+            );
+            None
+        });
+        let features = self.acked_features;
         self.active = Some(Active {
             mem,
             interrupt,
             health,
-            tx: TxQueue::new(tx, self.counters.clone()),
-            rx: RxQueue::new(rx, self.counters.clone()),
+            tx: TxQueue::new(tx, self.counters.clone(), features, mtu),
+            rx: RxQueue::new(rx, self.counters.clone(), features),
         });
         self.wake_event_loop();
         Ok(())

@@ -18,7 +18,9 @@ use super::saturating_nanos;
 pub struct FlowKey {
     /// Seen from the guest.
     pub direction: Direction,
-    /// EtherType.
+    /// VLAN tags in front of the EtherType (0: untagged).
+    pub vlan_tags: u8,
+    /// EtherType (inside the tags).
     pub ethertype: u16,
     /// Source address (IP frames).
     pub src: Option<IpAddr>,
@@ -228,6 +230,7 @@ mod tests {
     fn key(port: u16) -> FlowKey {
         FlowKey {
             direction: Direction::Tx,
+            vlan_tags: 0,
             ethertype: 0x0800,
             src: Some("10.0.0.2".parse().expect("ip")),
             dst: Some("10.0.0.1".parse().expect("ip")),

@@ -1,5 +1,6 @@
 //! The frame-checks stage: a frame must have a length the device carries (TX: the guest's
-//! frame; RX: a frame from the TAP that fits the guest's buffer) and, when a later stage reads
+//! frame, at most the host link's MTU plus the Ethernet header and one VLAN tag; RX: a frame
+//! from the TAP that fits the guest's buffer) and, when a later stage reads
 //! its headers (anti-spoofing, audit), headers that parse. A TX frame that fails, and an RX
 //! frame whose headers do not parse, are dropped with [`Verdict::DroppedMalformed`]; an RX
 //! frame of the wrong length is dropped before the audit (it is the host's, or too big for
@@ -7,7 +8,7 @@
 
 use packet::Verdict;
 
-use super::headers::{parse, FrameHeaders};
+use super::headers::{parse, FrameHeaders, VLAN_TPIDS};
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 
 /// Ethernet header length (destination, source, EtherType).
@@ -22,6 +23,14 @@ pub enum FrameError {
     /// Longer than we carry.
     #[error("frame of {0} bytes is longer than {max}", max = VNET_HDR_LEN + MAX_FRAME_LEN)]
     TooLong(usize),
+    /// Longer than the host link carries (its MTU plus the Ethernet header and tag).
+    #[error("frame of {len} bytes is longer than the link's {max} (MTU plus Ethernet header)")]
+    OverMtu {
+        /// The Ethernet frame's bytes.
+        len: usize,
+        /// The most the link takes for this frame.
+        max: usize,
+    },
     /// RX: shorter than the virtio header.
     #[error("frame of {0} bytes is shorter than the virtio header")]
     Runt(usize),
@@ -35,13 +44,36 @@ pub enum FrameError {
     },
 }
 
-/// Check the length `len` of virtio header + Ethernet frame as the guest handed it over.
-pub fn check_tx_frame(len: usize) -> Result<(), FrameError> {
-    match len {
-        n if n < VNET_HDR_LEN + ETH_HDR_LEN => Err(FrameError::TooShort(n)),
-        n if n > VNET_HDR_LEN + MAX_FRAME_LEN => Err(FrameError::TooLong(n)),
-        _ => Ok(()),
+/// Bytes of an IEEE 802.1Q tag.
+pub const VLAN_TAG_LEN: usize = 4;
+
+/// Check the length `len` of virtio header + Ethernet frame as the guest handed it over,
+/// `head` its first bytes after the virtio header, against a host link of MTU `mtu` (`None`:
+/// no limit but [`MAX_FRAME_LEN`]). The longest frame is the MTU plus [`ETH_HDR_LEN`], plus
+/// [`VLAN_TAG_LEN`] for a tagged frame (as Linux's `is_skb_forwardable` allows); the device
+/// negotiates no segmentation offload, so nothing longer can be split on the way.
+pub fn check_tx_frame(len: usize, head: &[u8], mtu: Option<usize>) -> Result<(), FrameError> {
+    if len < VNET_HDR_LEN + ETH_HDR_LEN {
+        return Err(FrameError::TooShort(len));
     }
+    if len > VNET_HDR_LEN + MAX_FRAME_LEN {
+        return Err(FrameError::TooLong(len));
+    }
+    let Some(mtu) = mtu else {
+        return Ok(());
+    };
+    let tagged = head
+        .get(12..14)
+        .is_some_and(|t| VLAN_TPIDS.contains(&u16::from_be_bytes([t[0], t[1]])));
+    let max = mtu + ETH_HDR_LEN + if tagged { VLAN_TAG_LEN } else { 0 };
+    let frame_len = len - VNET_HDR_LEN;
+    if frame_len > max {
+        return Err(FrameError::OverMtu {
+            len: frame_len,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// Check the length `n` of virtio header + frame read from the TAP into a guest buffer of
@@ -78,10 +110,28 @@ mod tests {
 
     #[test]
     fn lengths() {
-        assert_eq!(check_tx_frame(25), Err(FrameError::TooShort(25)));
-        assert!(check_tx_frame(26).is_ok());
-        assert!(check_tx_frame(VNET_HDR_LEN + MAX_FRAME_LEN).is_ok());
-        assert!(check_tx_frame(VNET_HDR_LEN + MAX_FRAME_LEN + 1).is_err());
+        let head = [0u8; 14];
+        assert_eq!(
+            check_tx_frame(25, &head, None),
+            Err(FrameError::TooShort(25))
+        );
+        assert!(check_tx_frame(26, &head, None).is_ok());
+        assert!(check_tx_frame(VNET_HDR_LEN + MAX_FRAME_LEN, &head, None).is_ok());
+        assert!(check_tx_frame(VNET_HDR_LEN + MAX_FRAME_LEN + 1, &head, None).is_err());
+        // A 1500-byte MTU: 1514-byte frames, 1518 with an 802.1Q tag (IEEE 802.3 section 3.2.7).
+        assert!(check_tx_frame(VNET_HDR_LEN + 1514, &head, Some(1500)).is_ok());
+        assert_eq!(
+            check_tx_frame(VNET_HDR_LEN + 1515, &head, Some(1500)),
+            Err(FrameError::OverMtu {
+                len: 1515,
+                max: 1514
+            })
+        );
+        let mut tagged = head;
+        tagged[12..14].copy_from_slice(&0x8100u16.to_be_bytes());
+        assert!(check_tx_frame(VNET_HDR_LEN + 1518, &tagged, Some(1500)).is_ok());
+        assert!(check_tx_frame(VNET_HDR_LEN + 1519, &tagged, Some(1500)).is_err());
+        assert!(check_tx_frame(VNET_HDR_LEN + 3054, &head, Some(1500)).is_err());
         assert_eq!(check_rx_frame(11, 2048), Err(FrameError::Runt(11)));
         assert!(check_rx_frame(12, 2048).is_ok());
         assert!(check_rx_frame(2048, 2048).is_ok());

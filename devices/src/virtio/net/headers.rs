@@ -1,6 +1,7 @@
-//! What the stages after the frame checks read from a frame's first bytes: MACs, EtherType
-//! (after one VLAN tag), and for IPv4/IPv6 the addresses, protocol, ports and TCP flags; for
-//! ARP the sender. Parsed once per frame, when anti-spoofing or the audit is on.
+//! What the stages after the frame checks read from a frame's first bytes: MACs, the VLAN tags
+//! (IEEE 802.1Q C-tags and 802.1ad S-tags, stacked: up to [`MAX_TAGS`]), the EtherType inside
+//! them, and for IPv4/IPv6 the addresses, protocol, ports and TCP flags; for ARP the sender.
+//! Parsed once per frame, when anti-spoofing or the audit is on.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -14,7 +15,11 @@ pub const ETH_IPV4: u16 = 0x0800;
 pub const ETH_IPV6: u16 = 0x86dd;
 /// EtherType of ARP.
 pub const ETH_ARP: u16 = 0x0806;
-const ETH_VLAN: u16 = 0x8100;
+/// Tag protocol identifiers (TPIDs): IEEE 802.1Q C-tag, IEEE 802.1ad S-tag, and the
+/// pre-standard QinQ values 0x9100-0x9300 that some switches use.
+pub const VLAN_TPIDS: [u16; 5] = [0x8100, 0x88a8, 0x9100, 0x9200, 0x9300];
+/// Most tags read through; a frame with more stays classified by its last TPID.
+pub const MAX_TAGS: u8 = 4;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
@@ -42,7 +47,9 @@ pub struct FrameHeaders {
     pub dst_mac: [u8; 6],
     /// Source MAC.
     pub src_mac: [u8; 6],
-    /// EtherType (inside one VLAN tag if there is one).
+    /// VLAN tags in front of the EtherType (0 for an untagged frame).
+    pub vlan_tags: u8,
+    /// EtherType (inside the VLAN tags, if any).
     pub ethertype: u16,
     /// For IPv4/IPv6.
     pub ip: Option<IpHeaders>,
@@ -136,14 +143,17 @@ pub fn parse(head: &[u8], frame_len: usize) -> Result<FrameHeaders, HeaderError>
     src_mac.copy_from_slice(&head[6..12]);
     let mut ethertype = be16(head, 12);
     let mut l3 = 14;
-    if ethertype == ETH_VLAN && head.len() >= 18 {
-        ethertype = be16(head, 16);
-        l3 = 18;
+    let mut vlan_tags = 0;
+    while VLAN_TPIDS.contains(&ethertype) && vlan_tags < MAX_TAGS && head.len() >= l3 + 4 {
+        ethertype = be16(head, l3 + 2);
+        l3 += 4;
+        vlan_tags += 1;
     }
     let payload = &head[l3.min(head.len())..];
     let mut out = FrameHeaders {
         dst_mac,
         src_mac,
+        vlan_tags,
         ethertype,
         ip: None,
         arp_sender: None,
@@ -210,6 +220,47 @@ pub(crate) mod tests {
         g[16..18].copy_from_slice(&9000u16.to_be_bytes()); // total length past the frame
         assert_eq!(parse(&g, g.len()), Err(HeaderError::BadIp));
         assert_eq!(parse(&[0u8; 10], 10), Err(HeaderError::ShortEthernet));
+    }
+
+    /// `frame` with VLAN tags of TPIDs `tpids` (outermost first) in front of its EtherType.
+    pub(crate) fn tagged(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+        let mut f = frame[..12].to_vec();
+        for (i, tpid) in tpids.iter().enumerate() {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&u16::try_from(100 + i).expect("vid").to_be_bytes());
+        }
+        f.extend_from_slice(&frame[12..]);
+        f
+    }
+
+    #[test]
+    fn stacked_tags_are_read_through_to_the_ip_header() {
+        let f = ipv4_frame([2, 0, 0, 0, 0, 9], [10, 0, 0, 66], [10, 0, 0, 1], UDP);
+        for tpids in [
+            vec![0x8100],
+            vec![0x88a8],
+            vec![0x88a8, 0x8100],
+            vec![0x8100, 0x8100],
+            vec![0x9100, 0x8100],
+        ] {
+            let t = tagged(&f, &tpids);
+            let h = parse(&t, t.len()).expect("tagged");
+            assert_eq!(usize::from(h.vlan_tags), tpids.len(), "{tpids:x?}");
+            assert_eq!(h.ethertype, ETH_IPV4);
+            let ip = h.ip.expect("the inner IP header");
+            assert_eq!(
+                ip.src,
+                IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66)),
+                "{tpids:x?}"
+            );
+        }
+        let deep = tagged(&f, &[0x8100; 5]);
+        let h = parse(&deep, deep.len()).expect("deep");
+        assert_eq!((h.vlan_tags, h.ethertype, h.ip), (MAX_TAGS, 0x8100, None));
+        // A tag cut off by the end of the frame leaves the TPID as the EtherType.
+        let cut = &tagged(&f, &[0x8100])[..15];
+        let h = parse(cut, cut.len()).expect("cut");
+        assert_eq!((h.vlan_tags, h.ethertype), (0, 0x8100));
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Each direction is a queue type that owns its state (ring, head buffer, iovecs, counters)
 //! and runs one pipeline of named stages per frame, in an order stated once, in code:
 //! [`tx`] (`TxQueue::transmit`) and [`rx`] (`RxQueue::receive`). The stages are the
-//! [`shaper`], the [`frame_checks`], [`anti_spoofing`] and the [`audit`]; which of the
-//! optional ones a NIC runs is its [`Stages`]. No heap allocation per packet: each queue's
-//! buffers are allocated once, when the driver activates the device.
+//! [`shaper`], [`vnet_hdr`] (what a virtio header may carry), the [`frame_checks`],
+//! [`anti_spoofing`] and the [`audit`]; which of the optional ones a NIC runs is its
+//! [`Stages`]. No heap allocation per packet: each queue's buffers are allocated once, when
+//! the driver activates the device.
 // Casts on the packet path and in shared memory must not truncate or wrap silently.
 #![deny(
     clippy::cast_possible_truncation,
@@ -30,6 +31,7 @@ pub mod shaper;
 pub mod stages;
 pub mod tap;
 mod tx;
+pub mod vnet_hdr;
 
 pub use anti_spoofing::AntiSpoofing;
 pub use audit::{AuditSink, AuditStage};

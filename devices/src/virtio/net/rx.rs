@@ -1,6 +1,8 @@
 //! The receive queue and its pipeline. [`RxQueue::receive`] takes one frame through the
 //! stages, in the order it calls them: guest buffer (descriptor chain) → shaper admission →
-//! TAP (the backend) → frame checks → audit → guest.
+//! TAP (the backend) → virtio header (fields of features not negotiated cleared) → frame
+//! checks → guest → audit. The audit comes last so that it records what happened: a frame
+//! that could not be put in the guest's buffer is not `forwarded`.
 //!
 //! A guest buffer is taken first, so a frame is read only when there is room for it
 //! (backpressure: with no buffer, the TAP is not read at all). `readv(2)` puts the frame's
@@ -19,10 +21,8 @@ use super::chain::{rx_iovs, scatter, ChainError, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
 use super::frame_checks::{check_rx_frame, read_headers};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::vnet_hdr::{clear_unnegotiated, HeaderDirection, NUM_BUFFERS};
 use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-
-/// Offset of `num_buffers` in `virtio_net_hdr_v1`.
-const NUM_BUFFERS_OFFSET: usize = 10;
 
 /// Where one guest buffer's trip through the pipeline ended.
 enum Received {
@@ -48,13 +48,15 @@ pub(super) struct RxQueue {
     pub(super) blocked: bool,
     /// Out of tokens: frames wait in the backend until the shaper timer.
     pub(super) throttled: bool,
-    /// The last frame waited for the shaper, so the next one that passes was delayed.
+    /// The last frame waited for the shaper, so the next one delivered was delayed.
     delayed: bool,
+    /// The features the driver negotiated (which virtio header fields it may see).
+    acked_features: u64,
 }
 
 impl RxQueue {
-    /// The driver's RX `queue`, counting into `counters`.
-    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>) -> Self {
+    /// The driver's RX `queue` under features `acked_features`, counting into `counters`.
+    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>, acked_features: u64) -> Self {
         Self {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
@@ -64,6 +66,7 @@ impl RxQueue {
             blocked: false,
             throttled: false,
             delayed: false,
+            acked_features,
         }
     }
 
@@ -171,43 +174,51 @@ impl RxQueue {
         }
         let head_len = n.min(HEAD_LEN);
         let frame_len = n - VNET_HDR_LEN;
+        // Virtio header: what the driver did not negotiate does not reach the guest.
+        if clear_unnegotiated(
+            &mut self.head[..head_len],
+            self.acked_features,
+            HeaderDirection::Rx,
+        ) {
+            inc(&self.counters().header_fields_cleared);
+        }
+        self.head[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
         let headers = &self.head[VNET_HDR_LEN..head_len];
         let checked = read_headers(headers, frame_len, io.stages.reads_headers());
         let parsed = checked.unwrap_or(None);
+        // Guest: the device's copy of the first bytes goes into the chain's start.
         let verdict = match checked {
             Err(dropped) => dropped,
-            Ok(_) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
-            Ok(_) => Verdict::Forwarded,
+            Ok(_) => {
+                let mut chain = chain;
+                match scatter(&mut chain, &self.head[..head_len]) {
+                    Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
+                    Ok(()) => Verdict::Forwarded,
+                    Err(e) => {
+                        // Cannot happen for a chain rx_iovs accepted, short of the guest
+                        // rewriting its descriptors meanwhile; then the frame is lost.
+                        log::debug!("virtio-net RX: writing frame head: {e}");
+                        if e != ChainError::TooSmall {
+                            inc(&self.counters().malformed_chains);
+                        }
+                        Verdict::DroppedMalformed
+                    }
+                }
+            }
         };
-        // Audit.
+        // Audit: what happened to the frame.
+        let headers = &self.head[VNET_HDR_LEN..head_len];
         io.stages
             .audit(Direction::Rx, headers, frame_len, parsed.as_ref(), verdict);
         if !verdict.passes() {
             inc(&self.counters().dropped);
             return Received::Used(0);
         }
-        // Guest: the device's copy of the first bytes goes into the chain's start.
-        self.head[NUM_BUFFERS_OFFSET..NUM_BUFFERS_OFFSET + 2].copy_from_slice(&1u16.to_le_bytes());
-        let mut chain = chain;
-        match scatter(&mut chain, &self.head[..head_len]) {
-            Ok(()) => {
-                inc(&self.counters().packets);
-                add(
-                    &self.counters().bytes,
-                    u64::try_from(frame_len).unwrap_or(u64::MAX),
-                );
-                Received::Used(u32::try_from(n).unwrap_or(u32::MAX))
-            }
-            Err(e) => {
-                // Cannot happen for a chain rx_iovs accepted, short of the guest rewriting
-                // its descriptors meanwhile; then the frame is lost, the device goes on.
-                log::debug!("virtio-net RX: writing frame head: {e}");
-                if e != ChainError::TooSmall {
-                    inc(&self.counters().malformed_chains);
-                }
-                inc(&self.counters().dropped);
-                Received::Used(0)
-            }
-        }
+        inc(&self.counters().packets);
+        add(
+            &self.counters().bytes,
+            u64::try_from(frame_len).unwrap_or(u64::MAX),
+        );
+        Received::Used(u32::try_from(n).unwrap_or(u32::MAX))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::backend::NetBackend;
@@ -13,6 +13,8 @@ mod sys {
     pub const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
     pub const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
     pub const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+    /// From `<linux/sockios.h>`.
+    pub const SIOCGIFMTU: libc::c_ulong = 0x8921;
     pub const IFF_TAP: libc::c_short = 0x0002;
     pub const IFF_NO_PI: libc::c_short = 0x1000;
     pub const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -26,6 +28,14 @@ mod sys {
         pub name: [u8; IFNAMSIZ],
         pub flags: libc::c_short,
         pub pad: [u8; 22],
+    }
+
+    /// `struct ifreq` with the `ifr_mtu` member of its union.
+    #[repr(C)]
+    pub struct IfReqMtu {
+        pub name: [u8; IFNAMSIZ],
+        pub mtu: libc::c_int,
+        pub pad: [u8; 20],
     }
 }
 
@@ -60,6 +70,9 @@ pub enum TapError {
 pub struct Tap {
     file: File,
     name: String,
+    /// A UDP socket in the TAP's network namespace, for `SIOCGIFMTU` (opened with the TAP, so
+    /// that asking later needs no new descriptor).
+    query: OwnedFd,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -115,10 +128,37 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETOFFLOAD")(io::Error::last_os_error()));
         }
+        // SAFETY: socket(2) with constant arguments; the new fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(ioctl_err("socket for SIOCGIFMTU")(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let query = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
             file,
             name: name.to_string(),
+            query,
         })
+    }
+
+    /// The interface's MTU now (`SIOCGIFMTU`), in bytes of IP packet.
+    pub fn mtu(&self) -> io::Result<usize> {
+        let mut req = sys::IfReqMtu {
+            name: [0; sys::IFNAMSIZ],
+            mtu: 0,
+            pad: [0; 20],
+        };
+        req.name[..self.name.len()].copy_from_slice(self.name.as_bytes());
+        // SAFETY: SIOCGIFMTU reads the name from and writes the MTU into a `struct ifreq`,
+        // which `req` is laid out as; the fd is our own socket.
+        let rc = unsafe { libc::ioctl(self.query.as_raw_fd(), sys::SIOCGIFMTU, &mut req) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        usize::try_from(req.mtu).map_err(|_| io::Error::other("negative MTU"))
     }
 
     /// The interface name.
@@ -156,6 +196,10 @@ impl AsRawFd for Tap {
 impl NetBackend for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.file.read(buf)
+    }
+
+    fn mtu(&self) -> io::Result<Option<usize>> {
+        Tap::mtu(self).map(Some)
     }
 }
 

@@ -1,6 +1,8 @@
 //! The transmit queue and its pipeline. [`TxQueue::transmit`] takes one frame through the
-//! stages, in the order it calls them: descriptor chain → shaper admission → frame checks →
-//! anti-spoofing → audit → TAP (the backend).
+//! stages, in the order it calls them: descriptor chain → shaper admission → virtio header
+//! (fields of features not negotiated cleared) → frame checks → anti-spoofing → TAP (the
+//! backend) → audit. The audit comes last so that it records what happened to the frame: a
+//! write the TAP refused is `dropped-backend`, not `forwarded`.
 //!
 //! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the stages read)
 //! are copied into the queue's own buffer, so the guest cannot change what was checked; the
@@ -18,6 +20,7 @@ use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
 use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
 /// Where one chain's trip through the pipeline ended.
@@ -42,13 +45,23 @@ pub(super) struct TxQueue {
     pub(super) blocked: bool,
     /// Out of tokens: chains wait in the ring until the shaper timer.
     pub(super) throttled: bool,
-    /// The last frame waited for the shaper, so the next one that passes was delayed.
+    /// The last frame waited for the shaper, so the next one forwarded was delayed.
     delayed: bool,
+    /// The features the driver negotiated (which virtio header fields mean anything).
+    acked_features: u64,
+    /// The host link's MTU when the driver activated the device (`None`: no limit known).
+    mtu: Option<usize>,
 }
 
 impl TxQueue {
-    /// The driver's TX `queue`, counting into `counters`.
-    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>) -> Self {
+    /// The driver's TX `queue` under features `acked_features`, to a host link of MTU `mtu`,
+    /// counting into `counters`.
+    pub(super) fn new(
+        queue: Queue,
+        counters: Arc<NetCounters>,
+        acked_features: u64,
+        mtu: Option<usize>,
+    ) -> Self {
         Self {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
@@ -57,6 +70,8 @@ impl TxQueue {
             blocked: false,
             throttled: false,
             delayed: false,
+            acked_features,
+            mtu,
         }
     }
 
@@ -141,10 +156,16 @@ impl TxQueue {
             }
         };
         let Gathered { len, head_len } = frame;
+        // Virtio header: what the driver did not negotiate does not reach the host.
+        let hdr = &mut self.head[..head_len];
+        if clear_unnegotiated(hdr, self.acked_features, HeaderDirection::Tx) {
+            inc(&self.counters.tx.header_fields_cleared);
+        }
         let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let frame_len = len.saturating_sub(VNET_HDR_LEN);
-        // Frame checks: a length we carry, and headers that parse when a later stage reads them.
-        let checked = match check_tx_frame(len) {
+        // Frame checks: a length the device and the link carry, and headers that parse when a
+        // later stage reads them.
+        let checked = match check_tx_frame(len, headers, self.mtu) {
             Ok(()) => read_headers(headers, frame_len, io.stages.reads_headers()),
             Err(e) => {
                 log::debug!("virtio-net TX: dropping frame: {e}");
@@ -153,37 +174,41 @@ impl TxQueue {
         };
         let parsed = checked.unwrap_or(None);
         // Anti-spoofing.
-        let verdict = match checked.and_then(|_| io.stages.check_source(parsed.as_ref())) {
+        let passed = checked.and_then(|_| io.stages.check_source(parsed.as_ref()));
+        // TAP: a frame that passed is written; the outcome is its verdict.
+        let verdict = match passed {
             Err(dropped) => dropped,
-            Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Throttled,
-            Ok(()) => Verdict::Forwarded,
+            // SAFETY: iovs[0] is `head`; the others point into guest memory that `io.mem`
+            // keeps mapped for this whole call (gather_iov checked each with get_slice).
+            Ok(()) => match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
+                Ok(_) => {
+                    io.stages.charge(Direction::Tx, frame_len);
+                    inc(&self.counters.tx.packets);
+                    add(
+                        &self.counters.tx.bytes,
+                        u64::try_from(frame_len).unwrap_or(u64::MAX),
+                    );
+                    if std::mem::take(&mut self.delayed) {
+                        Verdict::Delayed
+                    } else {
+                        Verdict::Forwarded
+                    }
+                }
+                // Not an outcome yet: the chain goes back in the ring, unaudited.
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Sent::Blocked,
+                Err(e) => {
+                    log::debug!("virtio-net TX: backend write: {e}");
+                    inc(&self.counters.tx.backend_errors);
+                    Verdict::DroppedBackend
+                }
+            },
         };
-        // Audit.
+        // Audit: what happened to the frame.
         io.stages
             .audit(Direction::Tx, headers, frame_len, parsed.as_ref(), verdict);
         if !verdict.passes() {
-            inc(&self.counters().dropped);
-            return Sent::Used;
+            inc(&self.counters.tx.dropped);
         }
-        // TAP.
-        // SAFETY: iovs[0] is `head`; the others point into guest memory that `io.mem` keeps
-        // mapped for this whole call (gather_iov checked each with get_slice).
-        match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
-            Ok(_) => {
-                io.stages.charge(Direction::Tx, frame_len);
-                inc(&self.counters().packets);
-                add(
-                    &self.counters().bytes,
-                    u64::try_from(frame_len).unwrap_or(u64::MAX),
-                );
-                Sent::Used
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => Sent::Blocked,
-            Err(e) => {
-                log::debug!("virtio-net TX: backend write: {e}");
-                inc(&self.counters().dropped);
-                Sent::Used
-            }
-        }
+        Sent::Used
     }
 }

@@ -1,8 +1,7 @@
-//! A "guest driver" harness: plays the guest on real guest memory, without KVM, so devices
-//! can be tested and benchmarked at native speed. It speaks to the device only through the
-//! MMIO transport registers and the split rings in guest memory, as a driver would.
+//! The guest driver: plays the guest on real guest memory. It speaks to the device only
+//! through the MMIO transport registers and the split rings in guest memory, as a driver
+//! would.
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_config::{
@@ -13,12 +12,11 @@ use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::interrupt_status::VirtioInterrupt;
-use super::mmio::MmioTransport;
-use super::net::NetBackend;
-use super::virtio_device::VirtioDevice;
 use crate::bus_device::BusDevice;
 use crate::interrupt::EventFdInterrupt;
+use crate::virtio::interrupt_status::VirtioInterrupt;
+use crate::virtio::mmio::MmioTransport;
+use crate::virtio::virtio_device::VirtioDevice;
 
 /// Guest memory the harness creates.
 pub const MEM_SIZE: usize = 64 << 20;
@@ -368,34 +366,5 @@ impl GuestDriver {
             .read_slice(&mut v, GuestAddress(addr))
             .expect("read");
         v
-    }
-}
-
-/// A backend made of a datagram socket pair: the test holds the peer end and sees exactly
-/// the frames (with virtio header) the device writes, and can inject frames for RX.
-#[derive(Debug)]
-pub struct DgramBackend {
-    sock: UnixDatagram,
-}
-
-impl DgramBackend {
-    /// The backend and the test's peer socket (both non-blocking).
-    pub fn pair() -> (Self, UnixDatagram) {
-        let (a, b) = UnixDatagram::pair().expect("socketpair");
-        a.set_nonblocking(true).expect("nonblocking");
-        b.set_nonblocking(true).expect("nonblocking");
-        (Self { sock: a }, b)
-    }
-}
-
-impl std::os::fd::AsRawFd for DgramBackend {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.sock.as_raw_fd()
-    }
-}
-
-impl NetBackend for DgramBackend {
-    fn read_frame(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.sock.recv(buf)
     }
 }
