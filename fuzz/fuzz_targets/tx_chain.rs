@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let rest = chunks.remainder();
     if (data.len() >> 2) % 2 == 1 {
-        rig.driver.mem_write(SCRATCH, &common::shaped_frame(rest, rig.mac));
+        rig.driver
+            .mem_write(SCRATCH, &common::shaped_frame(rest, rig.mac));
     } else {
         rig.driver.mem_write(SCRATCH, rest);
     }
