@@ -41,18 +41,6 @@ pub struct Peer {
     pub uid: Option<u32>,
 }
 
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Peer {
-            uid: stream.io().peer_cred().ok().map(|c| c.uid()),
-        }
-    }
-}
-
 /// An error as a client gets it: an HTTP status and `{"error": "...", "field": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ApiError {
@@ -67,7 +55,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn status(status: StatusCode, error: impl Into<String>) -> Self {
+    /// An error of `status` with message `error`, no field.
+    pub fn new(status: StatusCode, error: impl Into<String>) -> Self {
         Self {
             status,
             error: error.into(),
@@ -145,7 +134,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Name {
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> Reply<Bytes> {
-    body.map_err(|e| ApiError::status(e.status(), format!("request body: {e}")))
+    body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -167,7 +156,7 @@ async fn audit(
     let params = request.parse("").map_err(SliverError::Audit)?;
     let answer = node.audit(params).await?;
     serde_json::to_value(answer).map(Json).map_err(|e| {
-        ApiError::status(
+        ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("audit answer: {e}"),
         )
@@ -253,14 +242,14 @@ async fn stop(
 }
 
 async fn fallback() -> ApiError {
-    ApiError::status(
+    ApiError::new(
         StatusCode::NOT_FOUND,
         "no such route (see docs/openapi.json)",
     )
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::status(
+    ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route (see docs/openapi.json)",
     )

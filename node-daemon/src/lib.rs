@@ -8,6 +8,7 @@ pub mod client;
 pub mod ctl_cmd;
 pub mod error;
 pub mod host_net;
+pub mod http_serve;
 pub mod metrics;
 pub mod name_locks;
 pub mod node;

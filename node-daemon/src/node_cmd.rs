@@ -37,6 +37,15 @@ pub struct NodeArgs {
     /// records are kept by the audit retention policy (30 days) either way.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub capture_retention_after_delete: u64,
+    /// Seconds a client has to send a request head (after connecting, or after the last
+    /// response on a kept-alive connection), and then its body; then the connection closes.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout: u64,
+    /// Connections served at once (default: 1024, or what the open-file limit leaves); the
+    /// node manager (root) has 16 more.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
 }
 
 impl From<NodeArgs> for NodeConfig {
@@ -55,6 +64,8 @@ impl From<NodeArgs> for NodeConfig {
                 capture_after_delete: Duration::from_secs(args.capture_retention_after_delete),
                 ..AuditRetention::default()
             },
+            read_timeout: Duration::from_secs(args.read_timeout),
+            max_connections: args.max_connections,
         }
     }
 }

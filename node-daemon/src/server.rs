@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use vmm::ledger::{Ledger, LedgerError};
 
-use super::api::{self, Peer};
+use super::api;
+use super::http_serve::{self, LimitsError, ServeLimits};
 use super::node::{AuditRetention, Node};
 use super::registry::Registry;
 use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
 use crate::shares::coordinator::{self, NodeRates};
+use crate::spec::MAX_BODY_BYTES;
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -31,6 +33,12 @@ pub struct NodeConfig {
     pub capture: bool,
     /// What is kept of deleted slivers' audit data, and for how long.
     pub audit_retention: AuditRetention,
+    /// How long a client has to send a request head (after connecting or after the last
+    /// response), and then its body.
+    pub read_timeout: std::time::Duration,
+    /// Connections served at once for anyone (`None`: what the open-file limit allows, at
+    /// most 1024); the node manager has a few more.
+    pub max_connections: Option<usize>,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -58,6 +66,9 @@ pub enum NodeError {
     /// The async runtime (or finding our own executable) failed.
     #[error("starting the daemon: {0}")]
     Runtime(std::io::Error),
+    /// The connection limits do not fit the open-file limit.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
 }
 
 fn socket_err<'a>(
@@ -111,6 +122,11 @@ async fn shutdown_signal() {
 
 /// Serve the API until SIGTERM/SIGINT.
 pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
+    let nofile = http_serve::raise_nofile_limit().map_err(NodeError::Runtime)?;
+    let limits = ServeLimits {
+        read_timeout: config.read_timeout,
+        max_connections: http_serve::max_connections(config.max_connections, nofile)?,
+    };
     let state = StateDir::open(&config.state_dir)?;
     // One absolute path for the state directory: VMMs are recognised by the exit-file path in
     // their arguments, which must not depend on the daemon's working directory.
@@ -183,12 +199,17 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         // The host is made to match the records before the first request is served.
         node.reconcile_all().await;
         node.spawn_periodic();
-        log::info!("serving on {}", socket.display());
-        let app = api::router(node).into_make_service_with_connect_info::<Peer>();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(socket_err(&socket, "serving"))
+        log::info!(
+            "serving on {}: at most {} connections (+{} for root), read timeout {:?} \
+             (open-file limit {nofile})",
+            socket.display(),
+            limits.max_connections,
+            http_serve::RESERVED_CONNECTIONS,
+            limits.read_timeout,
+        );
+        let app = api::router(node);
+        http_serve::serve(listener, app, limits, MAX_BODY_BYTES + 1, shutdown_signal()).await;
+        Ok(())
     });
     if let Err(e) = std::fs::remove_file(&config.socket) {
         log::warn!("removing {}: {e}", config.socket.display());

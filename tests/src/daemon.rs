@@ -155,6 +155,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// One request with a JSON body.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Response {
         let bytes = body.map(|b| b.to_string().into_bytes());

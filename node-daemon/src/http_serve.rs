@@ -1,0 +1,396 @@
+//! Serving HTTP/1.1 with the limits every slicevisor listener has, so that no client can hold
+//! the daemon's connections or file descriptors by being slow or idle:
+//!
+//! | limit | what happens |
+//! |---|---|
+//! | no complete request head `read_timeout` after the connection opened or the last response (nothing sent, half a head, an idle keep-alive connection) | connection closed (hyper's `header_read_timeout`, which starts whenever hyper waits for a head) |
+//! | request body not complete `read_timeout` after its head | `408`, connection closed |
+//! | a connection still open `read_timeout` after its last request was answered (a response the client does not read) | asked to close, dropped `read_timeout` later |
+//! | `max_connections` open | another client's connection gets a `503` and is closed; the node manager (uid 0 or the daemon's uid) has [`RESERVED_CONNECTIONS`] more |
+//! | head over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] fields | `431` (RFC 6585), connection closed |
+//!
+//! Body size is the router's own limit (`DefaultBodyLimit` and the JSON parser). Each
+//! connection's peer (`SO_PEERCRED`) reaches handlers as `ConnectInfo<Peer>`.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{UnixListener, UnixStream};
+use tower::ServiceExt;
+
+use crate::api::{ApiError, Peer};
+
+/// Connections beyond `max_connections` kept for the node manager (uid 0 or the daemon's own
+/// uid), so that it can always reach the daemon.
+pub const RESERVED_CONNECTIONS: usize = 16;
+/// File descriptors kept for everything but connections (state files, VMM pidfds, netlink).
+pub const OTHER_FDS: u64 = 512;
+/// Most bytes of a request head, request line included.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most header fields in a request head.
+pub const MAX_HEADERS: usize = 100;
+/// Default `max_connections`, when the open-file limit allows it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The limits of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// How long a request head (counted from the connection's start or the last response),
+    /// and then its body, may take to arrive.
+    pub read_timeout: Duration,
+    /// Open connections served for anyone; the node manager gets [`RESERVED_CONNECTIONS`]
+    /// more.
+    pub max_connections: usize,
+}
+
+/// Why limits do not fit this process.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    /// `max_connections` plus the reserve and the daemon's other descriptors exceed the
+    /// open-file limit.
+    #[error(
+        "--max-connections {asked}: the open-file limit (RLIMIT_NOFILE) is {nofile}, which \
+         leaves room for at most {most}"
+    )]
+    TooManyConnections {
+        /// What was asked.
+        asked: usize,
+        /// The soft open-file limit.
+        nofile: u64,
+        /// The most that fit.
+        most: usize,
+    },
+}
+
+/// Raise the soft open-file limit to the hard one (as servers do), and return it.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `struct rlimit` we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one `struct rlimit` we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The connection cap for an open-file limit of `nofile`: `asked`, or by default
+/// [`DEFAULT_MAX_CONNECTIONS`] lowered to what fits beside [`OTHER_FDS`] and the reserve.
+pub fn max_connections(asked: Option<usize>, nofile: u64) -> Result<usize, LimitsError> {
+    let reserved = u64::try_from(RESERVED_CONNECTIONS).unwrap_or(u64::MAX);
+    let room = nofile.saturating_sub(OTHER_FDS + reserved);
+    let most = usize::try_from(room).unwrap_or(usize::MAX);
+    match asked {
+        Some(asked) if asked > most || asked == 0 => Err(LimitsError::TooManyConnections {
+            asked,
+            nofile,
+            most,
+        }),
+        Some(asked) => Ok(asked),
+        None => Ok(DEFAULT_MAX_CONNECTIONS.min(most).max(1)),
+    }
+}
+
+/// What a connection is doing, for its idle timer.
+#[derive(Debug)]
+struct Activity {
+    started: Instant,
+    /// Requests being handled.
+    in_flight: AtomicUsize,
+    /// When the last request was handled (ms after `started`).
+    last_done_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection counts as idle for `idle`, if nothing happens meanwhile.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let done = Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        Some(self.started + done + idle)
+    }
+}
+
+/// Marks a request in flight on a connection until dropped.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn begin(activity: &Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_done_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Middleware: the body must arrive within `read_timeout`, else `408` and the connection
+/// closes. The body is collected here (the API's bodies are small and capped), one byte past
+/// `limit` so that the router's own limit still answers for longer ones.
+async fn read_body_in_time(
+    read_timeout: Duration,
+    limit: usize,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes =
+        match tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit + 1)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                let status = if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return ApiError::new(status, format!("request body: {e}")).into_response();
+            }
+            Err(_) => {
+                let error = format!(
+                    "request body: not received within {} s",
+                    read_timeout.as_secs_f64()
+                );
+                let mut resp = ApiError::new(StatusCode::REQUEST_TIMEOUT, error).into_response();
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+                return resp;
+            }
+        };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+/// The `503` a connection over the cap gets, written without waiting, then closed.
+fn refuse(stream: UnixStream) {
+    let body = r#"{"error":"too many connections to the daemon; try again later"}"#;
+    let reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(reply.as_bytes());
+}
+
+/// Serve `app` on `listener` with `limits` until `shutdown` completes; then stop accepting,
+/// let each connection finish its request (at most `read_timeout`), and return.
+///
+/// `body_limit` is the router's body limit (bytes); the body timeout collects at most one
+/// byte more.
+pub async fn serve(
+    listener: UnixListener,
+    app: Router,
+    limits: ServeLimits,
+    body_limit: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let read_timeout = limits.read_timeout;
+    let app = app.layer(axum::middleware::from_fn(move |req, next| {
+        read_body_in_time(read_timeout, body_limit, req, next)
+    }));
+    let open = Arc::new(AtomicUsize::new(0));
+    // SAFETY: geteuid has no preconditions.
+    let own_uid = unsafe { libc::geteuid() };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut last_refusal_log: Option<Instant> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: wait for connections to close.
+                log::warn!("accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let peer = Peer {
+            uid: stream.peer_cred().ok().map(|c| c.uid()),
+        };
+        let manager = peer.uid.is_some_and(|uid| uid == 0 || uid == own_uid);
+        let cap = limits.max_connections + if manager { RESERVED_CONNECTIONS } else { 0 };
+        if open.load(Ordering::Acquire) >= cap {
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                log::warn!(
+                    "{} connections open: refusing more (uid {:?}); see --max-connections",
+                    open.load(Ordering::Acquire),
+                    peer.uid
+                );
+                last_refusal_log = Some(Instant::now());
+            }
+            refuse(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let guard = Open(open.clone());
+        tokio::spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            limits,
+            stop_rx.clone(),
+            guard,
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + read_timeout;
+    while open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One connection: hyper's HTTP/1.1 with the head timeout, and a timer that closes it when
+/// it is still open `read_timeout` after its last answer (hyper's own timer should have closed
+/// it; a client that does not read its response keeps it) or when the daemon stops (after the
+/// request in hand).
+async fn serve_connection(
+    stream: UnixStream,
+    peer: Peer,
+    app: Router,
+    limits: ServeLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    _open: Open,
+) {
+    let activity = Arc::new(Activity::new());
+    let for_service = activity.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let busy = Busy::begin(&for_service);
+        let reply = app.clone().oneshot(req);
+        async move {
+            let reply = reply.await;
+            drop(busy);
+            reply
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    // Set once the connection was asked to close: then it gets `read_timeout` to do so.
+    let mut closing: Option<Instant> = None;
+    loop {
+        let wake = match closing {
+            Some(since) => since + limits.read_timeout,
+            None => activity
+                .idle_deadline(limits.read_timeout)
+                .unwrap_or_else(|| Instant::now() + limits.read_timeout),
+        };
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    log::debug!("connection from uid {:?}: {e}", peer.uid);
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                if closing.is_some() {
+                    log::debug!("connection from uid {:?}: did not close; dropped", peer.uid);
+                    return;
+                }
+                if activity.idle_deadline(limits.read_timeout).is_some_and(|d| d <= Instant::now()) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+            }
+            changed = stop.changed(), if closing.is_none() => {
+                if changed.is_err() || *stop.borrow() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_file_limit() {
+        assert_eq!(max_connections(None, 20_000).ok(), Some(1024));
+        // 1024 descriptors: 512 for the rest, 16 reserved, 496 for anyone.
+        assert_eq!(max_connections(None, 1024).ok(), Some(496));
+        assert_eq!(max_connections(Some(100), 1024).ok(), Some(100));
+        let err = max_connections(Some(600), 1024).expect_err("too many");
+        assert!(
+            err.to_string().starts_with("--max-connections 600: "),
+            "{err}"
+        );
+        assert!(err.to_string().contains("at most 496"), "{err}");
+        assert!(max_connections(Some(0), 1024).is_err());
+        assert_eq!(max_connections(None, 100).ok(), Some(1), "at least one");
+    }
+
+    #[test]
+    fn a_connection_is_idle_only_without_a_request_in_flight() {
+        let a = Arc::new(Activity::new());
+        let idle = Duration::from_secs(5);
+        let first = a.idle_deadline(idle).expect("idle from the start");
+        assert!(first <= Instant::now() + idle);
+        let busy = Busy::begin(&a);
+        assert_eq!(a.idle_deadline(idle), None);
+        std::thread::sleep(Duration::from_millis(20));
+        drop(busy);
+        let after = a.idle_deadline(idle).expect("idle again");
+        assert!(after > first, "the clock restarts when the request ends");
+    }
+}
