@@ -12,6 +12,8 @@ use super::error::{AuditError, Result};
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 /// Flows listed when no limit is given.
 pub const DEFAULT_LIMIT: usize = 1000;
+/// The most flows one answer lists (an answer stays a few tens of MiB at most).
+pub const MAX_LIMIT: usize = 100_000;
 
 /// A query as text, e.g. from `GET /audit?dst=...&at=...`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -105,10 +107,16 @@ impl QueryRequest {
             limit: self
                 .limit
                 .as_deref()
-                .map(|l| {
-                    l.parse().map_err(|_| {
-                        AuditError::invalid(&field("limit"), format!("{l:?} is not a count"))
-                    })
+                .map(|l| match l.parse() {
+                    Ok(n) if n <= MAX_LIMIT => Ok(n),
+                    Ok(_) => Err(AuditError::invalid(
+                        &field("limit"),
+                        format!("{l} is more than {MAX_LIMIT}"),
+                    )),
+                    Err(_) => Err(AuditError::invalid(
+                        &field("limit"),
+                        format!("{l:?} is not a count"),
+                    )),
                 })
                 .transpose()?
                 .unwrap_or(DEFAULT_LIMIT),
@@ -174,6 +182,14 @@ mod tests {
         assert_eq!(format_time(p.at_ns), "2026-11-28T03:00:00.5Z");
         r.window = Some("PT1M".into());
         assert_eq!(r.parse("").expect("iso").window, Duration::from_secs(60));
+        r.limit = Some("100000".into());
+        assert_eq!(r.parse("").expect("max").limit, MAX_LIMIT);
+        r.limit = Some("100001".into());
+        let err = r.parse("").expect_err("over the max").to_string();
+        assert!(
+            err.contains("limit") && err.contains("more than 100000"),
+            "{err}"
+        );
     }
 
     #[test]

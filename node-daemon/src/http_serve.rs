@@ -5,17 +5,21 @@
 //! |---|---|
 //! | no complete request head `read_timeout` after the connection opened or the last response (nothing sent, half a head, an idle keep-alive connection) | connection closed (hyper's `header_read_timeout`, which starts whenever hyper waits for a head) |
 //! | request body not complete `read_timeout` after its head | `408`, connection closed |
-//! | a connection still open `read_timeout` after its last request was answered (a response the client does not read) | asked to close, dropped `read_timeout` later |
+//! | a connection with no request in flight and no byte moved for `read_timeout` after its last answer (a client that stopped reading its response) | asked to close, dropped `read_timeout` later |
 //! | `max_connections` open | another client's connection gets a `503` and is closed; the node manager (uid 0 or the daemon's uid) has [`RESERVED_CONNECTIONS`] more |
 //! | head over [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] fields | `431` (RFC 6585), connection closed |
 //!
 //! Body size is the router's own limit (`DefaultBodyLimit` and the JSON parser). Each
-//! connection's peer (`SO_PEERCRED`) reaches handlers as `ConnectInfo<Peer>`.
+//! connection's peer (`SO_PEERCRED`) reaches handlers as `ConnectInfo<Peer>`. A request in
+//! flight is never cut off, also not at shutdown: the server then stops accepting, asks each
+//! connection to close after its request, and waits up to its drain time for them.
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -34,8 +38,9 @@ use crate::api::{ApiError, Peer};
 /// Connections beyond `max_connections` kept for the node manager (uid 0 or the daemon's own
 /// uid), so that it can always reach the daemon.
 pub const RESERVED_CONNECTIONS: usize = 16;
-/// File descriptors kept for everything but connections (state files, VMM pidfds, netlink).
-pub const OTHER_FDS: u64 = 512;
+/// File descriptors kept for everything but connections: per sliver a VMM pidfd and the
+/// files an operation opens (256 slivers at most, a few each), netlink, logs, the ledger.
+pub const OTHER_FDS: u64 = 1280;
 /// Most bytes of a request head, request line included.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most header fields in a request head.
@@ -98,18 +103,23 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 
 /// The connection cap for an open-file limit of `nofile`: `asked`, or by default
 /// [`DEFAULT_MAX_CONNECTIONS`] lowered to what fits beside [`OTHER_FDS`] and the reserve.
+///
+/// # Errors
+/// `asked` is 0 or does not fit; or, by default, not even one connection fits.
 pub fn max_connections(asked: Option<usize>, nofile: u64) -> Result<usize, LimitsError> {
     let reserved = u64::try_from(RESERVED_CONNECTIONS).unwrap_or(u64::MAX);
     let room = nofile.saturating_sub(OTHER_FDS + reserved);
     let most = usize::try_from(room).unwrap_or(usize::MAX);
+    let too_many = |asked| LimitsError::TooManyConnections {
+        asked,
+        nofile,
+        most,
+    };
     match asked {
-        Some(asked) if asked > most || asked == 0 => Err(LimitsError::TooManyConnections {
-            asked,
-            nofile,
-            most,
-        }),
+        Some(asked) if asked > most || asked == 0 => Err(too_many(asked)),
         Some(asked) => Ok(asked),
-        None => Ok(DEFAULT_MAX_CONNECTIONS.min(most).max(1)),
+        None if most == 0 => Err(too_many(DEFAULT_MAX_CONNECTIONS)),
+        None => Ok(DEFAULT_MAX_CONNECTIONS.min(most)),
     }
 }
 
@@ -119,8 +129,8 @@ struct Activity {
     started: Instant,
     /// Requests being handled.
     in_flight: AtomicUsize,
-    /// When the last request was handled (ms after `started`).
-    last_done_ms: AtomicU64,
+    /// When a request was last handled or a byte last moved (ms after `started`).
+    last_progress_ms: AtomicU64,
 }
 
 impl Activity {
@@ -128,17 +138,67 @@ impl Activity {
         Self {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            last_done_ms: AtomicU64::new(0),
+            last_progress_ms: AtomicU64::new(0),
         }
     }
 
-    /// When the connection counts as idle for `idle`, if nothing happens meanwhile.
+    /// Something happened now.
+    fn progress(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_progress_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// When the connection counts as idle for `idle`, if nothing happens meanwhile; `None`
+    /// while a request is in flight.
     fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
-        let done = Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
-        Some(self.started + done + idle)
+        let last = Duration::from_millis(self.last_progress_ms.load(Ordering::Acquire));
+        Some(self.started + last + idle)
+    }
+}
+
+/// The connection's stream, telling its [`Activity`] whenever bytes move.
+struct ProgressIo {
+    stream: UnixStream,
+    activity: Arc<Activity>,
+}
+
+impl tokio::io::AsyncRead for ProgressIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.progress();
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for ProgressIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.progress();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -154,8 +214,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_done_ms.store(ms, Ordering::Release);
+        self.0.progress();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -221,7 +280,8 @@ fn refuse(stream: UnixStream) {
 }
 
 /// Serve `app` on `listener` with `limits` until `shutdown` completes; then stop accepting,
-/// let each connection finish its request (at most `read_timeout`), and return.
+/// let each connection finish the request in hand, and return when all are closed or after
+/// `drain` (requests still running then are cut off when the runtime stops).
 ///
 /// `body_limit` is the router's body limit (bytes); the body timeout collects at most one
 /// byte more.
@@ -231,6 +291,7 @@ pub async fn serve(
     limits: ServeLimits,
     body_limit: usize,
     shutdown: impl Future<Output = ()>,
+    drain: Duration,
 ) {
     let read_timeout = limits.read_timeout;
     let app = app.layer(axum::middleware::from_fn(move |req, next| {
@@ -240,7 +301,15 @@ pub async fn serve(
     // SAFETY: geteuid has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut last_refusal_log: Option<Instant> = None;
+    let mut refusal_logged: Option<Instant> = None;
+    let mut accept_error_logged: Option<Instant> = None;
+    let now_and_then = |last: &mut Option<Instant>| {
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    };
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -251,7 +320,9 @@ pub async fn serve(
             Ok((stream, _)) => stream,
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS...: wait for connections to close.
-                log::warn!("accepting a connection: {e}");
+                if now_and_then(&mut accept_error_logged) {
+                    log::warn!("accepting a connection: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -262,13 +333,12 @@ pub async fn serve(
         let manager = peer.uid.is_some_and(|uid| uid == 0 || uid == own_uid);
         let cap = limits.max_connections + if manager { RESERVED_CONNECTIONS } else { 0 };
         if open.load(Ordering::Acquire) >= cap {
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            if now_and_then(&mut refusal_logged) {
                 log::warn!(
                     "{} connections open: refusing more (uid {:?}); see --max-connections",
                     open.load(Ordering::Acquire),
                     peer.uid
                 );
-                last_refusal_log = Some(Instant::now());
             }
             refuse(stream);
             continue;
@@ -286,16 +356,21 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + read_timeout;
+    let deadline = Instant::now() + drain;
     while open.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let left = open.load(Ordering::Acquire);
+    if left > 0 {
+        log::warn!("{left} connection(s) still open after {drain:?}: closing them");
+    }
 }
 
-/// One connection: hyper's HTTP/1.1 with the head timeout, and a timer that closes it when
-/// it is still open `read_timeout` after its last answer (hyper's own timer should have closed
-/// it; a client that does not read its response keeps it) or when the daemon stops (after the
-/// request in hand).
+/// One connection: hyper's HTTP/1.1 with the head timeout, and a timer that asks it to close
+/// when no request is in flight and nothing moved for `read_timeout` (hyper's own timer closes
+/// an idle connection first; a client that stopped reading its response keeps one open), or
+/// when the daemon stops. Asked to close, it is dropped once it has had `read_timeout` more
+/// without a request in flight or a byte moved.
 async fn serve_connection(
     stream: UnixStream,
     peer: Peer,
@@ -322,17 +397,17 @@ async fn serve_connection(
         .header_read_timeout(limits.read_timeout)
         .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = ProgressIo {
+        stream,
+        activity: activity.clone(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    // Set once the connection was asked to close: then it gets `read_timeout` to do so.
-    let mut closing: Option<Instant> = None;
+    let mut closing = false;
     loop {
-        let wake = match closing {
-            Some(since) => since + limits.read_timeout,
-            None => activity
-                .idle_deadline(limits.read_timeout)
-                .unwrap_or_else(|| Instant::now() + limits.read_timeout),
-        };
+        let idle_at = activity.idle_deadline(limits.read_timeout);
+        // While a request is in flight, look again after a while.
+        let wake = idle_at.unwrap_or_else(|| Instant::now() + limits.read_timeout);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -341,19 +416,22 @@ async fn serve_connection(
                 return;
             }
             () = tokio::time::sleep_until(wake.into()) => {
-                if closing.is_some() {
+                if !idle_at.is_some_and(|d| d <= Instant::now()) {
+                    continue;
+                }
+                if closing {
                     log::debug!("connection from uid {:?}: did not close; dropped", peer.uid);
                     return;
                 }
-                if activity.idle_deadline(limits.read_timeout).is_some_and(|d| d <= Instant::now()) {
-                    conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
-                }
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                activity.progress();
             }
-            changed = stop.changed(), if closing.is_none() => {
+            changed = stop.changed(), if !closing => {
                 if changed.is_err() || *stop.borrow() {
                     conn.as_mut().graceful_shutdown();
-                    closing = Some(Instant::now());
+                    closing = true;
+                    activity.progress();
                 }
             }
         }
@@ -367,17 +445,17 @@ mod tests {
     #[test]
     fn the_connection_cap_fits_the_open_file_limit() {
         assert_eq!(max_connections(None, 20_000).ok(), Some(1024));
-        // 1024 descriptors: 512 for the rest, 16 reserved, 496 for anyone.
-        assert_eq!(max_connections(None, 1024).ok(), Some(496));
-        assert_eq!(max_connections(Some(100), 1024).ok(), Some(100));
-        let err = max_connections(Some(600), 1024).expect_err("too many");
+        // 2048 descriptors: 1280 for the rest, 16 reserved, 752 for anyone.
+        assert_eq!(max_connections(None, 2048).ok(), Some(752));
+        assert_eq!(max_connections(Some(100), 2048).ok(), Some(100));
+        let err = max_connections(Some(800), 2048).expect_err("too many");
         assert!(
-            err.to_string().starts_with("--max-connections 600: "),
+            err.to_string().starts_with("--max-connections 800: "),
             "{err}"
         );
-        assert!(err.to_string().contains("at most 496"), "{err}");
-        assert!(max_connections(Some(0), 1024).is_err());
-        assert_eq!(max_connections(None, 100).ok(), Some(1), "at least one");
+        assert!(err.to_string().contains("at most 752"), "{err}");
+        assert!(max_connections(Some(0), 2048).is_err());
+        assert!(max_connections(None, 1024).is_err(), "no room at all");
     }
 
     #[test]
@@ -392,5 +470,11 @@ mod tests {
         drop(busy);
         let after = a.idle_deadline(idle).expect("idle again");
         assert!(after > first, "the clock restarts when the request ends");
+        std::thread::sleep(Duration::from_millis(20));
+        a.progress();
+        assert!(
+            a.idle_deadline(idle).expect("idle") > after,
+            "and when bytes move"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vmm::ledger::{Ledger, LedgerError};
 
@@ -208,7 +209,17 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             limits.read_timeout,
         );
         let app = api::router(node);
-        http_serve::serve(listener, app, limits, MAX_BODY_BYTES + 1, shutdown_signal()).await;
+        // A stop in flight may wait the guest's power-off time, then SIGTERM's.
+        let drain = config.guest_stop_timeout + Duration::from_secs(30);
+        http_serve::serve(
+            listener,
+            app,
+            limits,
+            MAX_BODY_BYTES + 1,
+            shutdown_signal(),
+            drain,
+        )
+        .await;
         Ok(())
     });
     if let Err(e) = std::fs::remove_file(&config.socket) {

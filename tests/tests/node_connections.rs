@@ -305,3 +305,32 @@ fn other_users_cannot_take_every_connection_from_root() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
     d.stop();
 }
+
+#[test]
+fn shutdown_lets_the_request_in_hand_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A guest that never powers off: a stop waits the whole --guest-stop-timeout (3 s, longer
+    // than the 2 s read timeout), then SIGTERMs the VMM.
+    let halt = e2e::tiny_guest::Program::new()
+        .halt_forever()
+        .write_elf(dir.path(), "halt.elf");
+    let d = start(dir.path(), &["--guest-stop-timeout", "3"]);
+    let spec = serde_json::json!({"slice": "s", "kernel": halt, "mem_mib": 16});
+    assert_eq!(d.call("PUT", "/slivers/a", Some(spec)).status, 201);
+    assert_eq!(d.call("POST", "/slivers/a/start", None).status, 200);
+    let idle = connect(&d);
+    let socket = d.socket.clone();
+    let stopping = std::thread::spawn(move || {
+        let started = Instant::now();
+        let r = request(&socket, "POST", "/slivers/a/stop", None);
+        (r, started.elapsed().as_secs_f64())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SIGTERM while the stop is in flight and another connection sits idle.
+    let log = d.stop();
+    let (r, secs) = stopping.join().expect("stop client");
+    assert_eq!(r.status, 200, "the stop was answered: {r:?}");
+    assert!(secs >= 2.5, "it waited for the guest: {secs:.2} s");
+    drop(idle);
+    assert!(!log.contains("still open after"), "{log}");
+}
