@@ -416,7 +416,7 @@ async fn serve_connection(
                 return;
             }
             () = tokio::time::sleep_until(wake.into()) => {
-                if !idle_at.is_some_and(|d| d <= Instant::now()) {
+                if idle_at.is_none_or(|d| d > Instant::now()) {
                     continue;
                 }
                 if closing {
