@@ -1,11 +1,12 @@
 //! Record framing: `magic | payload length | CRC32 of payload | payload`, all little-endian.
 //!
 //! The magic word lets a reader resynchronise after a corrupted record; the CRC catches torn
-//! and flipped bytes. The payload is a fixed 60-byte part, then the addresses (0, 2×4 or
+//! and flipped bytes. The payload is a fixed 68-byte part, then the addresses (0, 2×4 or
 //! 2×16 bytes), then the slice and sliver names (at most 255 bytes each). Fixed part: version,
 //! IP version, NIC, direction, verdict, protocol, TCP flags, slice and sliver name lengths,
 //! VLAN tags (u8 each); EtherType, source and destination port (u16); slice id (u32); sequence
-//! number, first and last packet (ns), packets, bytes (u64).
+//! number, first and last packet (ns), packets, bytes, IP bytes (u64). Version 1 payloads
+//! (60 bytes fixed, no IP bytes) are still read.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -18,10 +19,12 @@ use super::record::FlowRecord;
 pub const MAGIC: [u8; 4] = *b"SVAR";
 /// Magic + length + CRC.
 pub const FRAME_HEADER: usize = 12;
-/// Payload format version.
-const VERSION: u8 = 1;
+/// Payload format version written.
+const VERSION: u8 = 2;
 /// Bytes before the addresses.
-const FIXED: usize = 60;
+const FIXED: usize = 68;
+/// Version 1 (before the IP byte count): bytes before the addresses.
+const FIXED_V1: usize = 60;
 /// No valid payload is longer.
 pub const MAX_PAYLOAD: usize = FIXED + 32 + 2 * 255;
 
@@ -73,7 +76,14 @@ pub fn encode_with_seq(rec: &FlowRecord, seq: u64, out: &mut Vec<u8>) -> Result<
         out.extend_from_slice(&v.to_le_bytes());
     }
     out.extend_from_slice(&rec.slice_id.to_le_bytes());
-    for v in [seq, rec.first_ns, rec.last_ns, rec.packets, rec.bytes] {
+    for v in [
+        seq,
+        rec.first_ns,
+        rec.last_ns,
+        rec.packets,
+        rec.bytes,
+        rec.ip_bytes,
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     for a in [rec.src, rec.dst].into_iter().flatten() {
@@ -134,7 +144,7 @@ pub fn decode_if(
         return Err(FrameError::Corrupt);
     }
     let len = u32_at(buf, 4) as usize;
-    if !(FIXED..=MAX_PAYLOAD).contains(&len) {
+    if !(FIXED_V1..=MAX_PAYLOAD).contains(&len) {
         return Err(FrameError::Corrupt);
     }
     let Some(payload) = buf.get(FRAME_HEADER..FRAME_HEADER + len) else {
@@ -173,11 +183,14 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// The address length (0, 4 or 16) of a payload whose layout is consistent.
-fn addr_len(p: &[u8]) -> Option<usize> {
-    if p[0] != VERSION {
-        return None;
-    }
+/// The fixed part's and the address length (0, 4 or 16) of a payload whose layout is
+/// consistent.
+fn layout(p: &[u8]) -> Option<(usize, usize)> {
+    let fixed = match p[0] {
+        1 => FIXED_V1,
+        VERSION => FIXED,
+        _ => return None,
+    };
     let addr_len = match p[1] {
         0 => 0,
         4 => 4,
@@ -185,11 +198,11 @@ fn addr_len(p: &[u8]) -> Option<usize> {
         _ => return None,
     };
     let (slice_len, sliver_len) = (usize::from(p[7]), usize::from(p[8]));
-    (p.len() == FIXED + 2 * addr_len + slice_len + sliver_len).then_some(addr_len)
+    (p.len() == fixed + 2 * addr_len + slice_len + sliver_len).then_some((fixed, addr_len))
 }
 
 fn peek_payload(p: &[u8]) -> Option<Peek> {
-    let addr_len = addr_len(p)?;
+    let (fixed, addr_len) = layout(p)?;
     let addr = |at: usize| -> Option<IpAddr> {
         match addr_len {
             4 => Some(IpAddr::V4(Ipv4Addr::from(u32::from_be_bytes(
@@ -204,15 +217,24 @@ fn peek_payload(p: &[u8]) -> Option<Peek> {
     Some(Peek {
         first_ns: u64_at(p, 28),
         last_ns: u64_at(p, 36),
-        src: addr(FIXED),
-        dst: addr(FIXED + addr_len),
+        src: addr(fixed),
+        dst: addr(fixed + addr_len),
     })
 }
 
 fn decode_payload(p: &[u8], peek: &Peek) -> Option<FlowRecord> {
-    let addr_len = addr_len(p)?;
+    let (fixed, addr_len) = layout(p)?;
     let slice_len = usize::from(p[7]);
-    let names = FIXED + 2 * addr_len;
+    let names = fixed + 2 * addr_len;
+    let (packets, bytes) = (u64_at(p, 44), u64_at(p, 52));
+    let ip_bytes = if fixed == FIXED {
+        u64_at(p, 60)
+    } else if peek.src.is_some() {
+        // Version 1 kept no IP byte count: estimate it from the frames.
+        bytes.saturating_sub(packets.saturating_mul(14 + 4 * u64::from(p[9])))
+    } else {
+        0
+    };
     Some(FlowRecord {
         seq: u64_at(p, 20),
         slice: String::from_utf8(p[names..names + slice_len].to_vec()).ok()?,
@@ -230,8 +252,9 @@ fn decode_payload(p: &[u8], peek: &Peek) -> Option<FlowRecord> {
         dst_port: u16_at(p, 14),
         first_ns: peek.first_ns,
         last_ns: peek.last_ns,
-        packets: u64_at(p, 44),
-        bytes: u64_at(p, 52),
+        packets,
+        bytes,
+        ip_bytes,
         tcp_flags: p[6],
         verdict: Verdict::from_code(p[4])?,
     })
@@ -251,6 +274,27 @@ mod tests {
             let (back, len) = decode(&buf).expect("decode");
             assert_eq!(back, rec);
             assert_eq!(len, buf.len());
+        }
+    }
+
+    #[test]
+    fn version_1_records_still_read_with_an_estimated_ip_byte_count() {
+        for seq in [1, 11, 13] {
+            let rec = synth::flow(seq, "sliver-a", 1_800_000_000_000_000_000);
+            let mut v2 = Vec::new();
+            encode(&rec, &mut v2).expect("encode");
+            // The same record as version 1 wrote it: no IP byte count after the byte count.
+            let mut payload = v2[FRAME_HEADER..].to_vec();
+            payload.drain(60..68);
+            payload[0] = 1;
+            let mut v1 = MAGIC.to_vec();
+            v1.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            v1.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+            v1.extend_from_slice(&payload);
+            let (back, len) = decode(&v1).expect("decode v1");
+            assert_eq!(len, v1.len());
+            // synth's frames carry no padding, so the estimate is exact.
+            assert_eq!(back, rec, "seq {seq}");
         }
     }
 

@@ -11,7 +11,7 @@
 //! toward the sliver. So the packets a guest sends are received there: `flowDirection` (61)
 //! 0 (ingress) and `ingressVRFID` (234) the slice's id; the packets it receives are sent
 //! there: `flowDirection` 1 (egress) and `egressVRFID` (235) the slice's id; the other VRF id
-//! is 0, the default (flowDirection: RFC 5102; the VRF elements: IANA's IPFIX registry).
+//! is 0, the default (flowDirection: RFC 7012; the VRF elements: IANA's IPFIX registry).
 //! Counts: `octetDeltaCount` (1) counts the IP packets ("IP header(s) and IP payload", RFC
 //! 5102), without the Ethernet header and VLAN tags; `layer2OctetDeltaCount` (352, IANA's
 //! registry) counts whole frames; non-IP flows carry only the latter. Times are
@@ -142,11 +142,6 @@ pub fn flow_direction(d: Direction) -> u8 {
         Direction::Tx => 0,
         Direction::Rx => 1,
     }
-}
-
-/// Bytes of the Ethernet header (and VLAN tags) in each frame of flow `r`.
-fn l2_header_len(r: &FlowRecord) -> u64 {
-    14 + 4 * u64::from(r.vlan_tags)
 }
 
 /// What an export wrote.
@@ -337,10 +332,7 @@ impl<W: Write> IpfixWriter<W> {
             rec.push(r.protocol);
             rec.extend_from_slice(&u16::from(r.tcp_flags).to_be_bytes());
             rec.extend_from_slice(&r.packets.to_be_bytes());
-            let ip_bytes = r
-                .bytes
-                .saturating_sub(r.packets.saturating_mul(l2_header_len(r)));
-            rec.extend_from_slice(&ip_bytes.to_be_bytes());
+            rec.extend_from_slice(&r.ip_bytes.to_be_bytes());
         } else {
             rec.extend_from_slice(&r.packets.to_be_bytes());
         }
@@ -494,7 +486,6 @@ mod tests {
         for ((template, d), r) in flows.iter().zip(&recs) {
             // Element ids are IANA's (https://www.iana.org/assignments/ipfix), written out
             // here rather than taken from the `ie` module under test.
-            let l2 = 14 + 4 * u64::from(r.vlan_tags);
             assert_eq!(num(&d[&2]), r.packets, "packetDeltaCount");
             assert_eq!(
                 num(&d[&352]),
@@ -517,7 +508,7 @@ mod tests {
                 Verdict::DroppedMalformed | Verdict::DroppedBackend => 128,
             };
             assert_eq!(num(&d[&89]), status, "{:?}", r.verdict);
-            // RFC 5102's flowDirection: 0 = ingress, 1 = egress, at the
+            // RFC 7012's flowDirection: 0 = ingress, 1 = egress, at the
             // Observation Point (the node's side of the sliver's NIC).
             let (ingress, egress, direction) = (num(&d[&234]), num(&d[&235]), num(&d[&61]));
             match r.direction {
@@ -549,9 +540,10 @@ mod tests {
                 assert_eq!(num(&d[&6]), u64::from(r.tcp_flags));
                 assert_eq!(
                     num(&d[&1]),
-                    r.bytes - r.packets * l2,
-                    "octetDeltaCount: IP headers and payload, no Ethernet header (RFC 5102)"
+                    r.ip_bytes,
+                    "octetDeltaCount: IP headers and payload, no Ethernet header (RFC 7012)"
                 );
+                assert!(r.ip_bytes < r.bytes);
             } else {
                 assert!(!d.contains_key(&1), "no IP octets in a non-IP flow");
             }

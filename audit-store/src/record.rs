@@ -45,6 +45,11 @@ pub struct FlowRecord {
     pub packets: u64,
     /// Bytes (whole frames).
     pub bytes: u64,
+    /// IP bytes: the IP packets' own lengths (IPv4 total length, IPv6 40 + payload length),
+    /// without Ethernet headers, VLAN tags and padding; 0 for non-IP flows. (Records written
+    /// before it existed read as `bytes` less 14 + 4 per tag per packet.)
+    #[serde(default)]
+    pub ip_bytes: u64,
     /// OR of the TCP flags of every packet.
     pub tcp_flags: u8,
     /// What the VMM did.

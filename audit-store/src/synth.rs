@@ -64,6 +64,12 @@ pub fn flow(seq: u64, sliver: &str, last_ns: u64) -> FlowRecord {
         last_ns,
         packets: seq % 1000 + 1,
         bytes: (seq % 1000 + 1) * 100,
+        // The frames of `frame` carry no padding: the IP packets are the rest of them.
+        ip_bytes: if non_ip {
+            0
+        } else {
+            (seq % 1000 + 1) * (100 - 14 - 4 * u64::from(seq.is_multiple_of(11)))
+        },
         tcp_flags: if non_ip { 0 } else { (seq % 64) as u8 },
         verdict: Verdict::ALL[(seq % 6) as usize],
     }

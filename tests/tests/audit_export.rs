@@ -142,10 +142,11 @@ fn ipfix_export_reads_back_in_nfdump() {
 }
 
 /// Record `r` as nfdump prints it with the format above, each value derived from the
-/// standards rather than from the exporter: bytes are IP octets (RFC 5102's octetDeltaCount:
-/// "IP header(s) and IP payload", so no Ethernet header, 14 bytes plus 4 per VLAN tag), the
-/// slice's id is the ingress VRF of what the guest sends and the egress VRF of what it
-/// receives, with RFC 5102's flowDirection 0 (ingress, nfdump's "I") and 1 (egress, "E").
+/// standards rather than from the exporter: bytes are IP octets (RFC 7012's octetDeltaCount:
+/// "IP header(s) and IP payload", so no Ethernet header, VLAN tags or padding; the synthetic
+/// frames carry no padding, so 14 bytes plus 4 per tag less per packet), the slice's id is the
+/// ingress VRF of what the guest sends and the egress VRF of what it receives, with RFC
+/// 7012's flowDirection 0 (ingress, nfdump's "I") and 1 (egress, "E").
 fn nfdump_line(r: &FlowRecord) -> String {
     let (ivrf, evrf, dir) = match r.direction {
         Direction::Tx => (r.slice_id, 0, 'I'),
@@ -289,7 +290,7 @@ fn ipfix_slice_names_and_verdicts_decode_in_tshark() {
     let recs = all_expected();
     let want = counted(recs.iter().map(|r| {
         // RFC 7270: forwardingStatus's top two bits, 1 forwarded, 2 dropped (a
-        // packet the shaper delayed was forwarded). RFC 5102: flowDirection 0
+        // packet the shaper delayed was forwarded). RFC 7012: flowDirection 0
         // ingress (what the guest sends arrives at the Observation Point), 1 egress. The
         // slice's id is the VRF the packet came in on or leaves by; the other VRF is 0.
         let status = match r.verdict {

@@ -178,4 +178,17 @@ fn the_host_receives_no_frame_longer_than_the_link_and_no_unnegotiated_offload()
             tx(Verdict::DroppedBackend),
         ]
     );
+    // The oversize frames' flows name their sender (the headers are read all the same).
+    drop(guest);
+    let seen = seen.lock().expect("seen");
+    let oversize: Vec<_> = seen
+        .flows
+        .iter()
+        .filter(|(k, _)| k.verdict == Verdict::DroppedMalformed)
+        .collect();
+    assert_eq!(oversize.len(), 2, "{oversize:?}");
+    for (k, stats) in oversize {
+        assert_eq!(k.src, Some(std::net::IpAddr::from(GUEST_IP)), "{k:?}");
+        assert_eq!((k.dst_port, stats.bytes), (PORT, 3054), "{k:?}");
+    }
 }

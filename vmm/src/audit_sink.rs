@@ -107,6 +107,7 @@ impl FlowSink for NicSink {
             last_ns: stats.last_ns,
             packets: stats.packets,
             bytes: stats.bytes,
+            ip_bytes: stats.ip_bytes,
             tcp_flags: stats.tcp_flags,
             verdict: key.verdict,
         };

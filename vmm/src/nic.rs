@@ -55,8 +55,9 @@ pub struct AttachedNet {
     pub transport: Arc<TransportCounters>,
 }
 
-/// The optional stages of NIC number `nic`: the sliver's `shaper`, anti-spoofing once the
-/// guest's address is known, the audit when the sliver keeps a log.
+/// The optional stages of NIC number `nic`: the sliver's `shaper`, anti-spoofing always (the
+/// NIC's MAC, untagged IPv4/ARP/IPv6 only, and once known the guest's IPv4 address), the
+/// audit when the sliver keeps a log.
 fn stages(
     spec: &NetSpec,
     mac: MacAddr,
@@ -70,8 +71,7 @@ fn stages(
     };
     Stages {
         shaper,
-        // With an audit log the MAC is pinned even before an address is given.
-        anti_spoofing: (spec.ip.is_some() || audit.is_some()).then_some(anti_spoofing),
+        anti_spoofing: Some(anti_spoofing),
         audit: audit.map(|a| {
             AuditStage::new(
                 FlowConfig::default(),
@@ -114,12 +114,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn anti_spoofing_is_on_with_an_address_or_an_audit_log() {
+    fn anti_spoofing_is_always_on_and_pins_the_address_once_known() {
         let plain: NetSpec = "tap=a".parse().expect("spec");
         let pinned: NetSpec = "tap=a,ip=10.0.0.2".parse().expect("spec");
         let mac = plain.mac_or_derived();
         let s = stages(&plain, mac, None, None, 0);
-        assert!(s.anti_spoofing.is_none() && s.audit.is_none() && s.shaper.is_none());
+        assert_eq!(
+            s.anti_spoofing,
+            Some(AntiSpoofing {
+                mac: mac.0,
+                ipv4: None
+            })
+        );
+        assert!(s.audit.is_none() && s.shaper.is_none());
         let s = stages(&pinned, mac, None, None, 0);
         assert_eq!(
             s.anti_spoofing,

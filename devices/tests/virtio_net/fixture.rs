@@ -56,6 +56,11 @@ pub fn fixture_with(stages: Stages) -> Fixture {
 
 /// [`fixture_with`] on a backend that reports MTU `mtu`, as a TAP does.
 pub fn fixture_on(mtu: Option<usize>, stages: Stages) -> Fixture {
+    fixture_negotiating(FEATURES, mtu, stages)
+}
+
+/// [`fixture_on`] with the driver accepting `features`.
+pub fn fixture_negotiating(features: u64, mtu: Option<usize>, stages: Stages) -> Fixture {
     let (mut backend, peer) = DgramBackend::pair();
     backend.mtu = mtu;
     let device = NetDevice::new(backend, MAC, stages).expect("device");
@@ -70,7 +75,7 @@ pub fn fixture_on(mtu: Option<usize>, stages: Stages) -> Fixture {
         em,
         counters,
     };
-    f.driver.init(FEATURES, 2, QUEUE_SIZE);
+    f.driver.init(features, 2, QUEUE_SIZE);
     f.pump();
     f
 }

@@ -218,7 +218,7 @@ impl RateSource for SwitchedRate {
 }
 
 #[test]
-fn only_the_first_passing_frame_after_a_wait_is_delayed_and_drops_are_not_charged() {
+fn frames_queued_during_a_wait_are_delayed_and_drops_are_not_charged() {
     // Rate 0: the starting burst (two full frames' worth) lets four 1 000-byte frames out,
     // the last into debt; the fifth chain waits in the ring.
     let rate = Arc::new(Switch::default());
@@ -250,6 +250,8 @@ fn only_the_first_passing_frame_after_a_wait_is_delayed_and_drops_are_not_charge
         f.snap().tx_bytes,
         "the shaper is charged what went out, not the dropped frame"
     );
+    // A frame queued after the wait went by nothing.
+    f.send(&big);
     let verdicts: Vec<Verdict> = seen
         .lock()
         .expect("seen")
@@ -266,8 +268,60 @@ fn only_the_first_passing_frame_after_a_wait_is_delayed_and_drops_are_not_charge
             Verdict::Forwarded,
             Verdict::DroppedSpoof,
             Verdict::Delayed,
+            Verdict::Delayed,
             Verdict::Forwarded,
         ],
-        "a drop after the wait leaves the mark for the next frame that passes, which alone is delayed"
+        "the chains in the ring while it waited were delayed (the spoofed one is still a drop)"
     );
+}
+
+#[test]
+fn an_rx_frame_is_delayed_only_if_it_waited_in_the_tap() {
+    let rate = Arc::new(Switch::default());
+    let shaper = Arc::new(Shaper::new(Box::new(SwitchedRate(rate.clone()))));
+    let (mut f, seen) = audited(Some(shaper));
+    let mut big = udp_frame([10, 0, 0, 1]);
+    big.resize(VNET_HDR_LEN + 1000, 0);
+    // Rate 0: the starting burst lets four 1 000-byte frames in, the last into debt.
+    f.post_rx(8, 2048);
+    for _ in 0..4 {
+        f.peer.send(&big).expect("inject");
+    }
+    f.pump();
+    assert_eq!(f.snap().rx_packets, 4);
+    // In debt with nothing in the TAP: RX waits, but no frame is held back.
+    f.post_rx(1, 2048);
+    assert!(f.snap().rx_throttled >= 1, "RX waited");
+    rate.unlimited.store(true, Ordering::Relaxed);
+    let end = std::time::Instant::now() + std::time::Duration::from_millis(200);
+    while std::time::Instant::now() < end {
+        f.em.run_with_timeout(10).expect("event loop");
+    }
+    f.peer.send(&big).expect("inject");
+    f.pump();
+    assert_eq!(f.snap().rx_packets, 5);
+    let verdicts: Vec<Verdict> = AuditSeen::verdicts(&seen)
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(
+        verdicts,
+        [Verdict::Forwarded; 5],
+        "a frame that came after the wait was not delayed"
+    );
+}
+
+#[test]
+fn flows_count_ip_bytes_without_ethernet_header_or_padding() {
+    let (mut f, seen) = audited(None);
+    // An IPv4/UDP packet of 28 bytes in a frame padded to Ethernet's 60-byte minimum.
+    let mut padded = udp_frame(OWN_IP);
+    padded.resize(VNET_HDR_LEN + 60, 0);
+    f.send(&padded);
+    f.send(&padded);
+    drop(f);
+    let flows = seen_flows(&seen);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let stats = flows[0].1;
+    assert_eq!((stats.packets, stats.bytes, stats.ip_bytes), (2, 120, 56));
 }

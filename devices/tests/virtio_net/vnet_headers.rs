@@ -101,6 +101,44 @@ fn frames_longer_than_the_link_are_refused_and_audited_as_malformed() {
 }
 
 #[test]
+fn the_guest_is_told_the_mtu_and_gets_no_longer_frame() {
+    // virtio 1.2 section 5.1.3: VIRTIO_NET_F_MTU is bit 3; section 5.1.4: the config's mtu
+    // is the 16-bit field at offset 10.
+    let mtu_bit = 1u64 << 3;
+    let (audit, seen) = recorded();
+    let stages = Stages {
+        audit: Some(audit),
+        ..Stages::default()
+    };
+    let mut f = fixture_negotiating(FEATURES | mtu_bit, Some(1500), stages);
+    assert_eq!(f.driver.device_features(), FEATURES | mtu_bit);
+    let config_8 = f.driver.read_reg(0x100 + 8);
+    assert_eq!(config_8 >> 16, 1500, "mtu");
+    assert!(
+        fixture().driver.device_features() & mtu_bit == 0,
+        "no MTU, no feature"
+    );
+    // From the host: the longest frame the MTU allows arrives, one byte more does not
+    // (5.1.6.3.1: the device must not pass longer frames when the MTU was negotiated).
+    f.post_rx(2, 4096);
+    f.peer
+        .send(&tcp_frame([0; VNET_HDR_LEN], 1514))
+        .expect("inject");
+    f.peer
+        .send(&tcp_frame([0; VNET_HDR_LEN], 1515))
+        .expect("inject");
+    f.pump();
+    assert_eq!((f.snap().rx_packets, f.snap().rx_dropped), (1, 1));
+    assert_eq!(
+        AuditSeen::verdicts(&seen),
+        [
+            (Direction::Rx, Verdict::Forwarded),
+            (Direction::Rx, Verdict::DroppedMalformed)
+        ]
+    );
+}
+
+#[test]
 fn a_write_the_host_refuses_is_audited_as_dropped_backend() {
     let (audit, seen) = recorded();
     let mut f = fixture_with(Stages {

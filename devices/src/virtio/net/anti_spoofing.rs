@@ -8,16 +8,28 @@
 //! | IPv4 | the source is the sliver's address (any, until it has one) | [`Verdict::DroppedSpoof`] |
 //! | ARP | the sender MAC is the NIC's and the sender address the sliver's | [`Verdict::DroppedSpoof`] |
 //! | IPv6 | the source is link-local (fe80::/10) or unspecified: slivers get no global IPv6 | [`Verdict::DroppedSpoof`] |
-//! | any other EtherType (LLDP, MPLS, PPPoE, 802.1X, ...) | never | [`Verdict::DroppedPolicy`] |
+//! | IPv6 ICMPv6 Router Advertisement, Redirect | never: a sliver is no router | [`Verdict::DroppedPolicy`] |
+//! | IPv6 ICMPv6 Neighbor/Router Solicitation, Neighbor Advertisement | every link-layer address option is the NIC's MAC | [`Verdict::DroppedSpoof`] |
+//! | IPv6 other ICMPv6, TCP, UDP | (the source rule) | |
+//! | IPv6 anything else, or an upper layer the head does not reach | never | [`Verdict::DroppedPolicy`] |
+//! | any other EtherType (LLDP, MPLS, PPPoE, 802.1X, 802.3 length fields, ...) | never | [`Verdict::DroppedPolicy`] |
 //!
 //! A frame whose headers do not parse never gets here: the frame checks drop it as
-//! malformed. So nothing the stage cannot classify passes as harmless.
+//! malformed (ARP that is not Ethernet/IPv4 ARP included). So nothing the stage cannot
+//! classify passes as harmless.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use packet::Verdict;
 
-use super::headers::{FrameHeaders, ETH_ARP, ETH_IPV4, ETH_IPV6};
+use super::headers::{
+    FrameHeaders, IpHeaders, ETH_ARP, ETH_IPV4, ETH_IPV6, ND_REDIRECT, ND_ROUTER_ADVERT,
+};
+
+/// IANA protocol numbers.
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMPV6: u8 = 58;
 
 /// The addresses a sliver NIC may send from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +49,30 @@ impl AntiSpoofing {
         if h.vlan_tags > 0 {
             return Err(Verdict::DroppedPolicy);
         }
-        let own_source = match (h.ethertype, h.arp_sender, h.ip.map(|ip| ip.src)) {
+        let own_source = match (h.ethertype, h.arp_sender, h.ip) {
             (ETH_ARP, Some((mac, ip)), _) => {
                 mac == self.mac && self.ipv4.is_none_or(|own| own == ip)
             }
-            (ETH_IPV4, _, Some(IpAddr::V4(src))) => self.ipv4.is_none_or(|own| own == src),
-            (ETH_IPV6, _, Some(IpAddr::V6(src))) => {
-                src.is_unspecified() || (src.segments()[0] & 0xffc0) == 0xfe80
+            (
+                ETH_IPV4,
+                _,
+                Some(IpHeaders {
+                    src: IpAddr::V4(src),
+                    ..
+                }),
+            ) => self.ipv4.is_none_or(|own| own == src),
+            (
+                ETH_IPV6,
+                _,
+                Some(
+                    ip @ IpHeaders {
+                        src: IpAddr::V6(src),
+                        ..
+                    },
+                ),
+            ) => {
+                let link_local = src.is_unspecified() || (src.segments()[0] & 0xffc0) == 0xfe80;
+                link_local && self.ipv6_allowed(&ip)?
             }
             _ => return Err(Verdict::DroppedPolicy),
         };
@@ -51,6 +80,19 @@ impl AntiSpoofing {
             Ok(())
         } else {
             Err(Verdict::DroppedSpoof)
+        }
+    }
+
+    /// What an IPv6 packet from a link-local source may carry: `Ok(false)` when an ND option
+    /// names another link-layer address, `Err` when the kind of packet is not allowed.
+    fn ipv6_allowed(&self, ip: &IpHeaders) -> Result<bool, Verdict> {
+        match (ip.protocol, ip.icmpv6) {
+            (ICMPV6, Some(m)) if m.kind == ND_ROUTER_ADVERT || m.kind == ND_REDIRECT => {
+                Err(Verdict::DroppedPolicy)
+            }
+            (ICMPV6, Some(m)) => Ok(m.ll_addrs.iter().flatten().all(|a| *a == self.mac)),
+            (TCP | UDP, _) => Ok(true),
+            _ => Err(Verdict::DroppedPolicy),
         }
     }
 
@@ -64,7 +106,9 @@ impl AntiSpoofing {
 mod tests {
     use super::*;
     use crate::virtio::net::headers::parse;
-    use crate::virtio::net::headers::tests::{ipv4_frame, tagged};
+    use crate::virtio::net::headers::tests::{
+        ipv4_frame, ipv6_frame, neighbor_solicit, tagged, ARP_REQUEST,
+    };
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
@@ -124,6 +168,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_from_link_local_only_and_no_router_messages_or_foreign_nd_addresses() {
+        let g = guard(Some([10, 0, 0, 2]));
+        let ll = std::net::Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+        let check = |f: &[u8]| g.check(&parse(f, f.len()).expect("parse"));
+        assert_eq!(
+            check(&ipv6_frame(MAC, ll, ICMPV6, &neighbor_solicit(MAC))),
+            Ok(())
+        );
+        let foreign = neighbor_solicit([2, 0, 0, 0, 0, 0x66]);
+        assert_eq!(
+            check(&ipv6_frame(MAC, ll, ICMPV6, &foreign)),
+            Err(Verdict::DroppedSpoof)
+        );
+        // RFC 4861 types 134 (Router Advertisement) and 137 (Redirect).
+        for kind in [134u8, 137] {
+            let mut m = vec![kind, 0, 0, 0];
+            m.resize(40, 0);
+            assert_eq!(
+                check(&ipv6_frame(MAC, ll, ICMPV6, &m)),
+                Err(Verdict::DroppedPolicy),
+                "type {kind}"
+            );
+        }
+        let udp = [0x02, 0x22, 0x02, 0x23, 0, 8, 0, 0];
+        assert_eq!(check(&ipv6_frame(MAC, ll, UDP, &udp)), Ok(()));
+        let global = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 9);
+        assert_eq!(
+            check(&ipv6_frame(MAC, global, UDP, &udp)),
+            Err(Verdict::DroppedSpoof)
+        );
+        // SCTP (132) from link-local: not a kind a sliver sends.
+        assert_eq!(
+            check(&ipv6_frame(MAC, ll, 132, &[0; 12])),
+            Err(Verdict::DroppedPolicy)
+        );
+    }
+
+    #[test]
     fn arp_must_not_claim_another_address() {
         let g = guard(Some([10, 0, 0, 2]));
         let arp = |sender_ip: [u8; 4]| {
@@ -131,6 +213,7 @@ mod tests {
             f.extend_from_slice(&MAC);
             f.extend_from_slice(&ETH_ARP.to_be_bytes());
             let mut a = [0u8; 28];
+            a[..8].copy_from_slice(&ARP_REQUEST);
             a[8..14].copy_from_slice(&MAC);
             a[14..18].copy_from_slice(&sender_ip);
             f.extend_from_slice(&a);

@@ -94,8 +94,9 @@ impl AuditStage {
         };
         let flags = ip.map_or(0, |i| i.tcp_flags);
         let bytes = u64::try_from(frame_len).unwrap_or(u64::MAX);
+        let ip_bytes = ip.map_or(0, |i| u64::from(i.len));
         self.flows
-            .record(key, now, bytes, flags, self.sink.as_mut());
+            .record(key, now, (bytes, ip_bytes), flags, self.sink.as_mut());
         if self.capture {
             self.sink.capture(now, direction, verdict, frame_len, head);
         }

@@ -60,11 +60,17 @@ impl MacAddr {
 /// a test checks it against the `virtio_net.h` binding).
 const STATUS_LINK_UP: u16 = 1;
 
-/// `struct virtio_net_config` up to `status`: mac[6], status u16 (little-endian).
-pub fn config_bytes(mac: MacAddr) -> [u8; 8] {
-    let mut c = [0u8; 8];
+/// Bytes of `struct virtio_net_config` the device fills: up to and including `mtu`.
+pub const CONFIG_LEN: usize = 12;
+
+/// `struct virtio_net_config` (virtio 1.2 section 5.1.4) up to `mtu`: mac[6] at 0, status
+/// u16 at 6, max_virtqueue_pairs u16 at 8 (0: no VIRTIO_NET_F_MQ), mtu u16 at 10 (meaningful
+/// with VIRTIO_NET_F_MTU; 0 without), little-endian.
+pub fn config_bytes(mac: MacAddr, mtu: Option<u16>) -> [u8; CONFIG_LEN] {
+    let mut c = [0u8; CONFIG_LEN];
     c[..6].copy_from_slice(&mac.0);
     c[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
+    c[10..12].copy_from_slice(&mtu.unwrap_or(0).to_le_bytes());
     c
 }
 
@@ -105,17 +111,26 @@ mod tests {
     fn link_up_is_the_virtio_net_h_value() {
         use virtio_bindings::virtio_net::VIRTIO_NET_S_LINK_UP;
         assert_eq!(u32::from(STATUS_LINK_UP), VIRTIO_NET_S_LINK_UP);
-        assert_eq!(config_bytes(MacAddr([2, 0, 0, 0, 0, 1]))[6..], [1, 0]);
+        assert_eq!(
+            config_bytes(MacAddr([2, 0, 0, 0, 0, 1]), None)[6..8],
+            [1, 0]
+        );
     }
 
     #[test]
     fn config_space_reads() {
-        let c = config_bytes(MacAddr([1, 2, 3, 4, 5, 6]));
+        let c = config_bytes(MacAddr([1, 2, 3, 4, 5, 6]), Some(1500));
         let mut d = [0u8; 4];
         read_config(&c, 4, &mut d);
         assert_eq!(d, [5, 6, 1, 0], "mac tail then status LINK_UP");
-        read_config(&c, 7, &mut d);
-        assert_eq!(d, [0, 0, 0, 0]);
+        read_config(&c, 8, &mut d);
+        // virtio_net_config's mtu is at offset 10 (after max_virtqueue_pairs at 8).
+        assert_eq!(d, [0, 0, 0xdc, 0x05], "max_virtqueue_pairs 0, mtu 1500");
+        read_config(&c, 11, &mut d);
+        assert_eq!(d, [0x05, 0, 0, 0]);
+        use virtio_bindings::virtio_net::virtio_net_config;
+        assert_eq!(std::mem::offset_of!(virtio_net_config, mtu), 10);
+        assert_eq!(std::mem::offset_of!(virtio_net_config, status), 6);
         read_config(&c, 100, &mut d);
         assert_eq!(d, [0; 4]);
         read_config(&c, u64::MAX, &mut d);

@@ -8,7 +8,7 @@ use event_manager::{EventOps, Events, MutEventSubscriber};
 use packet::Direction;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
-use virtio_bindings::virtio_net::VIRTIO_NET_F_MAC;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -22,7 +22,7 @@ use super::queue::{QueueIo, Stop};
 use super::rx::RxQueue;
 use super::stages::Stages;
 use super::tx::TxQueue;
-use super::{MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use crate::virtio::virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
@@ -52,7 +52,7 @@ pub struct NetDevice<B: NetBackend> {
     audit_timer: TimerFd,
     /// When the armed shaper timer fires, if armed.
     timer_deadline: Option<Instant>,
-    config: [u8; 8],
+    config: [u8; config::CONFIG_LEN],
     avail_features: u64,
     acked_features: u64,
     counters: Arc<NetCounters>,
@@ -84,17 +84,26 @@ impl<B: NetBackend> std::fmt::Debug for NetDevice<B> {
 }
 
 impl<B: NetBackend> NetDevice<B> {
-    /// A device with MAC `mac` on `backend`, running `stages` besides the frame checks.
+    /// A device with MAC `mac` on `backend`, running `stages` besides the frame checks. When
+    /// the backend has an MTU, the device offers VIRTIO_NET_F_MTU with it in config space.
+    ///
+    /// # Errors
+    /// Creating its eventfds or timers, or asking the backend's MTU, failed.
     pub fn new(backend: B, mac: MacAddr, stages: Stages) -> std::io::Result<Self> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK);
+        let mtu = backend.mtu()?.map(|m| u16::try_from(m).unwrap_or(u16::MAX));
+        let mut avail_features = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC);
+        if mtu.is_some() {
+            avail_features |= feature(VIRTIO_NET_F_MTU);
+        }
         Ok(Self {
             backend,
             stages,
             shaper_timer: nonblocking_timer()?,
             audit_timer: nonblocking_timer()?,
             timer_deadline: None,
-            config: config::config_bytes(mac),
-            avail_features: feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC),
+            config: config::config_bytes(mac, mtu),
+            avail_features,
             acked_features: 0,
             counters: Arc::new(NetCounters::default()),
             queue_evts: [evt()?, evt()?],
@@ -287,11 +296,12 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         }
         let tx = queues.remove(TX_QUEUE);
         let rx = queues.remove(RX_QUEUE);
+        // The link's MTU now (it may have changed since the driver read config space); if the
+        // question fails, the one the driver was told.
+        let told = u16::from_le_bytes([self.config[10], self.config[11]]);
         let mtu = self.backend.mtu().unwrap_or_else(|e| {
-            log::warn!(
-                "virtio-net: asking the backend's MTU: {e}; frames up to {MAX_FRAME_LEN} bytes go"
-            );
-            None
+            log::warn!("virtio-net: asking the backend's MTU: {e}; keeping {told}");
+            (told > 0).then_some(usize::from(told))
         });
         let features = self.acked_features;
         self.active = Some(Active {
@@ -299,7 +309,13 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
             interrupt,
             health,
             tx: TxQueue::new(tx, self.counters.clone(), features, mtu),
-            rx: RxQueue::new(rx, self.counters.clone(), features),
+            rx: RxQueue::new(
+                rx,
+                self.counters.clone(),
+                features,
+                // The driver was told the MTU only if it took VIRTIO_NET_F_MTU.
+                mtu.filter(|_| features & feature(VIRTIO_NET_F_MTU) != 0),
+            ),
         });
         self.wake_event_loop();
         Ok(())

@@ -47,6 +47,9 @@ pub struct FlowStats {
     pub packets: u64,
     /// Bytes (whole frames).
     pub bytes: u64,
+    /// IP bytes: each IP packet's own length (IPv4 total length, IPv6 40 + payload length),
+    /// without Ethernet header, tags and padding; 0 for non-IP frames.
+    pub ip_bytes: u64,
     /// OR of the TCP flags.
     pub tcp_flags: u8,
 }
@@ -120,12 +123,12 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// Count one packet of `bytes` at `now_ns`.
+    /// Count one packet of `bytes` (`ip_bytes` of them its IP packet) at `now_ns`.
     pub fn record(
         &mut self,
         key: FlowKey,
         now_ns: u64,
-        bytes: u64,
+        (bytes, ip_bytes): (u64, u64),
         tcp_flags: u8,
         sink: &mut dyn FlowSink,
     ) {
@@ -135,6 +138,7 @@ impl FlowTable {
             s.last_ns = now_ns;
             s.packets += 1;
             s.bytes += bytes;
+            s.ip_bytes += ip_bytes;
             s.tcp_flags |= tcp_flags;
         };
         // The common case: another packet of the direction's last flow.
@@ -164,6 +168,7 @@ impl FlowTable {
                     last_ns: now_ns,
                     packets: 1,
                     bytes,
+                    ip_bytes,
                     tcp_flags,
                 };
                 sink.flow(&key, &packet);
@@ -174,6 +179,7 @@ impl FlowTable {
                 last_ns: now_ns,
                 packets: 1,
                 bytes,
+                ip_bytes,
                 tcp_flags,
             },
         };
@@ -247,14 +253,17 @@ mod tests {
     fn packets_add_up_and_idle_flows_end() {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
-        t.record(key(1), S, 100, 0x02, &mut sink);
-        t.record(key(1), 2 * S, 200, 0x10, &mut sink);
-        t.record(key(2), 10 * S, 60, 0, &mut sink);
+        t.record(key(1), S, (100, 86), 0x02, &mut sink);
+        t.record(key(1), 2 * S, (200, 186), 0x10, &mut sink);
+        t.record(key(2), 10 * S, (60, 46), 0, &mut sink);
         t.expire(17 * S, &mut sink);
         assert_eq!(sink.0.len(), 1, "only flow 1 idle for 15 s");
         let (k, s) = sink.0[0];
         assert_eq!(k.src_port, 1);
-        assert_eq!((s.packets, s.bytes, s.tcp_flags), (2, 300, 0x12));
+        assert_eq!(
+            (s.packets, s.bytes, s.ip_bytes, s.tcp_flags),
+            (2, 300, 272, 0x12)
+        );
         assert_eq!((s.first_ns, s.last_ns), (S, 2 * S));
         t.drain(&mut sink);
         assert_eq!(sink.0.len(), 2);
@@ -276,7 +285,7 @@ mod tests {
                 _ if i % 2 == 0 => key(2),
                 _ => key(1),
             };
-            t.record(k, S + i, 10, 0, &mut sink);
+            t.record(k, S + i, (10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 3);
         t.drain(&mut sink);
@@ -298,7 +307,7 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
         for sec in 0..=130 {
-            t.record(key(1), sec * S, 10, 0, &mut sink);
+            t.record(key(1), sec * S, (10, 0), 0, &mut sink);
         }
         assert_eq!(sink.0.len(), 2, "cut at 60 s and 121 s");
         assert_eq!(sink.0[0].1.packets, 61);
@@ -312,13 +321,13 @@ mod tests {
         });
         let mut sink = Collect::default();
         for p in 0..10 {
-            t.record(key(p), S, 10, 0, &mut sink);
+            t.record(key(p), S, (10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 4);
         assert_eq!(t.overflow, 6);
         assert_eq!(sink.0.len(), 6);
         // Existing flows still count.
-        t.record(key(0), 2 * S, 10, 0, &mut sink);
+        t.record(key(0), 2 * S, (10, 0), 0, &mut sink);
         t.drain(&mut sink);
         let f0 = sink
             .0

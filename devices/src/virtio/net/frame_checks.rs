@@ -59,6 +59,13 @@ pub fn check_tx_frame(len: usize, head: &[u8], mtu: Option<usize>) -> Result<(),
     if len > VNET_HDR_LEN + MAX_FRAME_LEN {
         return Err(FrameError::TooLong(len));
     }
+    check_link_len(len - VNET_HDR_LEN, head, mtu)
+}
+
+/// Check an Ethernet frame of `frame_len` bytes whose first bytes are `head` against a link
+/// of MTU `mtu` (`None`: no limit): at most the MTU plus [`ETH_HDR_LEN`], plus
+/// [`VLAN_TAG_LEN`] for a tagged frame.
+pub fn check_link_len(frame_len: usize, head: &[u8], mtu: Option<usize>) -> Result<(), FrameError> {
     let Some(mtu) = mtu else {
         return Ok(());
     };
@@ -66,7 +73,6 @@ pub fn check_tx_frame(len: usize, head: &[u8], mtu: Option<usize>) -> Result<(),
         .get(12..14)
         .is_some_and(|t| VLAN_TPIDS.contains(&u16::from_be_bytes([t[0], t[1]])));
     let max = mtu + ETH_HDR_LEN + if tagged { VLAN_TAG_LEN } else { 0 };
-    let frame_len = len - VNET_HDR_LEN;
     if frame_len > max {
         return Err(FrameError::OverMtu {
             len: frame_len,

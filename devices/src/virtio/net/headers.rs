@@ -22,6 +22,22 @@ pub const VLAN_TPIDS: [u16; 5] = [0x8100, 0x88a8, 0x9100, 0x9200, 0x9300];
 pub const MAX_TAGS: u8 = 4;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
+/// IPv6 next-header values (IANA "Assigned Internet Protocol Numbers").
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const ICMPV6: u8 = 58;
+const DEST_OPTS: u8 = 60;
+/// ICMPv6 Neighbor Discovery types (RFC 4861 section 4).
+pub const ND_ROUTER_SOLICIT: u8 = 133;
+/// Router Advertisement.
+pub const ND_ROUTER_ADVERT: u8 = 134;
+/// Neighbor Solicitation.
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+/// Neighbor Advertisement.
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// Redirect.
+pub const ND_REDIRECT: u8 = 137;
 
 /// The IP part of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +46,11 @@ pub struct IpHeaders {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
-    /// Protocol (IPv6: the first next-header).
+    /// The IP packet's bytes (IPv4 total length; IPv6 40 + payload length), without the
+    /// Ethernet header and any padding after the packet.
+    pub len: u32,
+    /// Protocol (IPv6: the upper-layer header after the extension headers, or the last
+    /// next-header read when the chain runs past the head or into a later fragment).
     pub protocol: u8,
     /// TCP/UDP source port (0 otherwise, or if cut off).
     pub src_port: u16,
@@ -38,6 +58,18 @@ pub struct IpHeaders {
     pub dst_port: u16,
     /// TCP flags (0 otherwise).
     pub tcp_flags: u8,
+    /// ICMPv6: the message type, and the link-layer addresses of its Neighbor Discovery
+    /// options (source/target link-layer address, RFC 4861 section 4.6.1; up to two).
+    pub icmpv6: Option<Icmpv6>,
+}
+
+/// What the parser read of an ICMPv6 message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Icmpv6 {
+    /// Message type.
+    pub kind: u8,
+    /// Link-layer addresses in its Neighbor Discovery options.
+    pub ll_addrs: [Option<[u8; 6]>; 2],
 }
 
 /// A parsed frame head.
@@ -66,7 +98,8 @@ pub enum HeaderError {
     /// An IP header that is cut off or inconsistent.
     #[error("bad IP header")]
     BadIp,
-    /// An ARP packet that is cut off.
+    /// An ARP packet that is cut off or not Ethernet/IPv4 ARP (RFC 826: htype 1, ptype
+    /// 0x0800, hlen 6, plen 4).
     #[error("bad ARP packet")]
     BadArp,
 }
@@ -104,10 +137,12 @@ fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
     Ok(IpHeaders {
         src: IpAddr::V4(src),
         dst: IpAddr::V4(dst),
+        len: u32::from(be16(p, 2)),
         protocol,
         src_port,
         dst_port,
         tcp_flags,
+        icmpv6: None,
     })
 }
 
@@ -120,16 +155,76 @@ fn ipv6(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         a.copy_from_slice(&p[at..at + 16]);
         IpAddr::V6(Ipv6Addr::from(a))
     };
-    let protocol = p[6];
-    let (src_port, dst_port, tcp_flags) = ports(&p[40..], protocol);
+    // Follow the extension headers (RFC 8200 section 4) as far as the head goes.
+    let mut protocol = p[6];
+    let mut at = 40;
+    let mut upper = None;
+    while let Some(h) = p.get(at..at + 8) {
+        match protocol {
+            HOP_BY_HOP | ROUTING | DEST_OPTS => {
+                protocol = h[0];
+                at += (usize::from(h[1]) + 1) * 8;
+            }
+            // A later fragment has no upper-layer header; the first goes on to it.
+            FRAGMENT if be16(h, 2) & 0xfff8 != 0 => break,
+            FRAGMENT => {
+                protocol = h[0];
+                at += 8;
+            }
+            _ => {
+                upper = p.get(at..);
+                break;
+            }
+        }
+    }
+    let l4 = upper.unwrap_or_default();
+    let (src_port, dst_port, tcp_flags) = ports(l4, protocol);
+    let icmpv6 = (protocol == ICMPV6 && upper.is_some())
+        .then(|| icmpv6(l4))
+        .flatten();
     Ok(IpHeaders {
         src: addr(8),
         dst: addr(24),
+        len: 40 + u32::from(be16(p, 4)),
         protocol,
         src_port,
         dst_port,
         tcp_flags,
+        icmpv6,
     })
+}
+
+/// An ICMPv6 message's type and, for Neighbor Discovery, the link-layer address options
+/// that fit in `m` (RFC 4861 sections 4.1-4.5: the options start after 8 bytes (RS), 16 (RA),
+/// 24 (NS, NA) or 40 (Redirect)). `None` when even the type is cut off.
+fn icmpv6(m: &[u8]) -> Option<Icmpv6> {
+    let kind = *m.first()?;
+    let mut ll_addrs = [None; 2];
+    let options_at = match kind {
+        ND_ROUTER_SOLICIT => 8,
+        ND_ROUTER_ADVERT => 16,
+        ND_NEIGHBOR_SOLICIT | ND_NEIGHBOR_ADVERT => 24,
+        ND_REDIRECT => 40,
+        _ => return Some(Icmpv6 { kind, ll_addrs }),
+    };
+    let mut at = options_at;
+    let mut found = 0;
+    // Options: type, length in units of 8 bytes (0 is invalid), data.
+    while let (Some(&opt), Some(&len)) = (m.get(at), m.get(at + 1)) {
+        if len == 0 {
+            break;
+        }
+        if (opt == 1 || opt == 2) && found < ll_addrs.len() {
+            if let Some(mac) = m.get(at + 2..at + 8) {
+                let mut a = [0u8; 6];
+                a.copy_from_slice(mac);
+                ll_addrs[found] = Some(a);
+                found += 1;
+            }
+        }
+        at += usize::from(len) * 8;
+    }
+    Some(Icmpv6 { kind, ll_addrs })
 }
 
 /// Parse `head` (the frame's first bytes) of a frame of `frame_len` bytes.
@@ -162,7 +257,8 @@ pub fn parse(head: &[u8], frame_len: usize) -> Result<FrameHeaders, HeaderError>
         ETH_IPV4 => out.ip = Some(ipv4(payload, frame_len, l3)?),
         ETH_IPV6 => out.ip = Some(ipv6(payload, frame_len, l3)?),
         ETH_ARP => {
-            if payload.len() < 28 {
+            // Ethernet (1) hardware, IPv4 (0x0800) protocol, address lengths 6 and 4.
+            if payload.len() < 28 || payload[..6] != [0, 1, 0x08, 0x00, 6, 4] {
                 return Err(HeaderError::BadArp);
             }
             let mut mac = [0u8; 6];
@@ -222,6 +318,67 @@ pub(crate) mod tests {
         assert_eq!(parse(&[0u8; 10], 10), Err(HeaderError::ShortEthernet));
     }
 
+    /// An ARP request's fixed part: htype 1 (Ethernet), ptype 0x0800, hlen 6, plen 4, op 1.
+    pub(crate) const ARP_REQUEST: [u8; 8] = [0, 1, 0x08, 0x00, 6, 4, 0, 1];
+
+    /// An Ethernet + IPv6 frame from `src_mac` and `src` whose payload is `next` then
+    /// `payload` (extension headers and the upper-layer message).
+    pub(crate) fn ipv6_frame(src_mac: [u8; 6], src: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+        f.extend_from_slice(&src_mac);
+        f.extend_from_slice(&ETH_IPV6.to_be_bytes());
+        let mut ip = [0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&u16::try_from(payload.len()).expect("len").to_be_bytes());
+        ip[6] = next;
+        ip[7] = 255;
+        ip[8..24].copy_from_slice(&src.octets());
+        ip[24..40].copy_from_slice(&Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An ICMPv6 Neighbor Solicitation with a source link-layer address option of `ll`.
+    pub(crate) fn neighbor_solicit(ll: [u8; 6]) -> Vec<u8> {
+        let mut m = vec![ND_NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+        m.extend_from_slice(&Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1).octets());
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&ll);
+        m
+    }
+
+    #[test]
+    fn ipv6_extension_headers_and_neighbor_discovery() {
+        let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 9);
+        let mac = [2, 0, 0, 0, 0, 9];
+        let f = ipv6_frame(mac, ll, ICMPV6, &neighbor_solicit([2, 0, 0, 0, 0, 0x66]));
+        let ip = parse(&f, f.len()).expect("ns").ip.expect("ip");
+        assert_eq!((ip.protocol, ip.len), (ICMPV6, 40 + 32));
+        let icmp = ip.icmpv6.expect("icmpv6");
+        assert_eq!(icmp.kind, ND_NEIGHBOR_SOLICIT);
+        assert_eq!(icmp.ll_addrs, [Some([2, 0, 0, 0, 0, 0x66]), None]);
+        // A hop-by-hop header (as MLD reports carry) in front of ICMPv6 type 143.
+        let mut hbh = vec![ICMPV6, 0, 5, 2, 0, 0, 1, 0];
+        hbh.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 0]);
+        let f = ipv6_frame(mac, ll, HOP_BY_HOP, &hbh);
+        let ip = parse(&f, f.len()).expect("mld").ip.expect("ip");
+        assert_eq!(
+            (ip.protocol, ip.icmpv6.map(|i| i.kind)),
+            (ICMPV6, Some(143))
+        );
+        // UDP after a first fragment has ports; a later fragment has no upper layer.
+        let mut frag = vec![UDP, 0, 0, 1, 0, 0, 0, 1];
+        frag.extend_from_slice(&[0x02, 0x22, 0x02, 0x23, 0, 8, 0, 0]);
+        let f = ipv6_frame(mac, ll, FRAGMENT, &frag);
+        let ip = parse(&f, f.len()).expect("first fragment").ip.expect("ip");
+        assert_eq!((ip.protocol, ip.src_port, ip.dst_port), (UDP, 546, 547));
+        frag[2..4].copy_from_slice(&0x0100u16.to_be_bytes()); // offset 32
+        let f = ipv6_frame(mac, ll, FRAGMENT, &frag);
+        let ip = parse(&f, f.len()).expect("later fragment").ip.expect("ip");
+        assert_eq!((ip.protocol, ip.src_port, ip.icmpv6), (FRAGMENT, 0, None));
+    }
+
     /// `frame` with VLAN tags of TPIDs `tpids` (outermost first) in front of its EtherType.
     pub(crate) fn tagged(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
         let mut f = frame[..12].to_vec();
@@ -269,6 +426,7 @@ pub(crate) mod tests {
         f.extend_from_slice(&[2, 0, 0, 0, 0, 7]);
         f.extend_from_slice(&ETH_ARP.to_be_bytes());
         let mut arp = [0u8; 28];
+        arp[..8].copy_from_slice(&ARP_REQUEST);
         arp[8..14].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
         arp[14..18].copy_from_slice(&[10, 0, 0, 2]);
         f.extend_from_slice(&arp);
@@ -277,6 +435,12 @@ pub(crate) mod tests {
             h.arp_sender,
             Some(([2, 0, 0, 0, 0, 7], Ipv4Addr::new(10, 0, 0, 2)))
         );
+        // Not Ethernet/IPv4 ARP (RFC 826's htype, ptype, hlen, plen): refused.
+        for (at, bad) in [(1, 6u8), (2, 0x86), (4, 8), (5, 16)] {
+            let mut g = f.clone();
+            g[14 + at] = bad;
+            assert_eq!(parse(&g, g.len()), Err(HeaderError::BadArp), "byte {at}");
+        }
         let mut lldp = f[..12].to_vec();
         lldp.extend_from_slice(&0x88ccu16.to_be_bytes());
         let h = parse(&lldp, lldp.len()).expect("lldp");

@@ -19,8 +19,9 @@ use vm_memory::GuestMemoryMmap;
 use super::backend::NetBackend;
 use super::chain::{rx_iovs, scatter, ChainError, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
-use super::frame_checks::{check_rx_frame, read_headers};
+use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::stages::Wait;
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection, NUM_BUFFERS};
 use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 
@@ -28,8 +29,8 @@ use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 enum Received {
     /// The chain goes back to the guest with this many bytes written (0: nothing usable).
     Used(u32),
-    /// The shaper holds frames back this long: the chain stays in the ring.
-    Wait(std::time::Duration),
+    /// The shaper holds frames back: the chain stays in the ring.
+    Wait(Wait),
     /// No frame in the backend: the chain stays in the ring.
     Empty,
 }
@@ -48,15 +49,24 @@ pub(super) struct RxQueue {
     pub(super) blocked: bool,
     /// Out of tokens: frames wait in the backend until the shaper timer.
     pub(super) throttled: bool,
-    /// The last frame waited for the shaper, so the next one delivered was delayed.
+    /// A frame waited in the TAP for the shaper: the next one delivered is recorded as
+    /// delayed (the TAP does not say how many waited).
     delayed: bool,
     /// The features the driver negotiated (which virtio header fields it may see).
     acked_features: u64,
+    /// The MTU the driver was told (VIRTIO_NET_F_MTU negotiated): no longer frame goes to it.
+    mtu: Option<usize>,
 }
 
 impl RxQueue {
-    /// The driver's RX `queue` under features `acked_features`, counting into `counters`.
-    pub(super) fn new(queue: Queue, counters: Arc<NetCounters>, acked_features: u64) -> Self {
+    /// The driver's RX `queue` under features `acked_features`, counting into `counters`;
+    /// frames longer than `mtu` (plus the Ethernet header) are not delivered.
+    pub(super) fn new(
+        queue: Queue,
+        counters: Arc<NetCounters>,
+        acked_features: u64,
+        mtu: Option<usize>,
+    ) -> Self {
         Self {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
@@ -67,6 +77,7 @@ impl RxQueue {
             throttled: false,
             delayed: false,
             acked_features,
+            mtu,
         }
     }
 
@@ -100,13 +111,14 @@ impl RxQueue {
                 Received::Wait(wait) => {
                     self.queue.go_to_previous_position();
                     self.throttled = true;
-                    self.delayed = true;
+                    self.delayed |= wait.frame_waits;
                     inc(&self.counters().throttled);
-                    stop = Stop::Throttled(wait);
+                    stop = Stop::Throttled(wait.after);
                     break;
                 }
                 Received::Empty => {
                     self.queue.go_to_previous_position();
+                    self.delayed = false;
                     break;
                 }
             };
@@ -164,10 +176,11 @@ impl RxQueue {
         };
         io.stages
             .charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
-        // Frame checks: a runt, or a frame longer than the guest's buffer (it reached the
-        // spare byte), is dropped here, before the audit; then headers that parse when a later
-        // stage reads them.
-        if let Err(e) = check_rx_frame(n, capacity) {
+        // Frame checks: a read shorter than the virtio header carries nothing to record; a
+        // frame longer than the guest's buffer (it reached the spare byte) is dropped, and
+        // recorded with what its first bytes say; headers must parse when a stage reads them.
+        let length = check_rx_frame(n, capacity);
+        if let Err(e @ FrameError::Runt(_)) = length {
             log::debug!("virtio-net RX: dropping frame: {e}");
             inc(&self.counters().dropped);
             return Received::Used(0);
@@ -184,12 +197,17 @@ impl RxQueue {
         }
         self.head[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
         let headers = &self.head[VNET_HDR_LEN..head_len];
+        let length = length.and_then(|()| check_link_len(frame_len, headers, self.mtu));
         let checked = read_headers(headers, frame_len, io.stages.reads_headers());
         let parsed = checked.unwrap_or(None);
         // Guest: the device's copy of the first bytes goes into the chain's start.
-        let verdict = match checked {
-            Err(dropped) => dropped,
-            Ok(_) => {
+        let verdict = match (length, checked) {
+            (Err(e), _) => {
+                log::debug!("virtio-net RX: dropping frame: {e}");
+                Verdict::DroppedMalformed
+            }
+            (Ok(()), Err(dropped)) => dropped,
+            (Ok(()), Ok(_)) => {
                 let mut chain = chain;
                 match scatter(&mut chain, &self.head[..head_len]) {
                     Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,

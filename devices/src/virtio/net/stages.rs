@@ -12,6 +12,15 @@ use super::audit::AuditStage;
 use super::headers::FrameHeaders;
 use super::shaper::{Admit, Shaper};
 
+/// The shaper's answer when a direction must wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Wait {
+    /// Ask again after this long.
+    pub(super) after: Duration,
+    /// A frame is held back meanwhile (TX: always; RX: the TAP has one).
+    pub(super) frame_waits: bool,
+}
+
 /// Which stages a NIC runs besides the frame checks.
 #[derive(Debug, Default)]
 pub struct Stages {
@@ -30,22 +39,19 @@ impl Stages {
     }
 
     /// Shaper admission for the next frame going `dir`: `None` to go on, or how long to wait
-    /// before asking again. While it waits, `frame_waits()` says whether a frame is held back
-    /// (reported to the allocator as backlog).
-    pub(super) fn admit(
-        &self,
-        dir: Direction,
-        frame_waits: impl FnOnce() -> bool,
-    ) -> Option<Duration> {
+    /// before asking again and whether a frame is held back meanwhile (`frame_waits()`,
+    /// reported to the allocator as backlog).
+    pub(super) fn admit(&self, dir: Direction, frame_waits: impl FnOnce() -> bool) -> Option<Wait> {
         let shaper = self.shaper.as_ref()?;
         let now = Instant::now();
         match shaper.admit(dir, now) {
             Admit::Go => None,
-            Admit::Wait(wait) => {
-                if frame_waits() {
+            Admit::Wait(after) => {
+                let frame_waits = frame_waits();
+                if frame_waits {
                     shaper.waiting(dir, now);
                 }
-                Some(wait)
+                Some(Wait { after, frame_waits })
             }
         }
     }

@@ -9,6 +9,8 @@
 //! rest goes from guest memory to the backend with the same `writev(2)`, without a copy.
 
 use std::io::ErrorKind;
+use std::num::Wrapping;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use packet::{Direction, Verdict};
@@ -18,7 +20,7 @@ use vm_memory::GuestMemoryMmap;
 use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
 use super::counters::{add, inc, NetCounters, TxCounters};
-use super::frame_checks::{check_tx_frame, read_headers};
+use super::frame_checks::{check_tx_frame, read_headers, FrameError};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
@@ -45,8 +47,9 @@ pub(super) struct TxQueue {
     pub(super) blocked: bool,
     /// Out of tokens: chains wait in the ring until the shaper timer.
     pub(super) throttled: bool,
-    /// The last frame waited for the shaper, so the next one forwarded was delayed.
-    delayed: bool,
+    /// After a wait for the shaper: the avail index up to which chains were in the ring
+    /// while it lasted (each of them was delayed).
+    delayed_until: Option<Wrapping<u16>>,
     /// The features the driver negotiated (which virtio header fields mean anything).
     acked_features: u64,
     /// The host link's MTU when the driver activated the device (`None`: no limit known).
@@ -69,7 +72,7 @@ impl TxQueue {
             counters,
             blocked: false,
             throttled: false,
-            delayed: false,
+            delayed_until: None,
             acked_features,
             mtu,
         }
@@ -98,12 +101,14 @@ impl TxQueue {
                 break Stop::Idle;
             };
             let head = chain.head_index();
-            match self.transmit(chain, io) {
+            let waited = self.waited(Wrapping(self.queue.next_avail()) - Wrapping(1));
+            match self.transmit(chain, waited, io) {
                 Sent::Used => {}
                 Sent::Wait(wait) => {
                     self.queue.go_to_previous_position();
                     self.throttled = true;
-                    self.delayed = true;
+                    let queued = self.queue.avail_idx(io.mem, Ordering::Acquire).ok();
+                    self.delayed_until = queued.or(self.delayed_until);
                     inc(&self.counters().throttled);
                     break Stop::Throttled(wait);
                 }
@@ -128,16 +133,33 @@ impl TxQueue {
         stop
     }
 
-    /// One frame through the TX pipeline; the stages run in the order written here.
+    /// Whether the chain at avail position `pos` was in the ring during the last wait for
+    /// the shaper.
+    fn waited(&mut self, pos: Wrapping<u16>) -> bool {
+        let Some(end) = self.delayed_until else {
+            return false;
+        };
+        let ahead = (end - pos).0;
+        if ahead > 0 && ahead <= self.queue.size() {
+            true
+        } else {
+            self.delayed_until = None;
+            false
+        }
+    }
+
+    /// One frame through the TX pipeline; the stages run in the order written here. `waited`:
+    /// the chain was in the ring while the queue waited for the shaper.
     fn transmit<B: NetBackend>(
         &mut self,
         mut chain: DescriptorChain<&GuestMemoryMmap>,
+        waited: bool,
         io: &mut QueueIo<'_, B>,
     ) -> Sent {
         // Descriptor chain: popped by the caller, not read yet.
         // Shaper admission: a chain that must wait stays in the ring, untouched.
         if let Some(wait) = io.stages.admit(Direction::Tx, || true) {
-            return Sent::Wait(wait);
+            return Sent::Wait(wait.after);
         }
         let frame = match gather_iov(
             &mut chain,
@@ -158,21 +180,25 @@ impl TxQueue {
         let Gathered { len, head_len } = frame;
         // Virtio header: what the driver did not negotiate does not reach the host.
         let hdr = &mut self.head[..head_len];
-        if clear_unnegotiated(hdr, self.acked_features, HeaderDirection::Tx) {
-            inc(&self.counters.tx.header_fields_cleared);
-        }
+        let cleared = clear_unnegotiated(hdr, self.acked_features, HeaderDirection::Tx);
         let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let frame_len = len.saturating_sub(VNET_HDR_LEN);
         // Frame checks: a length the device and the link carry, and headers that parse when a
-        // later stage reads them.
-        let checked = match check_tx_frame(len, headers, self.mtu) {
-            Ok(()) => read_headers(headers, frame_len, io.stages.reads_headers()),
+        // later stage reads them (read from a frame too long for the link as well, so that the
+        // audit records who sent it).
+        let length = check_tx_frame(len, headers, self.mtu);
+        let read = match length {
+            Err(FrameError::TooShort(_)) => Ok(None),
+            _ => read_headers(headers, frame_len, io.stages.reads_headers()),
+        };
+        let parsed = read.unwrap_or(None);
+        let checked = match length {
+            Ok(()) => read.map(|_| ()),
             Err(e) => {
                 log::debug!("virtio-net TX: dropping frame: {e}");
                 Err(Verdict::DroppedMalformed)
             }
         };
-        let parsed = checked.unwrap_or(None);
         // Anti-spoofing.
         let passed = checked.and_then(|_| io.stages.check_source(parsed.as_ref()));
         // TAP: a frame that passed is written; the outcome is its verdict.
@@ -188,7 +214,7 @@ impl TxQueue {
                         &self.counters.tx.bytes,
                         u64::try_from(frame_len).unwrap_or(u64::MAX),
                     );
-                    if std::mem::take(&mut self.delayed) {
+                    if waited {
                         Verdict::Delayed
                     } else {
                         Verdict::Forwarded
@@ -203,6 +229,9 @@ impl TxQueue {
                 }
             },
         };
+        if cleared {
+            inc(&self.counters.tx.header_fields_cleared);
+        }
         // Audit: what happened to the frame.
         io.stages
             .audit(Direction::Tx, headers, frame_len, parsed.as_ref(), verdict);
