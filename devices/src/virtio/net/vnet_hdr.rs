@@ -53,6 +53,22 @@ struct Offloads {
     ecn: u32,
 }
 
+impl Offloads {
+    /// Every feature bit that makes a field meaningful.
+    const fn mask(&self) -> u64 {
+        let mut m = feature(self.csum) | feature(self.ecn);
+        let mut i = 0;
+        while i < self.gso.len() {
+            m |= feature(self.gso[i].1);
+            i += 1;
+        }
+        m
+    }
+}
+
+const TX_MASK: u64 = TX_OFFLOADS.mask();
+const RX_MASK: u64 = RX_OFFLOADS.mask();
+
 const TX_OFFLOADS: Offloads = Offloads {
     csum: VIRTIO_NET_F_CSUM,
     gso: &[
@@ -84,13 +100,32 @@ pub fn clear_unnegotiated(hdr: &mut [u8], acked: u64, dir: HeaderDirection) -> b
     let Some(hdr) = hdr.get_mut(..VNET_HDR_LEN) else {
         return false;
     };
-    let mut before = [0u8; VNET_HDR_LEN];
-    before.copy_from_slice(hdr);
-    let has = |bit: u32| acked & feature(bit) != 0;
+    // The common case, every packet today: no offload negotiated, so no field but RX's
+    // num_buffers may be set.
+    let mask = match dir {
+        HeaderDirection::Tx => TX_MASK,
+        HeaderDirection::Rx => RX_MASK,
+    };
+    if acked & mask == 0 {
+        let mut h = [0u8; VNET_HDR_LEN];
+        h.copy_from_slice(hdr);
+        let num_buffers = [h[NUM_BUFFERS], h[NUM_BUFFERS + 1]];
+        let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, c0, c1] = h;
+        let mut set = u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]) != 0 || (b0 | b1) != 0;
+        hdr.copy_from_slice(&[0u8; VNET_HDR_LEN]);
+        match dir {
+            HeaderDirection::Tx => set |= (c0 | c1) != 0,
+            HeaderDirection::Rx => hdr[NUM_BUFFERS..].copy_from_slice(&num_buffers),
+        }
+        return set;
+    }
     let offloads = match dir {
         HeaderDirection::Tx => &TX_OFFLOADS,
         HeaderDirection::Rx => &RX_OFFLOADS,
     };
+    let mut before = [0u8; VNET_HDR_LEN];
+    before.copy_from_slice(hdr);
+    let has = |bit: u32| acked & feature(bit) != 0;
     // flags: NEEDS_CSUM with the checksum feature; the other flags only towards the driver,
     // and then only with GUEST_CSUM (DATA_VALID) -- RSC_INFO needs RSC_EXT, never offered.
     let mut keep_flags = 0u8;
