@@ -200,6 +200,28 @@ impl Drop for Holder {
     }
 }
 
+/// The status code of `GET /healthz` by curl run as the other user.
+fn curl_as_other_user(socket: &Path) -> String {
+    let out = Command::new("setpriv")
+        .args([
+            &format!("--reuid={OTHER_UID}"),
+            &format!("--regid={OTHER_UID}"),
+            "--clear-groups",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(socket)
+        .arg("http://node/healthz")
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("daemon fds")
@@ -254,24 +276,7 @@ fn other_users_cannot_take_every_connection_from_root() {
     assert_eq!(r.status, 200);
     eprintln!("1 400 held by uid {OTHER_UID}: root's /healthz in {root_ms} ms, daemon fds {fds}");
     // Another user's new connection is refused with 503 while the cap is reached.
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={OTHER_UID}"),
-            &format!("--regid={OTHER_UID}"),
-            "--clear-groups",
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--unix-socket",
-        ])
-        .arg(&d.socket)
-        .arg("http://node/healthz")
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "503", "{out:?}");
+    assert_eq!(curl_as_other_user(&d.socket), "503");
     // The held connections are idle: the daemon closes them, and serves everyone again.
     assert!(
         eventually(READ_TIMEOUT_S as f64 + 3.0, || a.closed().0 + b.closed().0
@@ -285,24 +290,7 @@ fn other_users_cannot_take_every_connection_from_root() {
         "descriptors back to {base_fds}: {}",
         open_fds(d.pid())
     );
-    let out = Command::new("setpriv")
-        .args([
-            &format!("--reuid={OTHER_UID}"),
-            &format!("--regid={OTHER_UID}"),
-            "--clear-groups",
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--unix-socket",
-        ])
-        .arg(&d.socket)
-        .arg("http://node/healthz")
-        .output()
-        .expect("curl");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    assert_eq!(curl_as_other_user(&d.socket), "200");
     d.stop();
 }
 
