@@ -1,6 +1,9 @@
-//! virtio 1.x: the device interface, the MMIO transport, and the devices.
+//! virtio 1.x: the device interface, the MMIO transport, and the devices (net, block).
 
+pub mod block;
+pub mod config_space;
 pub mod interrupt_status;
+pub(crate) mod iovec;
 pub mod mmio;
 pub mod net;
 #[cfg(any(test, feature = "test-utils"))]

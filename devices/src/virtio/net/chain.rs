@@ -5,6 +5,8 @@ use std::ops::Deref;
 use virtio_queue::DescriptorChain;
 use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend};
 
+pub(crate) use crate::virtio::iovec::IovecBuf;
+
 /// Why a chain could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
@@ -33,29 +35,6 @@ pub struct Gathered {
     pub len: usize,
     /// How many leading bytes were copied into the head buffer.
     pub head_len: usize,
-}
-
-/// iovecs for one frame. Holds raw pointers into guest memory that are valid only during the
-/// `process_tx`/`process_rx` call that filled it; nothing uses them but the `writev`/`readv`
-/// in that call.
-#[derive(Debug)]
-pub struct IovecBuf(Vec<libc::iovec>);
-
-// SAFETY: the pointers are plain addresses, filled and consumed within one call on the thread
-// that owns the device; between calls the vector is only cleared.
-unsafe impl Send for IovecBuf {}
-
-impl IovecBuf {
-    /// Room for the head buffer, one iovec per descriptor of the largest chain and a spare:
-    /// the vector never reallocates on the packet path.
-    pub fn with_capacity(descriptors: usize) -> Self {
-        Self(Vec::with_capacity(descriptors + 2))
-    }
-
-    /// The iovecs filled by the last [`gather_iov`].
-    pub fn as_slice(&self) -> &[libc::iovec] {
-        &self.0
-    }
 }
 
 /// Who writes a chain's buffers.

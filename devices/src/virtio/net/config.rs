@@ -74,21 +74,10 @@ pub fn config_bytes(mac: MacAddr, mtu: Option<u16>) -> [u8; CONFIG_LEN] {
     c
 }
 
-/// Copy `data.len()` bytes of `config` at `offset`; bytes past the end read as zero.
-pub fn read_config(config: &[u8], offset: u64, data: &mut [u8]) {
-    data.fill(0);
-    let Ok(start) = usize::try_from(offset) else {
-        return;
-    };
-    if let Some(src) = config.get(start..) {
-        let n = src.len().min(data.len());
-        data[..n].copy_from_slice(&src[..n]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::config_space::read_config;
 
     #[test]
     fn mac_parse_and_print() {

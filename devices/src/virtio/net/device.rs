@@ -270,7 +270,7 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        config::read_config(&self.config, offset, data);
+        crate::virtio::config_space::read_config(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

@@ -254,6 +254,35 @@ impl GuestDriver {
         self.mem.write_obj(idx, at).expect("avail idx");
     }
 
+    /// Put `heads` in the avail ring of queue `q` and publish them with one index update, as a
+    /// driver does for a batch. No kick.
+    pub fn publish_many(&mut self, q: u16, heads: &[u16]) {
+        let dq = &mut self.queues[usize::from(q)];
+        for (i, &head) in heads.iter().enumerate() {
+            let at = dq.avail_idx.wrapping_add(i as u16) % dq.size;
+            let slot = dq.avail + 4 + u64::from(at) * 2;
+            self.mem
+                .write_obj(head, GuestAddress(slot))
+                .expect("avail ring");
+        }
+        dq.avail_idx = dq.avail_idx.wrapping_add(heads.len() as u16);
+        let idx = dq.avail_idx;
+        let at = GuestAddress(dq.avail + 2);
+        self.mem.write_obj(idx, at).expect("avail idx");
+    }
+
+    /// How many used entries the device added to queue `q` since the last call (their
+    /// contents are not read).
+    pub fn count_used(&mut self, q: u16) -> u16 {
+        let dq = self.queue(q);
+        let idx: u16 = self
+            .mem
+            .read_obj(GuestAddress(dq.used + 2))
+            .expect("used idx");
+        self.queues[usize::from(q)].used_seen = idx;
+        idx.wrapping_sub(dq.used_seen)
+    }
+
     /// Overwrite the avail index of queue `q` (for the "index jumps" attack).
     pub fn set_avail_idx(&mut self, q: u16, idx: u16) {
         let at = GuestAddress(self.queue(q).avail + 2);

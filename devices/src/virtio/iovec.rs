@@ -1,0 +1,24 @@
+//! iovecs describing guest buffers for one `readv`/`writev`/`preadv`/`pwritev`.
+
+/// iovecs for one request or frame. Holds raw pointers into guest memory that are valid only
+/// during the device call that filled it; nothing uses them but the vectored I/O in that
+/// call.
+#[derive(Debug)]
+pub(crate) struct IovecBuf(pub(crate) Vec<libc::iovec>);
+
+// SAFETY: the pointers are plain addresses, filled and consumed within one call on the thread
+// that owns the device; between calls the vector is only cleared.
+unsafe impl Send for IovecBuf {}
+
+impl IovecBuf {
+    /// Room for `descriptors` iovecs and two more (a device's own head buffer, a spare): the
+    /// vector never reallocates on the I/O path.
+    pub(crate) fn with_capacity(descriptors: usize) -> Self {
+        Self(Vec::with_capacity(descriptors + 2))
+    }
+
+    /// The iovecs filled last.
+    pub(crate) fn as_slice(&self) -> &[libc::iovec] {
+        &self.0
+    }
+}
