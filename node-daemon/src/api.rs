@@ -32,6 +32,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/slivers/{name}"),
     ("POST", "/slivers/{name}/start"),
     ("POST", "/slivers/{name}/stop"),
+    ("GET", "/slivers/{name}/console"),
+    ("POST", "/slivers/{name}/console/attach"),
+    ("GET", "/images"),
+    ("GET", "/images/{name}"),
+    ("PUT", "/images/{name}"),
+    ("DELETE", "/images/{name}"),
 ];
 
 /// Who is on the other end of a connection (SO_PEERCRED).
@@ -76,7 +82,7 @@ fn status_of(e: &SliverError) -> StatusCode {
         }
         SliverError::Invalid { .. } => StatusCode::BAD_REQUEST,
         SliverError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        SliverError::NotFound(_) => StatusCode::NOT_FOUND,
+        SliverError::NotFound(_) | SliverError::ImageNotFound(_) => StatusCode::NOT_FOUND,
         SliverError::Conflict { .. } => StatusCode::CONFLICT,
         SliverError::Exhausted(_) => StatusCode::INSUFFICIENT_STORAGE,
         SliverError::Audit(a) if a.field().is_some() => StatusCode::BAD_REQUEST,
@@ -104,7 +110,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Reply<T> = Result<T, ApiError>;
+pub(crate) type Reply<T> = Result<T, ApiError>;
 
 /// Run a mutating operation to its end in a task of its own: a client that goes away does
 /// not cancel it halfway (a stop cut off after SIGUSR1 would never send SIGTERM).
@@ -117,7 +123,7 @@ async fn detached<T: Send + 'static>(
 }
 
 /// A route's `{name}`; a path that does not decode is a JSON 400 naming `name`.
-struct Name(String);
+pub(crate) struct Name(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for Name {
     type Rejection = ApiError;
@@ -268,6 +274,8 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/slivers/{name}/start", post(start))
         .route("/slivers/{name}/stop", post(stop))
+        .merge(crate::images_api::routes())
+        .merge(crate::console_api::routes())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         // Our own parser reports oversize bodies as JSON; let one byte more through to it.

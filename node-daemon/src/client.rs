@@ -90,12 +90,69 @@ pub fn sliver_path(name: &str, suffix: &str) -> Result<String, ClientError> {
     ))
 }
 
+/// A request body: bytes in memory or a stream (an image upload).
+type ReqBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// One request on a fresh connection, waiting at most `timeout` for the reply.
 pub async fn request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let body = Full::new(Bytes::copy_from_slice(body.unwrap_or(b"")))
+        .map_err(|never| match never {})
+        .boxed();
+    exchange(socket, method, path, ("application/json", body), timeout).await
+}
+
+/// `PUT` the file at `file` to `path` as `application/octet-stream`, streamed.
+pub async fn upload(
+    socket: &Path,
+    path: &str,
+    file: &Path,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|source| ClientError::Connect {
+            socket: file.display().to_string(),
+            source,
+        })?;
+    let chunks = futures_util::stream::unfold(f, |mut f| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match tokio::io::AsyncReadExt::read(&mut f, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), f))
+            }
+            Err(e) => Some((
+                Err(Box::new(e) as Box<dyn std::error::Error + Send + Sync>),
+                f,
+            )),
+        }
+    });
+    let body = http_body_util::StreamBody::new(chunks).boxed();
+    exchange(
+        socket,
+        "PUT",
+        path,
+        ("application/octet-stream", body),
+        timeout,
+    )
+    .await
+}
+
+/// Send `method path` with `(content type, body)` on a fresh connection to `socket`; wait at
+/// most `timeout` for the whole reply.
+async fn exchange(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    (content_type, body): (&str, ReqBody),
     timeout: Duration,
 ) -> Result<Response, ClientError> {
     let name = socket.display().to_string();
@@ -107,17 +164,7 @@ pub async fn request(
             source: e,
         }
     };
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
-        .await
-        .map_err(|_| ClientError::Timeout {
-            socket: name.clone(),
-            waited: CONNECT_TIMEOUT,
-            step: "connecting",
-        })?
-        .map_err(|source| ClientError::Connect {
-            socket: name.clone(),
-            source,
-        })?;
+    let stream = connect(socket).await?;
     let exchange = async {
         let io = hyper_util::rt::TokioIo::new(stream);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
@@ -128,8 +175,8 @@ pub async fn request(
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "node")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::copy_from_slice(body.unwrap_or(b""))))
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(body)
             .map_err(|e| http("building the request")(e.into()))?;
         let response = sender
             .send_request(request)
@@ -156,6 +203,34 @@ pub async fn request(
         })?
 }
 
+/// A connection to `socket`, within [`CONNECT_TIMEOUT`].
+pub async fn connect(socket: &Path) -> Result<tokio::net::UnixStream, ClientError> {
+    let name = socket.display().to_string();
+    tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            socket: name.clone(),
+            waited: CONNECT_TIMEOUT,
+            step: "connecting",
+        })?
+        .map_err(|source| ClientError::Connect {
+            socket: name,
+            source,
+        })
+}
+
+/// A current-thread runtime for the blocking entry points.
+pub fn runtime(socket: &Path) -> Result<tokio::runtime::Runtime, ClientError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Http {
+            socket: socket.display().to_string(),
+            step: "starting the client",
+            source: e.into(),
+        })
+}
+
 /// [`request`] from outside any async runtime (ctl, tests), with [`RESPONSE_TIMEOUT`].
 pub fn try_request(
     socket: &Path,
@@ -174,15 +249,7 @@ pub fn try_request_within(
     body: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Response, ClientError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClientError::Http {
-            socket: socket.display().to_string(),
-            step: "starting the client",
-            source: e.into(),
-        })?;
-    runtime.block_on(request(socket, method, path, body, timeout))
+    runtime(socket)?.block_on(request(socket, method, path, body, timeout))
 }
 
 #[cfg(test)]

@@ -87,6 +87,33 @@ pub enum Action {
     },
     /// GET /metrics
     Metrics,
+    /// attach to the sliver's serial console (Ctrl-] detaches)
+    Console {
+        /// Sliver name.
+        name: String,
+        /// Watch without typing.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// GET /slivers/{name}/console: the end of the sliver's console log
+    ConsoleLog {
+        /// Sliver name.
+        name: String,
+        /// Bytes from the end (at most 2 MiB).
+        #[arg(long, default_value_t = 65536)]
+        tail: u64,
+    },
+    /// ssh to the sliver as root, from the node (in the daemon's network namespace)
+    Ssh {
+        /// Sliver name.
+        name: String,
+        /// Private key to use (default: ssh's own choice).
+        #[arg(long, short = 'i')]
+        identity: Option<PathBuf>,
+        /// Command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 fn text(v: &Value) -> String {
@@ -176,6 +203,12 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
         Action::Stop { name } => ("POST", path(name, "/stop")?, None),
         Action::Delete { name } => ("DELETE", path(name, "")?, None),
         Action::Create { name, spec } => ("PUT", path(name, "")?, Some(read_spec(spec)?)),
+        Action::ConsoleLog { name, tail } => (
+            "GET",
+            format!("{}?tail={tail}", path(name, "/console")?),
+            None,
+        ),
+        Action::Ssh { .. } | Action::Console { .. } => return Err("not a plain request".into()),
         Action::Limits {
             name,
             share,
@@ -207,6 +240,18 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
 
 /// Run one `ctl` command; returns the exit code (0 ok, 1 error).
 pub fn run(args: &CtlArgs) -> i32 {
+    let timeout = Duration::from_secs(args.timeout);
+    if let Action::Ssh {
+        name,
+        identity,
+        command,
+    } = &args.action
+    {
+        return crate::ctl_ssh::run(&args.socket, name, identity.as_ref(), command, timeout);
+    }
+    if let Action::Console { name, read_only } = &args.action {
+        return crate::ctl_console::run(&args.socket, name, *read_only);
+    }
     let (method, path, body) = match request_for(&args.action) {
         Ok(r) => r,
         Err(e) => {
@@ -214,7 +259,6 @@ pub fn run(args: &CtlArgs) -> i32 {
             return 1;
         }
     };
-    let timeout = Duration::from_secs(args.timeout);
     let response: Response =
         match try_request_within(&args.socket, method, &path, body.as_deref(), timeout) {
             Ok(r) => r,
@@ -223,7 +267,8 @@ pub fn run(args: &CtlArgs) -> i32 {
                 return 1;
             }
         };
-    if matches!(args.action, Action::Metrics) && response.status == 200 {
+    if matches!(args.action, Action::Metrics | Action::ConsoleLog { .. }) && response.status == 200
+    {
         print!("{}", response.body);
         return 0;
     }

@@ -28,6 +28,9 @@ pub enum SliverError {
     /// No sliver has this name.
     #[error("no sliver named {0:?}")]
     NotFound(String),
+    /// No image has this name.
+    #[error("no image named {0:?} (see GET /images)")]
+    ImageNotFound(String),
     /// The request conflicts with the sliver's definition or its state.
     #[error("{reason}")]
     Conflict {

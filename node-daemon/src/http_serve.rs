@@ -228,9 +228,44 @@ impl Drop for Open {
     }
 }
 
+/// A streamed body that fails when no bytes came for `timeout`.
+struct ChunkTimeout {
+    inner: Body,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl axum::body::HttpBody for ChunkTimeout {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, axum::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let next = tokio::time::Instant::now() + self.timeout;
+                self.sleep.as_mut().reset(next);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match self.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
+                    "no bytes for {} s",
+                    self.timeout.as_secs_f64()
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
 /// Middleware: the body must arrive within `read_timeout`, else `408` and the connection
-/// closes. The body is collected here (the API's bodies are small and capped), one byte past
-/// `limit` so that the router's own limit still answers for longer ones.
+/// closes. A JSON body (anything but `application/octet-stream`) is collected here (the
+/// API's bodies are small and capped), one byte past `limit` so that the router's own limit
+/// still answers for longer ones. An `application/octet-stream` body (an image upload) is
+/// passed on as a stream that fails when no bytes come for `read_timeout`; its handler bounds
+/// its total.
 async fn read_body_in_time(
     read_timeout: Duration,
     limit: usize,
@@ -238,6 +273,19 @@ async fn read_body_in_time(
     next: Next,
 ) -> Response {
     let (parts, body) = req.into_parts();
+    let streamed = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/octet-stream"));
+    if streamed {
+        let body = ChunkTimeout {
+            inner: body,
+            timeout: read_timeout,
+            sleep: Box::pin(tokio::time::sleep(read_timeout)),
+        };
+        return next.run(Request::from_parts(parts, Body::new(body))).await;
+    }
     let bytes: Bytes =
         match tokio::time::timeout(read_timeout, axum::body::to_bytes(body, limit + 1)).await {
             Ok(Ok(bytes)) => bytes,
@@ -401,7 +449,9 @@ async fn serve_connection(
         stream,
         activity: activity.clone(),
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let mut closing = false;
     loop {

@@ -5,10 +5,16 @@
 
 pub mod api;
 pub mod client;
+pub mod console_api;
 pub mod ctl_cmd;
+pub mod ctl_console;
+pub mod ctl_ssh;
 pub mod error;
 pub mod host_net;
 pub mod http_serve;
+pub mod image_cmd;
+pub mod images;
+pub mod images_api;
 pub mod metrics;
 pub mod name_locks;
 pub mod node;
@@ -17,6 +23,8 @@ pub mod reconcile;
 pub mod registry;
 pub mod server;
 pub mod shares;
+pub mod sliver_config;
+pub mod sliver_disks;
 pub mod spec;
 pub mod state;
 pub mod supervisor;

@@ -27,9 +27,11 @@ use vmm::stats::SliverCounters;
 
 use crate::error::SliverError;
 use crate::host_net;
+use crate::images::ImageStore;
 use crate::name_locks::NameLocks;
 use crate::registry::{Created, LimitsPatch, Registry};
 use crate::shares::slots::{self, Shaping};
+use crate::sliver_disks::SliverDisks;
 use crate::spec::{SliverNet, SliverSpec};
 use crate::state::{SliverRecord, SliverState};
 use crate::supervisor::Supervisor;
@@ -53,8 +55,36 @@ pub struct SliverView {
     pub counters: SliverCounters,
     /// Allocated rates, bytes today, time throttled (slivers with a network device).
     pub shaping: Option<Shaping>,
+    /// Its root disk (slivers with a `vref`).
+    pub disk: Option<DiskView>,
+    /// How to log in (slivers with a `vref`, keys and a network device).
+    pub ssh: Option<SshView>,
     /// The accepted spec.
     pub spec: SliverSpec,
+}
+
+/// A sliver's root disk as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskView {
+    /// The image it is a copy of.
+    pub vref: String,
+    /// Its quota and size, kB.
+    pub disk_max: u64,
+    /// Host bytes it takes now (0 before it is made).
+    pub used_bytes: u64,
+}
+
+/// How to reach a sliver's ssh server (from the node: see `slicevisor ctl ssh`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SshView {
+    /// `root`.
+    pub user: String,
+    /// The guest's address.
+    pub host: String,
+    /// 22.
+    pub port: u16,
+    /// The command, e.g. `ssh root@10.0.3.2`.
+    pub command: String,
 }
 
 /// What the node keeps of deleted slivers' audit data.
@@ -92,6 +122,23 @@ pub struct Node {
     /// record it was made for.
     pub(crate) taps: tokio::sync::Mutex<()>,
     pub(crate) retention: AuditRetention,
+    /// Reference images.
+    pub(crate) images: ImageStore,
+    /// Slivers' disks.
+    pub(crate) disks: SliverDisks,
+}
+
+/// How to reach `spec`'s sliver by ssh, if it has an image, keys and an address.
+fn ssh_view(spec: &SliverSpec) -> Option<SshView> {
+    spec.vref.as_ref()?;
+    spec.keys.as_ref().filter(|k| !k.is_empty())?;
+    let (ip, _) = spec.net.as_ref()?.guest_cidr()?;
+    Some(SshView {
+        user: "root".into(),
+        host: ip.to_string(),
+        port: 22,
+        command: format!("ssh root@{ip}"),
+    })
 }
 
 /// Run registry work (which fsyncs) off the async workers.
@@ -105,7 +152,10 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 impl Node {
     /// The node over `registry`, running VMMs with `supervisor`, making TAPs through `netlink`
-    /// and shaper slots in `ledger`; audit logs are under `state_dir`.
+    /// and shaper slots in `ledger`; audit logs, images and disks are under `state_dir`.
+    ///
+    /// # Errors
+    /// The image or disk directory cannot be made.
     pub fn new(
         registry: Arc<Registry>,
         supervisor: Arc<Supervisor>,
@@ -113,8 +163,8 @@ impl Node {
         ledger: Arc<Ledger>,
         state_dir: &Path,
         retention: AuditRetention,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::state::StateError> {
+        Ok(Self {
             registry,
             supervisor,
             netlink,
@@ -124,7 +174,77 @@ impl Node {
             slots_lock: Mutex::new(()),
             taps: tokio::sync::Mutex::new(()),
             retention,
+            images: ImageStore::open(state_dir)?,
+            disks: SliverDisks::open(state_dir)?,
+        })
+    }
+
+    /// Sliver `name`'s console log files, oldest first.
+    pub fn console_logs(&self, name: &str) -> [PathBuf; 2] {
+        self.supervisor.console_logs(name)
+    }
+
+    /// Sliver `name`'s VMM's console socket.
+    pub fn console_socket(&self, name: &str) -> PathBuf {
+        self.supervisor.console_socket(name)
+    }
+
+    /// The image store.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The slivers whose spec names image `vref`.
+    pub fn image_users(&self, vref: &str) -> Vec<String> {
+        self.registry
+            .list()
+            .into_iter()
+            .filter(|(_, r)| r.spec.vref.as_deref() == Some(vref))
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Check that `spec`'s `vref` exists and fits in its `disk_max`.
+    fn check_vref(&self, spec: &SliverSpec) -> Result<(), SliverError> {
+        let Some(vref) = &spec.vref else {
+            return Ok(());
+        };
+        let image = self.images.get(vref).map_err(|_| {
+            SliverError::invalid("vref", format!("no image named {vref:?} (see GET /images)"))
+        })?;
+        if spec.disk_max_bytes() < image.size {
+            return Err(SliverError::invalid(
+                "disk_max",
+                format!(
+                    "{} kB is smaller than image {vref:?} ({} kB)",
+                    spec.disk_max_bytes() / 1024,
+                    image.size.div_ceil(1024)
+                ),
+            ));
         }
+        Ok(())
+    }
+
+    /// Make sliver `name`'s root disk if it has none (slivers with a `vref`).
+    async fn ensure_disk(&self, name: &str, spec: &SliverSpec) -> Result<(), SliverError> {
+        let Some(vref) = spec.vref.clone() else {
+            return Ok(());
+        };
+        let image = self.images.image_path(&vref);
+        let disks = SliverDisks::at(&self.state_dir);
+        let (owned, size) = (name.to_string(), spec.disk_max_bytes());
+        blocking(move || disks.ensure_root(&owned, &image, size).map(|_| ())).await
+    }
+
+    /// Write sliver `name`'s config disk for this start (slivers with a `vref`).
+    async fn write_cidata(&self, name: &str, spec: &SliverSpec) -> Result<(), SliverError> {
+        if spec.vref.is_none() {
+            return Ok(());
+        }
+        let config = crate::sliver_config::config(name, spec);
+        let disks = SliverDisks::at(&self.state_dir);
+        let owned = name.to_string();
+        blocking(move || disks.write_cidata(&owned, &config)).await
     }
 
     /// The sliver registry.
@@ -142,6 +262,7 @@ impl Node {
     ) -> Result<(Created, SliverView), SliverError> {
         let owned = name.to_string();
         let spec = blocking(move || spec.validate(&owned).map(|()| spec)).await?;
+        self.check_vref(&spec)?;
         let _lock = self.locks.lock(name).await;
         if self.registry.is_unreadable(name) {
             return Err(SliverError::conflict(
@@ -175,17 +296,24 @@ impl Node {
                 return Err(e);
             }
         };
-        if let Some(net) = &record.spec.net {
-            if let Err(e) = self.ensure_tap(name, net).await {
-                self.remove_tap(name).await;
-                self.release_slot(name);
-                let registry = self.registry.clone();
-                let owned = name.to_string();
-                if let Err(undo) = blocking(move || registry.delete(&owned)).await {
-                    log::error!("sliver {name}: undoing its definition: {undo}");
-                }
-                return Err(e);
+        let host_side = match &record.spec.net {
+            Some(net) => self.ensure_tap(name, net).await,
+            None => Ok(()),
+        };
+        let host_side = match host_side {
+            Ok(()) => self.ensure_disk(name, &record.spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = host_side {
+            self.remove_tap(name).await;
+            self.release_slot(name);
+            self.disks.remove(name);
+            let registry = self.registry.clone();
+            let owned = name.to_string();
+            if let Err(undo) = blocking(move || registry.delete(&owned)).await {
+                log::error!("sliver {name}: undoing its definition: {undo}");
             }
+            return Err(e);
         }
         self.converge_after(name).await;
         Ok((Created::New, self.show(name)?))
@@ -221,11 +349,16 @@ impl Node {
         Ok(self.view(name, record))
     }
 
-    /// Start sliver `name`'s VMM, its host side converged first.
+    /// Start sliver `name`'s VMM, its host side converged first (its disk made if missing,
+    /// its config disk written anew).
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<SliverView, SliverError> {
         let _lock = self.locks.lock(name).await;
-        self.registry.get(name)?;
+        let current = self.registry.get(name)?;
         self.converge_locked(name).await?;
+        if !matches!(current.state, SliverState::Running | SliverState::Starting) {
+            self.ensure_disk(name, &current.spec).await?;
+            self.write_cidata(name, &current.spec).await?;
+        }
         let record = self.supervisor.start(name).await?;
         Ok(self.view(name, record))
     }
@@ -293,6 +426,12 @@ impl Node {
             exit_reason: r.exit_reason,
             counters: self.supervisor.counters(name),
             shaping: self.shaping(name),
+            disk: r.spec.vref.as_ref().map(|vref| DiskView {
+                vref: vref.clone(),
+                disk_max: r.spec.disk_max_bytes() / 1024,
+                used_bytes: self.disks.used_bytes(name).unwrap_or(0),
+            }),
+            ssh: ssh_view(&r.spec),
             spec: r.spec,
         }
     }
@@ -341,6 +480,7 @@ impl Node {
     pub(crate) async fn remove_host_side(&self, name: &str) {
         self.release_slot(name);
         self.remove_tap(name).await;
+        self.disks.remove(name);
         let ring =
             audit_store::sliver_dir(&self.state_dir, name).join(audit_store::capture::RING_FILE);
         if self.retention.capture_after_delete.is_zero() {

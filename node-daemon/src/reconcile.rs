@@ -6,7 +6,7 @@
 //! limits (neither, for a sliver without a network device), and its VMM as the record says
 //! (adopted when one runs that nobody watches, its end recorded when none runs, an
 //! interrupted stop finished, a VMM that should not run stopped). Without a record: no VMM,
-//! TAP, slot, run file or capture ring of that name (the ring after its retention), and the
+//! TAP, slot, disk, run file or capture ring of that name (the ring after its retention), and the
 //! flow records expire by the audit retention policy. A name whose record file could not be
 //! read is not known to be deleted: nothing of it is touched. Records whose write failed (a
 //! full disk) are written again.
@@ -98,11 +98,14 @@ impl Node {
                 }
             }
         }
-        // Strays known by name: VMMs and slots. Each is checked again under its name's lock.
+        // Strays known by name: VMMs, slots and disks. Each is checked again under its name's
+        // lock.
+        let disked = self.disks.names();
         let strays: BTreeSet<&str> = running
             .keys()
             .map(String::as_str)
             .chain(slotted.iter().map(String::as_str))
+            .chain(disked.iter().map(String::as_str))
             .filter(|n| !recorded.contains(n))
             .collect();
         for name in strays {

@@ -196,7 +196,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             ledger.clone(),
             &state_dir,
             config.audit_retention,
-        ));
+        )?);
         // The host is made to match the records before the first request is served.
         node.reconcile_all().await;
         node.spawn_periodic();

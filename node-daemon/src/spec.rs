@@ -22,6 +22,18 @@ pub const MAX_RATE_BPS: u64 = 100_000_000_000;
 pub const MAX_KBYTE_PER_DAY: u64 = 10_000_000_000;
 /// Largest share weight.
 pub const MAX_SHARE: u32 = 1000;
+/// PlanetLab's default disk quota: 10 GB, in kB.
+pub const DEFAULT_DISK_MAX_KB: u64 = 10_000_000;
+/// Largest disk quota: 16 TiB, in kB.
+pub const MAX_DISK_MAX_KB: u64 = 16 << 30;
+/// Most ssh keys a sliver takes.
+pub const MAX_KEYS: usize = 16;
+/// Longest ssh key line (an RSA-4096 key with a comment is about 750 bytes).
+pub const MAX_KEY_LEN: usize = 1024;
+/// Most bytes of all keys together (a sliver's record holds them: 16 KiB in all).
+pub const MAX_KEYS_BYTES: usize = 8192;
+/// Fields whose value is an array (of strings); every other array is refused.
+const ARRAY_FIELDS: [&str; 1] = ["keys"];
 
 fn default_vcpus() -> u8 {
     1
@@ -87,6 +99,18 @@ pub struct SliverSpec {
     /// Network device, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<SliverNet>,
+    /// The reference image (`GET /images`) the sliver's root disk is a copy-on-write copy of
+    /// (PlanetLab's `vref`); without it the guest runs from `initrd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vref: Option<String>,
+    /// Most host space the sliver's root disk may take, kB (PlanetLab's `disk_max`; default
+    /// 10 000 000). It is also the disk's size as the guest sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_max: Option<u64>,
+    /// ssh public keys (`authorized_keys` lines) that may log in as root (PlanetLab's
+    /// `keys`); they reach the guest through its cloud-init config disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<String>>,
 }
 
 /// Whether `s` is a valid sliver name: `[a-z0-9-]{1,63}`.
@@ -128,6 +152,15 @@ fn check_shape(value: &serde_json::Value, path: &str) -> Result<(), SliverError>
             "body",
             "the body must be a JSON object, not an array",
         )),
+        serde_json::Value::Array(items) if ARRAY_FIELDS.contains(&path) => {
+            match items.iter().position(|v| !v.is_string()) {
+                Some(i) => Err(SliverError::invalid(
+                    &format!("{path}[{i}]"),
+                    "must be a string",
+                )),
+                None => Ok(()),
+            }
+        }
         serde_json::Value::Array(_) => Err(SliverError::invalid(
             &field(path),
             "an array is not allowed here",
@@ -380,8 +413,77 @@ impl SliverSpec {
         if let Some(net) = &self.net {
             net.validate()?;
         }
+        self.validate_storage()
+    }
+
+    /// The root disk's quota in bytes (the default when not given).
+    pub fn disk_max_bytes(&self) -> u64 {
+        self.disk_max
+            .unwrap_or(DEFAULT_DISK_MAX_KB)
+            .saturating_mul(1024)
+    }
+
+    /// `vref`, `disk_max` and `keys` on their own (whether the image exists and fits is the
+    /// image store's to say).
+    fn validate_storage(&self) -> Result<(), SliverError> {
+        if let Some(vref) = &self.vref {
+            if !crate::images::valid_image_name(vref) {
+                return Err(SliverError::invalid(
+                    "vref",
+                    format!("{vref:?} is not an image name ([a-z0-9][a-z0-9._-]{{0,62}})"),
+                ));
+            }
+            if self.initrd.is_some() {
+                return Err(SliverError::invalid(
+                    "initrd",
+                    "a sliver boots from its vref's disk or from an initrd, not both",
+                ));
+            }
+        }
+        if let Some(kb) = self.disk_max {
+            if self.vref.is_none() {
+                return Err(SliverError::invalid("disk_max", "needs vref (a disk)"));
+            }
+            if kb == 0 || kb > MAX_DISK_MAX_KB {
+                return Err(SliverError::invalid(
+                    "disk_max",
+                    format!("{kb} kB is not between 1 and {MAX_DISK_MAX_KB}"),
+                ));
+            }
+        }
+        let keys = self.keys.as_deref().unwrap_or_default();
+        if keys.len() > MAX_KEYS {
+            return Err(SliverError::invalid(
+                "keys",
+                format!("{} keys; at most {MAX_KEYS}", keys.len()),
+            ));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            check_key(key).map_err(|why| SliverError::invalid(&format!("keys[{i}]"), why))?;
+        }
+        let total: usize = keys.iter().map(String::len).sum();
+        if total > MAX_KEYS_BYTES {
+            return Err(SliverError::invalid(
+                "keys",
+                format!("{total} bytes in all; at most {MAX_KEYS_BYTES}"),
+            ));
+        }
         Ok(())
     }
+}
+
+/// Check one `authorized_keys` line: one OpenSSH public key (type, base64 blob that decodes
+/// to a key of that type, optional comment), no options, nothing else.
+fn check_key(key: &str) -> Result<(), String> {
+    if key.len() > MAX_KEY_LEN {
+        return Err(format!("{} bytes; at most {MAX_KEY_LEN}", key.len()));
+    }
+    if key.contains(['\n', '\r', '\0']) {
+        return Err("one key per entry: no line breaks or NUL".into());
+    }
+    ssh_key::PublicKey::from_openssh(key.trim())
+        .map(|_| ())
+        .map_err(|e| format!("not an OpenSSH public key: {e}"))
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ pub enum StateError {
     BadName(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
     move |source| match source.raw_os_error() {
         Some(libc::ENOSPC | libc::EDQUOT) => StateError::NoSpace {
             path: path.to_path_buf(),
@@ -413,6 +413,9 @@ mod tests {
                 vcpus: 1,
                 mem_mib: 128,
                 net: None,
+                vref: None,
+                disk_max: None,
+                keys: None,
             },
             state,
             pid: Some(42),

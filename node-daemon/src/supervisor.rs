@@ -18,6 +18,7 @@ use crate::error::SliverError;
 use crate::host_net;
 use crate::registry::Registry;
 use crate::shares::slots;
+use crate::sliver_disks::SliverDisks;
 use crate::state::{SliverRecord, SliverState};
 use crate::vmm_procs::{self, signal};
 
@@ -46,6 +47,20 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The MAC of sliver `name`'s NIC: its spec's, else derived from its TAP's name.
+pub fn sliver_mac(name: &str, net: &crate::spec::SliverNet) -> String {
+    match &net.mac {
+        Some(mac) => mac.clone(),
+        None => vmm::net_spec::NetSpec {
+            tap: host_net::tap_name(name),
+            mac: None,
+            ip: None,
+        }
+        .mac_or_derived()
+        .to_string(),
+    }
 }
 
 /// Whether a sliver in `state` should have a VMM.
@@ -94,18 +109,37 @@ impl Supervisor {
         vmm::stats::SliverCounters::read(&self.stats_file(name)).unwrap_or_default()
     }
 
-    /// Every file of sliver `name` in the run directory (exit record, counters, log).
-    pub fn run_files(&self, name: &str) -> [PathBuf; 3] {
+    /// Every file of sliver `name` in the run directory (exit record, counters, log,
+    /// console log and socket).
+    pub fn run_files(&self, name: &str) -> [PathBuf; 6] {
+        let [log, rotated] = self.console_logs(name);
         [
             self.exit_file(name),
             self.stats_file(name),
             self.log_file(name),
+            log,
+            rotated,
+            self.console_socket(name),
         ]
     }
 
-    /// The VMM's console and log (appended across runs).
+    /// The VMM's own log (appended across runs).
     pub fn log_file(&self, name: &str) -> PathBuf {
         self.run_dir.join(format!("{name}.log"))
+    }
+
+    /// The guest console's log, newest last: the rotated part, then the current one (see
+    /// `vmm::console`; together at most 2 MiB).
+    pub fn console_logs(&self, name: &str) -> [PathBuf; 2] {
+        [
+            self.run_dir.join(format!("{name}.console.1")),
+            self.run_dir.join(format!("{name}.console")),
+        ]
+    }
+
+    /// The running VMM's console socket.
+    pub fn console_socket(&self, name: &str) -> PathBuf {
+        self.run_dir.join(format!("{name}.console.sock"))
     }
 
     fn watch(&self, name: &str) -> watch::Sender<bool> {
@@ -126,12 +160,27 @@ impl Supervisor {
             .arg(self.exit_file(name))
             .arg("--stats-file")
             .arg(self.stats_file(name))
+            .arg("--console-log")
+            .arg(&self.console_logs(name)[1])
+            .arg("--console-socket")
+            .arg(self.console_socket(name))
             .arg("--kernel")
             .arg(&spec.kernel)
             .args(["--mem-mib", &spec.mem_mib.to_string()])
             .args(["--vcpus", &spec.vcpus.to_string()]);
         if let Some(initrd) = &spec.initrd {
             cmd.arg("--initrd").arg(initrd);
+        }
+        if spec.vref.is_some() {
+            // The root disk (/dev/vda: the VMM adds root=/dev/vda rw), then the config disk.
+            let disks = SliverDisks::at(&self.state_dir);
+            let mut root = std::ffi::OsString::from("path=");
+            root.push(disks.root_path(name));
+            root.push(",id=root");
+            let mut cidata = std::ffi::OsString::from("path=");
+            cidata.push(disks.cidata_path(name));
+            cidata.push(",ro,id=cidata");
+            cmd.arg("--disk").arg(root).arg("--disk").arg(cidata);
         }
         cmd.arg("--audit-dir")
             .arg(audit_store::sliver_dir(&self.state_dir, name))
@@ -142,16 +191,7 @@ impl Supervisor {
         let mut cmdline = Vec::new();
         if let Some(net) = &spec.net {
             let tap = host_net::tap_name(name);
-            let mac = match &net.mac {
-                Some(mac) => mac.clone(),
-                None => vmm::net_spec::NetSpec {
-                    tap: tap.clone(),
-                    mac: None,
-                    ip: None,
-                }
-                .mac_or_derived()
-                .to_string(),
-            };
+            let mac = sliver_mac(name, net);
             let ip = net.guest_cidr().map(|(ip, _)| format!(",ip={ip}"));
             cmd.arg("--net")
                 .arg(format!("tap={tap},mac={mac}{}", ip.unwrap_or_default()));

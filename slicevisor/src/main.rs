@@ -1,6 +1,6 @@
 //! The `slicevisor` binary: one command line over the crates that do the work. `run` is one
-//! sliver's VMM ([`vmm`]), `node` the node daemon and `ctl` its client ([`node_daemon`]),
-//! `audit` queries and exports the flow logs ([`audit_store`]).
+//! sliver's VMM ([`vmm`]), `node` the node daemon and `ctl` and `image` its clients
+//! ([`node_daemon`]), `audit` queries and exports the flow logs ([`audit_store`]).
 
 use clap::{Parser, Subcommand};
 use vmm::exit::EXIT_SETUP_ERROR;
@@ -26,6 +26,8 @@ enum Command {
     Node(node_daemon::node_cmd::NodeArgs),
     /// Talk to a running node daemon.
     Ctl(node_daemon::ctl_cmd::CtlArgs),
+    /// The node's reference images (vrefs), through its daemon.
+    Image(node_daemon::image_cmd::ImageArgs),
     /// Query and export the flow audit logs of a state directory.
     Audit {
         /// What to do.
@@ -48,6 +50,7 @@ fn main() {
         Command::Run(args) => vmm::run_cmd::run(args),
         Command::Node(args) => node_daemon::node_cmd::run(args).map_or_else(fail, |()| 0),
         Command::Ctl(args) => node_daemon::ctl_cmd::run(&args),
+        Command::Image(args) => node_daemon::image_cmd::run(&args),
         Command::Audit { command } => {
             audit_store::audit_cmd::run(&command).map_or_else(fail, |()| 0)
         }

@@ -208,3 +208,58 @@ fn no_permission_on_dev_kvm() {
     );
     assert_setup_error(&out, "/dev/kvm: permission denied");
 }
+
+#[test]
+fn bad_disks_are_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let kernel = tiny_kernel(dir.path());
+    let odd = dir.path().join("odd.img");
+    std::fs::write(&odd, [0u8; 513]).expect("odd");
+    let locked = dir.path().join("locked.img");
+    std::fs::write(&locked, [0u8; 4096]).expect("disk");
+    let dir_s = dir.path().display().to_string();
+    let cases = [
+        (
+            format!("path={dir_s}"),
+            format!("--disk path={dir_s}: not a regular file"),
+        ),
+        (
+            format!("path={}", odd.display()),
+            "513 bytes is not a whole, non-zero number of 512-byte sectors".to_string(),
+        ),
+        (
+            "path=/nonexistent/disk.img".to_string(),
+            "--disk path=/nonexistent/disk.img: No such file or directory".to_string(),
+        ),
+        (
+            "ro".to_string(),
+            "--disk \"ro\": path=FILE is required".to_string(),
+        ),
+        (
+            format!("path={},id=far-too-long-a-serial-here", locked.display()),
+            "--disk id=\"far-too-long-a-serial-here\"".to_string(),
+        ),
+    ];
+    for (spec, needle) in cases {
+        let out = run_with(&["--kernel", &kernel, "--disk", &spec]);
+        if spec == "ro" {
+            // clap reports a value that does not parse itself, with exit code 2.
+            assert_eq!(out.code(), 2, "{out:?}");
+            assert!(out.stderr.contains(&needle), "{}", out.stderr);
+            continue;
+        }
+        assert_setup_error(&out, &needle);
+    }
+    // A disk another process writes: the lock says so.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&locked)
+        .expect("open");
+    // SAFETY: flock on a descriptor we own.
+    let locked_ok = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&holder), libc::LOCK_EX) };
+    assert_eq!(locked_ok, 0);
+    let spec = format!("path={}", locked.display());
+    let out = run_with(&["--kernel", &kernel, "--disk", &spec]);
+    assert_setup_error(&out, "in use by another process (locked)");
+}

@@ -12,26 +12,25 @@ use vm_memory::GuestMemoryMmap;
 use crate::arch::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_MAX_DEVICES};
 use crate::bus::{Bus, BusError};
 
-/// Errors attaching a device; each names the device by its slot (`netN` for the Nth; every
-/// virtio device today is a NIC).
+/// Errors attaching a device; each names the device (`diskN`, `netN`).
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
     /// More devices than slots.
     #[error("at most {VIRTIO_MMIO_MAX_DEVICES} virtio devices")]
     TooMany,
     /// eventfd/irqfd/ioeventfd setup failed.
-    #[error("net{index}: {what}: {source}")]
+    #[error("{name}: {what}: {source}")]
     Resource {
-        /// Device slot.
-        index: usize,
+        /// The device.
+        name: String,
         /// Which step.
         what: &'static str,
         /// Why.
         source: std::io::Error,
     },
     /// MMIO window clash.
-    #[error("net{0}: {1}")]
-    Bus(usize, BusError),
+    #[error("{0}: {1}")]
+    Bus(String, BusError),
 }
 
 /// Attaches devices in order, handing out MMIO windows and IRQs.
@@ -70,10 +69,11 @@ impl<'a> VirtioAttacher<'a> {
 }
 
 impl VirtioAttacher<'_> {
-    /// Give `device` the next MMIO window and IRQ.
+    /// Give `device` (called `name` in errors) the next MMIO window and IRQ.
     pub fn attach(
         &mut self,
         device: Arc<Mutex<dyn VirtioDevice>>,
+        name: &str,
     ) -> Result<Arc<TransportCounters>, AttachError> {
         let index = self.count;
         if index >= VIRTIO_MMIO_MAX_DEVICES {
@@ -81,7 +81,7 @@ impl VirtioAttacher<'_> {
         }
         let res = |what| {
             move |source| AttachError::Resource {
-                index,
+                name: name.to_string(),
                 what,
                 source,
             }
@@ -108,7 +108,7 @@ impl VirtioAttacher<'_> {
                 devices::virtio::mmio::MMIO_WINDOW,
                 Arc::new(Mutex::new(transport)),
             )
-            .map_err(|e| AttachError::Bus(index, e))?;
+            .map_err(|e| AttachError::Bus(name.to_string(), e))?;
         self.cmdline_args
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.count += 1;

@@ -82,15 +82,16 @@ fn stages(
     }
 }
 
-/// Attach a virtio-net device on the TAP of `spec`; its events go to `event_loop`.
+/// Attach NIC number `index`, a virtio-net device on the TAP of `spec`; its events go to
+/// `event_loop`.
 pub fn attach(
     attacher: &mut VirtioAttacher<'_>,
+    index: usize,
     spec: &NetSpec,
     shaper: Option<Arc<Shaper>>,
     audit: Option<&NicAudit>,
     event_loop: &mut EventLoop,
 ) -> Result<AttachedNet, NicError> {
-    let index = attacher.count();
     let tap = Tap::open(&spec.tap)?;
     let mac = spec.mac_or_derived();
     let nic = u8::try_from(index).unwrap_or(u8::MAX);
@@ -99,7 +100,7 @@ pub fn attach(
         NetDevice::new(tap, mac, stages).map_err(|source| NicError::Device { index, source })?;
     let counters = device.counters();
     let device = Arc::new(Mutex::new(device));
-    let transport = attacher.attach(device.clone())?;
+    let transport = attacher.attach(device.clone(), &format!("net{index}"))?;
     event_loop.add_subscriber(Box::new(device));
     log::info!("net{index}: tap {} mac {mac}", spec.tap);
     Ok(AttachedNet {

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::disk_spec::DiskSpec;
 use crate::exit::{ExitRecord, EXIT_SETUP_ERROR};
 use crate::host_quirks::QuirkMode;
 use crate::net_spec::NetSpec;
@@ -29,15 +30,26 @@ pub struct RunArgs {
     /// Kernel command-line workarounds for PVM-native KVM hosts.
     #[arg(long, value_enum, default_value_t = QuirkMode::Auto)]
     pub host_quirks: QuirkMode,
-    /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC]. Repeatable.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=A.B.C.D]. Repeatable.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,ip=A.B.C.D]")]
     pub net: Vec<NetSpec>,
+    /// A virtio-blk device on a host file: path=FILE[,ro][,id=NAME]. Repeatable; the first is
+    /// /dev/vda, and the root file system (root=/dev/vda) unless --initrd or a root= is given.
+    #[arg(long = "disk", value_name = "path=FILE[,ro][,id=NAME]")]
+    pub disk: Vec<DiskSpec>,
     /// Write the exit code and reason here (JSON, atomically) when the VMM ends.
     #[arg(long)]
     pub exit_file: Option<PathBuf>,
     /// Write the packet counters here (JSON) every second and at exit.
     #[arg(long)]
     pub stats_file: Option<PathBuf>,
+    /// Write the guest console's output to this log (rotated at 1 MiB to PATH.1) instead
+    /// of stdout.
+    #[arg(long, value_name = "PATH")]
+    pub console_log: Option<PathBuf>,
+    /// Listen on this unix socket for console clients (first byte `w`: types, `r`: watches).
+    #[arg(long, value_name = "PATH")]
+    pub console_socket: Option<PathBuf>,
     /// The sliver this VMM runs (shown in its process arguments; set by the node daemon).
     #[arg(long)]
     pub sliver: Option<String>,
@@ -74,6 +86,9 @@ impl From<RunArgs> for VmConfig {
             vcpus: a.vcpus,
             host_quirks: a.host_quirks,
             net: a.net,
+            disks: a.disk,
+            console_log: a.console_log,
+            console_socket: a.console_socket,
             stats_file: a.stats_file,
             shaper: a.shaper_ledger.zip(a.shaper_slot),
             audit: a.audit_dir.map(|dir| crate::vm::AuditSetup {

@@ -22,6 +22,9 @@ use crate::attach::VirtioAttacher;
 use crate::audit_sink::SliverAudit;
 use crate::boot::{cmdline, loader, pvh};
 use crate::bus::{Bus, BusError};
+use crate::console::{ConsoleOut, ConsoleSocket};
+use crate::disk_spec::DiskSpec;
+use crate::drives::{self, DriveError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host_quirks::{self, QuirkMode};
@@ -52,6 +55,8 @@ pub struct VmConfig {
     pub vcpus: u8,
     /// Whether to apply the PVM-host command-line workarounds.
     pub host_quirks: QuirkMode,
+    /// Disks, in order (the first is /dev/vda).
+    pub disks: Vec<DiskSpec>,
     /// Network devices.
     pub net: Vec<NetSpec>,
     /// Where to write the packet counters every second and at exit.
@@ -60,6 +65,10 @@ pub struct VmConfig {
     pub shaper: Option<(PathBuf, usize)>,
     /// Where and how the NICs' audit stage keeps its records.
     pub audit: Option<AuditSetup>,
+    /// The console's output to this bounded log instead of stdout.
+    pub console_log: Option<PathBuf>,
+    /// A unix socket where console clients watch and one types.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The audit outputs of this VMM's sliver.
@@ -112,6 +121,9 @@ pub enum VmError {
     /// A network device could not be set up.
     #[error(transparent)]
     Nic(#[from] NicError),
+    /// A disk could not be set up.
+    #[error(transparent)]
+    Drive(#[from] DriveError),
     /// A system resource (eventfd, irqfd, CPUID query) failed.
     #[error("{0}: {1}")]
     Resource(&'static str, std::io::Error),
@@ -121,6 +133,9 @@ pub enum VmError {
     /// The audit log or capture ring named by --audit-dir.
     #[error("--audit-dir: {0}")]
     Audit(#[from] audit_store::AuditError),
+    /// The console log or socket.
+    #[error("{0}: {1}")]
+    Console(&'static str, std::io::Error),
 }
 
 /// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path`.
@@ -132,7 +147,7 @@ fn open_shaper(path: &std::path::Path, slot: usize) -> Result<Arc<Shaper>, VmErr
 }
 
 /// COM1 with its output on the VMM's stdout.
-type Console = Arc<Mutex<SerialDevice<std::io::Stdout>>>;
+type Console = Arc<Mutex<SerialDevice<ConsoleOut>>>;
 
 /// Turns device reports into exit reasons and boot measurements.
 struct VmEvents {
@@ -181,14 +196,19 @@ fn validate_vcpus(vcpus: u8) -> Result<(), VmError> {
     Ok(())
 }
 
-/// The legacy devices on the port-I/O bus; returns the bus and COM1 (for console input).
-fn legacy_devices(vm: &VmFd, sink: Arc<dyn GuestEventSink>) -> Result<(Bus, Console), VmError> {
+/// The legacy devices on the port-I/O bus, COM1's output going to `out`; returns the bus and
+/// COM1 (for console input).
+fn legacy_devices(
+    vm: &VmFd,
+    sink: Arc<dyn GuestEventSink>,
+    out: ConsoleOut,
+) -> Result<(Bus, Console), VmError> {
     let irq = EventFdInterrupt::new().map_err(|e| VmError::Resource("COM1 eventfd", e))?;
     vm.register_irqfd(irq.eventfd(), COM1_IRQ)
         .map_err(|e| VmError::Resource("COM1 irqfd", e.into()))?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         Arc::new(irq),
-        ConsoleWriter::new(std::io::stdout(), sink.clone()),
+        ConsoleWriter::new(out, sink.clone()),
     )));
     let mut pio = Bus::new();
     pio.insert(u64::from(COM1_PORT), COM1_PORT_COUNT, serial.clone())?;
@@ -274,7 +294,18 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         start,
         guest_ranges: host_ranges(&mem),
     });
-    let (pio, serial) = legacy_devices(&vm, sink)?;
+    let out = ConsoleOut::new(config.console_log.as_deref())
+        .map_err(|e| VmError::Console("--console-log", e))?;
+    let socket = config
+        .console_socket
+        .as_ref()
+        .map(|path| (path.clone(), out.clone_clients()));
+    let (pio, serial) = legacy_devices(&vm, sink, out)?;
+    if let Some((path, clients)) = socket {
+        let server = ConsoleSocket::bind(&path, clients, serial.clone())
+            .map_err(|e| VmError::Console("--console-socket", e))?;
+        event_loop.add_subscriber(Box::new(server));
+    }
     event_loop.add_console_input(serial)?;
     let mut mmio = Bus::new();
     let mut attacher = VirtioAttacher::new(&vm, &mem, &mut mmio);
@@ -289,12 +320,21 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
         }),
         None => None,
     };
+    // Disks first: the first one is /dev/vda.
+    let disks = config
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| drives::attach(&mut attacher, i, spec, &mut event_loop))
+        .collect::<Result<Vec<_>, _>>()?;
     let nets = config
         .net
         .iter()
-        .map(|spec| {
+        .enumerate()
+        .map(|(i, spec)| {
             nic::attach(
                 &mut attacher,
+                i,
                 spec,
                 shaper.clone(),
                 audit.as_ref(),
@@ -316,6 +356,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     };
     let mut args = extra;
     args.extend_from_slice(attacher.cmdline_args());
+    args.extend(drives::root_arg(
+        &config.disks,
+        config.initrd.is_some(),
+        config.cmdline.as_deref(),
+    ));
     let cmdline = cmdline::build(config.cmdline.as_deref(), &args)?;
 
     let ram_end = memory::low_ram_end(config.mem_mib);
@@ -369,6 +414,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     event_loop.run_until_exit();
     stop_vcpus(handles);
     log_net_counters(&nets);
+    drives::log_counters(&disks);
     if let Some(stats) = stats {
         stats.lock().unwrap_or_else(|p| p.into_inner()).write_now();
     }
