@@ -48,6 +48,14 @@ command -v tshark >/dev/null || need+=(tshark)
 [[ -f /usr/include/linux/pkt_cls.h ]] || need+=(linux-libc-dev)
 # The schema fuzzer speaks TCP; socat carries it to the daemon's unix socket.
 command -v socat >/dev/null || need+=(socat)
+# Slivers' disks: the reference image (debootstrap), ext4 resizing, the cloud-init config disk
+# (FAT), an XFS file system for copy-on-write disks, and the ssh client the tests log in with.
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v resize2fs >/dev/null && command -v e2fsck >/dev/null || need+=(e2fsprogs)
+command -v mkfs.vfat >/dev/null || need+=(dosfstools)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
@@ -65,6 +73,9 @@ fi
 
 step "guest kernel (cached after the first build)"
 bash guest-kernel/build.sh
+
+step "reference image debian-12 (debootstrap cached after the first build)"
+bash guest-image/build.sh
 
 step "format and lints"
 cargo fmt --all -- --check

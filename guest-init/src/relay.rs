@@ -4,6 +4,7 @@
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use crate::say;
 use crate::services::Services;
@@ -11,6 +12,8 @@ use crate::services::Services;
 /// What the VMM types on the console to ask for a power-off (vmm's `GUEST_POWEROFF_REQUEST`
 /// without its newlines).
 const POWEROFF: &[u8] = b"@@SLIVER-POWEROFF@@";
+/// How long the pty is left unwatched after its master reported a hang-up.
+const HUNG_UP_RETRY: Duration = Duration::from_millis(50);
 
 /// Holds back console input that may be the start of the power-off request.
 #[derive(Debug, Default)]
@@ -136,10 +139,22 @@ pub fn run(services: &mut Services) -> ! {
     raw(&console);
     let mut matcher = Matcher::default();
     let mut pty: Option<(OwnedFd, String)> = None;
+    // While no process has the pty's slave open the master reports a hang-up: between
+    // agetty's open and login's `vhangup()` and re-open, for instance. The pty is not watched
+    // until then (no busy loop), and is given up only when the getty or the shell it became
+    // has ended.
+    let mut master_hung_up_at: Option<Instant> = None;
     let mut buf = [0u8; 4096];
     let mut pass = Vec::with_capacity(4096);
     loop {
         services.reap();
+        if services.getty.is_none() {
+            pty = None;
+        }
+        if master_hung_up_at.is_some_and(|t| t.elapsed() >= HUNG_UP_RETRY) {
+            master_hung_up_at = None;
+        }
+        let watch_master = master_hung_up_at.is_none();
         let mut fds = [
             libc::pollfd {
                 fd: console.as_raw_fd(),
@@ -147,13 +162,17 @@ pub fn run(services: &mut Services) -> ! {
                 revents: 0,
             },
             libc::pollfd {
-                fd: pty.as_ref().map_or(-1, |p| p.0.as_raw_fd()),
+                fd: pty
+                    .as_ref()
+                    .filter(|_| watch_master)
+                    .map_or(-1, |p| p.0.as_raw_fd()),
                 events: libc::POLLIN,
                 revents: 0,
             },
         ];
+        let timeout = if watch_master { 500 } else { 50 };
         // SAFETY: poll(2) on two pollfds we own.
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, 500) } <= 0 {
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) } <= 0 {
             continue;
         }
         if fds[0].revents & libc::POLLIN != 0 {
@@ -185,11 +204,8 @@ pub fn run(services: &mut Services) -> ! {
                     unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
                 match usize::try_from(n) {
                     Ok(n) if n > 0 => write_all(&console, &buf[..n]),
-                    // EIO: the shell and the getty are gone; the next key starts another.
-                    _ => {
-                        pty = None;
-                        services.reap();
-                    }
+                    // EIO: nobody has the slave open now; see `master_hung_up_at`.
+                    _ => master_hung_up_at = Some(Instant::now()),
                 }
             }
         }

@@ -79,6 +79,18 @@ pub fn run(args: &ImageArgs) -> i32 {
                 eprintln!("slicevisor: error: {}: {e}", file.display());
                 return 1;
             }
+            // A name that is taken is refused before the upload, not after a partial one
+            // (the daemon answers at once and closes, which cuts the upload off).
+            if let Ok(r) =
+                try_request_within(&args.socket, "GET", &path(name), None, RESPONSE_TIMEOUT)
+            {
+                if r.status == 200 {
+                    eprintln!(
+                        "slicevisor: error: 409 image {name:?} exists; images never change: delete it first (field name)"
+                    );
+                    return 1;
+                }
+            }
             runtime(&args.socket)
                 .and_then(|rt| rt.block_on(upload(&args.socket, &path(name), file, UPLOAD_TIMEOUT)))
         }

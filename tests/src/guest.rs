@@ -24,6 +24,18 @@ pub fn artifacts() -> (PathBuf, PathBuf) {
     (kernel, initrd)
 }
 
+/// The reference image `debian-12` built by `guest-image/build.sh`; panics with the command
+/// to build it if absent.
+pub fn reference_image() -> PathBuf {
+    let image = crate::run::repo_root().join("target/guest/debian-12.ext4");
+    assert!(
+        image.exists(),
+        "{} is missing: run `bash guest-image/build.sh` (README's test command does)",
+        image.display()
+    );
+    image
+}
+
 /// Linux boots are CPU-bound emulation here; two at once take more than twice as long. Tests
 /// in one test binary hold this while their guest runs (cargo runs test binaries one at a
 /// time), so each boot gets the machine.

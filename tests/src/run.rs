@@ -158,3 +158,16 @@ impl std::ops::DerefMut for ChildGuard {
         self.0.as_mut().expect("child already taken")
     }
 }
+
+/// The SHA-256 of file `path` in hex, by `sha256sum` (coreutils); empty if it cannot be read.
+pub fn sha256sum(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum (coreutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
