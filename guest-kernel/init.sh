@@ -5,7 +5,9 @@
 # Kernel parameters it understands (unknown name=value parameters reach init's
 # environment; /proc/cmdline is the fallback):
 #   ip=ADDR/PREFIX                                  static address on eth0
-#   ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>   kernel syntax
+#   ip=<client>:<server>:<gw>:<netmask>:<host>:<dev>:<autoconf>:<dns0>:<dns1>
+#                                                   kernel syntax (nfsroot.rst); the
+#                                                   resolvers go to /etc/resolv.conf
 #   sliver_cmd="..."   run with `sh -c`, then print SLIVER-CMD-EXIT <status>
 #   sliver_shell=1     interactive shell on the console
 # A console line containing @@SLIVER-POWEROFF@@ (sent by the VMM on SIGUSR1) powers off.
@@ -112,7 +114,7 @@ default_prefix() {
 
 configure_ip() {
     _spec=$1
-    _gw=""; _host=""; _dev=""; _auto=""
+    _gw=""; _host=""; _dev=""; _auto=""; _dns0=""; _dns1=""
     case "$_spec" in
     off | none) say "ip=$_spec: network left unconfigured"; return 0 ;;
     dhcp | on | any | both | bootp | rarp | dhcp6 | auto6)
@@ -123,6 +125,7 @@ configure_ip() {
         set -f; set -- $_spec; set +f
         IFS=$_old_ifs
         _client=${1-}; _gw=${3-}; _mask=${4-}; _host=${5-}; _dev=${6-}; _auto=${7-}
+        _dns0=${8-}; _dns1=${9-}
         if [ -z "$_client" ]; then
             say "ip=$_spec: no client address (autoconfiguration '$_auto' is not supported)"
             return 1
@@ -159,6 +162,7 @@ configure_ip() {
     [ -n "$_host" ] && hostname "$_host"
     ip addr add "$_addr" dev "$_dev" || { say "cannot set $_addr on $_dev"; return 1; }
     ip link set "$_dev" up || { say "cannot bring up $_dev"; return 1; }
+    for _ns in $_dns0 $_dns1; do echo "nameserver $_ns"; done >/etc/resolv.conf
     if [ -n "$_gw" ]; then
         ip route add default via "$_gw" dev "$_dev" || say "cannot add default route via $_gw"
         say "$_dev is up: $_addr, default route via $_gw"

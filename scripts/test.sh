@@ -48,6 +48,8 @@ command -v tshark >/dev/null || need+=(tshark)
 [[ -f /usr/include/linux/pkt_cls.h ]] || need+=(linux-libc-dev)
 # The schema fuzzer speaks TCP; socat carries it to the daemon's unix socket.
 command -v socat >/dev/null || need+=(socat)
+# The node daemon's rules (nft, the JSON interface the nftables crate drives).
+command -v nft >/dev/null || need+=(nftables)
 # Slivers' disks: the reference image (debootstrap), ext4 resizing, the cloud-init config disk
 # (FAT), an XFS file system for copy-on-write disks, and the ssh client the tests log in with.
 command -v debootstrap >/dev/null || need+=(debootstrap)

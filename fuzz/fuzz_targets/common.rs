@@ -72,6 +72,7 @@ impl Rig {
                 anti_spoofing: Some(AntiSpoofing {
                     mac: mac.0,
                     ipv4: Some([10, 0, 0, 2].into()),
+                    deny_dst: vec!["10.0.0.1/32".parse().expect("net")],
                 }),
                 audit: Some(AuditStage::new(
                     FlowConfig::default(),

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::error::SliverError;
 use crate::node::{Node, SliverView};
-use crate::registry::{Created, LimitsPatch};
+use crate::registry::{Created, NetPatch};
 use crate::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 
 /// Every (method, path) the daemon serves.
@@ -202,10 +202,10 @@ async fn patch(
     Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply<Json<SliverView>> {
-    let patch: LimitsPatch = parse(&body_bytes(body)?)?;
+    let patch: NetPatch = parse(&body_bytes(body)?)?;
     let described = format!("{patch:?}");
     let owned = name.clone();
-    let view = detached(async move { node.patch_limits(&owned, patch).await }).await?;
+    let view = detached(async move { node.patch_net(&owned, patch).await }).await?;
     log::info!(
         "uid {:?} changed the limits of sliver {name}: {described}",
         peer.uid

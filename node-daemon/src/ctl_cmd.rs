@@ -85,6 +85,15 @@ pub enum Action {
         #[arg(long)]
         thresh_kbyte: Option<u64>,
     },
+    /// PATCH /slivers/{name}: set the published ports (none given: remove them all)
+    Ports {
+        /// Sliver name.
+        name: String,
+        /// A port of the node's uplink address forwarded to the sliver: PROTO:NODE_PORT:SLIVER_PORT
+        /// (e.g. tcp:2222:22). Repeatable.
+        #[arg(long, value_name = "PROTO:NODE_PORT:SLIVER_PORT")]
+        publish: Vec<String>,
+    },
     /// GET /metrics
     Metrics,
     /// attach to the sliver's serial console (Ctrl-] detaches)
@@ -235,6 +244,17 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
                 Some(Value::Object(patch).to_string().into_bytes()),
             )
         }
+        Action::Ports { name, publish } => {
+            let ports = publish
+                .iter()
+                .map(|p| parse_publish(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            (
+                "PATCH",
+                path(name, "")?,
+                Some(json!({ "ports": ports }).to_string().into_bytes()),
+            )
+        }
     })
 }
 
@@ -298,6 +318,21 @@ pub fn run(args: &CtlArgs) -> i32 {
         print!("{}", table(&args.action, &body));
     }
     0
+}
+
+/// `PROTO:NODE_PORT:SLIVER_PORT` as the API's port object (the daemon checks the values).
+fn parse_publish(text: &str) -> Result<Value, String> {
+    let bad =
+        || format!("--publish {text:?}: expected PROTO:NODE_PORT:SLIVER_PORT, e.g. tcp:2222:22");
+    let mut parts = text.split(':');
+    let (Some(proto), Some(node), Some(sliver), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let node: u64 = node.parse().map_err(|_| bad())?;
+    let sliver: u64 = sliver.parse().map_err(|_| bad())?;
+    Ok(json!({"proto": proto, "node_port": node, "sliver_port": sliver}))
 }
 
 #[cfg(test)]

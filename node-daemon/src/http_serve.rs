@@ -316,7 +316,17 @@ async fn read_body_in_time(
         .await
 }
 
-/// The `503` a connection over the cap gets, written without waiting, then closed.
+/// Refused connections lingering at once (each holds a descriptor for up to
+/// [`REFUSED_LINGER`]); past this they are closed at once.
+const MAX_LINGERING: usize = 64;
+/// How long a refused connection is kept open for its client to finish sending.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// The `503` a connection over the cap gets, written without waiting; then its write side is
+/// shut and what the client sends is read and dropped until it closes (at most
+/// [`REFUSED_LINGER`]), so that a client still sending its request reads the 503 rather
+/// than a broken pipe.
 fn refuse(stream: UnixStream) {
     let body = r#"{"error":"too many connections to the daemon; try again later"}"#;
     let reply = format!(
@@ -325,6 +335,24 @@ fn refuse(stream: UnixStream) {
         body.len()
     );
     let _ = stream.try_write(reply.as_bytes());
+    if LINGERING.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+        return;
+    }
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        let mut sink = [0u8; 4096];
+        let _ = tokio::time::timeout(REFUSED_LINGER, async {
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        LINGERING.fetch_sub(1, Ordering::AcqRel);
+    });
 }
 
 /// Serve `app` on `listener` with `limits` until `shutdown` completes; then stop accepting,

@@ -29,12 +29,13 @@ use crate::error::SliverError;
 use crate::host_net;
 use crate::images::ImageStore;
 use crate::name_locks::NameLocks;
-use crate::registry::{Created, LimitsPatch, Registry};
+use crate::registry::{Created, NetPatch, Registry};
 use crate::shares::slots::{self, Shaping};
 use crate::sliver_disks::SliverDisks;
 use crate::spec::{SliverNet, SliverSpec};
 use crate::state::{SliverRecord, SliverState};
 use crate::supervisor::Supervisor;
+use crate::uplink::NodeNet;
 
 /// A sliver as the API shows it: its record, its VMM's packet counters and its shaping.
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +60,9 @@ pub struct SliverView {
     pub disk: Option<DiskView>,
     /// How to log in (slivers with a `vref`, keys and a network device).
     pub ssh: Option<SshView>,
+    /// Its ports published on the node's uplink address.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<crate::net_plan::PublishedPort>,
     /// The accepted spec.
     pub spec: SliverSpec,
 }
@@ -126,6 +130,14 @@ pub struct Node {
     pub(crate) images: ImageStore,
     /// Slivers' disks.
     pub(crate) disks: SliverDisks,
+    /// The network flags, and the uplink found at start-up.
+    pub(crate) net: NodeNet,
+    /// Choosing a sliver's addresses and ports and recording them is one step for every
+    /// name at once.
+    pub(crate) addressing: tokio::sync::Mutex<()>,
+    /// The nftables batch last applied (re-applied only when it changes, or by the periodic
+    /// reconcile).
+    pub(crate) rules_applied: tokio::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// How to reach `spec`'s sliver by ssh, if it has an image, keys and an address.
@@ -152,7 +164,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 impl Node {
     /// The node over `registry`, running VMMs with `supervisor`, making TAPs through `netlink`
-    /// and shaper slots in `ledger`; audit logs, images and disks are under `state_dir`.
+    /// and shaper slots in `ledger`; audit logs, images and disks are under `state_dir`;
+    /// slivers reach the outside through `uplink` (found at start-up) as `net` says.
     ///
     /// # Errors
     /// The image or disk directory cannot be made.
@@ -163,6 +176,7 @@ impl Node {
         ledger: Arc<Ledger>,
         state_dir: &Path,
         retention: AuditRetention,
+        net: NodeNet,
     ) -> Result<Self, crate::state::StateError> {
         Ok(Self {
             registry,
@@ -176,6 +190,9 @@ impl Node {
             retention,
             images: ImageStore::open(state_dir)?,
             disks: SliverDisks::open(state_dir)?,
+            net,
+            addressing: tokio::sync::Mutex::new(()),
+            rules_applied: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -258,12 +275,18 @@ impl Node {
     pub async fn create(
         self: &Arc<Self>,
         name: &str,
-        mut spec: SliverSpec,
+        spec: SliverSpec,
     ) -> Result<(Created, SliverView), SliverError> {
         let owned = name.to_string();
-        let spec = blocking(move || spec.validate(&owned).map(|()| spec)).await?;
+        let mut spec = blocking(move || {
+            let mut spec = spec;
+            spec.validate(&owned).map(|()| spec)
+        })
+        .await?;
         self.check_vref(&spec)?;
         let _lock = self.locks.lock(name).await;
+        let _addressing = self.addressing.lock().await;
+        self.plan_network(name, &mut spec)?;
         if self.registry.is_unreadable(name) {
             return Err(SliverError::conflict(
                 Some("name"),
@@ -321,16 +344,21 @@ impl Node {
 
     /// Change sliver `name`'s network limits with `patch` (validated as a whole first); the
     /// share allocation applies them at its next tick.
-    pub async fn patch_limits(
+    pub async fn patch_net(
         self: &Arc<Self>,
         name: &str,
-        patch: LimitsPatch,
+        patch: NetPatch,
     ) -> Result<SliverView, SliverError> {
         let _lock = self.locks.lock(name).await;
+        let _addressing = self.addressing.lock().await;
         let before = self.registry.get(name)?;
+        if let Some(ports) = &patch.ports {
+            crate::published_ports::validate(ports)?;
+            self.check_ports(ports, &self.other_nets(name))?;
+        }
         let registry = self.registry.clone();
         let owned = name.to_string();
-        let record = blocking(move || registry.patch_limits(&owned, &patch)).await?;
+        let record = blocking(move || registry.patch_net(&owned, &patch)).await?;
         if let Some(net) = &record.spec.net {
             if let Err(e) = self.claim_slot(name, net) {
                 let registry = self.registry.clone();
@@ -393,6 +421,7 @@ impl Node {
         if let Err(e) = self.converge_locked(name).await {
             log::error!("sliver {name}: converging: {e}");
         }
+        self.sync_rules(false).await;
     }
 
     /// Sliver `name` as the API shows it.
@@ -432,6 +461,12 @@ impl Node {
                 used_bytes: self.disks.used_bytes(name).unwrap_or(0),
             }),
             ssh: ssh_view(&r.spec),
+            published: r
+                .spec
+                .net
+                .as_ref()
+                .map(|net| self.published(net))
+                .unwrap_or_default(),
             spec: r.spec,
         }
     }
@@ -449,6 +484,10 @@ impl Node {
         let tap = host_net::tap_name(name);
         let _taps = self.taps.lock().await;
         host_net::ensure_tap(&self.netlink, &tap, host, prefix).await?;
+        if self.net.uplink.is_some() {
+            crate::uplink::enable_forwarding(&tap)
+                .map_err(|e| SliverError::Internal(e.to_string()))?;
+        }
         log::debug!("sliver {name}: TAP {tap} with {host}/{prefix}");
         Ok(())
     }

@@ -8,6 +8,7 @@ use crate::node::AuditRetention;
 use crate::server::{NodeConfig, NodeError};
 use crate::shares::coordinator::NodeRates;
 use crate::spec::MAX_RATE_BPS;
+use crate::uplink::NetConfig;
 
 /// `slicevisor node` flags.
 #[derive(Debug, clap::Args)]
@@ -46,6 +47,21 @@ pub struct NodeArgs {
     /// node manager (root) has 16 more.
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// The node's outside interface: slivers reach the outside through it (masqueraded),
+    /// and their published ports are forwarded from its address. Without it slivers are
+    /// host-only.
+    #[arg(long, value_name = "IFACE")]
+    pub uplink: Option<String>,
+    /// Where slivers whose spec gives no addresses get theirs (a /30 each), e.g.
+    /// 10.64.0.0/16; needs --uplink.
+    #[arg(long, value_name = "CIDR")]
+    pub sliver_net: Option<ipnet::Ipv4Net>,
+    /// A network slivers may not reach (the site's own); repeatable; needs --uplink.
+    #[arg(long, value_name = "CIDR")]
+    pub deny_dst: Vec<ipnet::Ipv4Net>,
+    /// A DNS resolver slivers are told to use; repeatable; needs --uplink.
+    #[arg(long, value_name = "ADDR")]
+    pub resolver: Vec<std::net::Ipv4Addr>,
 }
 
 impl From<NodeArgs> for NodeConfig {
@@ -66,6 +82,12 @@ impl From<NodeArgs> for NodeConfig {
             },
             read_timeout: Duration::from_secs(args.read_timeout),
             max_connections: args.max_connections,
+            net: NetConfig {
+                uplink: args.uplink,
+                sliver_net: args.sliver_net,
+                deny_dst: args.deny_dst,
+                resolvers: args.resolver,
+            },
         }
     }
 }

@@ -116,6 +116,7 @@ impl Node {
             }
         }
         self.remove_stray_taps().await;
+        self.sync_rules(true).await;
         let unwritten = self.registry.flush_deferred();
         if unwritten > 0 {
             log::warn!("reconcile: {unwritten} record(s) still not written (disk full?)");

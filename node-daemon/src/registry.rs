@@ -13,7 +13,7 @@ use crate::error::SliverError;
 /// A partial update of a sliver's network limits (`PATCH /slivers/{name}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsPatch {
+pub struct NetPatch {
     /// New weight.
     #[serde(default)]
     pub net_share: Option<u32>,
@@ -29,9 +29,12 @@ pub struct LimitsPatch {
     /// New daily threshold, KB.
     #[serde(default)]
     pub net_thresh_kbyte: Option<u64>,
+    /// New published ports (all of them; `[]` removes every one).
+    #[serde(default)]
+    pub ports: Option<Vec<crate::published_ports::PortForward>>,
 }
 
-impl LimitsPatch {
+impl NetPatch {
     fn apply(&self, net: &SliverNet) -> SliverNet {
         let mut n = net.clone();
         if let Some(v) = self.net_share {
@@ -48,6 +51,9 @@ impl LimitsPatch {
         }
         if self.net_thresh_kbyte.is_some() {
             n.net_thresh_kbyte = self.net_thresh_kbyte;
+        }
+        if let Some(ports) = &self.ports {
+            n.ports.clone_from(ports);
         }
         n
     }
@@ -143,11 +149,7 @@ impl Registry {
     }
 
     /// Apply a limits patch (validated as a whole before anything is stored).
-    pub fn patch_limits(
-        &self,
-        name: &str,
-        patch: &LimitsPatch,
-    ) -> Result<SliverRecord, SliverError> {
+    pub fn patch_net(&self, name: &str, patch: &NetPatch) -> Result<SliverRecord, SliverError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;
         let net = record.spec.net.as_ref().ok_or_else(|| {

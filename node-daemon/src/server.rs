@@ -16,6 +16,7 @@ use super::state::{StateDir, StateError};
 use super::supervisor::Supervisor;
 use crate::shares::coordinator::{self, NodeRates};
 use crate::spec::MAX_BODY_BYTES;
+use crate::uplink::{self, NetConfig, UplinkError};
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct NodeConfig {
     /// Connections served at once for anyone (`None`: what the open-file limit allows, at
     /// most 1024); the node manager has a few more.
     pub max_connections: Option<usize>,
+    /// The uplink, the slivers' network, denied networks and resolvers.
+    pub net: NetConfig,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -70,6 +73,9 @@ pub enum NodeError {
     /// The connection limits do not fit the open-file limit.
     #[error(transparent)]
     Limits(#[from] LimitsError),
+    /// The network flags.
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
 }
 
 fn socket_err<'a>(
@@ -158,6 +164,28 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
     let result = runtime.block_on(async {
         let (connection, netlink, _) = rtnetlink::new_connection().map_err(NodeError::Runtime)?;
         tokio::spawn(connection);
+        let found = match &config.net.uplink {
+            Some(name) => Some(uplink::resolve(&netlink, name).await?),
+            None => None,
+        };
+        config.net.check(found.as_ref())?;
+        if let Some(up) = &found {
+            uplink::enable_forwarding(&up.name)?;
+            log::info!(
+                "uplink {} ({:?}); slivers' network {}; denied {:?}",
+                up.name,
+                up.addrs,
+                config
+                    .net
+                    .sliver_net
+                    .map_or("none".into(), |n| n.to_string()),
+                config.net.deny_dst
+            );
+        }
+        let guest_net = found.as_ref().map(|up| crate::supervisor::GuestNet {
+            deny_dst: config.net.vmm_deny(up),
+            resolvers: config.net.resolvers.clone(),
+        });
         let supervisor = Arc::new(
             Supervisor::new(
                 registry.clone(),
@@ -166,6 +194,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 config.guest_stop_timeout,
                 ledger.clone(),
                 config.capture,
+                guest_net,
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {
@@ -196,6 +225,10 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             ledger.clone(),
             &state_dir,
             config.audit_retention,
+            uplink::NodeNet {
+                config: config.net.clone(),
+                uplink: found,
+            },
         )?);
         // The host is made to match the records before the first request is served.
         node.reconcile_all().await;
@@ -208,7 +241,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             http_serve::RESERVED_CONNECTIONS,
             limits.read_timeout,
         );
-        let app = api::router(node);
+        let app = api::router(node.clone());
         // A stop in flight may wait the guest's power-off time, then SIGTERM's.
         let drain = config.guest_stop_timeout + Duration::from_secs(30);
         http_serve::serve(
@@ -220,6 +253,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             drain,
         )
         .await;
+        node.remove_rules().await;
         Ok(())
     });
     if let Err(e) = std::fs::remove_file(&config.socket) {

@@ -5,12 +5,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use devices::virtio::net::MacAddr;
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use vmm::arch::mptable::MAX_VCPUS;
 use vmm::boot::cmdline;
 use vmm::memory::{host_mem_mib, MIN_MEM_MIB};
 
 use crate::error::SliverError;
+use crate::published_ports::PortForward;
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -34,6 +36,8 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_KEYS_BYTES: usize = 8192;
 /// Fields whose value is an array (of strings); every other array is refused.
 const ARRAY_FIELDS: [&str; 1] = ["keys"];
+/// Fields that are arrays of objects (the spec's, and a PATCH's).
+const OBJECT_ARRAY_FIELDS: [&str; 2] = ["net.ports", "ports"];
 
 fn default_vcpus() -> u8 {
     1
@@ -52,10 +56,16 @@ pub struct SliverNet {
     /// Guest MAC; derived from the sliver name when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
-    /// Guest address with prefix, e.g. `10.0.3.2/24`.
+    /// Guest address with prefix, e.g. `10.0.3.2/24`; with `host_ipv4` absent too, the node
+    /// allocates a /30 from its `--sliver-net` (and records it here).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ipv4: String,
     /// Host (TAP) address in the same subnet, e.g. `10.0.3.1`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub host_ipv4: String,
+    /// Ports of the node's uplink address forwarded to the sliver (`--uplink` nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortForward>,
     /// Weight of this sliver's share of the node's bandwidth.
     #[serde(default = "default_share")]
     pub net_share: u32,
@@ -161,6 +171,16 @@ fn check_shape(value: &serde_json::Value, path: &str) -> Result<(), SliverError>
                 None => Ok(()),
             }
         }
+        serde_json::Value::Array(items) if OBJECT_ARRAY_FIELDS.contains(&path) => {
+            items.iter().enumerate().try_for_each(|(i, v)| {
+                let inner = format!("{path}[{i}]");
+                if v.is_object() {
+                    check_shape(v, &inner)
+                } else {
+                    Err(SliverError::invalid(&inner, "must be an object"))
+                }
+            })
+        }
         serde_json::Value::Array(_) => Err(SliverError::invalid(
             &field(path),
             "an array is not allowed here",
@@ -248,8 +268,39 @@ impl SliverNet {
         self.host_ipv4.parse().ok()
     }
 
-    /// Check addresses and limits.
+    /// Whether the node is to allocate the addresses (neither is given).
+    pub fn wants_addresses(&self) -> bool {
+        self.ipv4.is_empty() && self.host_ipv4.is_empty()
+    }
+
+    /// The guest's subnet (valid once [`SliverNet::validate`] passed with addresses).
+    pub fn subnet(&self) -> Option<Ipv4Net> {
+        let (ip, prefix) = self.guest_cidr()?;
+        Ipv4Net::new(ip, prefix).ok().map(|n| n.trunc())
+    }
+
+    /// Check addresses (unless both are to be allocated), ports and limits.
     pub fn validate(&self) -> Result<(), SliverError> {
+        crate::published_ports::validate(&self.ports)?;
+        if self.wants_addresses() {
+            return self.validate_mac_and_limits();
+        }
+        for (field, value, other) in [
+            ("net.ipv4", &self.ipv4, "net.host_ipv4"),
+            ("net.host_ipv4", &self.host_ipv4, "net.ipv4"),
+        ] {
+            if value.is_empty() {
+                return Err(SliverError::invalid(
+                    field,
+                    format!("required with {other} (give both, or neither for the node to allocate them)"),
+                ));
+            }
+        }
+        self.validate_addresses()?;
+        self.validate_mac_and_limits()
+    }
+
+    fn validate_mac_and_limits(&self) -> Result<(), SliverError> {
         if let Some(mac) = &self.mac {
             let parsed: MacAddr =
                 mac.parse()
@@ -263,6 +314,10 @@ impl SliverNet {
                 ));
             }
         }
+        self.validate_limits()
+    }
+
+    fn validate_addresses(&self) -> Result<(), SliverError> {
         let (guest, prefix) = parse_cidr(&self.ipv4)
             .filter(|(_, p)| (1..=30).contains(p))
             .ok_or_else(|| {
@@ -287,7 +342,7 @@ impl SliverNet {
                 format!("{host} must be another address in {guest}/{prefix}"),
             ));
         }
-        self.validate_limits()
+        Ok(())
     }
 
     /// The limits as the shaper's allocator takes them.
@@ -669,9 +724,9 @@ mod tests {
             let e = check(body.to_string().as_bytes(), "web-1").expect_err("refused");
             assert_eq!(e.field(), Some(field), "{body}: {e}");
         }
-        let e = parse::<crate::registry::LimitsPatch>(b"[999]").expect_err("array patch");
+        let e = parse::<crate::registry::NetPatch>(b"[999]").expect_err("array patch");
         assert_eq!(e.field(), Some("body"));
-        let e = parse::<crate::registry::LimitsPatch>(b"{\"net_max_rate\": null}")
+        let e = parse::<crate::registry::NetPatch>(b"{\"net_max_rate\": null}")
             .expect_err("null patch");
         assert_eq!(e.field(), Some("net_max_rate"));
     }

@@ -40,6 +40,17 @@ pub struct Supervisor {
     ledger: Arc<Ledger>,
     /// Per watched VMM: becomes `true` once its exit has been recorded.
     exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// On a node with an uplink: what its slivers may not reach and their resolvers.
+    guest_net: Option<GuestNet>,
+}
+
+/// What a sliver's VMM and guest are told on a node with an uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestNet {
+    /// Destinations the VMM drops (`slicevisor run --deny-dst`).
+    pub deny_dst: Vec<ipnet::Ipv4Net>,
+    /// DNS resolvers for the guest.
+    pub resolvers: Vec<std::net::Ipv4Addr>,
 }
 
 fn now_secs() -> u64 {
@@ -57,6 +68,7 @@ pub fn sliver_mac(name: &str, net: &crate::spec::SliverNet) -> String {
             tap: host_net::tap_name(name),
             mac: None,
             ip: None,
+            deny_dst: Vec::new(),
         }
         .mac_or_derived()
         .to_string(),
@@ -81,6 +93,7 @@ impl Supervisor {
         guest_grace: Duration,
         ledger: Arc<Ledger>,
         capture: bool,
+        guest_net: Option<GuestNet>,
     ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
@@ -93,6 +106,7 @@ impl Supervisor {
             capture,
             ledger,
             exited: Mutex::new(HashMap::new()),
+            guest_net,
         })
     }
 
@@ -135,6 +149,11 @@ impl Supervisor {
             self.run_dir.join(format!("{name}.console.1")),
             self.run_dir.join(format!("{name}.console")),
         ]
+    }
+
+    /// What slivers are told on a node with an uplink.
+    pub fn guest_net(&self) -> Option<&GuestNet> {
+        self.guest_net.as_ref()
     }
 
     /// The running VMM's console socket.
@@ -200,7 +219,24 @@ impl Supervisor {
                     .arg(self.ledger.path())
                     .args(["--shaper-slot", &slot.to_string()]);
             }
-            cmdline.push(format!("ip={}", net.ipv4));
+            match (&self.guest_net, net.guest_cidr(), net.subnet()) {
+                (Some(g), Some((guest, _)), Some(subnet)) => {
+                    for deny in &g.deny_dst {
+                        cmd.arg("--deny-dst").arg(deny.to_string());
+                    }
+                    // The kernel's syntax (Documentation/admin-guide/nfs/nfsroot.rst):
+                    // client:server:gw:netmask:hostname:device:autoconf:dns0:dns1.
+                    let dns = |i: usize| g.resolvers.get(i).map(ToString::to_string);
+                    cmdline.push(format!(
+                        "ip={guest}::{}:{}::eth0:off:{}:{}",
+                        net.host_ipv4,
+                        subnet.netmask(),
+                        dns(0).unwrap_or_default(),
+                        dns(1).unwrap_or_default()
+                    ));
+                }
+                _ => cmdline.push(format!("ip={}", net.ipv4)),
+            }
         }
         cmdline.extend(spec.cmdline.clone());
         if !cmdline.is_empty() {

@@ -14,6 +14,8 @@ pub struct NetSpec {
     pub mac: Option<MacAddr>,
     /// The guest's IPv4 address (then frames from other IPv4 sources are dropped).
     pub ip: Option<std::net::Ipv4Addr>,
+    /// IPv4 networks the guest may not send to (`slicevisor run --deny-dst`, for every NIC).
+    pub deny_dst: Vec<ipnet::Ipv4Net>,
 }
 
 /// A `--net` value that does not parse; the message names the offending part.
@@ -115,7 +117,12 @@ impl FromStr for NetSpec {
             }
         }
         let tap = tap.ok_or_else(|| NetSpecError::NoTap(spec.into()))?;
-        Ok(NetSpec { tap, mac, ip })
+        Ok(NetSpec {
+            tap,
+            mac,
+            ip,
+            deny_dst: Vec::new(),
+        })
     }
 }
 

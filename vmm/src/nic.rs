@@ -56,8 +56,8 @@ pub struct AttachedNet {
 }
 
 /// The optional stages of NIC number `nic`: the sliver's `shaper`, anti-spoofing always (the
-/// NIC's MAC, untagged IPv4/ARP/IPv6 only, and once known the guest's IPv4 address), the
-/// audit when the sliver keeps a log.
+/// NIC's MAC, untagged IPv4/ARP/IPv6 only, once known the guest's IPv4 address, and the
+/// destinations it may not send to), the audit when the sliver keeps a log.
 fn stages(
     spec: &NetSpec,
     mac: MacAddr,
@@ -68,6 +68,7 @@ fn stages(
     let anti_spoofing = AntiSpoofing {
         mac: mac.0,
         ipv4: spec.ip,
+        deny_dst: spec.deny_dst.clone(),
     };
     Stages {
         shaper,
@@ -124,7 +125,8 @@ mod tests {
             s.anti_spoofing,
             Some(AntiSpoofing {
                 mac: mac.0,
-                ipv4: None
+                ipv4: None,
+                deny_dst: Vec::new(),
             })
         );
         assert!(s.audit.is_none() && s.shaper.is_none());
@@ -133,7 +135,8 @@ mod tests {
             s.anti_spoofing,
             Some(AntiSpoofing {
                 mac: mac.0,
-                ipv4: Some([10, 0, 0, 2].into())
+                ipv4: Some([10, 0, 0, 2].into()),
+                deny_dst: Vec::new(),
             })
         );
         assert!(s.audit.is_none(), "no audit stage without a log");

@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=A.B.C.D]. Repeatable.
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,ip=A.B.C.D]")]
     pub net: Vec<NetSpec>,
+    /// An IPv4 network (CIDR) no NIC's guest may send to: its frames are dropped as
+    /// `dropped-policy` and audited. Repeatable.
+    #[arg(long = "deny-dst", value_name = "CIDR")]
+    pub deny_dst: Vec<ipnet::Ipv4Net>,
     /// A virtio-blk device on a host file: path=FILE[,ro][,id=NAME]. Repeatable; the first is
     /// /dev/vda, and the root file system (root=/dev/vda) unless --initrd or a root= is given.
     #[arg(long = "disk", value_name = "path=FILE[,ro][,id=NAME]")]
@@ -85,7 +89,14 @@ impl From<RunArgs> for VmConfig {
             mem_mib: a.mem_mib,
             vcpus: a.vcpus,
             host_quirks: a.host_quirks,
-            net: a.net,
+            net: a
+                .net
+                .into_iter()
+                .map(|n| NetSpec {
+                    deny_dst: a.deny_dst.clone(),
+                    ..n
+                })
+                .collect(),
             disks: a.disk,
             console_log: a.console_log,
             console_socket: a.console_socket,

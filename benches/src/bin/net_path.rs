@@ -128,6 +128,7 @@ fn audit_stages(dir: &std::path::Path, capture: bool) -> Stages {
         anti_spoofing: Some(AntiSpoofing {
             mac: SRC_MAC,
             ipv4: Some(SRC_IP.into()),
+            deny_dst: Vec::new(),
         }),
         audit: Some(AuditStage::new(
             FlowConfig::default(),

@@ -40,6 +40,7 @@ fn anti_spoofing() -> AntiSpoofing {
     AntiSpoofing {
         mac: MAC.0,
         ipv4: Some(Ipv4Addr::from(OWN_IP)),
+        deny_dst: Vec::new(),
     }
 }
 

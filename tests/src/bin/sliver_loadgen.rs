@@ -10,7 +10,8 @@
 //! token bucket instead of the ledger (to load an external shaper such as HTB);
 //! `--audit-dir DIR --slice S --sliver N --ip A.B.C.D [--spoof-every K]` puts the VMM's audit
 //! stage (anti-spoofing, flow records, header capture) in the pipeline, and makes every K-th
-//! frame claim another source address; `--rx` makes it receive instead (it keeps its RX ring
+//! frame claim another source address; `--deny-dst CIDR` (repeatable) gives anti-spoofing
+//! destinations to drop; `--rx` makes it receive instead (it keeps its RX ring
 //! full of buffers; frames come from whatever the host sends into the TAP); prints `{"bytes":..,"packets":..,"cpu_ms":..,"secs":..}` at the end.
 //! SIGTERM ends it cleanly at once (as a VMM whose guest is stopped: its NIC and its ledger
 //! slot's backlog flags go); SIGKILL leaves the flags for the daemon to expire.
@@ -47,6 +48,7 @@ struct Args {
     offer_bps: Option<u64>,
     audit: Option<(PathBuf, String, String)>,
     ip: Option<Ipv4Addr>,
+    deny_dst: Vec<ipnet::Ipv4Net>,
     spoof_every: u64,
     rx: bool,
 }
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
     let mut offer_bps = None;
     let (mut audit_dir, mut slice, mut sliver, mut ip) = (None, None, None, None);
     let mut spoof_every = 0;
+    let mut deny_dst = Vec::new();
     let mut rx = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -76,6 +79,9 @@ fn parse_args() -> Result<Args, String> {
             "--slice" => slice = Some(value()?),
             "--sliver" => sliver = Some(value()?),
             "--ip" => ip = Some(value()?.parse().map_err(|e| format!("--ip: {e}"))?),
+            "--deny-dst" => {
+                deny_dst.push(value()?.parse().map_err(|e| format!("--deny-dst: {e}"))?)
+            }
             "--spoof-every" => {
                 spoof_every = value()?
                     .parse()
@@ -108,6 +114,7 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err("--audit-dir, --slice and --sliver go together".into()),
         },
         ip,
+        deny_dst,
         spoof_every,
         rx,
     })
@@ -172,7 +179,11 @@ fn main() {
                 eprintln!("sliver_loadgen: {e}");
                 std::process::exit(1)
             });
-        stages.anti_spoofing = Some(AntiSpoofing { mac, ipv4: args.ip });
+        stages.anti_spoofing = Some(AntiSpoofing {
+            mac,
+            ipv4: args.ip,
+            deny_dst: args.deny_dst.clone(),
+        });
         stages.audit = Some(AuditStage::new(
             FlowConfig::default(),
             Box::new(NicSink::new(audit, 0)),

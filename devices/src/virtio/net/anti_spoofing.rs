@@ -6,6 +6,7 @@
 //! | any | the source MAC is the NIC's | [`Verdict::DroppedSpoof`] |
 //! | VLAN-tagged (802.1Q, 802.1ad, QinQ; any depth) | never | [`Verdict::DroppedPolicy`] |
 //! | IPv4 | the source is the sliver's address (any, until it has one) | [`Verdict::DroppedSpoof`] |
+//! | IPv4 | the destination is in none of the NIC's denied networks (`deny_dst`: other slivers, the node itself, the site) | [`Verdict::DroppedPolicy`] |
 //! | ARP | the sender MAC is the NIC's and the sender address the sliver's | [`Verdict::DroppedSpoof`] |
 //! | IPv6 | the source is link-local (fe80::/10) or unspecified: slivers get no global IPv6 | [`Verdict::DroppedSpoof`] |
 //! | IPv6 ICMPv6 Router Advertisement, Redirect | never: a sliver is no router | [`Verdict::DroppedPolicy`] |
@@ -20,6 +21,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use ipnet::Ipv4Net;
 use packet::Verdict;
 
 use super::headers::{
@@ -31,13 +33,15 @@ const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 
-/// The addresses a sliver NIC may send from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The addresses a sliver NIC may send from, and the IPv4 networks it may not send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AntiSpoofing {
     /// The NIC's MAC.
     pub mac: [u8; 6],
     /// The sliver's IPv4 address, once set.
     pub ipv4: Option<Ipv4Addr>,
+    /// IPv4 destinations the sliver may not send to (empty: anywhere).
+    pub deny_dst: Vec<Ipv4Net>,
 }
 
 impl AntiSpoofing {
@@ -60,7 +64,18 @@ impl AntiSpoofing {
                     src: IpAddr::V4(src),
                     ..
                 }),
-            ) => self.ipv4.is_none_or(|own| own == src),
+            ) => {
+                if let Some(IpHeaders {
+                    dst: IpAddr::V4(dst),
+                    ..
+                }) = h.ip
+                {
+                    if self.own_source(src) && self.deny_dst.iter().any(|n| n.contains(&dst)) {
+                        return Err(Verdict::DroppedPolicy);
+                    }
+                }
+                self.own_source(src)
+            }
             (
                 ETH_IPV6,
                 _,
@@ -81,6 +96,10 @@ impl AntiSpoofing {
         } else {
             Err(Verdict::DroppedSpoof)
         }
+    }
+
+    fn own_source(&self, src: Ipv4Addr) -> bool {
+        self.ipv4.is_none_or(|own| own == src)
     }
 
     /// What an IPv6 packet from a link-local source may carry: `Ok(false)` when an ND option
@@ -112,10 +131,25 @@ mod tests {
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 9];
 
+    /// An ARP request from the NIC's MAC: who has `target`, tell `sender`.
+    fn arp(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&MAC);
+        f.extend_from_slice(&ETH_ARP.to_be_bytes());
+        let mut a = [0u8; 28];
+        a[..8].copy_from_slice(&ARP_REQUEST);
+        a[8..14].copy_from_slice(&MAC);
+        a[14..18].copy_from_slice(&sender);
+        a[24..28].copy_from_slice(&target);
+        f.extend_from_slice(&a);
+        f
+    }
+
     fn guard(ip: Option<[u8; 4]>) -> AntiSpoofing {
         AntiSpoofing {
             mac: MAC,
             ipv4: ip.map(Ipv4Addr::from),
+            deny_dst: Vec::new(),
         }
     }
 
@@ -134,6 +168,36 @@ mod tests {
         assert!(!g.allows(&parse(&other_mac, other_mac.len()).expect("parse")));
         // Before an address is set, any IPv4 source from its own MAC goes.
         assert!(guard(None).allows(&parse(&other_ip, other_ip.len()).expect("parse")));
+    }
+
+    #[test]
+    fn denied_destinations_are_policy_drops_and_a_spoofed_source_stays_a_spoof() {
+        let mut g = guard(Some([10, 0, 0, 2]));
+        g.deny_dst = vec![
+            "10.0.0.1/32".parse().expect("net"),
+            "192.168.0.0/16".parse().expect("net"),
+        ];
+        let check = |f: &[u8]| g.check(&parse(f, f.len()).expect("parse"));
+        for dst in [[10, 0, 0, 1], [192, 168, 0, 0], [192, 168, 255, 255]] {
+            assert_eq!(
+                check(&ipv4_frame(MAC, [10, 0, 0, 2], dst, 6)),
+                Err(Verdict::DroppedPolicy),
+                "{dst:?}"
+            );
+        }
+        for dst in [[10, 0, 0, 3], [192, 169, 0, 0], [8, 8, 8, 8]] {
+            assert_eq!(
+                check(&ipv4_frame(MAC, [10, 0, 0, 2], dst, 6)),
+                Ok(()),
+                "{dst:?}"
+            );
+        }
+        assert_eq!(
+            check(&ipv4_frame(MAC, [10, 0, 0, 9], [10, 0, 0, 1], 6)),
+            Err(Verdict::DroppedSpoof)
+        );
+        // ARP for a denied address is how the guest finds its gateway: it passes.
+        assert_eq!(check(&arp([10, 0, 0, 2], [10, 0, 0, 1])), Ok(()));
     }
 
     #[test]
@@ -208,19 +272,8 @@ mod tests {
     #[test]
     fn arp_must_not_claim_another_address() {
         let g = guard(Some([10, 0, 0, 2]));
-        let arp = |sender_ip: [u8; 4]| {
-            let mut f = vec![0xff; 6];
-            f.extend_from_slice(&MAC);
-            f.extend_from_slice(&ETH_ARP.to_be_bytes());
-            let mut a = [0u8; 28];
-            a[..8].copy_from_slice(&ARP_REQUEST);
-            a[8..14].copy_from_slice(&MAC);
-            a[14..18].copy_from_slice(&sender_ip);
-            f.extend_from_slice(&a);
-            f
-        };
-        let own = arp([10, 0, 0, 2]);
-        let forged = arp([10, 0, 0, 1]);
+        let own = arp([10, 0, 0, 2], [10, 0, 0, 1]);
+        let forged = arp([10, 0, 0, 1], [10, 0, 0, 1]);
         assert!(g.allows(&parse(&own, own.len()).expect("arp")));
         assert!(!g.allows(&parse(&forged, forged.len()).expect("arp")));
     }
