@@ -40,6 +40,9 @@ pub struct QueryArgs {
     /// Source or destination port.
     #[arg(long)]
     pub port: Option<String>,
+    /// The node's source port the outside saw (a complaint's port, after the node's NAT).
+    #[arg(long)]
+    pub public_port: Option<String>,
     /// List at most this many flows (default 1000).
     #[arg(long)]
     pub limit: Option<String>,
@@ -95,6 +98,7 @@ fn run_query(a: &QueryArgs) -> Result<()> {
         src: a.src.clone(),
         slice: a.slice.clone(),
         port: a.port.clone(),
+        public_port: a.public_port.clone(),
         limit: a.limit.clone(),
     }
     .parse("--")?;
@@ -205,7 +209,7 @@ pub fn render(a: &QueryAnswer) -> String {
     out.push('\n');
     let mut rows = vec![[
         "FIRST", "LAST", "SLIVER", "NIC", "DIR", "PROTO", "SRC", "SPORT", "DST", "DPORT", "PKTS",
-        "BYTES", "FLAGS", "VERDICT",
+        "BYTES", "FLAGS", "VERDICT", "PUBLIC",
     ]
     .map(String::from)
     .to_vec()];
@@ -232,6 +236,7 @@ pub fn render(a: &QueryAnswer) -> String {
             r.bytes.to_string(),
             format!("0x{:02x}", r.tcp_flags),
             r.verdict.as_str().to_string(),
+            f.public.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     out.push_str(&table(&rows));

@@ -14,6 +14,7 @@ pub mod ipfix;
 mod lock;
 pub mod log_counters;
 mod mmap;
+pub mod nat_log;
 pub mod params;
 pub mod pcapng;
 pub mod query;

@@ -31,6 +31,8 @@ pub struct QueryRequest {
     pub slice: Option<String>,
     /// Source or destination port.
     pub port: Option<String>,
+    /// The node's port the outside saw (after the node's masquerade).
+    pub public_port: Option<String>,
     /// At most this many flows in the answer (default 1000).
     pub limit: Option<String>,
 }
@@ -50,6 +52,8 @@ pub struct QueryParams {
     pub slice: Option<String>,
     /// Port filter (source or destination).
     pub port: Option<u16>,
+    /// Public (post-masquerade) source port filter.
+    pub public_port: Option<u16>,
     /// Flow list limit.
     pub limit: usize,
 }
@@ -92,18 +96,8 @@ impl QueryRequest {
             dst: addr("dst", &self.dst)?,
             src: addr("src", &self.src)?,
             slice: self.slice.clone(),
-            port: self
-                .port
-                .as_deref()
-                .map(|p| {
-                    p.parse().map_err(|_| {
-                        AuditError::invalid(
-                            &field("port"),
-                            format!("{p:?} is not a port (0-65535)"),
-                        )
-                    })
-                })
-                .transpose()?,
+            port: port(&field("port"), self.port.as_deref())?,
+            public_port: port(&field("public-port"), self.public_port.as_deref())?,
             limit: self
                 .limit
                 .as_deref()
@@ -122,6 +116,15 @@ impl QueryRequest {
                 .unwrap_or(DEFAULT_LIMIT),
         })
     }
+}
+
+/// A port number, if given; `field` names it in the error.
+fn port(field: &str, text: Option<&str>) -> Result<Option<u16>> {
+    text.map(|p| {
+        p.parse()
+            .map_err(|_| AuditError::invalid(field, format!("{p:?} is not a port (0-65535)")))
+    })
+    .transpose()
 }
 
 /// An RFC 3339 time as ns since the Unix epoch; `field` names it in the error.

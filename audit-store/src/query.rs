@@ -3,16 +3,19 @@
 //! and only blocks whose span overlaps it and whose Bloom filter may hold the address.
 //! [`run`] is what `slicevisor audit query` and the node's `GET /audit` call.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use packet::Direction;
 use serde::Serialize;
 
 use super::codec::Peek;
 use super::error::{AuditError, Result};
 use super::index;
+use super::nat_log::{self, NatRecord};
 use super::params::{format_time, QueryParams};
 use super::reader;
 use super::record::FlowRecord;
@@ -25,6 +28,10 @@ pub struct FlowView {
     /// The record.
     #[serde(flatten)]
     pub record: FlowRecord,
+    /// The node's address and port the outside saw, for a TX flow through the node's
+    /// masquerade (`ADDR:PORT`, from [`nat_log`](super::nat_log)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public: Option<String>,
     /// First packet, RFC 3339.
     pub first: String,
     /// Last packet, RFC 3339.
@@ -106,6 +113,11 @@ pub fn run(state_dir: &Path, p: &QueryParams) -> Result<QueryAnswer> {
     let mut seen = HashSet::new();
     found.retain(|r: &FlowRecord| seen.insert((r.sliver.clone(), r.seq)));
     found.sort_by(|a, b| (a.first_ns, &a.sliver, a.seq).cmp(&(b.first_ns, &b.sliver, b.seq)));
+    let mut found = public_sides(state_dir, found);
+    if let Some(port) = p.public_port {
+        found.retain(|(_, public)| public.as_ref().is_some_and(|n| n.public_port == port));
+    }
+    let (mut found, publics): (Vec<FlowRecord>, Vec<Option<NatRecord>>) = found.into_iter().unzip();
     let slivers = summarize(&found);
     let truncated = found.len() > p.limit;
     found.truncate(p.limit);
@@ -115,7 +127,9 @@ pub fn run(state_dir: &Path, p: &QueryParams) -> Result<QueryAnswer> {
         slivers,
         flows: found
             .into_iter()
-            .map(|record| FlowView {
+            .zip(publics)
+            .map(|(record, public)| FlowView {
+                public: public.map(|n| SocketAddr::new(n.public_addr, n.public_port).to_string()),
                 first: format_time(record.first_ns),
                 last: format_time(record.last_ns),
                 record,
@@ -124,6 +138,35 @@ pub fn run(state_dir: &Path, p: &QueryParams) -> Result<QueryAnswer> {
         truncated,
         stats,
     })
+}
+
+/// Each flow with its public side: for TX flows, the NAT mapping its sliver's log has for
+/// it, if any.
+fn public_sides(state_dir: &Path, found: Vec<FlowRecord>) -> Vec<(FlowRecord, Option<NatRecord>)> {
+    let mut logs: HashMap<String, Vec<NatRecord>> = HashMap::new();
+    found
+        .into_iter()
+        .map(|r| {
+            let public = (r.direction == Direction::Tx)
+                .then(|| {
+                    logs.entry(r.sliver.clone())
+                        .or_insert_with(|| {
+                            nat_log::read(&segment::sliver_dir(state_dir, &r.sliver))
+                        })
+                        .iter()
+                        .rev()
+                        .find(|n| {
+                            n.is_of(
+                                r.protocol, r.src, r.src_port, r.dst, r.dst_port, r.first_ns,
+                                r.last_ns,
+                            )
+                        })
+                        .cloned()
+                })
+                .flatten();
+            (r, public)
+        })
+        .collect()
 }
 
 /// One line per (slice, sliver) of the matching flows.

@@ -17,6 +17,7 @@ pub mod images;
 pub mod images_api;
 pub mod metrics;
 pub mod name_locks;
+pub mod nat_watch;
 pub mod net_plan;
 pub mod nft_rules;
 pub mod node;

@@ -148,10 +148,13 @@ impl Node {
 
     /// Make the node's nftables table what the records ask for (nodes with an uplink);
     /// `force` applies it even if it is what was applied last (the periodic reconcile: the
-    /// table may have been changed by hand). A failure is logged; the next reconcile retries.
-    pub(crate) async fn sync_rules(self: &Arc<Self>, force: bool) {
+    /// table may have been changed by hand).
+    ///
+    /// # Errors
+    /// `nft` failed (the table is then as it was: the batch is one transaction).
+    pub(crate) async fn sync_rules(self: &Arc<Self>, force: bool) -> Result<(), SliverError> {
         let Some(uplink) = &self.net.uplink else {
-            return;
+            return Ok(());
         };
         let slivers: Vec<SliverRules> = self
             .registry
@@ -168,19 +171,29 @@ impl Node {
                 })
             })
             .collect();
+        *self.sliver_addrs.write().unwrap_or_else(|p| p.into_inner()) =
+            slivers.iter().map(|s| (s.guest, s.name.clone())).collect();
         let batch = nft_rules::ruleset(&uplink.name, &self.net.config.deny_dst, &slivers);
         let mut applied = self.rules_applied.lock().await;
         if !force && applied.as_ref() == Some(&batch) {
-            return;
+            return Ok(());
         }
         let to_apply = batch.clone();
-        match tokio::task::spawn_blocking(move || nft_rules::apply(&to_apply)).await {
-            Ok(Ok(())) => *applied = Some(batch),
-            Ok(Err(e)) => {
-                *applied = None;
-                log::error!("nftables table {}: {e}", nft_rules::TABLE);
+        let result = tokio::task::spawn_blocking(move || nft_rules::apply(&to_apply))
+            .await
+            .map_err(|e| SliverError::Internal(format!("nft task: {e}")))?;
+        match result {
+            Ok(()) => {
+                *applied = Some(batch);
+                Ok(())
             }
-            Err(e) => log::error!("nftables table {}: {e}", nft_rules::TABLE),
+            Err(e) => {
+                *applied = None;
+                Err(SliverError::Internal(format!(
+                    "nftables table {}: {e}",
+                    nft_rules::TABLE
+                )))
+            }
         }
     }
 

@@ -1,16 +1,21 @@
 //! The node's nftables table, `inet slicevisor`: what slivers may reach and how they reach
 //! the outside, built as a pure function of the node's uplink and the slivers, and applied
-//! whole in one `nft` transaction (add table, flush it, add chains and rules), so that a
-//! re-apply (every reconcile, a daemon restart) neither duplicates nor loses a rule and the
-//! kernel never shows half a ruleset. Other tables are never touched. Rules are nftables
+//! whole in one `nft` transaction (add the table, delete it, add it with its chains and
+//! rules), so that a re-apply (every reconcile, a daemon restart) neither duplicates nor loses
+//! a rule and the kernel never shows half a ruleset. Other tables are never touched. Rules are nftables
 //! JSON (`libnftables-json(5)`), checked by the `nftables` crate's schema and applied by `nft`.
 //!
-//! | chain (hook, priority) | rules, per sliver with TAP `T`, address `G`, ports `P` |
+//! | chain | rules |
 //! |---|---|
-//! | `forward` (filter, 0) | from `T`: IPv6 dropped; to a denied network or not out through the uplink counted and dropped; else accepted. From the uplink to `T`: replies (`ct state established,related`) and forwarded ports (`ct status dnat`) accepted, the rest counted and dropped |
-//! | `input` (filter, 0) | from `T`: replies accepted, the rest (the node's own services) counted and dropped |
-//! | `prerouting` (nat, -100) | from the uplink, `P.proto` to `P.node_port`: `dnat ip to G:P.sliver_port` |
-//! | `postrouting` (nat, 100) | from `G` out through the uplink: `masquerade` |
+//! | `forward` (filter hook, 0) | established and related connections accepted; then by a verdict map on the input interface, `out-NAME` for a sliver's TAP; by one on the output interface, `in-NAME` |
+//! | `out-NAME` | IPv6 dropped; a denied destination, or anything not leaving through the uplink, counted and dropped; the rest accepted |
+//! | `in-NAME` | from the uplink, published ports (`ct status dnat`) accepted; the rest counted and dropped |
+//! | `input` (filter hook, 0) | established and related accepted; by a verdict map on the input interface, `node-NAME`: counted and dropped (the node's services) |
+//! | `prerouting` (nat hook, -100) | from the uplink, each published port: `dnat ip to GUEST:PORT` |
+//! | `postrouting` (nat hook, 100) | from the sliver's address out through the uplink: `masquerade` |
+//!
+//! A packet walks at most a few rules whatever the number of slivers (the verdict maps are
+//! hash lookups); the NAT chains see only a connection's first packet.
 //!
 //! The VMM drops what the sliver may not send before it reaches the host (anti-spoofing's
 //! `deny_dst`, audited); these rules are the node's own second line.
@@ -85,99 +90,125 @@ fn table() -> Value {
     json!({"table": {"family": FAMILY, "name": TABLE}})
 }
 
-/// The whole table for `slivers` behind `uplink`, denying `deny` (the site's networks and
-/// the slivers' own network), as one nftables JSON batch.
+/// The chain of sliver `name`'s packets of `kind` (`out`: from its TAP, forwarded; `in`: to
+/// its TAP, forwarded; `node`: from its TAP to the node).
+pub fn sliver_chain(kind: &str, name: &str) -> String {
+    format!("{kind}-{name}")
+}
+
+fn jump_map(key: &str, slivers: &[SliverRules], kind: &str) -> Value {
+    let pairs: Vec<Value> = slivers
+        .iter()
+        .map(|s| json!([s.tap, {"jump": {"target": sliver_chain(kind, &s.name)}}]))
+        .collect();
+    json!({"vmap": {"key": meta(key), "data": {"set": pairs}}})
+}
+
+fn regular_chain(name: &str) -> Value {
+    json!({"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}})
+}
+
+/// The whole table for `slivers` behind `uplink`, denying `deny` (the site's networks), as
+/// one nftables JSON batch. Packets of established connections are accepted first; the
+/// others go, by a verdict map on their interface (one lookup however many slivers), to
+/// their sliver's own short chain.
 pub fn ruleset(uplink: &str, deny: &[Ipv4Net], slivers: &[SliverRules]) -> Value {
     let mut cmds = vec![
+        // Add first so that the delete never fails; the delete drops every chain of
+        // slivers that are gone; all in one transaction.
         json!({"add": table()}),
-        json!({"flush": table()}),
+        json!({"delete": table()}),
+        json!({"add": table()}),
         chain("forward", "filter", "forward", 0),
         chain("input", "filter", "input", 0),
         chain("prerouting", "nat", "prerouting", -100),
         chain("postrouting", "nat", "postrouting", 100),
     ];
+    if slivers.is_empty() {
+        return json!({"nftables": cmds});
+    }
     let counted_drop = || [json!({"counter": null}), json!({"drop": null})];
+    let established = ct_in("state", json!(["established", "related"]));
+    let from_uplink = matches(meta("iifname"), json!(uplink));
     for s in slivers {
-        let from = matches(meta("iifname"), json!(s.tap));
-        let to = matches(meta("oifname"), json!(s.tap));
+        for kind in ["out", "in", "node"] {
+            cmds.push(regular_chain(&sliver_chain(kind, &s.name)));
+        }
+    }
+    cmds.push(rule(
+        "forward",
+        "established connections",
+        vec![established.clone(), json!({"accept": null})],
+    ));
+    cmds.push(rule(
+        "forward",
+        "from a sliver",
+        vec![jump_map("iifname", slivers, "out")],
+    ));
+    cmds.push(rule(
+        "forward",
+        "to a sliver",
+        vec![jump_map("oifname", slivers, "in")],
+    ));
+    cmds.push(rule(
+        "input",
+        "established connections",
+        vec![established, json!({"accept": null})],
+    ));
+    cmds.push(rule(
+        "input",
+        "from a sliver",
+        vec![jump_map("iifname", slivers, "node")],
+    ));
+    for s in slivers {
         let comment = format!("sliver {}", s.name);
+        let out = sliver_chain("out", &s.name);
         cmds.push(rule(
-            "forward",
-            &comment,
+            &out,
+            &format!("{comment}: no IPv6 beyond the link"),
             vec![
-                from.clone(),
                 matches(meta("nfproto"), json!("ipv6")),
                 json!({"drop": null}),
             ],
         ));
         if !deny.is_empty() {
-            let mut e = vec![
-                from.clone(),
-                matches(
-                    json!({"payload": {"protocol": "ip", "field": "daddr"}}),
-                    prefixes(deny),
-                ),
-            ];
+            let mut e = vec![matches(
+                json!({"payload": {"protocol": "ip", "field": "daddr"}}),
+                prefixes(deny),
+            )];
             e.extend(counted_drop());
-            cmds.push(rule(
-                "forward",
-                &format!("{comment}: denied destination"),
-                e,
-            ));
+            cmds.push(rule(&out, &format!("{comment}: denied destination"), e));
         }
-        let mut e = vec![
-            from.clone(),
-            json!({"match": {"op": "!=", "left": meta("oifname"), "right": uplink}}),
-        ];
+        let mut e = vec![json!({"match": {"op": "!=", "left": meta("oifname"), "right": uplink}})];
         e.extend(counted_drop());
-        cmds.push(rule("forward", &format!("{comment}: not to the uplink"), e));
+        cmds.push(rule(&out, &format!("{comment}: not to the uplink"), e));
+        cmds.push(rule(&out, &comment, vec![json!({"accept": null})]));
+        let into = sliver_chain("in", &s.name);
         cmds.push(rule(
-            "forward",
-            &comment,
-            vec![from.clone(), json!({"accept": null})],
-        ));
-        let in_from_uplink = matches(meta("iifname"), json!(uplink));
-        cmds.push(rule(
-            "forward",
-            &comment,
+            &into,
+            &format!("{comment}: published ports"),
             vec![
-                in_from_uplink.clone(),
-                to.clone(),
-                ct_in("state", json!(["established", "related"])),
-                json!({"accept": null}),
-            ],
-        ));
-        cmds.push(rule(
-            "forward",
-            &comment,
-            vec![
-                in_from_uplink.clone(),
-                to.clone(),
+                from_uplink.clone(),
                 ct_in("status", json!("dnat")),
                 json!({"accept": null}),
             ],
         ));
-        let mut e = vec![in_from_uplink.clone(), to];
-        e.extend(counted_drop());
-        cmds.push(rule("forward", &format!("{comment}: unsolicited"), e));
         cmds.push(rule(
-            "input",
-            &comment,
-            vec![
-                from.clone(),
-                ct_in("state", json!(["established", "related"])),
-                json!({"accept": null}),
-            ],
+            &into,
+            &format!("{comment}: unsolicited"),
+            counted_drop().to_vec(),
         ));
-        let mut e = vec![from];
-        e.extend(counted_drop());
-        cmds.push(rule("input", &format!("{comment}: the node's services"), e));
+        cmds.push(rule(
+            &sliver_chain("node", &s.name),
+            &format!("{comment}: the node's services"),
+            counted_drop().to_vec(),
+        ));
         for p in &s.ports {
             cmds.push(rule(
                 "prerouting",
                 &format!("{comment}: {} {}", p.proto.name(), p.node_port),
                 vec![
-                    in_from_uplink.clone(),
+                    from_uplink.clone(),
                     matches(meta("l4proto"), json!(p.proto.name())),
                     matches(
                         json!({"payload": {"protocol": "th", "field": "dport"}}),
@@ -258,8 +289,9 @@ mod tests {
         assert_eq!(batch, ruleset("eth0", &deny, &slivers));
         let parsed: nftables::schema::Nftables =
             serde_json::from_value(batch.clone()).expect("the crate's schema");
-        // add table, flush, 4 chains; per sliver 10 rules, plus one per port.
-        assert_eq!(parsed.objects.len(), 6 + 10 + 11);
+        // add, delete, add the table, 4 base chains, 5 dispatch rules; per sliver 3 chains
+        // and 8 rules, plus one per port.
+        assert_eq!(parsed.objects.len(), 7 + 5 + 2 * 11 + 1);
         let text = batch.to_string();
         assert!(
             text.contains(r#""dnat":{"addr":"10.9.0.6","family":"ip","port":22}"#),
@@ -267,11 +299,15 @@ mod tests {
         );
         assert!(text.contains(r#""right":2222"#));
         assert!(text.contains(r#""masquerade":null"#));
+        assert!(
+            text.contains(r#"["sv-b",{"jump":{"target":"out-b"}}]"#),
+            "{text}"
+        );
     }
 
     #[test]
     fn no_slivers_leaves_an_empty_table_with_its_chains() {
         let batch = ruleset("eth0", &[], &[]);
-        assert_eq!(batch["nftables"].as_array().map(Vec::len), Some(6));
+        assert_eq!(batch["nftables"].as_array().map(Vec::len), Some(7));
     }
 }

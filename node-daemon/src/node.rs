@@ -89,6 +89,10 @@ pub struct SshView {
     pub port: u16,
     /// The command, e.g. `ssh root@10.0.3.2`.
     pub command: String,
+    /// From outside the node, when a published TCP port leads to the sliver's port 22:
+    /// e.g. `ssh -p 2222 root@198.51.100.1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside: Option<String>,
 }
 
 /// What the node keeps of deleted slivers' audit data.
@@ -138,6 +142,8 @@ pub struct Node {
     /// The nftables batch last applied (re-applied only when it changes, or by the periodic
     /// reconcile).
     pub(crate) rules_applied: tokio::sync::Mutex<Option<serde_json::Value>>,
+    /// Which sliver has which address, for the NAT log (`nat_watch`).
+    pub(crate) sliver_addrs: crate::nat_watch::SliverAddrs,
 }
 
 /// How to reach `spec`'s sliver by ssh, if it has an image, keys and an address.
@@ -150,6 +156,7 @@ fn ssh_view(spec: &SliverSpec) -> Option<SshView> {
         host: ip.to_string(),
         port: 22,
         command: format!("ssh root@{ip}"),
+        outside: None,
     })
 }
 
@@ -193,6 +200,7 @@ impl Node {
             net,
             addressing: tokio::sync::Mutex::new(()),
             rules_applied: tokio::sync::Mutex::new(None),
+            sliver_addrs: crate::nat_watch::SliverAddrs::default(),
         })
     }
 
@@ -204,6 +212,11 @@ impl Node {
     /// Sliver `name`'s VMM's console socket.
     pub fn console_socket(&self, name: &str) -> PathBuf {
         self.supervisor.console_socket(name)
+    }
+
+    /// Which sliver has which address (for the NAT log).
+    pub fn sliver_addrs(&self) -> crate::nat_watch::SliverAddrs {
+        self.sliver_addrs.clone()
     }
 
     /// The image store.
@@ -327,6 +340,11 @@ impl Node {
             Ok(()) => self.ensure_disk(name, &record.spec).await,
             Err(e) => Err(e),
         };
+        // Its rules with its addresses: if they cannot be applied, neither is kept.
+        let host_side = match host_side {
+            Ok(()) => self.sync_rules(false).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = host_side {
             self.remove_tap(name).await;
             self.release_slot(name);
@@ -335,6 +353,9 @@ impl Node {
             let owned = name.to_string();
             if let Err(undo) = blocking(move || registry.delete(&owned)).await {
                 log::error!("sliver {name}: undoing its definition: {undo}");
+            }
+            if let Err(undo) = self.sync_rules(false).await {
+                log::error!("sliver {name}: undoing its rules: {undo}");
             }
             return Err(e);
         }
@@ -359,19 +380,31 @@ impl Node {
         let registry = self.registry.clone();
         let owned = name.to_string();
         let record = blocking(move || registry.patch_net(&owned, &patch)).await?;
-        if let Some(net) = &record.spec.net {
-            if let Err(e) = self.claim_slot(name, net) {
-                let registry = self.registry.clone();
-                let owned = name.to_string();
-                blocking(move || {
-                    registry.update(&owned, |r| {
-                        r.spec = before.spec;
-                        Ok(())
-                    })
+        let applied = match &record.spec.net {
+            Some(net) => match self.claim_slot(name, net) {
+                Ok(()) => self.sync_rules(false).await,
+                Err(e) => Err(e),
+            },
+            None => Ok(()),
+        };
+        if let Err(e) = applied {
+            // Limits, ports and rules go back together.
+            let registry = self.registry.clone();
+            let owned = name.to_string();
+            blocking(move || {
+                registry.update(&owned, |r| {
+                    r.spec = before.spec;
+                    Ok(())
                 })
-                .await?;
-                return Err(e);
+            })
+            .await?;
+            if let Some(net) = self.registry.get(name)?.spec.net {
+                let _ = self.claim_slot(name, &net);
             }
+            if let Err(undo) = self.sync_rules(false).await {
+                log::error!("sliver {name}: undoing its rules: {undo}");
+            }
+            return Err(e);
         }
         self.converge_after(name).await;
         Ok(self.view(name, record))
@@ -421,7 +454,9 @@ impl Node {
         if let Err(e) = self.converge_locked(name).await {
             log::error!("sliver {name}: converging: {e}");
         }
-        self.sync_rules(false).await;
+        if let Err(e) = self.sync_rules(false).await {
+            log::error!("sliver {name}: {e}");
+        }
     }
 
     /// Sliver `name` as the API shows it.
@@ -446,6 +481,12 @@ impl Node {
     }
 
     fn view(&self, name: &str, r: SliverRecord) -> SliverView {
+        let published = r
+            .spec
+            .net
+            .as_ref()
+            .map(|net| self.published(net))
+            .unwrap_or_default();
         SliverView {
             name: name.to_string(),
             slice: r.spec.slice.clone(),
@@ -460,13 +501,17 @@ impl Node {
                 disk_max: r.spec.disk_max_bytes() / 1024,
                 used_bytes: self.disks.used_bytes(name).unwrap_or(0),
             }),
-            ssh: ssh_view(&r.spec),
-            published: r
-                .spec
-                .net
-                .as_ref()
-                .map(|net| self.published(net))
-                .unwrap_or_default(),
+            ssh: ssh_view(&r.spec).map(|ssh| SshView {
+                outside: published
+                    .iter()
+                    .find(|p| {
+                        p.proto == crate::published_ports::Proto::Tcp && p.sliver.ends_with(":22")
+                    })
+                    .and_then(|p| p.node.rsplit_once(':'))
+                    .map(|(addr, port)| format!("ssh -p {port} root@{addr}")),
+                ..ssh
+            }),
+            published,
             spec: r.spec,
         }
     }

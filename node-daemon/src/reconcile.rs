@@ -116,7 +116,9 @@ impl Node {
             }
         }
         self.remove_stray_taps().await;
-        self.sync_rules(true).await;
+        if let Err(e) = self.sync_rules(true).await {
+            log::error!("reconcile: {e}");
+        }
         let unwritten = self.registry.flush_deferred();
         if unwritten > 0 {
             log::warn!("reconcile: {unwritten} record(s) still not written (disk full?)");

@@ -232,6 +232,13 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         )?);
         // The host is made to match the records before the first request is served.
         node.reconcile_all().await;
+        if config.net.uplink.is_some() {
+            if let Err(e) = crate::nat_watch::spawn(state_dir.clone(), node.sliver_addrs()) {
+                log::error!(
+                    "conntrack events: {e}: slivers' public ports will not be in the audit"
+                );
+            }
+        }
         node.spawn_periodic();
         log::info!(
             "serving on {}: at most {} connections (+{} for root), read timeout {:?} \

@@ -94,6 +94,21 @@ pub fn audit_now_path(filters: &str) -> String {
     format!("/audit?{filters}&at={}", now_rfc3339().replace('+', "%2B"))
 }
 
+/// Flags of a node whose uplink is `up0` (198.51.100.1/24 in the tests), slivers in
+/// 10.99.0.0/24, the "site" 203.0.113.0/24 denied, the resolver "outside".
+pub const UPLINK_FLAGS: &[&str] = &[
+    "--guest-stop-timeout",
+    "1",
+    "--uplink",
+    "up0",
+    "--sliver-net",
+    "10.99.0.0/24",
+    "--deny-dst",
+    "203.0.113.0/24",
+    "--resolver",
+    "198.51.100.2",
+];
+
 /// A `slicevisor node` under test, in its own network namespace; a test that fails leaves no
 /// VMM of it running.
 #[derive(Debug)]

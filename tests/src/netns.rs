@@ -59,6 +59,31 @@ impl NetNs {
         cmd
     }
 
+    /// Run `args` (program first) inside the namespace; panics unless it succeeds; returns
+    /// its output, trimmed.
+    pub fn sh(&self, args: &[&str]) -> String {
+        let out = self
+            .command(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A veth from here (`here`, address `addr`) to `peer` (`there`, address `peer_addr`),
+    /// both up.
+    pub fn veth(&self, here: &str, addr: &str, peer: &NetNs, there: &str, peer_addr: &str) {
+        self.sh(&[
+            "ip", "link", "add", here, "type", "veth", "peer", "name", there,
+        ]);
+        self.sh(&["ip", "link", "set", there, "netns", peer.name()]);
+        self.sh(&["ip", "addr", "add", addr, "dev", here]);
+        self.sh(&["ip", "link", "set", here, "up"]);
+        peer.sh(&["ip", "addr", "add", peer_addr, "dev", there]);
+        peer.sh(&["ip", "link", "set", there, "up"]);
+    }
+
     /// Move the calling thread into the namespace (threads it spawns later inherit it).
     pub fn enter_this_thread(&self) {
         enter(&format!("/run/netns/{}", self.name));

@@ -12,36 +12,12 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::daemon::{audit_now_path, Daemon, ResponseExt};
+use e2e::daemon::{audit_now_path, Daemon, ResponseExt, UPLINK_FLAGS};
 use e2e::guest::{artifacts, boot_lock, LINUX_BOOT_TIMEOUT};
 use e2e::netns::NetNs;
 use serde_json::{json, Value};
 
 const FILE: &str = "slicevisor-outside-file-7f3a";
-
-fn sh(ns: &NetNs, args: &[&str]) {
-    let out = ns
-        .command(args[0])
-        .args(&args[1..])
-        .output()
-        .expect(args[0]);
-    assert!(out.status.success(), "{args:?}: {out:?}");
-}
-
-/// A veth from `ns` (`here`, with `addr`) to `peer_ns` (`there`, with `peer_addr`).
-fn veth(ns: &NetNs, here: &str, addr: &str, peer_ns: &NetNs, there: &str, peer_addr: &str) {
-    sh(
-        ns,
-        &[
-            "ip", "link", "add", here, "type", "veth", "peer", "name", there,
-        ],
-    );
-    sh(ns, &["ip", "link", "set", there, "netns", peer_ns.name()]);
-    sh(ns, &["ip", "addr", "add", addr, "dev", here]);
-    sh(ns, &["ip", "link", "set", here, "up"]);
-    sh(peer_ns, &["ip", "addr", "add", peer_addr, "dev", there]);
-    sh(peer_ns, &["ip", "link", "set", there, "up"]);
-}
 
 /// A listener in `ns` on `addr` that records who connected.
 fn listen(ns: &NetNs, addr: &'static str) -> Arc<Mutex<Vec<String>>> {
@@ -69,26 +45,15 @@ fn slivers_reach_the_outside_and_only_the_outside() {
     let node = Arc::new(NetNs::new("svnat"));
     let outside = NetNs::new("svnatout");
     let site = NetNs::new("svnatsite");
-    veth(
-        &node,
+    node.veth(
         "up0",
         "198.51.100.1/24",
         &outside,
         "out0",
         "198.51.100.2/24",
     );
-    veth(
-        &node,
-        "site0",
-        "203.0.113.1/24",
-        &site,
-        "site1",
-        "203.0.113.2/24",
-    );
-    sh(
-        &site,
-        &["ip", "route", "add", "default", "via", "203.0.113.1"],
-    );
+    node.veth("site0", "203.0.113.1/24", &site, "site1", "203.0.113.2/24");
+    site.sh(&["ip", "route", "add", "default", "via", "203.0.113.1"]);
 
     // Outside: a web server that records who asked.
     let web = outside.run_in(|| TcpListener::bind("198.51.100.2:8000").expect("bind"));
@@ -96,10 +61,7 @@ fn slivers_reach_the_outside_and_only_the_outside() {
     let record = web_peers.clone();
     std::thread::spawn(move || {
         for mut conn in web.incoming().flatten() {
-            let peer = conn
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
+            let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             record.lock().expect("lock").push(peer);
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf);
@@ -110,22 +72,7 @@ fn slivers_reach_the_outside_and_only_the_outside() {
     let node_service = listen(&node, "0.0.0.0:9100");
     let site_host = listen(&site, "203.0.113.2:9000");
 
-    let d = Daemon::start_with(
-        dir.path(),
-        node.clone(),
-        &[
-            "--guest-stop-timeout",
-            "1",
-            "--uplink",
-            "up0",
-            "--sliver-net",
-            "10.99.0.0/24",
-            "--deny-dst",
-            "203.0.113.0/24",
-            "--resolver",
-            "198.51.100.2",
-        ],
-    );
+    let d = Daemon::start_with(dir.path(), node.clone(), UPLINK_FLAGS);
     let probe = |target: &str| format!("nc -w 3 {target} </dev/null; echo PROBE-{target}=$?");
     let a_cmd = [
         "grep nameserver /etc/resolv.conf".to_string(),
@@ -204,11 +151,12 @@ fn slivers_reach_the_outside_and_only_the_outside() {
     eprintln!("a finished after {:.1} s", start.elapsed().as_secs_f64());
     assert!(a_log.contains("nameserver 198.51.100.2"), "{a_log}");
     assert!(a_log.contains(FILE), "a fetched the outside file:\n{a_log}");
-    assert_eq!(
-        *web_peers.lock().expect("lock"),
-        vec!["198.51.100.1".to_string()],
-        "the outside server saw the node's address"
-    );
+    let web_peer = web_peers.lock().expect("lock").clone();
+    assert_eq!(web_peer.len(), 1, "{web_peer:?}");
+    let public_port = web_peer[0]
+        .strip_prefix("198.51.100.1:")
+        .unwrap_or_else(|| panic!("the outside server saw {web_peer:?}, not the node's address"))
+        .to_string();
     for target in [
         "10.99.0.6 8080",
         "10.99.0.1 9100",
@@ -267,6 +215,46 @@ fn slivers_reach_the_outside_and_only_the_outside() {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+    // A complaint quoting the node's address and source port finds the slice, and the
+    // flow shows its public side.
+    let answer = d
+        .call(
+            "GET",
+            &audit_now_path(&format!(
+                "dst=198.51.100.2&public_port={public_port}&window=10m"
+            )),
+            None,
+        )
+        .json();
+    let flows: Vec<&Value> = answer["flows"].as_array().into_iter().flatten().collect();
+    assert_eq!(flows.len(), 1, "{answer}");
+    assert_eq!(flows[0]["sliver"], "a");
+    assert_eq!(flows[0]["slice"], "pl_nat");
+    assert_eq!(flows[0]["public"], format!("198.51.100.1:{public_port}"));
+    let cli = e2e::run::run(
+        [
+            "audit",
+            "query",
+            "--state-dir",
+            dir.path().join("state").to_str().expect("utf8"),
+            "--dst",
+            "198.51.100.2",
+            "--public-port",
+            &public_port,
+            "--at",
+            &e2e::daemon::now_rfc3339(),
+            "--window",
+            "10m",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(cli.code(), 0, "{cli:?}");
+    assert!(cli.stdout.contains("pl_nat"), "{}", cli.stdout);
+    assert!(
+        cli.stdout.contains(&format!("198.51.100.1:{public_port}")),
+        "{}",
+        cli.stdout
+    );
     // A complaint about the outside address finds the slice.
     let answer = d
         .call(

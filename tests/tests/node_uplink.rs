@@ -2,8 +2,8 @@
 //! addresses are allocated from --sliver-net (never twice, the same after a restart, free
 //! again after a delete) and given ones checked; published ports clash with other slivers'
 //! and the node's listeners (409 naming the field); PATCH changes them; the daemon's
-//! nftables table (read back with `nft -j`) holds each sliver's masquerade, DNAT and drop
-//! rules, is the same after a restart, loses a deleted sliver's rules, and is gone after a
+//! nftables table (read back with `nft -j`) holds each sliver's masquerade, DNAT, its own
+//! chains of drops, is the same after a restart, loses a deleted sliver's rules, and is gone after a
 //! clean exit; forwarding is on for the uplink and the TAPs only; another table is never
 //! touched. Everything in namespaces this test creates.
 
@@ -11,29 +11,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::daemon::{Daemon, ResponseExt};
+use e2e::daemon::{Daemon, ResponseExt, UPLINK_FLAGS};
 use e2e::netns::NetNs;
 use e2e::run::{slicevisor_bin, wait_with_timeout};
 use serde_json::{json, Value};
-
-const FLAGS: &[&str] = &[
-    "--guest-stop-timeout",
-    "1",
-    "--uplink",
-    "up0",
-    "--sliver-net",
-    "10.99.0.0/24",
-    "--deny-dst",
-    "203.0.113.0/24",
-    "--resolver",
-    "198.51.100.2",
-];
-
-fn sh(ns: &NetNs, program: &str, args: &[&str]) -> String {
-    let out = ns.command(program).args(args).output().expect(program);
-    assert!(out.status.success(), "{program} {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The table as `nft -j` lists it, without the handles (which a re-apply renumbers).
 fn table(ns: &NetNs) -> Option<Value> {
@@ -82,13 +63,10 @@ fn rules_of(table: &Value, chain: &str, sliver: &str) -> Vec<Value> {
 }
 
 fn sysctl(ns: &NetNs, iface: &str) -> String {
-    sh(
-        ns,
+    ns.sh(&[
         "cat",
-        &[&format!("/proc/sys/net/ipv4/conf/{iface}/forwarding")],
-    )
-    .trim()
-    .to_string()
+        &format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+    ])
 }
 
 #[test]
@@ -98,23 +76,16 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
     std::fs::write(&kernel, b"\x7fELF").expect("kernel stub");
     let ns = Arc::new(NetNs::new("svup"));
     let outside = NetNs::new("svout");
-    sh(
-        &ns,
-        "ip",
-        &["link", "add", "up0", "type", "veth", "peer", "name", "out0"],
-    );
-    sh(&ns, "ip", &["link", "set", "out0", "netns", outside.name()]);
-    sh(&ns, "ip", &["addr", "add", "198.51.100.1/24", "dev", "up0"]);
-    sh(&ns, "ip", &["link", "set", "up0", "up"]);
-    sh(
+    ns.veth(
+        "up0",
+        "198.51.100.1/24",
         &outside,
-        "ip",
-        &["addr", "add", "198.51.100.2/24", "dev", "out0"],
+        "out0",
+        "198.51.100.2/24",
     );
-    sh(&outside, "ip", &["link", "set", "out0", "up"]);
-    sh(&ns, "nft", &["add", "table", "inet", "other"]);
-    sh(&ns, "nft", &["add", "chain", "inet", "other", "c"]);
-    let other_before = sh(&ns, "nft", &["-j", "list", "table", "inet", "other"]);
+    ns.sh(&["nft", "add", "table", "inet", "other"]);
+    ns.sh(&["nft", "add", "chain", "inet", "other", "c"]);
+    let other_before = ns.sh(&["nft", "-j", "list", "table", "inet", "other"]);
 
     // Bad flags: each named, nothing served.
     for (flags, says) in [
@@ -147,7 +118,7 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
         assert!(out.stderr.contains(says), "{flags:?}: {}", out.stderr);
     }
 
-    let d = Daemon::start_with(dir.path(), ns.clone(), FLAGS);
+    let d = Daemon::start_with(dir.path(), ns.clone(), UPLINK_FLAGS);
     let spec = |net: Value| json!({"slice": "pl_test", "kernel": kernel, "net": net});
     let a = d.call(
         "PUT",
@@ -265,14 +236,56 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
     );
     assert_eq!(clash.status, 409, "{}", clash.body);
 
+    // An image sliver publishing its ssh: GET shows how to reach it from outside.
+    let image = dir.path().join("tiny.ext4");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4"])
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .expect("mke2fs (e2fsprogs)");
+    assert!(made.status.success(), "{made:?}");
+    let imported = e2e::run::run(
+        [
+            "image",
+            "--socket",
+            &socket,
+            "import",
+            "tiny",
+            image.to_str().expect("utf8"),
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(imported.code(), 0, "{imported:?}");
+    let key = dir.path().join("key");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen");
+    assert!(keygen.status.success());
+    let public = std::fs::read_to_string(key.with_extension("pub")).expect("pub");
+    let s = d.call(
+        "PUT",
+        "/slivers/s",
+        Some(
+            json!({"slice": "pl_test", "kernel": kernel, "vref": "tiny", "disk_max": 20000,
+                    "keys": [public.trim()],
+                    "net": {"ports": [{"proto": "tcp", "node_port": 2200, "sliver_port": 22}]}}),
+        ),
+    );
+    assert_eq!(s.status, 201, "{}", s.body);
+    assert_eq!(s.json()["ssh"]["outside"], "ssh -p 2200 root@198.51.100.1");
+    assert_eq!(s.json()["ssh"]["command"], "ssh root@10.99.0.10");
+
     // The table: per sliver, masquerade out through up0, its drops, and a's DNAT.
     let t = table(&ns).expect("the daemon's table");
     for sliver in ["a", "b"] {
         let post = rules_of(&t, "postrouting", sliver);
         assert_eq!(post.len(), 1, "{sliver}: {post:?}");
         assert!(post[0].to_string().contains("\"masquerade\""));
-        assert!(rules_of(&t, "input", sliver).len() == 2);
-        let fwd = rules_of(&t, "forward", sliver)
+        assert_eq!(rules_of(&t, &format!("node-{sliver}"), sliver).len(), 1);
+        let fwd = rules_of(&t, &format!("out-{sliver}"), sliver)
             .iter()
             .map(Value::to_string)
             .collect::<String>();
@@ -300,7 +313,7 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
 
     // A restart (SIGKILL: no clean exit) re-applies the same table: nothing doubled or lost.
     let ns = d.kill();
-    let d = Daemon::start_with(dir.path(), ns.clone(), FLAGS);
+    let d = Daemon::start_with(dir.path(), ns.clone(), UPLINK_FLAGS);
     assert_eq!(table(&ns), Some(t), "the table after a restart");
     assert_eq!(
         d.call("GET", "/slivers/b", None).json()["spec"]["net"]["ipv4"],
@@ -310,9 +323,18 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
     // Delete: a's rules go, and its addresses are free for the next sliver.
     assert_eq!(d.call("DELETE", "/slivers/a", None).status, 204);
     let t = table(&ns).expect("table");
-    for chain in ["forward", "input", "prerouting", "postrouting"] {
+    for chain in ["out-a", "in-a", "node-a", "prerouting", "postrouting"] {
         assert!(rules_of(&t, chain, "a").is_empty(), "{chain}");
     }
+    let chains: Vec<&Value> = t["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("chain"))
+        .map(|c| &c["name"])
+        .collect();
+    assert!(!chains.contains(&&json!("out-a")), "{chains:?}");
+    assert!(chains.contains(&&json!("out-b")), "{chains:?}");
     let e = d.call("PUT", "/slivers/e", Some(spec(json!({})))).json();
     assert_eq!(e["spec"]["net"]["ipv4"], "10.99.0.2/30");
 
@@ -320,7 +342,7 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
     d.stop();
     assert_eq!(table(&ns), None, "the table after a clean exit");
     assert_eq!(
-        sh(&ns, "nft", &["-j", "list", "table", "inet", "other"]),
+        ns.sh(&["nft", "-j", "list", "table", "inet", "other"]),
         other_before
     );
 }

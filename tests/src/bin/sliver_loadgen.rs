@@ -6,7 +6,7 @@
 //! tested and benchmarked with one of these processes per sliver.
 //!
 //! `sliver_loadgen --tap NAME [--ledger PATH --slot N] [--frame BYTES] [--src-ip A.B.C.D]
-//! [--seconds S] [--offer-bps R]`; `--offer-bps` limits what the "guest" offers with a fixed
+//! [--dst-ip A.B.C.D] [--dst-mac MAC] [--seconds S] [--offer-bps R]`; `--offer-bps` limits what the "guest" offers with a fixed
 //! token bucket instead of the ledger (to load an external shaper such as HTB);
 //! `--audit-dir DIR --slice S --sliver N --ip A.B.C.D [--spoof-every K]` puts the VMM's audit
 //! stage (anti-spoofing, flow records, header capture) in the pipeline, and makes every K-th
@@ -44,6 +44,8 @@ struct Args {
     ledger: Option<(PathBuf, usize)>,
     frame: usize,
     src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    dst_mac: [u8; 6],
     seconds: f64,
     offer_bps: Option<u64>,
     audit: Option<(PathBuf, String, String)>,
@@ -58,6 +60,8 @@ fn parse_args() -> Result<Args, String> {
     let (mut ledger, mut slot) = (None, None);
     let mut frame = 1500;
     let mut src_ip = Ipv4Addr::new(10, 200, 0, 1);
+    let mut dst_ip = Ipv4Addr::new(10, 201, 0, 1);
+    let mut dst_mac = [0x02, 0, 0, 0, 0, 0x01];
     let mut seconds = f64::INFINITY;
     let mut offer_bps = None;
     let (mut audit_dir, mut slice, mut sliver, mut ip) = (None, None, None, None);
@@ -73,6 +77,11 @@ fn parse_args() -> Result<Args, String> {
             "--slot" => slot = Some(value()?.parse().map_err(|e| format!("--slot: {e}"))?),
             "--frame" => frame = value()?.parse().map_err(|e| format!("--frame: {e}"))?,
             "--src-ip" => src_ip = value()?.parse().map_err(|e| format!("--src-ip: {e}"))?,
+            "--dst-ip" => dst_ip = value()?.parse().map_err(|e| format!("--dst-ip: {e}"))?,
+            "--dst-mac" => {
+                let m: MacAddr = value()?.parse().map_err(|e| format!("--dst-mac: {e:?}"))?;
+                dst_mac = m.0;
+            }
             "--seconds" => seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--rx" => rx = true,
             "--audit-dir" => audit_dir = Some(PathBuf::from(value()?)),
@@ -106,6 +115,8 @@ fn parse_args() -> Result<Args, String> {
         ledger,
         frame,
         src_ip,
+        dst_ip,
+        dst_mac,
         seconds,
         offer_bps,
         audit: match (audit_dir, slice, sliver) {
@@ -120,11 +131,12 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// virtio header + an Ethernet/IPv4/UDP frame of `len` bytes from `src` (to a MAC that is not
-/// the host's, so the host drops it after counting it on the TAP).
-fn frame(len: usize, src: Ipv4Addr) -> Vec<u8> {
+/// virtio header + an Ethernet/IPv4/UDP frame of `len` bytes from `src` to `dst` at `dst_mac`
+/// (by default a MAC that is not the host's, so the host drops it after counting it on the
+/// TAP; the TAP's own MAC to have the host route it).
+fn frame(len: usize, src: Ipv4Addr, dst: Ipv4Addr, dst_mac: [u8; 6]) -> Vec<u8> {
     let mut f = vec![0u8; devices::virtio::net::VNET_HDR_LEN];
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // dst MAC
+    f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&[0x02, 0x5e, 0, 0, 0, 0x02]); // src MAC
     f.extend_from_slice(&[0x08, 0x00]);
     let ip_len = (len - 14) as u16;
@@ -134,7 +146,7 @@ fn frame(len: usize, src: Ipv4Addr) -> Vec<u8> {
     ip[8] = 64;
     ip[9] = 17;
     ip[12..16].copy_from_slice(&src.octets());
-    ip[16..20].copy_from_slice(&[10, 201, 0, 1]);
+    ip[16..20].copy_from_slice(&dst.octets());
     let sum = ip
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
@@ -215,10 +227,12 @@ fn main() {
     let mut driver = GuestDriver::new(dev);
     driver.init(feature(VERSION_1) | feature(F_MAC), 2, QUEUE_SIZE);
     let txq = TX_QUEUE as u16;
-    let f = frame(args.frame, args.src_ip);
+    let f = frame(args.frame, args.src_ip, args.dst_ip, args.dst_mac);
     let spoofed = frame(
         args.frame,
         Ipv4Addr::from(u32::from(args.src_ip).wrapping_add(1)),
+        args.dst_ip,
+        args.dst_mac,
     );
     let spoof_every = args.spoof_every;
     let pick = |n: u64| {
