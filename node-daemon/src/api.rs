@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::error::SliverError;
 use crate::node::{Node, SliverView};
-use crate::registry::{Created, NetPatch};
+use crate::registry::{Created, SliverPatch};
 use crate::spec::{parse, SliverSpec, MAX_BODY_BYTES};
 
 /// Every (method, path) the daemon serves.
@@ -143,8 +143,14 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Reply<Bytes> {
     body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// Liveness, and which protections are on (never silently off).
+async fn healthz(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
+    let cgroups = match node.supervisor.cgroups().map(|c| &c.layout) {
+        Some(crate::sliver_cgroups::Layout::V2(_)) => "v2".to_string(),
+        Some(crate::sliver_cgroups::Layout::V1 { .. }) => "v1".to_string(),
+        None => "off: see the daemon's log".to_string(),
+    };
+    Json(json!({"status": "ok", "protections": {"cgroups": cgroups}}))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -202,10 +208,10 @@ async fn patch(
     Name(name): Name,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply<Json<SliverView>> {
-    let patch: NetPatch = parse(&body_bytes(body)?)?;
+    let patch: SliverPatch = parse(&body_bytes(body)?)?;
     let described = format!("{patch:?}");
     let owned = name.clone();
-    let view = detached(async move { node.patch_net(&owned, patch).await }).await?;
+    let view = detached(async move { node.patch(&owned, patch).await }).await?;
     log::info!(
         "uid {:?} changed the limits of sliver {name}: {described}",
         peer.uid

@@ -65,7 +65,7 @@ pub enum Action {
         /// Sliver name.
         name: String,
     },
-    /// PATCH /slivers/{name}: change network limits
+    /// PATCH /slivers/{name}: change network and CPU limits
     Limits {
         /// Sliver name.
         name: String,
@@ -84,6 +84,12 @@ pub enum Action {
         /// Daily threshold, KB.
         #[arg(long)]
         thresh_kbyte: Option<u64>,
+        /// CPU weight.
+        #[arg(long)]
+        cpu_share: Option<u32>,
+        /// CPU cap, percent of one CPU.
+        #[arg(long)]
+        cpu_max_pct: Option<u32>,
     },
     /// PATCH /slivers/{name}: set the published ports (none given: remove them all)
     Ports {
@@ -225,6 +231,8 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
             max_rate,
             max_kbyte,
             thresh_kbyte,
+            cpu_share,
+            cpu_max_pct,
         } => {
             let mut patch = serde_json::Map::new();
             for (k, v) in [
@@ -233,6 +241,8 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
                 ("net_max_rate", *max_rate),
                 ("net_max_kbyte", *max_kbyte),
                 ("net_thresh_kbyte", *thresh_kbyte),
+                ("cpu_share", cpu_share.map(u64::from)),
+                ("cpu_max_pct", cpu_max_pct.map(u64::from)),
             ] {
                 if let Some(v) = v {
                     patch.insert(k.into(), json!(v));

@@ -28,6 +28,7 @@ pub mod registry;
 pub mod server;
 pub mod shares;
 pub mod sliver_addresses;
+pub mod sliver_cgroups;
 pub mod sliver_config;
 pub mod sliver_disks;
 pub mod spec;

@@ -29,7 +29,7 @@ use crate::error::SliverError;
 use crate::host_net;
 use crate::images::ImageStore;
 use crate::name_locks::NameLocks;
-use crate::registry::{Created, NetPatch, Registry};
+use crate::registry::{Created, Registry, SliverPatch};
 use crate::shares::slots::{self, Shaping};
 use crate::sliver_disks::SliverDisks;
 use crate::spec::{SliverNet, SliverSpec};
@@ -60,6 +60,9 @@ pub struct SliverView {
     pub disk: Option<DiskView>,
     /// How to log in (slivers with a `vref`, keys and a network device).
     pub ssh: Option<SshView>,
+    /// Its cgroup's accounting (when the node makes cgroups).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<crate::sliver_cgroups::CgroupStats>,
     /// Its ports published on the node's uplink address.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<crate::net_plan::PublishedPort>,
@@ -363,12 +366,13 @@ impl Node {
         Ok((Created::New, self.show(name)?))
     }
 
-    /// Change sliver `name`'s network limits with `patch` (validated as a whole first); the
-    /// share allocation applies them at its next tick.
-    pub async fn patch_net(
+    /// Change sliver `name`'s network and CPU limits with `patch` (validated as a whole
+    /// first); the share allocation applies the network ones at its next tick, the CPU ones
+    /// are written to its cgroup at once.
+    pub async fn patch(
         self: &Arc<Self>,
         name: &str,
-        patch: NetPatch,
+        patch: SliverPatch,
     ) -> Result<SliverView, SliverError> {
         let _lock = self.locks.lock(name).await;
         let _addressing = self.addressing.lock().await;
@@ -377,16 +381,25 @@ impl Node {
             crate::published_ports::validate(ports)?;
             self.check_ports(ports, &self.other_nets(name))?;
         }
+        let cpu_changed = patch.touches_cpu();
         let registry = self.registry.clone();
         let owned = name.to_string();
-        let record = blocking(move || registry.patch_net(&owned, &patch)).await?;
-        let applied = match &record.spec.net {
+        let record = blocking(move || registry.patch(&owned, &patch)).await?;
+        let mut applied = match &record.spec.net {
             Some(net) => match self.claim_slot(name, net) {
                 Ok(()) => self.sync_rules(false).await,
                 Err(e) => Err(e),
             },
             None => Ok(()),
         };
+        // CPU limits take effect at once for a running VMM (its cgroup's files).
+        if let (Ok(()), Some(cgroups), true) = (&applied, self.supervisor.cgroups(), cpu_changed) {
+            if cgroups.exists(name) {
+                applied = cgroups
+                    .apply(name, &record.spec.cgroup_limits())
+                    .map_err(|e| SliverError::Internal(e.to_string()));
+            }
+        }
         if let Err(e) = applied {
             // Limits, ports and rules go back together.
             let registry = self.registry.clone();
@@ -398,8 +411,14 @@ impl Node {
                 })
             })
             .await?;
-            if let Some(net) = self.registry.get(name)?.spec.net {
-                let _ = self.claim_slot(name, &net);
+            let restored = self.registry.get(name)?.spec;
+            if let Some(net) = &restored.net {
+                let _ = self.claim_slot(name, net);
+            }
+            if let (Some(cgroups), true) = (self.supervisor.cgroups(), cpu_changed) {
+                if cgroups.exists(name) {
+                    let _ = cgroups.apply(name, &restored.cgroup_limits());
+                }
             }
             if let Err(undo) = self.sync_rules(false).await {
                 log::error!("sliver {name}: undoing its rules: {undo}");
@@ -512,6 +531,7 @@ impl Node {
                 ..ssh
             }),
             published,
+            cgroup: self.supervisor.cgroups().map(|c| c.stats(name)),
             spec: r.spec,
         }
     }
@@ -565,6 +585,9 @@ impl Node {
         self.release_slot(name);
         self.remove_tap(name).await;
         self.disks.remove(name);
+        if let Some(cgroups) = self.supervisor.cgroups() {
+            cgroups.remove(name);
+        }
         let ring =
             audit_store::sliver_dir(&self.state_dir, name).join(audit_store::capture::RING_FILE);
         if self.retention.capture_after_delete.is_zero() {

@@ -98,14 +98,20 @@ impl Node {
                 }
             }
         }
-        // Strays known by name: VMMs, slots and disks. Each is checked again under its name's
-        // lock.
+        // Strays known by name: VMMs, slots, disks and cgroups. Each is checked again under
+        // its name's lock.
         let disked = self.disks.names();
+        let cgrouped = self
+            .supervisor
+            .cgroups()
+            .map(crate::sliver_cgroups::Cgroups::names)
+            .unwrap_or_default();
         let strays: BTreeSet<&str> = running
             .keys()
             .map(String::as_str)
             .chain(slotted.iter().map(String::as_str))
             .chain(disked.iter().map(String::as_str))
+            .chain(cgrouped.iter().map(String::as_str))
             .filter(|n| !recorded.contains(n))
             .collect();
         for name in strays {

@@ -13,7 +13,7 @@ use crate::error::SliverError;
 /// A partial update of a sliver's network limits (`PATCH /slivers/{name}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetPatch {
+pub struct SliverPatch {
     /// New weight.
     #[serde(default)]
     pub net_share: Option<u32>,
@@ -32,9 +32,33 @@ pub struct NetPatch {
     /// New published ports (all of them; `[]` removes every one).
     #[serde(default)]
     pub ports: Option<Vec<crate::published_ports::PortForward>>,
+    /// New CPU weight.
+    #[serde(default)]
+    pub cpu_share: Option<u32>,
+    /// New CPU cap, percent of one CPU.
+    #[serde(default)]
+    pub cpu_max_pct: Option<u32>,
+    /// New CPUs to run on (a cpuset list).
+    #[serde(default)]
+    pub cpu_cores: Option<String>,
 }
 
-impl NetPatch {
+impl SliverPatch {
+    /// Whether it changes a network field.
+    fn touches_net(&self) -> bool {
+        self.net_share.is_some()
+            || self.net_min_rate.is_some()
+            || self.net_max_rate.is_some()
+            || self.net_max_kbyte.is_some()
+            || self.net_thresh_kbyte.is_some()
+            || self.ports.is_some()
+    }
+
+    /// Whether it changes a CPU field.
+    pub fn touches_cpu(&self) -> bool {
+        self.cpu_share.is_some() || self.cpu_max_pct.is_some() || self.cpu_cores.is_some()
+    }
+
     fn apply(&self, net: &SliverNet) -> SliverNet {
         let mut n = net.clone();
         if let Some(v) = self.net_share {
@@ -148,20 +172,33 @@ impl Registry {
             .collect()
     }
 
-    /// Apply a limits patch (validated as a whole before anything is stored).
-    pub fn patch_net(&self, name: &str, patch: &NetPatch) -> Result<SliverRecord, SliverError> {
+    /// Apply a patch of network and CPU limits (validated as a whole before anything is
+    /// stored).
+    pub fn patch(&self, name: &str, patch: &SliverPatch) -> Result<SliverRecord, SliverError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;
-        let net = record.spec.net.as_ref().ok_or_else(|| {
-            SliverError::invalid(
-                "net",
-                format!("sliver {name:?} has no network device to limit"),
-            )
-        })?;
-        let patched = patch.apply(net);
-        patched.validate_limits()?;
         let mut updated = record.clone();
-        updated.spec.net = Some(patched);
+        if patch.touches_net() {
+            let net = record.spec.net.as_ref().ok_or_else(|| {
+                SliverError::invalid(
+                    "net",
+                    format!("sliver {name:?} has no network device to limit"),
+                )
+            })?;
+            let patched = patch.apply(net);
+            patched.validate_limits()?;
+            updated.spec.net = Some(patched);
+        }
+        if let Some(share) = patch.cpu_share {
+            updated.spec.cpu_share = share;
+        }
+        if patch.cpu_max_pct.is_some() {
+            updated.spec.cpu_max_pct = patch.cpu_max_pct;
+        }
+        if patch.cpu_cores.is_some() {
+            updated.spec.cpu_cores.clone_from(&patch.cpu_cores);
+        }
+        updated.spec.validate_cpu()?;
         self.state.save(name, &updated)?;
         slivers.insert(name.to_string(), updated.clone());
         Ok(updated)

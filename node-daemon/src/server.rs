@@ -186,6 +186,24 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             deny_dst: config.net.vmm_deny(up),
             resolvers: config.net.resolvers.clone(),
         });
+        let cgroups = crate::sliver_cgroups::Layout::detect(std::path::Path::new("/sys/fs/cgroup"))
+            .map(|layout| crate::sliver_cgroups::Cgroups {
+                layout,
+                daemon: crate::sliver_cgroups::daemon_level(&state_dir),
+            })
+            .and_then(|c| c.check().map(|()| c));
+        let cgroups = match cgroups {
+            Ok(c) => {
+                log::info!("cgroups: a cgroup per sliver under {c:?}");
+                Some(c)
+            }
+            Err(e) => {
+                log::error!(
+                    "{e}: slivers run without CPU and memory limits (GET /healthz says so)"
+                );
+                None
+            }
+        };
         let supervisor = Arc::new(
             Supervisor::new(
                 registry.clone(),
@@ -194,7 +212,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 config.guest_stop_timeout,
                 ledger.clone(),
                 config.capture,
-                guest_net,
+                crate::supervisor::VmmPolicy { guest_net, cgroups },
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {
@@ -261,6 +279,9 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         )
         .await;
         node.remove_rules().await;
+        if let Some(cgroups) = node.supervisor.cgroups() {
+            cgroups.tidy();
+        }
         Ok(())
     });
     if let Err(e) = std::fs::remove_file(&config.socket) {

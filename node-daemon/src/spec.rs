@@ -121,6 +121,16 @@ pub struct SliverSpec {
     /// `keys`); they reach the guest through its cloud-init config disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
+    /// Weight of the sliver's share of the node's CPUs when they are busy (PlanetLab's
+    /// `cpu_share`), 1 to [`MAX_SHARE`].
+    #[serde(default = "default_share")]
+    pub cpu_share: u32,
+    /// Cap, percent of one CPU (e.g. 250 for two and a half CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max_pct: Option<u32>,
+    /// The CPUs the sliver runs on, a cpuset list such as `0-1,3` (for benchmarkers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<String>,
 }
 
 /// Whether `s` is a valid sliver name: `[a-z0-9-]{1,63}`.
@@ -468,7 +478,59 @@ impl SliverSpec {
         if let Some(net) = &self.net {
             net.validate()?;
         }
+        self.validate_cpu()?;
         self.validate_storage()
+    }
+
+    /// Check the CPU fields against this host.
+    pub(crate) fn validate_cpu(&self) -> Result<(), SliverError> {
+        if !(1..=MAX_SHARE).contains(&self.cpu_share) {
+            return Err(SliverError::invalid(
+                "cpu_share",
+                format!("{} is not a weight from 1 to {MAX_SHARE}", self.cpu_share),
+            ));
+        }
+        let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|l| crate::sliver_cgroups::parse_cpu_list(&l))
+            .unwrap_or_else(|| vec![0]);
+        if let Some(pct) = self.cpu_max_pct {
+            let most = 100 * online.len() as u32;
+            if pct == 0 || pct > most {
+                return Err(SliverError::invalid(
+                    "cpu_max_pct",
+                    format!(
+                        "{pct} is not between 1 and {most} (percent of one of this host's {} CPUs)",
+                        online.len()
+                    ),
+                ));
+            }
+        }
+        if let Some(cores) = &self.cpu_cores {
+            let cpus = crate::sliver_cgroups::parse_cpu_list(cores).ok_or_else(|| {
+                SliverError::invalid(
+                    "cpu_cores",
+                    format!("{cores:?} is not a CPU list like 0-1,3"),
+                )
+            })?;
+            if let Some(missing) = cpus.iter().find(|c| !online.contains(c)) {
+                return Err(SliverError::invalid(
+                    "cpu_cores",
+                    format!("CPU {missing} is not on this host (online: {online:?})"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the sliver's cgroup enforces.
+    pub fn cgroup_limits(&self) -> crate::sliver_cgroups::CgroupLimits {
+        crate::sliver_cgroups::CgroupLimits {
+            cpu_share: self.cpu_share,
+            cpu_max_pct: self.cpu_max_pct,
+            cpu_cores: self.cpu_cores.clone(),
+            memory_bytes: (self.mem_mib << 20) + crate::sliver_cgroups::VMM_ALLOWANCE_BYTES,
+        }
     }
 
     /// The root disk's quota in bytes (the default when not given).
@@ -587,6 +649,15 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("slice", Box::new(|v| v["slice"] = json!("Bad Slice"))),
+            ("cpu_share", Box::new(|v| v["cpu_share"] = json!(0))),
+            ("cpu_share", Box::new(|v| v["cpu_share"] = json!(100_000))),
+            ("cpu_max_pct", Box::new(|v| v["cpu_max_pct"] = json!(0))),
+            (
+                "cpu_max_pct",
+                Box::new(|v| v["cpu_max_pct"] = json!(1_000_000)),
+            ),
+            ("cpu_cores", Box::new(|v| v["cpu_cores"] = json!("0-"))),
+            ("cpu_cores", Box::new(|v| v["cpu_cores"] = json!("4095"))),
             (
                 "kernel",
                 Box::new(|v| v["kernel"] = json!("/nonexistent/vmlinux")),
@@ -724,9 +795,9 @@ mod tests {
             let e = check(body.to_string().as_bytes(), "web-1").expect_err("refused");
             assert_eq!(e.field(), Some(field), "{body}: {e}");
         }
-        let e = parse::<crate::registry::NetPatch>(b"[999]").expect_err("array patch");
+        let e = parse::<crate::registry::SliverPatch>(b"[999]").expect_err("array patch");
         assert_eq!(e.field(), Some("body"));
-        let e = parse::<crate::registry::NetPatch>(b"{\"net_max_rate\": null}")
+        let e = parse::<crate::registry::SliverPatch>(b"{\"net_max_rate\": null}")
             .expect_err("null patch");
         assert_eq!(e.field(), Some("net_max_rate"));
     }

@@ -4,6 +4,7 @@
 //! kept running are re-adopted through a pidfd instead of being orphaned or started twice.
 
 use std::collections::HashMap;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -40,8 +41,17 @@ pub struct Supervisor {
     ledger: Arc<Ledger>,
     /// Per watched VMM: becomes `true` once its exit has been recorded.
     exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
-    /// On a node with an uplink: what its slivers may not reach and their resolvers.
-    guest_net: Option<GuestNet>,
+    /// What VMMs are started under.
+    policy: VmmPolicy,
+}
+
+/// What the daemon's VMMs are started under, beyond their specs.
+#[derive(Debug, Clone, Default)]
+pub struct VmmPolicy {
+    /// On a node with an uplink: what slivers may not reach and their resolvers.
+    pub guest_net: Option<GuestNet>,
+    /// Where slivers' cgroups go (`None`: no cgroups, as `GET /healthz` says).
+    pub cgroups: Option<crate::sliver_cgroups::Cgroups>,
 }
 
 /// What a sliver's VMM and guest are told on a node with an uplink.
@@ -93,7 +103,7 @@ impl Supervisor {
         guest_grace: Duration,
         ledger: Arc<Ledger>,
         capture: bool,
-        guest_net: Option<GuestNet>,
+        policy: VmmPolicy,
     ) -> std::io::Result<Self> {
         let run_dir = state_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
@@ -106,7 +116,7 @@ impl Supervisor {
             capture,
             ledger,
             exited: Mutex::new(HashMap::new()),
-            guest_net,
+            policy,
         })
     }
 
@@ -153,7 +163,12 @@ impl Supervisor {
 
     /// What slivers are told on a node with an uplink.
     pub fn guest_net(&self) -> Option<&GuestNet> {
-        self.guest_net.as_ref()
+        self.policy.guest_net.as_ref()
+    }
+
+    /// Where slivers' cgroups are, if the node makes them.
+    pub fn cgroups(&self) -> Option<&crate::sliver_cgroups::Cgroups> {
+        self.policy.cgroups.as_ref()
     }
 
     /// The running VMM's console socket.
@@ -219,7 +234,7 @@ impl Supervisor {
                     .arg(self.ledger.path())
                     .args(["--shaper-slot", &slot.to_string()]);
             }
-            match (&self.guest_net, net.guest_cidr(), net.subnet()) {
+            match (&self.policy.guest_net, net.guest_cidr(), net.subnet()) {
                 (Some(g), Some((guest, _)), Some(subnet)) => {
                     for deny in &g.deny_dst {
                         cmd.arg("--deny-dst").arg(deny.to_string());
@@ -252,6 +267,40 @@ impl Supervisor {
             // Its own process group: signals meant for the daemon do not reach the VMMs.
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(cgroups) = &self.policy.cgroups {
+            // Its cgroup with the spec's limits, joined by the child itself before exec, so
+            // that the VMM never runs outside it.
+            cgroups
+                .apply(name, &spec.cgroup_limits())
+                .map_err(std::io::Error::other)?;
+            let procs: Vec<std::ffi::CString> = cgroups
+                .dirs(name)
+                .iter()
+                .filter_map(|d| {
+                    std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_vec()).ok()
+                })
+                .collect();
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // async-signal-safe functions (open, write, close) on paths made before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for path in &procs {
+                        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        // "0": the writing process itself (cgroup-v2.rst, cgroup.procs).
+                        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                        let err = std::io::Error::last_os_error();
+                        libc::close(fd);
+                        if written != 1 {
+                            return Err(err);
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
         // SAFETY: the closure runs in the child between fork and exec and only calls
         // async-signal-safe functions (sigemptyset, sigaddset, pthread_sigmask).
         unsafe {

@@ -31,7 +31,7 @@ pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (Chi
         }
     };
     let child = ns
-        .command(slicevisor_bin())
+        .command_keeping_mounts(slicevisor_bin())
         .args(["node", "--socket"])
         .arg(&socket)
         .arg("--state-dir")
@@ -181,8 +181,9 @@ impl Daemon {
         request(&self.socket, method, path, bytes.as_deref())
     }
 
-    /// SIGTERM, then check the daemon exited 0 and removed its socket; returns what the
-    /// daemons of this directory logged.
+    /// SIGTERM, then check the daemon exited 0 and removed its socket; then kill the VMMs it
+    /// left running (by design a daemon's exit leaves them; a test leaves none); returns
+    /// what the daemons of this directory logged.
     pub fn stop(mut self) -> String {
         let child = self.child.take().expect("running").take();
         // SAFETY: signalling our own child by pid.
@@ -190,7 +191,9 @@ impl Daemon {
         let out = wait_with_timeout(child, Duration::from_secs(20));
         assert_eq!(out.code(), 0, "{out:?}");
         assert!(!self.socket.exists(), "socket left behind");
-        daemon_log(self.socket.parent().expect("socket dir"))
+        let dir = self.socket.parent().expect("socket dir");
+        kill_vmms_under(dir);
+        daemon_log(dir)
     }
 
     /// SIGKILL the daemon (its VMMs run on, by design); returns its namespace for a restart.

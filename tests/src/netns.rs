@@ -59,6 +59,17 @@ impl NetNs {
         cmd
     }
 
+    /// `program args...` in the namespace's network but the host's mounts (`nsenter --net`):
+    /// unlike `ip netns exec`, which remounts `/sys` for the namespace, it keeps
+    /// `/sys/fs/cgroup` in view, as a node daemon on a host has it.
+    pub fn command_keeping_mounts(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     /// Run `args` (program first) inside the namespace; panics unless it succeeds; returns
     /// its output, trimmed.
     pub fn sh(&self, args: &[&str]) -> String {

@@ -1,0 +1,517 @@
+//! A cgroup per sliver, beneath the daemon's own (never above it, never moving anything but
+//! the sliver's VMM): CPU weight, cap and cores, memory limit (guest RAM plus a VMM
+//! allowance), a pids limit, and the accounting the API shows. Both layouts are written
+//! through their files (`Documentation/admin-guide/cgroup-v2.rst`; v1's `cgroup-v1/`
+//! `cpu`, `cpuacct`, `cpuset`, `memory`, `pids`): cgroup v2 when its mount holds the `cpu`
+//! and `memory` controllers, else the v1 hierarchies mounted under `/sys/fs/cgroup/<name>`.
+//! Each sliver's directory is `<the daemon's cgroup>/slicevisor/<daemon>/<sliver>` in every
+//! hierarchy, where `<daemon>` names the daemon by its state directory (`node-` and 8 hex
+//! digits), so that two daemons in one cgroup (tests) never share a sliver's cgroup.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// The parent of the slivers' cgroups in each hierarchy, below the daemon's own.
+pub const PARENT: &str = "slicevisor";
+/// What a VMM may use beyond its guest's RAM (its own heap, the capture ring, page tables).
+pub const VMM_ALLOWANCE_BYTES: u64 = 256 << 20;
+/// Most tasks (threads) a VMM may have.
+pub const PIDS_MAX: u64 = 512;
+/// The CFS period caps are expressed in, µs.
+const PERIOD_US: u64 = 100_000;
+
+/// Errors of the cgroup set-up; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// No usable hierarchy.
+    #[error("cgroups: {0}")]
+    Unavailable(String),
+    /// A file could not be written or read.
+    #[error("cgroups: {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a sliver's cgroup enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// Weight (PlanetLab's `cpu_share`; 1 is the default sliver's).
+    pub cpu_share: u32,
+    /// Cap, percent of one CPU.
+    pub cpu_max_pct: Option<u32>,
+    /// CPUs it may run on (cpuset list, e.g. `0-1,3`); all of the daemon's when absent.
+    pub cpu_cores: Option<String>,
+    /// Memory limit, bytes.
+    pub memory_bytes: u64,
+}
+
+/// A sliver's accounting, as `GET /slivers/{name}` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CgroupStats {
+    /// CPU time, ns.
+    pub cpu_ns: u64,
+    /// Of which in user mode, ns (v1: from USER_HZ ticks).
+    pub cpu_user_ns: u64,
+    /// Of which in the kernel, ns.
+    pub cpu_system_ns: u64,
+    /// Time held back by the cap, ns.
+    pub cpu_throttled_ns: u64,
+    /// Memory charged now, bytes.
+    pub memory_bytes: u64,
+    /// Most memory charged, bytes.
+    pub memory_peak_bytes: u64,
+}
+
+/// Where the daemon's cgroups are: the hierarchies, and this daemon's level below them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroups {
+    /// The hierarchies.
+    pub layout: Layout,
+    /// This daemon's level under [`PARENT`].
+    pub daemon: String,
+}
+
+/// The name of the daemon whose state directory is `state_dir`, for [`Cgroups::daemon`].
+pub fn daemon_level(state_dir: &Path) -> String {
+    let hash = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    format!("node-{hash:08x}")
+}
+
+/// The hierarchies the daemon's cgroups are in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v2: the daemon's cgroup directory.
+    V2(PathBuf),
+    /// cgroup v1: the daemon's cgroup directory in the `cpu`, `cpuacct`, `cpuset`, `memory`
+    /// and `pids` hierarchies.
+    V1 {
+        /// `cpu`.
+        cpu: PathBuf,
+        /// `cpuacct`.
+        cpuacct: PathBuf,
+        /// `cpuset`.
+        cpuset: PathBuf,
+        /// `memory`.
+        memory: PathBuf,
+        /// `pids`.
+        pids: PathBuf,
+    },
+}
+
+/// The daemon's cgroup path in hierarchy `controller` (`""` for v2), from
+/// `/proc/self/cgroup` (`ID:CONTROLLERS:PATH` lines).
+fn own_path(proc_cgroup: &str, controller: &str) -> Option<String> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let matches = if controller.is_empty() {
+            controllers.is_empty()
+        } else {
+            controllers.split(',').any(|c| c == controller)
+        };
+        matches.then(|| path.trim_start_matches('/').to_string())
+    })
+}
+
+impl Layout {
+    /// Find the daemon's cgroups under `root` (normally `/sys/fs/cgroup`).
+    ///
+    /// # Errors
+    /// Neither a v2 mount with `cpu` and `memory` nor the five v1 hierarchies.
+    pub fn detect(root: &Path) -> Result<Self, CgroupError> {
+        let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
+            .map_err(|e| CgroupError::Unavailable(format!("/proc/self/cgroup: {e}")))?;
+        let v2_controllers =
+            fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| v2_controllers.split_whitespace().any(|x| x == c);
+        if has("cpu") && has("memory") {
+            let own = own_path(&proc_cgroup, "").ok_or_else(|| {
+                CgroupError::Unavailable("no v2 line in /proc/self/cgroup".into())
+            })?;
+            return Ok(Self::V2(root.join(own)));
+        }
+        let dir = |c: &str| -> Result<PathBuf, CgroupError> {
+            let own = own_path(&proc_cgroup, c).ok_or_else(|| {
+                CgroupError::Unavailable(format!("no {c} hierarchy in /proc/self/cgroup"))
+            })?;
+            let mount = root.join(c);
+            if !mount.is_dir() {
+                return Err(CgroupError::Unavailable(format!(
+                    "{} is not mounted",
+                    mount.display()
+                )));
+            }
+            Ok(mount.join(own))
+        };
+        Ok(Self::V1 {
+            cpu: dir("cpu")?,
+            cpuacct: dir("cpuacct")?,
+            cpuset: dir("cpuset")?,
+            memory: dir("memory")?,
+            pids: dir("pids")?,
+        })
+    }
+}
+
+impl Cgroups {
+    /// Make the slivers' parent cgroup in every hierarchy (at start-up: a daemon that cannot
+    /// finds out then, not at a sliver's start).
+    ///
+    /// # Errors
+    /// A directory cannot be made or set up.
+    pub fn check(&self) -> Result<(), CgroupError> {
+        for parent in self.parents() {
+            if let Some(top) = parent.parent() {
+                mkdir(top)?;
+            }
+            mkdir(&parent)?;
+        }
+        match &self.layout {
+            Layout::V2(own) => {
+                // Each level hands the controllers to its children (it holds no process).
+                for level in [own.join(PARENT), own.join(PARENT).join(&self.daemon)] {
+                    write(
+                        &level.join("cgroup.subtree_control"),
+                        "+cpu +cpuset +memory +pids",
+                    )?;
+                }
+                Ok(())
+            }
+            Layout::V1 { cpuset, .. } => {
+                // A v1 cpuset starts with no CPUs and no memory nodes: each level copies its
+                // parent's (a task cannot join an empty one).
+                copy_cpuset(cpuset, &cpuset.join(PARENT))?;
+                copy_cpuset(
+                    &cpuset.join(PARENT),
+                    &cpuset.join(PARENT).join(&self.daemon),
+                )
+            }
+        }
+    }
+
+    /// Every directory of sliver `name` (one per hierarchy).
+    pub fn dirs(&self, name: &str) -> Vec<PathBuf> {
+        self.parents().into_iter().map(|p| p.join(name)).collect()
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2(own) => vec![own.join(PARENT).join(&self.daemon)],
+            Layout::V1 {
+                cpu,
+                cpuacct,
+                cpuset,
+                memory,
+                pids,
+            } => [cpu, cpuacct, cpuset, memory, pids]
+                .into_iter()
+                .map(|d| d.join(PARENT).join(&self.daemon))
+                .collect(),
+        }
+    }
+
+    /// Make sliver `name`'s cgroup (and the parent) if missing, with `limits`.
+    ///
+    /// # Errors
+    /// A directory or file could not be made or written.
+    pub fn apply(&self, name: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match &self.layout {
+            Layout::V2(own) => {
+                let parent = own.join(PARENT).join(&self.daemon);
+                mkdir(&parent)?;
+                // Children get the controllers (the parent holds no process of its own).
+                write(
+                    &parent.join("cgroup.subtree_control"),
+                    "+cpu +cpuset +memory +pids",
+                )?;
+                let dir = parent.join(name);
+                mkdir(&dir)?;
+                write(
+                    &dir.join("cpu.weight"),
+                    &v2_weight(limits.cpu_share).to_string(),
+                )?;
+                write(
+                    &dir.join("cpu.max"),
+                    &match limits.cpu_max_pct {
+                        Some(pct) => format!("{} {PERIOD_US}", quota_us(pct)),
+                        None => format!("max {PERIOD_US}"),
+                    },
+                )?;
+                write(
+                    &dir.join("cpuset.cpus"),
+                    limits.cpu_cores.as_deref().unwrap_or(""),
+                )?;
+                write(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
+                write(&dir.join("pids.max"), &PIDS_MAX.to_string())
+            }
+            Layout::V1 {
+                cpu,
+                cpuacct,
+                cpuset,
+                memory,
+                pids,
+            } => {
+                self.check()?;
+                for parent in [cpu, cpuacct, memory, pids] {
+                    mkdir(&parent.join(PARENT).join(&self.daemon).join(name))?;
+                }
+                let set_parent = cpuset.join(PARENT).join(&self.daemon);
+                let set = set_parent.join(name);
+                mkdir(&set)?;
+                copy_cpuset(&set_parent, &set)?;
+                if let Some(cores) = &limits.cpu_cores {
+                    write(&set.join("cpuset.cpus"), cores)?;
+                }
+                let cpu_dir = cpu.join(PARENT).join(&self.daemon).join(name);
+                write(
+                    &cpu_dir.join("cpu.shares"),
+                    &v1_shares(limits.cpu_share).to_string(),
+                )?;
+                write(&cpu_dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                write(
+                    &cpu_dir.join("cpu.cfs_quota_us"),
+                    &limits
+                        .cpu_max_pct
+                        .map_or("-1".into(), |p| quota_us(p).to_string()),
+                )?;
+                write(
+                    &memory
+                        .join(PARENT)
+                        .join(&self.daemon)
+                        .join(name)
+                        .join("memory.limit_in_bytes"),
+                    &limits.memory_bytes.to_string(),
+                )?;
+                write(
+                    &pids
+                        .join(PARENT)
+                        .join(&self.daemon)
+                        .join(name)
+                        .join("pids.max"),
+                    &PIDS_MAX.to_string(),
+                )
+            }
+        }
+    }
+
+    /// Whether sliver `name` has a cgroup (it has been started).
+    pub fn exists(&self, name: &str) -> bool {
+        self.dirs(name).first().is_some_and(|d| d.is_dir())
+    }
+
+    /// Remove sliver `name`'s cgroup (once no process is left in it); a failure is logged.
+    pub fn remove(&self, name: &str) {
+        for dir in self.dirs(name) {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => log::warn!("cgroups: removing {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// At a clean exit: remove the cgroups no process is in (a VMM that runs on keeps its),
+    /// then this daemon's level if that left it empty. Nothing is logged: busy ones stay.
+    pub fn tidy(&self) {
+        for name in self.names() {
+            for dir in self.dirs(&name) {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+        for parent in self.parents() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+
+    /// The names of the slivers that have a cgroup.
+    pub fn names(&self) -> Vec<String> {
+        let Some(parent) = self.parents().into_iter().next() else {
+            return Vec::new();
+        };
+        fs::read_dir(parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Sliver `name`'s accounting (zeros for what cannot be read).
+    pub fn stats(&self, name: &str) -> CgroupStats {
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();
+        let num = |p: PathBuf| read(p).trim().parse::<u64>().unwrap_or(0);
+        match &self.layout {
+            Layout::V2(own) => {
+                let dir = own.join(PARENT).join(&self.daemon).join(name);
+                let cpu = read(dir.join("cpu.stat"));
+                let us = |k: &str| keyed(&cpu, k) * 1000;
+                CgroupStats {
+                    cpu_ns: us("usage_usec"),
+                    cpu_user_ns: us("user_usec"),
+                    cpu_system_ns: us("system_usec"),
+                    cpu_throttled_ns: us("throttled_usec"),
+                    memory_bytes: num(dir.join("memory.current")),
+                    memory_peak_bytes: num(dir.join("memory.peak")),
+                }
+            }
+            Layout::V1 {
+                cpu,
+                cpuacct,
+                memory,
+                ..
+            } => {
+                let acct = cpuacct.join(PARENT).join(&self.daemon).join(name);
+                let ticks = read(acct.join("cpuacct.stat"));
+                let tick_ns = 1_000_000_000 / user_hz();
+                let mem = memory.join(PARENT).join(&self.daemon).join(name);
+                CgroupStats {
+                    cpu_ns: num(acct.join("cpuacct.usage")),
+                    cpu_user_ns: keyed(&ticks, "user") * tick_ns,
+                    cpu_system_ns: keyed(&ticks, "system") * tick_ns,
+                    cpu_throttled_ns: keyed(
+                        &read(
+                            cpu.join(PARENT)
+                                .join(&self.daemon)
+                                .join(name)
+                                .join("cpu.stat"),
+                        ),
+                        "throttled_time",
+                    ),
+                    memory_bytes: num(mem.join("memory.usage_in_bytes")),
+                    memory_peak_bytes: num(mem.join("memory.max_usage_in_bytes")),
+                }
+            }
+        }
+    }
+}
+
+/// `key value` lines (`cpu.stat`, `cpuacct.stat`): the value of `key`, or 0.
+fn keyed(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
+}
+
+fn user_hz() -> u64 {
+    // SAFETY: sysconf takes no pointers.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|&h| h > 0).unwrap_or(100)
+}
+
+/// v1 `cpu.shares` of a weight: 1024 per share (the kernel's default is one share), within
+/// the kernel's 2..=262144.
+pub fn v1_shares(cpu_share: u32) -> u64 {
+    (u64::from(cpu_share) * 1024).clamp(2, 262_144)
+}
+
+/// v2 `cpu.weight` of a weight: 100 per share (the default weight is 100), within 1..=10000.
+pub fn v2_weight(cpu_share: u32) -> u64 {
+    (u64::from(cpu_share) * 100).clamp(1, 10_000)
+}
+
+/// The CFS quota of a cap of `pct` percent of one CPU, per [`PERIOD_US`].
+fn quota_us(pct: u32) -> u64 {
+    PERIOD_US * u64::from(pct) / 100
+}
+
+fn mkdir(dir: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CgroupError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(io_err(path))
+}
+
+fn copy_cpuset(from: &Path, to: &Path) -> Result<(), CgroupError> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let mine = fs::read_to_string(to.join(file)).unwrap_or_default();
+        if mine.trim().is_empty() {
+            let theirs = fs::read_to_string(from.join(file)).map_err(io_err(&from.join(file)))?;
+            write(&to.join(file), theirs.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs of a cpuset list (`0-2,5`), or `None` if it does not parse.
+pub fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().ok()?, b.parse().ok()?);
+                if a > b || b - a > 4096 {
+                    return None;
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_daemons_own_cgroup_is_read_per_hierarchy() {
+        let text = "9:name=systemd:/\n4:memory:/process_api/abc\n2:cpu,cpuacct:/x\n0::/y/z\n";
+        assert_eq!(own_path(text, "memory").as_deref(), Some("process_api/abc"));
+        assert_eq!(own_path(text, "cpuacct").as_deref(), Some("x"));
+        assert_eq!(own_path(text, "").as_deref(), Some("y/z"));
+        assert_eq!(own_path(text, "pids"), None);
+    }
+
+    #[test]
+    fn weights_caps_and_cpu_lists() {
+        assert_eq!(
+            (v1_shares(1), v1_shares(3), v1_shares(1000)),
+            (1024, 3072, 262_144)
+        );
+        assert_eq!(
+            (v2_weight(1), v2_weight(3), v2_weight(1000)),
+            (100, 300, 10_000)
+        );
+        assert_eq!(quota_us(25), 25_000);
+        assert_eq!(parse_cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(parse_cpu_list("1"), Some(vec![1]));
+        for bad in ["", "a", "3-1", "1,,2", "-1"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+        assert_eq!(keyed("user 12\nsystem 3\n", "system"), 3);
+        assert_eq!(keyed("usage_usec 5", "user_usec"), 0);
+    }
+}
