@@ -184,16 +184,22 @@ impl Daemon {
     /// SIGTERM, then check the daemon exited 0 and removed its socket; then kill the VMMs it
     /// left running (by design a daemon's exit leaves them; a test leaves none); returns
     /// what the daemons of this directory logged.
-    pub fn stop(mut self) -> String {
+    pub fn stop(self) -> String {
+        let dir = self.socket.parent().expect("socket dir").to_path_buf();
+        let log = self.stop_keeping_vmms();
+        kill_vmms_under(&dir);
+        log
+    }
+
+    /// [`Daemon::stop`], leaving its VMMs running (for a restart that adopts them).
+    pub fn stop_keeping_vmms(mut self) -> String {
         let child = self.child.take().expect("running").take();
         // SAFETY: signalling our own child by pid.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let out = wait_with_timeout(child, Duration::from_secs(20));
         assert_eq!(out.code(), 0, "{out:?}");
         assert!(!self.socket.exists(), "socket left behind");
-        let dir = self.socket.parent().expect("socket dir");
-        kill_vmms_under(dir);
-        daemon_log(dir)
+        daemon_log(self.socket.parent().expect("socket dir"))
     }
 
     /// SIGKILL the daemon (its VMMs run on, by design); returns its namespace for a restart.

@@ -389,7 +389,7 @@ fn vmm_processes_are_started_watched_stopped_and_readopted() {
     let pid = d.call("POST", "/slivers/e/start", None).json()["pid"]
         .as_u64()
         .expect("pid");
-    d.stop();
+    d.stop_keeping_vmms();
     assert!(pid_alive(pid), "the VMM outlives the daemon");
     let d = Daemon::start(dir.path());
     let e = d.call("GET", "/slivers/e", None).json();
