@@ -9,6 +9,7 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
 
 use crate::spec::valid_sliver_name;
 
@@ -250,6 +251,38 @@ pub fn try_request_within(
     timeout: Duration,
 ) -> Result<Response, ClientError> {
     runtime(socket)?.block_on(request(socket, method, path, body, timeout))
+}
+
+/// A CLI's handling of a reply: a 2xx's JSON body (`Null` when it has none), or the
+/// daemon's error printed as `slicevisor: error: STATUS MESSAGE (field F)` and `Err(1)`, the
+/// exit code.
+///
+/// # Errors
+/// The reply is not a success.
+pub fn cli_body(response: &Response) -> Result<Value, i32> {
+    let body = response.try_json().unwrap_or(Value::Null);
+    if (200..300).contains(&response.status) {
+        return Ok(body);
+    }
+    let field = body["field"]
+        .as_str()
+        .map(|f| format!(" (field {f})"))
+        .unwrap_or_default();
+    eprintln!(
+        "slicevisor: error: {} {}{field}",
+        response.status,
+        body["error"].as_str().unwrap_or(&response.body)
+    );
+    Err(1)
+}
+
+/// `body` as one line of JSON for `--json` (`{}` for an empty reply).
+pub fn json_line(body: &Value) -> String {
+    if body.is_null() {
+        "{}".to_string()
+    } else {
+        body.to_string()
+    }
 }
 
 #[cfg(test)]

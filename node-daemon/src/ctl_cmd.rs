@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::client::{sliver_path, try_request_within, Response, RESPONSE_TIMEOUT};
+use super::client::{
+    cli_body, json_line, sliver_path, try_request_within, Response, RESPONSE_TIMEOUT,
+};
 use super::spec::MAX_BODY_BYTES;
 
 /// Default control socket.
@@ -302,28 +304,12 @@ pub fn run(args: &CtlArgs) -> i32 {
         print!("{}", response.body);
         return 0;
     }
-    let body = response.try_json().unwrap_or(Value::Null);
-    if !(200..300).contains(&response.status) {
-        let field = body["field"]
-            .as_str()
-            .map(|f| format!(" (field {f})"))
-            .unwrap_or_default();
-        eprintln!(
-            "slicevisor: error: {} {}{field}",
-            response.status,
-            body["error"].as_str().unwrap_or(&response.body)
-        );
-        return 1;
-    }
+    let body = match cli_body(&response) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
     if args.json {
-        println!(
-            "{}",
-            if body.is_null() {
-                "{}".to_string()
-            } else {
-                body.to_string()
-            }
-        );
+        println!("{}", json_line(&body));
     } else if !body.is_null() {
         print!("{}", table(&args.action, &body));
     }

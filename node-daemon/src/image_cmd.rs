@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::client::{runtime, try_request_within, upload, Response, RESPONSE_TIMEOUT};
+use crate::client::{
+    cli_body, json_line, runtime, try_request_within, upload, Response, RESPONSE_TIMEOUT,
+};
 use crate::ctl_cmd::DEFAULT_SOCKET;
 use crate::images::valid_image_name;
 
@@ -111,28 +113,12 @@ pub fn run(args: &ImageArgs) -> i32 {
             return 1;
         }
     };
-    let body = response.try_json().unwrap_or(Value::Null);
-    if !(200..300).contains(&response.status) {
-        let field = body["field"]
-            .as_str()
-            .map(|f| format!(" (field {f})"))
-            .unwrap_or_default();
-        eprintln!(
-            "slicevisor: error: {} {}{field}",
-            response.status,
-            body["error"].as_str().unwrap_or(&response.body)
-        );
-        return 1;
-    }
+    let body = match cli_body(&response) {
+        Ok(body) => body,
+        Err(code) => return code,
+    };
     if args.json {
-        println!(
-            "{}",
-            if body.is_null() {
-                "{}".into()
-            } else {
-                body.to_string()
-            }
-        );
+        println!("{}", json_line(&body));
         return 0;
     }
     match &args.action {
