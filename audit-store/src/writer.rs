@@ -101,6 +101,16 @@ pub struct AuditLog {
 impl AuditLog {
     /// Lock `dir` (created if needed), recover it, and start the writer thread.
     pub fn open(dir: &Path, config: AuditConfig) -> Result<(AuditLog, RecoveryReport)> {
+        Self::open_with(dir, config, || {})
+    }
+
+    /// [`AuditLog::open`], with `on_start` called first thing on the writer thread (the VMM
+    /// installs the thread's seccomp filter there).
+    pub fn open_with(
+        dir: &Path,
+        config: AuditConfig,
+        on_start: fn(),
+    ) -> Result<(AuditLog, RecoveryReport)> {
         std::fs::create_dir_all(dir).map_err(|e| AuditError::io(dir, e))?;
         let lock = lock_dir(dir)?;
         let report = recovery::recover(dir)?;
@@ -110,7 +120,10 @@ impl AuditLog {
         let committer = Committer::new(dir.to_path_buf(), config, Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || committer.run(rx))
+            .spawn(move || {
+                on_start();
+                committer.run(rx)
+            })
             .map_err(|e| AuditError::io(dir, e))?;
         let log = AuditLog {
             tx: Some(tx),

@@ -48,7 +48,11 @@ impl std::fmt::Debug for SliverAudit {
 impl SliverAudit {
     /// Open (recovering) the log in `dir` and, if enabled, the capture ring beside it.
     pub fn open(dir: &Path, identity: Identity, capture: &CaptureConfig) -> Result<Arc<Self>> {
-        let (log, report) = AuditLog::open(dir, AuditConfig::default())?;
+        let (log, report) = AuditLog::open_with(
+            dir,
+            AuditConfig::default(),
+            crate::seccomp::enter_audit_writer,
+        )?;
         log::info!("audit log {}: {report:?}", dir.display());
         let ring = if capture.enabled {
             Some(Mutex::new(CaptureRing::open(

@@ -8,6 +8,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// Process exit code for setup errors (bad flags, unreadable kernel, no KVM).
 pub const EXIT_SETUP_ERROR: i32 = 1;
+/// Process exit code when a seccomp filter refused a system call (the reason names it; see
+/// [`crate::seccomp`]).
+pub const EXIT_SECCOMP: i32 = 6;
 
 /// Why the VM stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,13 +44,20 @@ fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
     move |source| KvmError::Ioctl { what, source }
 }
 
-/// Open /dev/kvm and check it is usable for `vcpus` vCPUs.
-pub fn open(vcpus: u8) -> Result<Kvm, KvmError> {
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
-        libc::EACCES | libc::EPERM => KvmError::NoPermission,
-        _ => KvmError::Open(e),
-    })?;
+/// Open /dev/kvm (or use `fd`, opened before a jail) and check it is usable for `vcpus`
+/// vCPUs.
+pub fn open(vcpus: u8, fd: Option<std::os::fd::OwnedFd>) -> Result<Kvm, KvmError> {
+    let kvm = match fd {
+        // SAFETY: `fd` is an open /dev/kvm descriptor whose ownership moves into `Kvm`.
+        Some(fd) => unsafe {
+            <Kvm as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+        },
+        None => Kvm::new().map_err(|e| match e.errno() {
+            libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::NoKvm,
+            libc::EACCES | libc::EPERM => KvmError::NoPermission,
+            _ => KvmError::Open(e),
+        })?,
+    };
     let version = kvm.get_api_version();
     if version != 12 {
         return Err(KvmError::ApiVersion(version));

@@ -259,6 +259,16 @@ impl Ledger {
             .write(true)
             .open(path)
             .map_err(io)?;
+        Self::open_file(path, file)
+    }
+
+    /// Map an existing ledger through `file`, opened read-write by someone with the right to
+    /// (a jailed VMM gets it from before the jail); `path` names it in errors.
+    pub fn open_file(path: &Path, file: File) -> Result<Self, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let len = file.metadata().map_err(io)?.len();
         let format = |why: String| LedgerError::Format {
             path: path.to_owned(),

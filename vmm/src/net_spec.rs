@@ -1,5 +1,7 @@
-//! `--net tap=NAME[,mac=MAC][,ip=A.B.C.D]`: one virtio-net device on a host TAP; `ip` is the
-//! guest's own IPv4 address, the only one it may send from (anti-spoofing).
+//! `--net tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N]`: one virtio-net device on a host TAP; `ip`
+//! is the guest's own IPv4 address, the only one it may send from (anti-spoofing); `fd` is a
+//! /dev/net/tun descriptor already attached to the TAP, inherited from a supervisor that has
+//! the privilege the VMM lacks.
 
 use std::str::FromStr;
 
@@ -16,6 +18,8 @@ pub struct NetSpec {
     pub ip: Option<std::net::Ipv4Addr>,
     /// IPv4 networks the guest may not send to (`slicevisor run --deny-dst`, for every NIC).
     pub deny_dst: Vec<ipnet::Ipv4Net>,
+    /// An inherited /dev/net/tun descriptor attached to `tap` (else the VMM opens the TAP).
+    pub fd: Option<i32>,
 }
 
 /// A `--net` value that does not parse; the message names the offending part.
@@ -25,7 +29,9 @@ pub enum NetSpecError {
     #[error("--net {0:?}: tap=NAME is required")]
     NoTap(String),
     /// An unknown key.
-    #[error("--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC][,ip=A.B.C.D])")]
+    #[error(
+        "--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N])"
+    )]
     UnknownKey {
         /// Whole value.
         spec: String,
@@ -48,6 +54,14 @@ pub enum NetSpecError {
         /// The value.
         value: String,
     },
+    /// Bad descriptor number.
+    #[error("--net {spec:?}: fd={value:?} is not an inherited descriptor number (3 or more)")]
+    Fd {
+        /// Whole value.
+        spec: String,
+        /// The value.
+        value: String,
+    },
     /// Bad MAC.
     #[error("--net {spec:?}: {reason}")]
     Mac {
@@ -65,6 +79,7 @@ impl FromStr for NetSpec {
         let mut tap = None;
         let mut mac = None;
         let mut ip = None;
+        let mut fd = None;
         for part in spec.split(',') {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let dup = |k: &str| NetSpecError::Duplicate {
@@ -99,6 +114,20 @@ impl FromStr for NetSpec {
                         return Err(dup("mac"));
                     }
                 }
+                "fd" => {
+                    let parsed =
+                        value
+                            .parse::<i32>()
+                            .ok()
+                            .filter(|&n| n >= 3)
+                            .ok_or_else(|| NetSpecError::Fd {
+                                spec: spec.into(),
+                                value: value.into(),
+                            })?;
+                    if fd.replace(parsed).is_some() {
+                        return Err(dup("fd"));
+                    }
+                }
                 "ip" => {
                     let parsed = value.parse().map_err(|_| NetSpecError::Ip {
                         spec: spec.into(),
@@ -122,6 +151,7 @@ impl FromStr for NetSpec {
             mac,
             ip,
             deny_dst: Vec::new(),
+            fd,
         })
     }
 }
@@ -177,5 +207,11 @@ mod tests {
             .parse::<NetSpec>()
             .expect_err("multicast");
         assert!(e.to_string().contains("multicast"), "{e}");
+        let s: NetSpec = "tap=a,fd=3".parse().expect("fd");
+        assert_eq!(s.fd, Some(3));
+        for bad in ["tap=a,fd=2", "tap=a,fd=-1", "tap=a,fd=x"] {
+            let e = bad.parse::<NetSpec>().expect_err(bad);
+            assert!(e.to_string().contains("fd="), "{e}");
+        }
     }
 }

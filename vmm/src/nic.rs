@@ -83,17 +83,21 @@ fn stages(
     }
 }
 
-/// Attach NIC number `index`, a virtio-net device on the TAP of `spec`; its events go to
-/// `event_loop`.
+/// Attach NIC number `index`, a virtio-net device on the TAP of `spec` (`tap` when it is
+/// open already, else opened here); its events go to `event_loop`.
 pub fn attach(
     attacher: &mut VirtioAttacher<'_>,
     index: usize,
     spec: &NetSpec,
+    tap: Option<Tap>,
     shaper: Option<Arc<Shaper>>,
     audit: Option<&NicAudit>,
     event_loop: &mut EventLoop,
 ) -> Result<AttachedNet, NicError> {
-    let tap = Tap::open(&spec.tap)?;
+    let tap = match tap {
+        Some(tap) => tap,
+        None => Tap::open(&spec.tap)?,
+    };
     let mac = spec.mac_or_derived();
     let nic = u8::try_from(index).unwrap_or(u8::MAX);
     let stages = stages(spec, mac, shaper, audit, nic);

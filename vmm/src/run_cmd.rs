@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use crate::disk_spec::DiskSpec;
 use crate::exit::{ExitRecord, EXIT_SETUP_ERROR};
 use crate::host_quirks::QuirkMode;
+use crate::jail::{Bind, JailError, JailSpec, Preopened};
 use crate::net_spec::NetSpec;
-use crate::vm::{self, VmConfig};
+use crate::seccomp::SeccompMode;
+use crate::vm::{self, VmConfig, VmError};
 
 /// `slicevisor run` flags.
 #[derive(Debug, clap::Args)]
@@ -78,6 +80,16 @@ pub struct RunArgs {
     /// Bytes kept of each captured packet.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u16).range(14..=65535))]
     pub capture_snaplen: u16,
+    /// Run jailed as UID:GID (needs root to start): new mount, IPC and PID namespaces, a root
+    /// holding only this VM's files, no capabilities, no_new_privs, rlimits. The files the VM
+    /// writes (--disk without ro, --audit-dir, the directories of --exit-file, --stats-file,
+    /// --console-log and --console-socket) must be writable by UID.
+    #[arg(long, value_name = "UID:GID")]
+    pub jail: Option<crate::jail::JailSpec>,
+    /// What a system call outside the VMM's seccomp allow-lists does: `kill` ends the VMM
+    /// with the reason `seccomp: syscall NAME`; `log` lets it through and the kernel logs it.
+    #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
+    pub seccomp: SeccompMode,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -118,12 +130,153 @@ impl From<RunArgs> for VmConfig {
     }
 }
 
+/// Take ownership of inherited descriptor `fd` (checked to be open).
+fn inherited(fd: i32, what: &str) -> Result<std::os::fd::OwnedFd, VmError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fcntl(2) F_GETFD only asks whether `fd` is open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(VmError::Resource(
+            "an inherited descriptor (--net fd=)",
+            std::io::Error::other(format!(
+                "{what}: fd {fd}: {}",
+                std::io::Error::last_os_error()
+            )),
+        ));
+    }
+    // SAFETY: the descriptor is open and was handed to this process for this one use; nothing
+    // else in the process owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// What the jail shows: the kernel and initrd and read-only disks read-only; writable disks,
+/// the audit directory and the directories of the run files read-write; the PVM parameter.
+fn binds(config: &VmConfig, exit_file: Option<&std::path::Path>) -> Vec<Bind> {
+    let mut binds = vec![Bind::ro(config.kernel.clone())];
+    binds.extend(config.initrd.clone().map(Bind::ro));
+    for disk in &config.disks {
+        binds.push(Bind {
+            path: disk.path.clone(),
+            writable: !disk.read_only,
+        });
+    }
+    binds.extend(config.audit.as_ref().map(|a| Bind::rw(a.dir.clone())));
+    let run_files = [
+        exit_file,
+        config.stats_file.as_deref(),
+        config.console_log.as_deref(),
+        config.console_socket.as_deref(),
+    ];
+    for file in run_files.into_iter().flatten() {
+        binds.extend(file.parent().map(|d| Bind::rw(d.to_owned())));
+    }
+    let pvm = std::path::Path::new(crate::host_quirks::PVM_NATIVE_PARAM);
+    if pvm.exists() {
+        binds.push(Bind::ro(pvm.to_owned()));
+    }
+    binds
+}
+
+/// Every path of `config` absolute and resolved, so that it names the same file in the jail.
+fn resolve_paths(config: &mut VmConfig, exit_file: &mut Option<PathBuf>) -> Result<(), JailError> {
+    use crate::jail::resolve;
+    config.kernel = resolve(&config.kernel)?;
+    for path in config
+        .initrd
+        .iter_mut()
+        .chain(config.stats_file.iter_mut())
+        .chain(config.console_log.iter_mut())
+        .chain(config.console_socket.iter_mut())
+        .chain(exit_file.iter_mut())
+    {
+        *path = resolve(path)?;
+    }
+    for disk in &mut config.disks {
+        disk.path = resolve(&disk.path)?;
+    }
+    if let Some(audit) = &mut config.audit {
+        if !audit.dir.exists() {
+            std::fs::create_dir_all(&audit.dir).map_err(|source| JailError::Sys {
+                what: format!("creating --audit-dir {}", audit.dir.display()),
+                source,
+            })?;
+        }
+        audit.dir = resolve(&audit.dir)?;
+    }
+    Ok(())
+}
+
+/// Open what needs privilege, then enter the jail (see [`crate::jail`]).
+fn jail_self(
+    spec: &JailSpec,
+    config: &mut VmConfig,
+    exit_file: &mut Option<PathBuf>,
+    pre: &mut Preopened,
+) -> Result<(), VmError> {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| VmError::Resource("/dev/kvm", e))?;
+    pre.kvm = Some(kvm.into());
+    for (spec, tap) in config.net.iter().zip(pre.taps.iter_mut()) {
+        if tap.is_none() {
+            *tap = Some(
+                devices::virtio::net::tap::Tap::open(&spec.tap)
+                    .map_err(crate::nic::NicError::from)?,
+            );
+        }
+    }
+    if let Some((path, _)) = &config.shaper {
+        let ledger = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| crate::ledger::LedgerError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        pre.ledger = Some(ledger);
+    }
+    resolve_paths(config, exit_file)?;
+    let mut spec = spec.clone();
+    spec.binds = binds(config, exit_file.as_deref());
+    spec.vcpus = config.vcpus;
+    crate::jail::enter(&spec)?;
+    Ok(())
+}
+
+/// Take inherited TAPs, jail if asked, prepare the seccomp filters, and run the VM.
+fn jail_and_run(
+    mut config: VmConfig,
+    jail: Option<&JailSpec>,
+    seccomp: SeccompMode,
+    exit_file: &mut Option<PathBuf>,
+) -> Result<crate::exit::ExitReason, VmError> {
+    let mut pre = Preopened::default();
+    for spec in &config.net {
+        pre.taps.push(match spec.fd {
+            Some(fd) => Some(
+                devices::virtio::net::tap::Tap::from_fd(&spec.tap, inherited(fd, &spec.tap)?)
+                    .map_err(crate::nic::NicError::from)?,
+            ),
+            None => None,
+        });
+    }
+    if let Some(jail) = jail {
+        jail_self(jail, &mut config, exit_file, &mut pre)?;
+    }
+    crate::seccomp::prepare(seccomp, exit_file.as_deref())?;
+    vm::run(&config, pre)
+}
+
 /// Run the VM the flags describe in the foreground; returns the process exit code (see
 /// [`crate::exit`]) after writing it, with the reason, to `--exit-file`.
 pub fn run(args: RunArgs) -> i32 {
-    let exit_file = args.exit_file.clone();
+    let mut exit_file = args.exit_file.clone();
+    let jail = args.jail.clone();
+    let seccomp = args.seccomp;
     let config = VmConfig::from(args);
-    let ended = vm::run(&config);
+    let ended = jail_and_run(config, jail.as_ref(), seccomp, &mut exit_file);
     let (code, reason) = match &ended {
         Ok(reason) => (reason.exit_code(), reason.to_string()),
         Err(e) => (EXIT_SETUP_ERROR, format!("setup error: {e}")),

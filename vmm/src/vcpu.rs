@@ -1,7 +1,7 @@
 //! vCPU threads: configure each vCPU, run it, and turn its exits into bus accesses or an
 //! [`ExitReason`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::CpuId;
@@ -83,11 +83,46 @@ pub fn create(
     Ok(vcpu)
 }
 
-/// Run vCPU `id` on its own thread until the VM stops.
-pub fn spawn(mut vcpu: VcpuFd, id: u8, ctx: VcpuContext) -> Result<JoinHandle<()>, VcpuError> {
+/// Holds vCPU threads back until the rest of the VMM is ready (its seccomp filter in place).
+#[derive(Debug, Default)]
+pub struct StartGate {
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    /// Let every waiting vCPU go.
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Run vCPU `id` on its own thread until the VM stops: it enters its seccomp filter, waits
+/// at `gate`, then runs the guest.
+pub fn spawn(
+    mut vcpu: VcpuFd,
+    id: u8,
+    ctx: VcpuContext,
+    gate: Arc<StartGate>,
+) -> Result<JoinHandle<()>, VcpuError> {
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_loop(&mut vcpu, id, &ctx))
+        .spawn(move || {
+            if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu) {
+                ctx.exit.report(ExitReason::Vmm(format!("vCPU {id}: {e}")));
+                return;
+            }
+            gate.wait();
+            run_loop(&mut vcpu, id, &ctx)
+        })
         .map_err(|e| VcpuError::Spawn(id, e))
 }
 

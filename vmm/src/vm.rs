@@ -28,6 +28,7 @@ use crate::drives::{self, DriveError};
 use crate::event_loop::{EventLoop, EventLoopError};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::host_quirks::{self, QuirkMode};
+use crate::jail::Preopened;
 use crate::memory::{self, MemoryError};
 use crate::net_spec::NetSpec;
 use crate::nic::{self, AttachedNet, NicAudit, NicError};
@@ -136,11 +137,25 @@ pub enum VmError {
     /// The console log or socket.
     #[error("{0}: {1}")]
     Console(&'static str, std::io::Error),
+    /// The jail could not be entered.
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    /// The seccomp filters could not be prepared or installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-/// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path`.
-fn open_shaper(path: &std::path::Path, slot: usize) -> Result<Arc<Shaper>, VmError> {
-    let ledger = Arc::new(crate::ledger::Ledger::open(path)?);
+/// The shaper stage of this sliver's NICs, fed by slot `slot` of the ledger at `path` (or
+/// through `file`, opened before the jail).
+fn open_shaper(
+    path: &std::path::Path,
+    file: Option<std::fs::File>,
+    slot: usize,
+) -> Result<Arc<Shaper>, VmError> {
+    let ledger = Arc::new(match file {
+        Some(file) => crate::ledger::Ledger::open_file(path, file)?,
+        None => crate::ledger::Ledger::open(path)?,
+    });
     let source = crate::slot_rate::SlotRate::new(ledger, slot)?;
     log::info!("shaping with slot {slot} of {}", path.display());
     Ok(Arc::new(Shaper::new(Box::new(source))))
@@ -265,8 +280,15 @@ fn log_net_counters(nets: &[AttachedNet]) {
     }
 }
 
-/// Build the VM from `config`, run it until it ends, tear it down, and say why it ended.
-pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
+/// Build the VM from `config` (with what `pre` holds opened already), run it until it ends,
+/// tear it down, and say why it ended. Each thread enters its seccomp filter (if
+/// [`crate::seccomp::prepare`] made any) before the guest's first instruction.
+pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
+    let Preopened {
+        kvm: kvm_fd,
+        ledger,
+        mut taps,
+    } = pre;
     let start = Instant::now();
     // Stop signals are handled from here on (a stop during set-up ends the VM once it runs).
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmError::Resource("exit eventfd", e))?);
@@ -286,7 +308,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     // Check the user's command line before anything is allocated.
     cmdline::build(config.cmdline.as_deref(), &extra)?;
     let mem = memory::create(config.mem_mib)?;
-    let kvm = kvm_vm::open(config.vcpus)?;
+    let kvm = kvm_vm::open(config.vcpus, kvm_fd)?;
     let vm = kvm_vm::create_vm(&kvm, &mem)?;
 
     let sink: Arc<dyn GuestEventSink> = Arc::new(VmEvents {
@@ -310,7 +332,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
     let mut mmio = Bus::new();
     let mut attacher = VirtioAttacher::new(&vm, &mem, &mut mmio);
     let shaper = match &config.shaper {
-        Some((path, slot)) => Some(open_shaper(path, *slot)?),
+        Some((path, slot)) => Some(open_shaper(path, ledger, *slot)?),
         None => None,
     };
     let audit = match &config.audit {
@@ -336,6 +358,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
                 &mut attacher,
                 i,
                 spec,
+                taps.get_mut(i).and_then(Option::take),
                 shaper.clone(),
                 audit.as_ref(),
                 &mut event_loop,
@@ -400,17 +423,28 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmError> {
 
     install_kick_handler()?;
 
+    // The vCPUs wait at the gate, filtered, until this thread is filtered too.
+    let gate = Arc::new(vcpu::StartGate::default());
     let mut handles = Vec::with_capacity(vcpu_fds.len());
     for (id, fd) in (0u8..).zip(vcpu_fds) {
-        match vcpu::spawn(fd, id, ctx.clone()) {
+        match vcpu::spawn(fd, id, ctx.clone(), gate.clone()) {
             Ok(h) => handles.push(h),
             Err(e) => {
                 exit.report(ExitReason::Vmm(e.to_string()));
+                gate.open();
                 stop_vcpus(handles);
                 return Err(e.into());
             }
         }
     }
+    if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::EventLoop) {
+        exit.report(ExitReason::Vmm(e.to_string()));
+        gate.open();
+        stop_vcpus(handles);
+        return Err(e.into());
+    }
+    gate.open();
+    crate::test_trigger::fire();
     event_loop.run_until_exit();
     stop_vcpus(handles);
     log_net_counters(&nets);

@@ -116,6 +116,21 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETIFF")(io::Error::last_os_error()));
         }
+        Self::from_fd(name, file.into())
+    }
+
+    /// The TAP device `name` through `fd`, a /dev/net/tun fd already attached to it
+    /// (TUNSETIFF with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, non-blocking), as a supervisor
+    /// that holds CAP_NET_ADMIN passes it: from here on nothing needs privilege.
+    pub fn from_fd(name: &str, fd: OwnedFd) -> Result<Self, TapError> {
+        if !valid_name(name) {
+            return Err(TapError::BadName(name.to_string()));
+        }
+        let file = std::fs::File::from(fd);
+        let ioctl_err = |what| {
+            let name = name.to_string();
+            move |source| TapError::Ioctl { name, what, source }
+        };
         let hdr_len = sys::VNET_HDR_SZ;
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer we pass.
         let rc = unsafe { libc::ioctl(file.as_raw_fd(), sys::TUNSETVNETHDRSZ, &hdr_len) };

@@ -1,0 +1,111 @@
+//! The keeper: after `unshare(CLONE_NEWPID)` only a child lands in the new PID namespace, so
+//! the VMM forks; the parent stays behind as the process its supervisor started (same pid,
+//! same arguments), drops its privileges, forwards stop signals to the VMM and exits as the
+//! VMM did (the same code, or the same signal).
+
+use super::{sys, JailError, JailSpec};
+
+/// Signals the keeper passes on to the VMM.
+const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
+
+/// Fork. Returns in the child (the VMM-to-be, which dies with the keeper); the parent keeps
+/// the child until it ends and then exits the same way.
+pub(super) fn fork_keeper(spec: &JailSpec) -> Result<(), JailError> {
+    // SAFETY: getpid(2) cannot fail.
+    let keeper = unsafe { libc::getpid() };
+    // Stop signals stay blocked across the fork: the keeper collects them with sigwaitinfo,
+    // the VMM unblocks them once its handlers are in place.
+    let mut set = signal_set(&FORWARDED);
+    // SAFETY: adding SIGCHLD to a sigset we own.
+    unsafe { libc::sigaddset(&mut set, libc::SIGCHLD) };
+    // SAFETY: blocks signals of this (only) thread; `set` is a valid sigset.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // SAFETY: the process has one thread (jail::enter's contract), so the child is a full
+    // copy that may go on running Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(sys("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: prctl(2) PR_SET_PDEATHSIG takes a signal number by value.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        // SAFETY: getppid(2) cannot fail. In the new PID namespace the parent shows as 0.
+        if unsafe { libc::getppid() } != 0 && unsafe { libc::getppid() } != keeper {
+            // The keeper died before PR_SET_PDEATHSIG took hold.
+            // SAFETY: _exit(2) ends the process at once.
+            unsafe { libc::_exit(1) };
+        }
+        // SIGCHLD was blocked only for the keeper's wait.
+        let chld = signal_set(&[libc::SIGCHLD]);
+        // SAFETY: unblocks SIGCHLD in this thread; `chld` is a valid sigset.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut()) };
+        return Ok(());
+    }
+    keep(pid, spec)
+}
+
+fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    let mut set = unsafe { std::mem::zeroed::<libc::sigset_t>() };
+    // SAFETY: `set` is ours and valid.
+    unsafe { libc::sigemptyset(&mut set) };
+    for &sig in signals {
+        // SAFETY: `set` is initialised; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    set
+}
+
+/// The keeper's life: privileges dropped, every fd but stdio closed, stop signals passed on
+/// to `vmm`, and the VMM's end taken as its own.
+fn keep(vmm: libc::pid_t, spec: &JailSpec) -> ! {
+    // SAFETY: close_range(2) on fds 3.. (the VMM's files: the keeper needs none of them).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if let Err(e) = super::privileges::drop_ids(spec) {
+        log::error!("jail keeper: {e}");
+        // SAFETY: SIGKILL to our own child, which we may signal (still root here).
+        unsafe { libc::kill(vmm, libc::SIGKILL) };
+    }
+    let mut waited = signal_set(&FORWARDED);
+    // SAFETY: adding SIGCHLD to a sigset we own.
+    unsafe { libc::sigaddset(&mut waited, libc::SIGCHLD) };
+    loop {
+        // SAFETY: siginfo_t is plain data, filled in by sigwaitinfo.
+        let mut info = unsafe { std::mem::zeroed::<libc::siginfo_t>() };
+        // SAFETY: waits for one of the blocked signals in `waited`, writing into `info`.
+        let sig = unsafe { libc::sigwaitinfo(&waited, &mut info) };
+        if FORWARDED.contains(&sig) {
+            // SAFETY: kill(2) to our child (same uid now), no memory passed.
+            unsafe { libc::kill(vmm, sig) };
+            continue;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) on our own child, writing into `status`.
+        let done = unsafe { libc::waitpid(vmm, &mut status, libc::WNOHANG) };
+        if done == vmm {
+            exit_as(status);
+        }
+    }
+}
+
+/// End the keeper the way the VMM ended (`status` from waitpid).
+fn exit_as(status: libc::c_int) -> ! {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: restoring the default action and unblocking `sig`, then raising it, so
+        // the supervisor sees the same signal; no memory is shared.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let set = signal_set(&[sig]);
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(sig);
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        1
+    };
+    // SAFETY: _exit(2) ends the process with `code`.
+    unsafe { libc::_exit(code) }
+}
