@@ -150,7 +150,15 @@ async fn healthz(State(node): State<Arc<Node>>) -> Json<serde_json::Value> {
         Some(crate::sliver_cgroups::Layout::V1 { .. }) => "v1".to_string(),
         None => "off: see the daemon's log".to_string(),
     };
-    Json(json!({"status": "ok", "protections": {"cgroups": cgroups}}))
+    let jail = match node.supervisor.jail() {
+        Some(ids) => format!("on: ids {ids}"),
+        None => "off: --no-jail".to_string(),
+    };
+    Json(json!({"status": "ok", "protections": {
+        "cgroups": cgroups,
+        "jail": jail,
+        "seccomp": "kill",
+    }}))
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

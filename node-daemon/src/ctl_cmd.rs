@@ -92,6 +92,9 @@ pub enum Action {
         /// CPU cap, percent of one CPU.
         #[arg(long)]
         cpu_max_pct: Option<u32>,
+        /// CPU guarantee, percent of one CPU (the node refuses one that does not fit).
+        #[arg(long)]
+        cpu_pct: Option<u32>,
     },
     /// PATCH /slivers/{name}: set the published ports (none given: remove them all)
     Ports {
@@ -235,6 +238,7 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
             thresh_kbyte,
             cpu_share,
             cpu_max_pct,
+            cpu_pct,
         } => {
             let mut patch = serde_json::Map::new();
             for (k, v) in [
@@ -245,6 +249,7 @@ fn request_for(action: &Action) -> Result<(&'static str, String, Option<Vec<u8>>
                 ("net_thresh_kbyte", *thresh_kbyte),
                 ("cpu_share", cpu_share.map(u64::from)),
                 ("cpu_max_pct", cpu_max_pct.map(u64::from)),
+                ("cpu_pct", cpu_pct.map(u64::from)),
             ] {
                 if let Some(v) = v {
                     patch.insert(k.into(), json!(v));
@@ -351,6 +356,25 @@ mod tests {
         })
         .expect("a good name");
         assert_eq!((method, path.as_str()), ("POST", "/slivers/web-1/stop"));
+    }
+
+    #[test]
+    fn limits_send_only_the_fields_given() {
+        let (method, path, body) = request_for(&Action::Limits {
+            name: "web-1".into(),
+            share: None,
+            min_rate: None,
+            max_rate: None,
+            max_kbyte: None,
+            thresh_kbyte: None,
+            cpu_share: Some(2),
+            cpu_max_pct: None,
+            cpu_pct: Some(30),
+        })
+        .expect("a good name");
+        assert_eq!((method, path.as_str()), ("PATCH", "/slivers/web-1"));
+        let body: Value = serde_json::from_slice(&body.expect("a body")).expect("JSON");
+        assert_eq!(body, json!({"cpu_share": 2, "cpu_pct": 30}));
     }
 
     #[test]

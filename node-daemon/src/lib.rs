@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod console_api;
+pub mod cpu_guarantee;
 pub mod ctl_cmd;
 pub mod ctl_console;
 pub mod ctl_ssh;
@@ -35,4 +36,5 @@ pub mod spec;
 pub mod state;
 pub mod supervisor;
 pub mod uplink;
+pub mod vmm_jail;
 pub mod vmm_procs;

@@ -596,12 +596,11 @@ impl Node {
             // Its retention counts from now, the delete.
             let _ = file.set_modified(std::time::SystemTime::now());
         }
-        for file in self.supervisor.run_files(name) {
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => log::error!("sliver {name}: removing {}: {e}", file.display()),
-            }
+        let run_dir = self.supervisor.sliver_run_dir(name);
+        match std::fs::remove_dir_all(&run_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::error!("sliver {name}: removing {}: {e}", run_dir.display()),
         }
     }
 

@@ -62,6 +62,12 @@ pub struct NodeArgs {
     /// A DNS resolver slivers are told to use; repeatable; needs --uplink.
     #[arg(long, value_name = "ADDR")]
     pub resolver: Vec<std::net::Ipv4Addr>,
+    /// The uids/gids jailed VMMs run as, one per sliver; no real user or group may have one.
+    #[arg(long, value_name = "FIRST-LAST", default_value = crate::vmm_jail::DEFAULT_JAIL_IDS)]
+    pub jail_ids: crate::vmm_jail::JailIds,
+    /// Run VMMs unjailed, as root with every capability (GET /healthz says so).
+    #[arg(long)]
+    pub no_jail: bool,
 }
 
 impl From<NodeArgs> for NodeConfig {
@@ -88,6 +94,7 @@ impl From<NodeArgs> for NodeConfig {
                 deny_dst: args.deny_dst,
                 resolvers: args.resolver,
             },
+            jail: (!args.no_jail).then_some(args.jail_ids),
         }
     }
 }

@@ -3,9 +3,11 @@
 //! sliver) and every [`PERIOD`] (for all of them, and for what no record accounts for).
 //!
 //! For a recorded sliver: its TAP with exactly its host address and its shaper slot with its
-//! limits (neither, for a sliver without a network device), and its VMM as the record says
-//! (adopted when one runs that nobody watches, its end recorded when none runs, an
-//! interrupted stop finished, a VMM that should not run stopped). Without a record: no VMM,
+//! limits (neither, for a sliver without a network device), its CPU weight (which depends on
+//! every sliver's `cpu_share` and `cpu_pct`, so all of them are rewritten: `cpu_guarantee`),
+//! and its VMM as the record says (adopted when one runs that nobody watches, its end
+//! recorded when none runs, an interrupted stop finished, a VMM that should not run
+//! stopped). Without a record: no VMM,
 //! TAP, slot, disk, run file or capture ring of that name (the ring after its retention), and the
 //! flow records expire by the audit retention policy. A name whose record file could not be
 //! read is not known to be deleted: nothing of it is touched. Records whose write failed (a
@@ -15,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::cpu_guarantee::{self, Demand};
 use crate::error::SliverError;
 use crate::host_net;
 use crate::node::Node;
@@ -30,10 +33,38 @@ impl Node {
         self.converge_locked(name).await
     }
 
-    /// Converge sliver `name`; the caller holds its lock.
+    /// Converge sliver `name`, and every sliver's CPU weight (a create, change or delete of
+    /// one changes the others'); the caller holds its lock.
     pub(crate) async fn converge_locked(self: &Arc<Self>, name: &str) -> Result<(), SliverError> {
         let running = vmm_procs::scan(self.supervisor.run_dir());
-        self.converge_with(name, &running).await
+        let converged = self.converge_with(name, &running).await;
+        self.sync_cpu_weights();
+        converged
+    }
+
+    /// Give every sliver's cgroup its CPU weight as the records say now: its share's, or
+    /// more for a `cpu_pct` ([`cpu_guarantee::weights`] over all the node's slivers, started
+    /// or not, so that starting or stopping one changes nobody's). Kept by the cgroups for
+    /// slivers not started yet; a failed write is logged, the next convergence retries.
+    pub(crate) fn sync_cpu_weights(&self) {
+        let Some(cgroups) = self.supervisor.cgroups() else {
+            return;
+        };
+        let written = cgroups.set_weights(|unit| {
+            let slivers = self.registry.list();
+            let demands: Vec<Demand> = slivers
+                .iter()
+                .map(|(_, r)| Demand {
+                    share: r.spec.cpu_share,
+                    pct: r.spec.cpu_pct,
+                })
+                .collect();
+            let weights = cpu_guarantee::weights(&demands, cpu_guarantee::node_cpus(), unit);
+            slivers.into_iter().map(|(n, _)| n).zip(weights).collect()
+        });
+        if let Err(e) = written {
+            log::error!("CPU weights: {e}");
+        }
     }
 
     /// Converge sliver `name` given the VMMs `running`; every part is tried, the first
@@ -121,6 +152,7 @@ impl Node {
                 }
             }
         }
+        self.sync_cpu_weights();
         self.remove_stray_taps().await;
         if let Err(e) = self.sync_rules(true).await {
             log::error!("reconcile: {e}");
@@ -161,8 +193,8 @@ impl Node {
         }
     }
 
-    /// The run directory: temporary files a full disk left, and the files of slivers that
-    /// no longer exist.
+    /// The run directory: the directories of slivers that no longer exist (and files of an
+    /// older layout), and temporary files a full disk left in the others.
     fn sweep_run_dir(&self) {
         let Ok(entries) = std::fs::read_dir(self.supervisor.run_dir()) else {
             return;
@@ -170,12 +202,22 @@ impl Node {
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             let name = file.split('.').next().unwrap_or_default();
-            let stray = file.ends_with(".tmp")
-                || (!self.registry.contains(name) && !self.registry.is_unreadable(name));
-            if !stray {
+            let Some(_lock) = self.locks.try_lock(name) else {
                 continue;
-            }
-            if let Some(_lock) = self.locks.try_lock(name) {
+            };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let known = self.registry.contains(name) || self.registry.is_unreadable(name);
+            if is_dir && known {
+                let leftovers = std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten();
+                for tmp in leftovers.filter(|f| f.file_name().to_string_lossy().ends_with(".tmp")) {
+                    let _ = std::fs::remove_file(tmp.path());
+                }
+            } else if is_dir {
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else if file.ends_with(".tmp") || !known || file.contains('.') {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -38,6 +38,9 @@ pub struct SliverPatch {
     /// New CPU cap, percent of one CPU.
     #[serde(default)]
     pub cpu_max_pct: Option<u32>,
+    /// New CPU guarantee, percent of one CPU (raising it must fit the node: else 409).
+    #[serde(default)]
+    pub cpu_pct: Option<u32>,
     /// New CPUs to run on (a cpuset list).
     #[serde(default)]
     pub cpu_cores: Option<String>,
@@ -56,7 +59,10 @@ impl SliverPatch {
 
     /// Whether it changes a CPU field.
     pub fn touches_cpu(&self) -> bool {
-        self.cpu_share.is_some() || self.cpu_max_pct.is_some() || self.cpu_cores.is_some()
+        self.cpu_share.is_some()
+            || self.cpu_max_pct.is_some()
+            || self.cpu_pct.is_some()
+            || self.cpu_cores.is_some()
     }
 
     fn apply(&self, net: &SliverNet) -> SliverNet {
@@ -109,6 +115,16 @@ fn not_found(name: &str) -> SliverError {
     SliverError::NotFound(name.to_string())
 }
 
+/// The `cpu_pct` of every sliver but `name`, summed (percent of one CPU).
+fn guaranteed_besides(slivers: &BTreeMap<String, SliverRecord>, name: &str) -> u64 {
+    slivers
+        .iter()
+        .filter(|(n, _)| n.as_str() != name)
+        .filter_map(|(_, r)| r.spec.cpu_pct)
+        .map(u64::from)
+        .sum()
+}
+
 impl Registry {
     /// Load every sliver from `state`; unreadable records are logged and skipped.
     pub fn load(state: StateDir) -> Result<Self, super::state::StateError> {
@@ -128,7 +144,8 @@ impl Registry {
         self.slivers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Define sliver `name` with an already validated `spec`; 409 if it exists with another.
+    /// Define sliver `name` with an already validated `spec`; 409 if it exists with another,
+    /// or if its `cpu_pct` does not fit beside the other slivers' ([`crate::cpu_guarantee::admit`]).
     pub fn create(
         &self,
         name: &str,
@@ -144,12 +161,20 @@ impl Registry {
                 format!("sliver {name:?} exists with a different spec"),
             ));
         }
+        if let Some(pct) = spec.cpu_pct {
+            crate::cpu_guarantee::admit(
+                guaranteed_besides(&slivers, name),
+                pct,
+                crate::cpu_guarantee::node_cpus(),
+            )?;
+        }
         let record = SliverRecord {
             spec,
             state: SliverState::Created,
             pid: None,
             started_at: None,
             exit_reason: None,
+            jail_index: None,
         };
         self.state.create(name, &record)?;
         slivers.insert(name.to_string(), record.clone());
@@ -173,7 +198,7 @@ impl Registry {
     }
 
     /// Apply a patch of network and CPU limits (validated as a whole before anything is
-    /// stored).
+    /// stored); a raised `cpu_pct` must fit beside the other slivers' (else 409, naming it).
     pub fn patch(&self, name: &str, patch: &SliverPatch) -> Result<SliverRecord, SliverError> {
         let mut slivers = self.lock();
         let record = slivers.get(name).ok_or_else(|| not_found(name))?;
@@ -195,10 +220,25 @@ impl Registry {
         if patch.cpu_max_pct.is_some() {
             updated.spec.cpu_max_pct = patch.cpu_max_pct;
         }
+        if patch.cpu_pct.is_some() {
+            updated.spec.cpu_pct = patch.cpu_pct;
+        }
         if patch.cpu_cores.is_some() {
             updated.spec.cpu_cores.clone_from(&patch.cpu_cores);
         }
         updated.spec.validate_cpu()?;
+        // Only a raise is checked: a node that lost CPUs still takes other changes.
+        if let Some(pct) = updated
+            .spec
+            .cpu_pct
+            .filter(|&p| p > record.spec.cpu_pct.unwrap_or(0))
+        {
+            crate::cpu_guarantee::admit(
+                guaranteed_besides(&slivers, name),
+                pct,
+                crate::cpu_guarantee::node_cpus(),
+            )?;
+        }
         self.state.save(name, &updated)?;
         slivers.insert(name.to_string(), updated.clone());
         Ok(updated)
@@ -221,6 +261,25 @@ impl Registry {
             self.lock_deferred().remove(name);
         }
         Ok((out, record))
+    }
+
+    /// Sliver `name`'s index in the node's jail ids: the one it has, or else the lowest no
+    /// other sliver has (stored before it is returned), so that every sliver's VMM runs as
+    /// ids of its own for as long as the sliver exists.
+    pub fn jail_index(&self, name: &str) -> Result<u32, SliverError> {
+        let mut slivers = self.lock();
+        let current = slivers.get(name).ok_or_else(|| not_found(name))?;
+        if let Some(index) = current.jail_index {
+            return Ok(index);
+        }
+        let taken: std::collections::BTreeSet<u32> =
+            slivers.values().filter_map(|r| r.jail_index).collect();
+        let index = (0..).find(|i| !taken.contains(i)).unwrap_or(u32::MAX);
+        let mut record = current.clone();
+        record.jail_index = Some(index);
+        self.state.save(name, &record)?;
+        slivers.insert(name.to_string(), record);
+        Ok(index)
     }
 
     /// Change sliver `name` with `f` in memory even if the write fails (what happened to a
@@ -306,5 +365,62 @@ impl Registry {
             *counts.entry(record.state).or_insert(0) += 1;
         }
         counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cpu_guarantee::{capacity_pct, node_cpus};
+
+    fn spec(pct: Option<u32>) -> SliverSpec {
+        let mut v = json!({"slice": "s", "kernel": "/k", "vcpus": 32});
+        if let Some(pct) = pct {
+            v["cpu_pct"] = json!(pct);
+        }
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn pct_patch(pct: u32) -> SliverPatch {
+        SliverPatch {
+            cpu_pct: Some(pct),
+            ..SliverPatch::default()
+        }
+    }
+
+    #[test]
+    fn guarantees_are_admitted_up_to_the_nodes_capacity() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let registry = Registry::load(StateDir::open(dir.path()).expect("state")).expect("load");
+        let capacity = u32::try_from(capacity_pct(node_cpus())).expect("small");
+        registry
+            .create("a", spec(Some(capacity - 10)))
+            .expect("a fits");
+        registry.create("b", spec(Some(10))).expect("b fills it");
+        registry.create("plain", spec(None)).expect("no guarantee");
+        let e = registry.create("c", spec(Some(1))).expect_err("full");
+        assert_eq!(e.field(), Some("cpu_pct"));
+        assert!(matches!(e, SliverError::Conflict { .. }), "{e:?}");
+        assert!(e.to_string().contains("0 % is left"), "{e}");
+        assert!(!registry.contains("c"));
+
+        registry.patch("b", &pct_patch(5)).expect("lowered");
+        let e = registry
+            .patch("b", &pct_patch(11))
+            .expect_err("raised too far");
+        assert_eq!(e.field(), Some("cpu_pct"));
+        assert!(e.to_string().contains("10 % is left"), "{e}");
+        assert_eq!(registry.get("b").expect("b").spec.cpu_pct, Some(5));
+        registry.patch("b", &pct_patch(10)).expect("raised to fit");
+        let share = SliverPatch {
+            cpu_share: Some(4),
+            ..SliverPatch::default()
+        };
+        registry.patch("a", &share).expect("other fields");
+
+        registry.delete("b").expect("delete");
+        registry.create("c", spec(Some(10))).expect("room again");
     }
 }

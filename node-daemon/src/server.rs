@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub max_connections: Option<usize>,
     /// The uplink, the slivers' network, denied networks and resolvers.
     pub net: NetConfig,
+    /// The ids jailed VMMs run as (`None`: `--no-jail`).
+    pub jail: Option<crate::vmm_jail::JailIds>,
 }
 
 /// Errors starting the daemon; each names what failed.
@@ -76,6 +78,9 @@ pub enum NodeError {
     /// The network flags.
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    /// The jail ids.
+    #[error(transparent)]
+    JailIds(#[from] crate::vmm_jail::JailIdsError),
 }
 
 fn socket_err<'a>(
@@ -186,10 +191,18 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             deny_dst: config.net.vmm_deny(up),
             resolvers: config.net.resolvers.clone(),
         });
+        if let Some(ids) = &config.jail {
+            ids.check_host()?;
+            log::info!("jail: each sliver's VMM runs as its own id from {ids}");
+        } else {
+            log::warn!("--no-jail: VMMs run as root with every capability (GET /healthz says so)");
+        }
         let cgroups = crate::sliver_cgroups::Layout::detect(std::path::Path::new("/sys/fs/cgroup"))
-            .map(|layout| crate::sliver_cgroups::Cgroups {
-                layout,
-                daemon: crate::sliver_cgroups::daemon_level(&state_dir),
+            .map(|layout| {
+                crate::sliver_cgroups::Cgroups::new(
+                    layout,
+                    crate::sliver_cgroups::daemon_level(&state_dir),
+                )
             })
             .and_then(|c| c.check().map(|()| c));
         let cgroups = match cgroups {
@@ -212,7 +225,11 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 config.guest_stop_timeout,
                 ledger.clone(),
                 config.capture,
-                crate::supervisor::VmmPolicy { guest_net, cgroups },
+                crate::supervisor::VmmPolicy {
+                    guest_net,
+                    cgroups,
+                    jail: config.jail,
+                },
             )
             .map_err(|e| {
                 NodeError::State(StateError::Io {

@@ -7,10 +7,14 @@
 //! Each sliver's directory is `<the daemon's cgroup>/slicevisor/<daemon>/<sliver>` in every
 //! hierarchy, where `<daemon>` names the daemon by its state directory (`node-` and 8 hex
 //! digits), so that two daemons in one cgroup (tests) never share a sliver's cgroup.
+//! Each sliver's CPU weight is the node's to choose ([`Cgroups::set_weights`]: its share's,
+//! or more for a `cpu_pct` guarantee, `crate::cpu_guarantee`).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
 
@@ -49,7 +53,8 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
 /// What a sliver's cgroup enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupLimits {
-    /// Weight (PlanetLab's `cpu_share`; 1 is the default sliver's).
+    /// Weight (PlanetLab's `cpu_share`; 1 is the default sliver's): the CPU weight written
+    /// when [`Cgroups::set_weights`] has given the sliver none.
     pub cpu_share: u32,
     /// Cap, percent of one CPU.
     pub cpu_max_pct: Option<u32>,
@@ -74,15 +79,56 @@ pub struct CgroupStats {
     pub memory_bytes: u64,
     /// Most memory charged, bytes.
     pub memory_peak_bytes: u64,
+    /// The CPU weight it has now, in the layout's unit ([`Layout::weight_unit`]: v1
+    /// `cpu.shares`, 1024 per share; v2 `cpu.weight`, 100 per share): its `cpu_share`'s, or
+    /// more for a `cpu_pct` guarantee; 0 when it cannot be read.
+    pub cpu_weight: u64,
 }
 
-/// Where the daemon's cgroups are: the hierarchies, and this daemon's level below them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How a layout writes CPU weights: so much per share, within the kernel's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightUnit {
+    /// The weight of one share (the kernel's default weight).
+    pub per_share: u64,
+    /// The kernel's least weight.
+    pub min: u64,
+    /// The kernel's largest weight.
+    pub max: u64,
+}
+
+/// v1 `cpu.shares`: 1024 per share, 2..=262144.
+pub const V1_SHARES: WeightUnit = WeightUnit {
+    per_share: 1024,
+    min: 2,
+    max: 262_144,
+};
+
+/// v2 `cpu.weight`: 100 per share, 1..=10000.
+pub const V2_WEIGHT: WeightUnit = WeightUnit {
+    per_share: 100,
+    min: 1,
+    max: 10_000,
+};
+
+impl WeightUnit {
+    /// The weight of `cpu_share` shares, within the kernel's bounds.
+    pub fn of_share(self, cpu_share: u32) -> u64 {
+        (u64::from(cpu_share) * self.per_share).clamp(self.min, self.max)
+    }
+}
+
+/// Where the daemon's cgroups are: the hierarchies, and this daemon's level below them; and
+/// the CPU weights the node last gave its slivers.
+#[derive(Debug, Clone)]
 pub struct Cgroups {
     /// The hierarchies.
     pub layout: Layout,
     /// This daemon's level under [`PARENT`].
     pub daemon: String,
+    /// Per sliver, the CPU weight [`Cgroups::set_weights`] last gave it, in the layout's
+    /// unit ([`Cgroups::apply`] writes it to a cgroup it makes later); its lock also makes
+    /// each [`Cgroups::set_weights`] one step.
+    weights: Arc<Mutex<BTreeMap<String, u64>>>,
 }
 
 /// The name of the daemon whose state directory is `state_dir`, for [`Cgroups::daemon`].
@@ -134,6 +180,14 @@ fn own_path(proc_cgroup: &str, controller: &str) -> Option<String> {
 }
 
 impl Layout {
+    /// How this layout writes CPU weights.
+    pub fn weight_unit(&self) -> WeightUnit {
+        match self {
+            Self::V2(_) => V2_WEIGHT,
+            Self::V1 { .. } => V1_SHARES,
+        }
+    }
+
     /// Find the daemon's cgroups under `root` (normally `/sys/fs/cgroup`).
     ///
     /// # Errors
@@ -174,6 +228,16 @@ impl Layout {
 }
 
 impl Cgroups {
+    /// The daemon's cgroups in `layout`, at level `daemon` (see [`daemon_level`]); no sliver
+    /// has been given a weight yet.
+    pub fn new(layout: Layout, daemon: String) -> Self {
+        Self {
+            layout,
+            daemon,
+            weights: Arc::default(),
+        }
+    }
+
     /// Make the slivers' parent cgroup in every hierarchy (at start-up: a daemon that cannot
     /// finds out then, not at a sliver's start).
     ///
@@ -230,7 +294,8 @@ impl Cgroups {
         }
     }
 
-    /// Make sliver `name`'s cgroup (and the parent) if missing, with `limits`.
+    /// Make sliver `name`'s cgroup (and the parent) if missing, with `limits`; its CPU weight
+    /// is the one [`Cgroups::set_weights`] last gave it, else `limits.cpu_share`'s.
     ///
     /// # Errors
     /// A directory or file could not be made or written.
@@ -248,7 +313,7 @@ impl Cgroups {
                 mkdir(&dir)?;
                 write(
                     &dir.join("cpu.weight"),
-                    &v2_weight(limits.cpu_share).to_string(),
+                    &self.weight_of(name, limits.cpu_share).to_string(),
                 )?;
                 write(
                     &dir.join("cpu.max"),
@@ -285,7 +350,7 @@ impl Cgroups {
                 let cpu_dir = cpu.join(PARENT).join(&self.daemon).join(name);
                 write(
                     &cpu_dir.join("cpu.shares"),
-                    &v1_shares(limits.cpu_share).to_string(),
+                    &self.weight_of(name, limits.cpu_share).to_string(),
                 )?;
                 write(&cpu_dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
                 write(
@@ -312,6 +377,73 @@ impl Cgroups {
                 )
             }
         }
+    }
+
+    /// The CPU weight sliver `name` is to have: what [`Cgroups::set_weights`] last gave it,
+    /// else `cpu_share`'s, in the layout's unit.
+    fn weight_of(&self, name: &str, cpu_share: u32) -> u64 {
+        self.lock_weights()
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| self.layout.weight_unit().of_share(cpu_share))
+    }
+
+    fn lock_weights(&self) -> MutexGuard<'_, BTreeMap<String, u64>> {
+        self.weights.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The file of sliver `name`'s CPU weight (v1 `cpu.shares`, v2 `cpu.weight`).
+    fn weight_file(&self, name: &str) -> PathBuf {
+        match &self.layout {
+            Layout::V2(own) => own
+                .join(PARENT)
+                .join(&self.daemon)
+                .join(name)
+                .join("cpu.weight"),
+            Layout::V1 { cpu, .. } => cpu
+                .join(PARENT)
+                .join(&self.daemon)
+                .join(name)
+                .join("cpu.shares"),
+        }
+    }
+
+    /// Give the node's slivers their CPU weights: `weights` answers `(name, weight)` for
+    /// every sliver, in the unit it is handed ([`Layout::weight_unit`]), and is asked under
+    /// this table's lock, so that of two callers the later answer is the one written last.
+    /// The weights are kept for the cgroups [`Cgroups::apply`] makes later (a sliver left
+    /// out gets its share's) and written now to the slivers' cgroups that exist.
+    ///
+    /// # Errors
+    /// A weight file could not be written (a cgroup removed meanwhile is no error): the
+    /// others are still written, the first error is returned.
+    pub fn set_weights(
+        &self,
+        weights: impl FnOnce(WeightUnit) -> Vec<(String, u64)>,
+    ) -> Result<(), CgroupError> {
+        let mut table = self.lock_weights();
+        let unit = self.layout.weight_unit();
+        *table = weights(unit)
+            .into_iter()
+            .map(|(name, w)| (name, w.clamp(unit.min, unit.max)))
+            .collect();
+        let mut first = Ok(());
+        for (name, weight) in table.iter() {
+            if !self.exists(name) {
+                continue;
+            }
+            let path = self.weight_file(name);
+            match fs::write(&path, weight.to_string()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    if first.is_ok() {
+                        first = Err(CgroupError::Io { path, source });
+                    }
+                }
+            }
+        }
+        first
     }
 
     /// Whether sliver `name` has a cgroup (it has been started).
@@ -373,6 +505,7 @@ impl Cgroups {
                     cpu_throttled_ns: us("throttled_usec"),
                     memory_bytes: num(dir.join("memory.current")),
                     memory_peak_bytes: num(dir.join("memory.peak")),
+                    cpu_weight: num(self.weight_file(name)),
                 }
             }
             Layout::V1 {
@@ -400,6 +533,7 @@ impl Cgroups {
                     ),
                     memory_bytes: num(mem.join("memory.usage_in_bytes")),
                     memory_peak_bytes: num(mem.join("memory.max_usage_in_bytes")),
+                    cpu_weight: num(self.weight_file(name)),
                 }
             }
         }
@@ -425,12 +559,12 @@ fn user_hz() -> u64 {
 /// v1 `cpu.shares` of a weight: 1024 per share (the kernel's default is one share), within
 /// the kernel's 2..=262144.
 pub fn v1_shares(cpu_share: u32) -> u64 {
-    (u64::from(cpu_share) * 1024).clamp(2, 262_144)
+    V1_SHARES.of_share(cpu_share)
 }
 
 /// v2 `cpu.weight` of a weight: 100 per share (the default weight is 100), within 1..=10000.
 pub fn v2_weight(cpu_share: u32) -> u64 {
-    (u64::from(cpu_share) * 100).clamp(1, 10_000)
+    V2_WEIGHT.of_share(cpu_share)
 }
 
 /// The CFS quota of a cap of `pct` percent of one CPU, per [`PERIOD_US`].
@@ -513,5 +647,38 @@ mod tests {
         }
         assert_eq!(keyed("user 12\nsystem 3\n", "system"), 3);
         assert_eq!(keyed("usage_usec 5", "user_usec"), 0);
+    }
+
+    #[test]
+    fn weights_given_are_written_and_kept_for_cgroups_made_later() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let c = Cgroups::new(Layout::V2(dir.path().to_path_buf()), "node-x".into());
+        let weight = |name: &str| {
+            fs::read_to_string(c.dirs(name)[0].join("cpu.weight")).expect("cpu.weight")
+        };
+        let limits = CgroupLimits {
+            cpu_share: 2,
+            cpu_max_pct: None,
+            cpu_cores: None,
+            memory_bytes: 1 << 30,
+        };
+        c.check().expect("the daemon's level");
+        c.apply("a", &limits).expect("apply");
+        assert_eq!(weight("a"), "200");
+        c.set_weights(|unit| {
+            assert_eq!(unit, V2_WEIGHT);
+            vec![("a".into(), 900), ("b".into(), 50_000)]
+        })
+        .expect("set");
+        assert_eq!(weight("a"), "900");
+        assert!(!c.exists("b"), "no cgroup is made for a weight");
+        c.apply("b", &limits).expect("apply");
+        assert_eq!(weight("b"), "10000", "within the kernel's bounds");
+        c.apply("a", &limits).expect("apply again");
+        assert_eq!(weight("a"), "900");
+        assert_eq!(c.stats("a").cpu_weight, 900);
+        c.set_weights(|_| Vec::new()).expect("none");
+        c.apply("a", &limits).expect("apply");
+        assert_eq!(weight("a"), "200", "its share's once no weight is given");
     }
 }

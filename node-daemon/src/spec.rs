@@ -128,6 +128,12 @@ pub struct SliverSpec {
     /// Cap, percent of one CPU (e.g. 250 for two and a half CPUs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_max_pct: Option<u32>,
+    /// Guarantee, percent of one CPU (PlanetLab's `cpu_pct`): at least this much when the
+    /// sliver wants it, through its CPU weight (`crate::cpu_guarantee`). 1 to 100 per vCPU
+    /// and per CPU of the node, at most `cpu_max_pct`; the node's slivers together at most
+    /// 90 % of its CPUs (else 409).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_pct: Option<u32>,
     /// The CPUs the sliver runs on, a cpuset list such as `0-1,3` (for benchmarkers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<String>,
@@ -506,6 +512,7 @@ impl SliverSpec {
                 ));
             }
         }
+        self.validate_cpu_pct()?;
         if let Some(cores) = &self.cpu_cores {
             let cpus = crate::sliver_cgroups::parse_cpu_list(cores).ok_or_else(|| {
                 SliverError::invalid(
@@ -519,6 +526,34 @@ impl SliverSpec {
                     format!("CPU {missing} is not on this host (online: {online:?})"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `cpu_pct` on its own: 1 to 100 per vCPU and per CPU the node's slivers may use, and
+    /// at most `cpu_max_pct` (whether it fits beside the other slivers' is the registry's to
+    /// say).
+    fn validate_cpu_pct(&self) -> Result<(), SliverError> {
+        let Some(pct) = self.cpu_pct else {
+            return Ok(());
+        };
+        let cpus = crate::cpu_guarantee::node_cpus();
+        let most = 100 * u32::from(self.vcpus).min(cpus);
+        if pct == 0 || pct > most {
+            return Err(SliverError::invalid(
+                "cpu_pct",
+                format!(
+                    "{pct} is not between 1 and {most} (percent of one CPU: at most 100 per \
+                     vCPU, of which it has {}, and per CPU of this node, which has {cpus})",
+                    self.vcpus
+                ),
+            ));
+        }
+        if let Some(max) = self.cpu_max_pct.filter(|&max| pct > max) {
+            return Err(SliverError::invalid(
+                "cpu_pct",
+                format!("{pct} is above cpu_max_pct {max}: a guarantee cannot exceed the cap"),
+            ));
         }
         Ok(())
     }
@@ -640,6 +675,19 @@ mod tests {
         assert_eq!(spec.name.as_deref(), Some("web-1"));
         assert_eq!(spec.vcpus, 1);
         assert_eq!(spec.net.as_ref().map(|n| n.net_share), Some(3));
+        assert_eq!(spec.cpu_pct, None);
+    }
+
+    #[test]
+    fn a_guarantee_within_the_vcpus_and_the_cap_passes() {
+        let k = kernel();
+        let mut body = good(k.path());
+        body["cpu_pct"] = json!(40);
+        body["cpu_max_pct"] = json!(40);
+        let spec = check(body.to_string().as_bytes(), "web-1").expect("valid");
+        assert_eq!(spec.cpu_pct, Some(40));
+        let shown = serde_json::to_value(&spec).expect("serialize");
+        assert_eq!(shown["cpu_pct"], 40);
     }
 
     #[test]
@@ -655,6 +703,17 @@ mod tests {
             (
                 "cpu_max_pct",
                 Box::new(|v| v["cpu_max_pct"] = json!(1_000_000)),
+            ),
+            ("cpu_pct", Box::new(|v| v["cpu_pct"] = json!(0))),
+            ("cpu_pct", Box::new(|v| v["cpu_pct"] = json!(101))),
+            ("cpu_pct", Box::new(|v| v["cpu_pct"] = json!(u32::MAX))),
+            ("cpu_pct", Box::new(|v| v["cpu_pct"] = json!(-1))),
+            (
+                "cpu_pct",
+                Box::new(|v| {
+                    v["cpu_pct"] = json!(50);
+                    v["cpu_max_pct"] = json!(25);
+                }),
             ),
             ("cpu_cores", Box::new(|v| v["cpu_cores"] = json!("0-"))),
             ("cpu_cores", Box::new(|v| v["cpu_cores"] = json!("4095"))),

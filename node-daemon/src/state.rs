@@ -78,6 +78,10 @@ pub struct SliverRecord {
     /// Why the VMM last ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_reason: Option<String>,
+    /// Its place in the node's jail ids (`--jail-ids`): its VMM runs as the id that far into
+    /// the range; given at its first start, kept until it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail_index: Option<u32>,
 }
 
 /// Errors of the state directory; each names the path.
@@ -419,11 +423,13 @@ mod tests {
                 cpu_share: 1,
                 cpu_max_pct: None,
                 cpu_cores: None,
+                cpu_pct: None,
             },
             state,
             pid: Some(42),
             started_at: Some(1_700_000_000),
             exit_reason: None,
+            jail_index: None,
         }
     }
 

@@ -23,6 +23,9 @@ use crate::sliver_disks::SliverDisks;
 use crate::state::{SliverRecord, SliverState};
 use crate::vmm_procs::{self, signal};
 
+/// The descriptor a VMM inherits its TAP on (`--net ...,fd=3`).
+const TAP_FD: i32 = 3;
+
 /// How long a VMM gets to stop after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -41,6 +44,8 @@ pub struct Supervisor {
     ledger: Arc<Ledger>,
     /// Per watched VMM: becomes `true` once its exit has been recorded.
     exited: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// Per sliver: its cgroup's out-of-memory kills when its VMM started.
+    oom_kills_at_start: Mutex<HashMap<String, u64>>,
     /// What VMMs are started under.
     policy: VmmPolicy,
 }
@@ -52,6 +57,9 @@ pub struct VmmPolicy {
     pub guest_net: Option<GuestNet>,
     /// Where slivers' cgroups go (`None`: no cgroups, as `GET /healthz` says).
     pub cgroups: Option<crate::sliver_cgroups::Cgroups>,
+    /// The ids jailed VMMs run as (`None`: VMMs run unjailed, as root, as `GET /healthz`
+    /// says).
+    pub jail: Option<crate::vmm_jail::JailIds>,
 }
 
 /// What a sliver's VMM and guest are told on a node with an uplink.
@@ -79,6 +87,7 @@ pub fn sliver_mac(name: &str, net: &crate::spec::SliverNet) -> String {
             mac: None,
             ip: None,
             deny_dst: Vec::new(),
+            fd: None,
         }
         .mac_or_derived()
         .to_string(),
@@ -116,16 +125,23 @@ impl Supervisor {
             capture,
             ledger,
             exited: Mutex::new(HashMap::new()),
+            oom_kills_at_start: Mutex::new(HashMap::new()),
             policy,
         })
     }
 
+    /// Sliver `name`'s run directory: its VMM's exit record, counters, log, console log and
+    /// socket (one directory per sliver, so that a jailed VMM sees only its own).
+    pub fn sliver_run_dir(&self, name: &str) -> PathBuf {
+        self.run_dir.join(name)
+    }
+
     fn exit_file(&self, name: &str) -> PathBuf {
-        self.run_dir.join(format!("{name}.exit.json"))
+        vmm_procs::exit_file(&self.run_dir, name)
     }
 
     fn stats_file(&self, name: &str) -> PathBuf {
-        self.run_dir.join(format!("{name}.stats.json"))
+        self.sliver_run_dir(name).join("stats.json")
     }
 
     /// The packet counters of sliver `name`'s current (or last) VMM; zeros before any ran.
@@ -133,32 +149,16 @@ impl Supervisor {
         vmm::stats::SliverCounters::read(&self.stats_file(name)).unwrap_or_default()
     }
 
-    /// Every file of sliver `name` in the run directory (exit record, counters, log,
-    /// console log and socket).
-    pub fn run_files(&self, name: &str) -> [PathBuf; 6] {
-        let [log, rotated] = self.console_logs(name);
-        [
-            self.exit_file(name),
-            self.stats_file(name),
-            self.log_file(name),
-            log,
-            rotated,
-            self.console_socket(name),
-        ]
-    }
-
     /// The VMM's own log (appended across runs).
     pub fn log_file(&self, name: &str) -> PathBuf {
-        self.run_dir.join(format!("{name}.log"))
+        self.sliver_run_dir(name).join("vmm.log")
     }
 
     /// The guest console's log, newest last: the rotated part, then the current one (see
     /// `vmm::console`; together at most 2 MiB).
     pub fn console_logs(&self, name: &str) -> [PathBuf; 2] {
-        [
-            self.run_dir.join(format!("{name}.console.1")),
-            self.run_dir.join(format!("{name}.console")),
-        ]
+        let dir = self.sliver_run_dir(name);
+        [dir.join("console.1"), dir.join("console")]
     }
 
     /// What slivers are told on a node with an uplink.
@@ -173,7 +173,7 @@ impl Supervisor {
 
     /// The running VMM's console socket.
     pub fn console_socket(&self, name: &str) -> PathBuf {
-        self.run_dir.join(format!("{name}.console.sock"))
+        self.sliver_run_dir(name).join("console.sock")
     }
 
     fn watch(&self, name: &str) -> watch::Sender<bool> {
@@ -185,8 +185,44 @@ impl Supervisor {
         tx
     }
 
+    /// The ids jailed VMMs run as, if they are jailed.
+    pub fn jail(&self) -> Option<&crate::vmm_jail::JailIds> {
+        self.policy.jail.as_ref()
+    }
+
+    /// Sliver `name`'s jail id, with its run directory, audit directory and disks handed to
+    /// it; `None` when VMMs are not jailed.
+    fn prepare_jail(&self, name: &str, r: &SliverRecord) -> std::io::Result<Option<u32>> {
+        let Some(ids) = &self.policy.jail else {
+            return Ok(None);
+        };
+        let index = self
+            .registry
+            .jail_index(name)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let id = ids.id(index).map_err(std::io::Error::other)?;
+        let audit = audit_store::sliver_dir(&self.state_dir, name);
+        std::fs::create_dir_all(&audit)?;
+        let mut own = vec![self.sliver_run_dir(name), audit];
+        if r.spec.vref.is_some() {
+            let disks = SliverDisks::at(&self.state_dir);
+            own.push(disks.root_path(name));
+            own.push(disks.cidata_path(name));
+        }
+        for path in &own {
+            crate::vmm_jail::hand_over(path, id).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("handing {} to id {id}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(Some(id))
+    }
+
     fn command(&self, name: &str, r: &SliverRecord) -> std::io::Result<tokio::process::Command> {
         let spec = &r.spec;
+        let jail_id = self.prepare_jail(name, r)?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("run")
             .args(["--sliver", name])
@@ -219,6 +255,9 @@ impl Supervisor {
         cmd.arg("--audit-dir")
             .arg(audit_store::sliver_dir(&self.state_dir, name))
             .args(["--slice", &spec.slice]);
+        if let Some(id) = jail_id {
+            cmd.arg("--jail").arg(format!("{id}:{id}"));
+        }
         if !self.capture {
             cmd.arg("--no-capture");
         }
@@ -227,8 +266,30 @@ impl Supervisor {
             let tap = host_net::tap_name(name);
             let mac = sliver_mac(name, net);
             let ip = net.guest_cidr().map(|(ip, _)| format!(",ip={ip}"));
-            cmd.arg("--net")
-                .arg(format!("tap={tap},mac={mac}{}", ip.unwrap_or_default()));
+            // The daemon opens the TAP: the VMM gets it as fd 3 and never needs
+            // CAP_NET_ADMIN or /dev/net/tun.
+            let opened =
+                devices::virtio::net::tap::Tap::open(&tap).map_err(std::io::Error::other)?;
+            cmd.arg("--net").arg(format!(
+                "tap={tap},mac={mac}{},fd={TAP_FD}",
+                ip.unwrap_or_default()
+            ));
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // async-signal-safe functions (dup2, fcntl) on the TAP's fd, which it owns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&opened);
+                    let rc = if fd == TAP_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, TAP_FD)
+                    };
+                    if rc < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
             if let Some(slot) = slots::find(&self.ledger, name) {
                 cmd.arg("--shaper-ledger")
                     .arg(self.ledger.path())
@@ -357,7 +418,9 @@ impl Supervisor {
         })?;
         let _ = std::fs::remove_file(self.stats_file(name));
         // Room for the VMM's exit record, made now, while there is space.
-        if let Err(e) = ExitRecord::reserve(&self.exit_file(name)) {
+        let reserved = std::fs::create_dir_all(self.sliver_run_dir(name))
+            .and_then(|()| ExitRecord::reserve(&self.exit_file(name)));
+        if let Err(e) = reserved {
             let _ = std::fs::remove_file(self.exit_file(name));
             self.registry.update(name, |r| {
                 r.state = SliverState::Failed;
@@ -400,6 +463,12 @@ impl Supervisor {
             }
         };
         let pid = child.id().unwrap_or(0);
+        if let Some(kills) = self.oom_kills(name) {
+            self.oom_kills_at_start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), kills);
+        }
         let recorded = self.registry.update(name, |r| {
             r.state = SliverState::Running;
             r.pid = Some(pid);
@@ -428,6 +497,34 @@ impl Supervisor {
         Ok(record)
     }
 
+    /// Out-of-memory kills in sliver `name`'s cgroup so far (cgroup v2 `memory.events`, v1
+    /// `memory.oom_control`: the `oom_kill` line, Linux 4.13+); `None` without one.
+    fn oom_kills(&self, name: &str) -> Option<u64> {
+        let cgroups = self.policy.cgroups.as_ref()?;
+        cgroups.dirs(name).iter().find_map(|dir| {
+            ["memory.events", "memory.oom_control"]
+                .iter()
+                .find_map(|file| std::fs::read_to_string(dir.join(file)).ok())
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("oom_kill "))
+                        .and_then(|n| n.trim().parse().ok())
+                })
+        })
+    }
+
+    /// Whether the kernel's OOM killer ended sliver `name`'s VMM: its cgroup counted a kill
+    /// since the VMM started.
+    fn killed_for_memory(&self, name: &str) -> bool {
+        let before = self
+            .oom_kills_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .unwrap_or(0);
+        self.oom_kills(name).is_some_and(|now| now > before)
+    }
+
     /// Record how the VMM of `name` ended, from its exit file, or from `status`.
     fn record_exit(&self, name: &str, status: Option<ExitStatus>) {
         let from_file = ExitRecord::read(&self.exit_file(name)).ok();
@@ -441,6 +538,9 @@ impl Supervisor {
                 (state, rec.reason)
             }
             (None, Some(st)) => match (st.signal(), st.code()) {
+                (Some(libc::SIGKILL), _) if self.killed_for_memory(name) => {
+                    (SliverState::Failed, "out of memory".to_string())
+                }
                 (Some(sig), _) => (SliverState::Failed, format!("VMM killed by signal {sig}")),
                 (None, Some(0)) => (
                     SliverState::Stopped,
@@ -454,6 +554,9 @@ impl Supervisor {
                     ),
                 ),
             },
+            (None, None) if self.killed_for_memory(name) => {
+                (SliverState::Failed, "out of memory".to_string())
+            }
             (None, None) => (
                 SliverState::Failed,
                 "VMM ended while the daemon was not watching; no exit record".to_string(),

@@ -1,7 +1,10 @@
 //! Finding, watching and signalling the node's VMM processes. A process is one of this
 //! daemon's VMMs when its arguments are `... run ... --sliver NAME ... --exit-file
-//! RUN_DIR/NAME.exit.json`, with `RUN_DIR` this daemon's: so two daemons with different state
+//! RUN_DIR/NAME/exit.json`, with `RUN_DIR` this daemon's: so two daemons with different state
 //! directories never touch each other's VMMs, and one found after a restart is known by name.
+//! A jailed VMM is two processes with those arguments: the keeper the daemon started, and the
+//! VMM proper, its child in a PID namespace of its own (`vmm::jail`); the keeper stands for
+//! both.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -89,6 +92,18 @@ impl ExitWatch {
     }
 }
 
+/// Where the VMM of sliver `name` writes its exit record, in the run directory `run_dir`.
+pub fn exit_file(run_dir: &Path, name: &str) -> std::path::PathBuf {
+    run_dir.join(name).join("exit.json")
+}
+
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`, after the parenthesised name).
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The sliver a VMM's argument list (`/proc/PID/cmdline`) runs, if it is one of ours.
 fn sliver_of(cmdline: &[u8], run_dir: &Path) -> Option<String> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -98,9 +113,8 @@ fn sliver_of(cmdline: &[u8], run_dir: &Path) -> Option<String> {
             .map(|w| String::from_utf8_lossy(w[1]).into_owned())
     };
     let name = value(b"--sliver")?;
-    let exit_file = value(b"--exit-file")?;
-    let ours = args.contains(&b"run".as_slice())
-        && Path::new(&exit_file) == run_dir.join(format!("{name}.exit.json"));
+    let given = value(b"--exit-file")?;
+    let ours = args.contains(&b"run".as_slice()) && Path::new(&given) == exit_file(run_dir, &name);
     ours.then_some(name)
 }
 
@@ -135,6 +149,9 @@ pub fn scan(run_dir: &Path) -> HashMap<String, Vec<u32>> {
         }
     }
     for pids in found.values_mut() {
+        // A jailed VMM's child is not a second VMM: its keeper stands for it.
+        let all = pids.clone();
+        pids.retain(|pid| parent_of(*pid).is_none_or(|parent| !all.contains(&parent)));
         pids.sort_unstable();
     }
     found
@@ -162,7 +179,7 @@ mod tests {
             "--sliver",
             "web-1",
             "--exit-file",
-            "/var/lib/sv/run/web-1.exit.json",
+            "/var/lib/sv/run/web-1/exit.json",
         ]);
         assert_eq!(sliver_of(&ours, run).as_deref(), Some("web-1"));
         let other_daemon = cmdline(&[
@@ -171,7 +188,7 @@ mod tests {
             "--sliver",
             "web-1",
             "--exit-file",
-            "/srv/other/run/web-1.exit.json",
+            "/srv/other/run/web-1/exit.json",
         ]);
         assert_eq!(sliver_of(&other_daemon, run), None);
         let mismatched = cmdline(&[
@@ -180,7 +197,7 @@ mod tests {
             "--sliver",
             "web-2",
             "--exit-file",
-            "/var/lib/sv/run/web-1.exit.json",
+            "/var/lib/sv/run/web-1/exit.json",
         ]);
         assert_eq!(sliver_of(&mismatched, run), None);
         assert_eq!(sliver_of(&cmdline(&["bash", "-c", "run"]), run), None);

@@ -16,6 +16,17 @@ use crate::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 /// (see [`daemon_log`]; a file, so a busy daemon never blocks on a full pipe) unless `quiet`,
 /// when it is discarded.
 pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (ChildGuard, PathBuf) {
+    spawn_daemon_with_env(ns, dir, extra, quiet, &[])
+}
+
+/// [`spawn_daemon`] with environment variables `env` set for the daemon (and its VMMs).
+pub fn spawn_daemon_with_env(
+    ns: &NetNs,
+    dir: &Path,
+    extra: &[&str],
+    quiet: bool,
+    env: &[(&str, &str)],
+) -> (ChildGuard, PathBuf) {
     let socket = dir.join("node.sock");
     let log = dir.join("daemon.log");
     let out = || {
@@ -37,6 +48,7 @@ pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (Chi
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out())
         .stderr(out())
@@ -162,7 +174,17 @@ impl Daemon {
 
     /// A daemon in namespace `ns` with flags `extra`.
     pub fn start_with(dir: &Path, ns: Arc<NetNs>, extra: &[&str]) -> Self {
-        let (child, socket) = spawn_daemon(&ns, dir, extra, false);
+        Self::start_with_env(dir, ns, extra, &[])
+    }
+
+    /// A daemon in namespace `ns` with flags `extra` and environment variables `env`.
+    pub fn start_with_env(
+        dir: &Path,
+        ns: Arc<NetNs>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let (child, socket) = spawn_daemon_with_env(&ns, dir, extra, false, env);
         Self {
             child: Some(child),
             socket,
@@ -316,6 +338,11 @@ pub fn host_state(ns: &NetNs, state: &Path) -> HostState {
         if let (true, Some(name)) = (ours, arg_after(&args, "--sliver")) {
             vmms.entry(name.to_string()).or_default().push(pid);
         }
+    }
+    // A jailed VMM is its keeper and the keeper's child: count the keeper.
+    for pids in vmms.values_mut() {
+        let all = pids.clone();
+        pids.retain(|p| node_daemon::vmm_procs::parent_of(*p).is_none_or(|pp| !all.contains(&pp)));
     }
     HostState { taps, slots, vmms }
 }
