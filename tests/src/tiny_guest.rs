@@ -62,6 +62,13 @@ impl Program {
         self
     }
 
+    /// Spin forever (`jmp $`): the vCPU is always busy (guest ring-0 code: emulated, and so
+    /// CPU time of the VMM's vCPU thread, on the PVM test hosts).
+    pub fn spin_forever(mut self) -> Self {
+        self.code.extend([0xeb, 0xfe]); // jmp to itself
+        self
+    }
+
     /// The machine code.
     pub fn code(&self) -> &[u8] {
         &self.code

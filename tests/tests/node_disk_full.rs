@@ -127,10 +127,15 @@ fn a_full_state_directory_refuses_new_slivers_and_nothing_else() {
         507 => assert!(r.body.contains("no space left"), "{r:?}"),
         other => panic!("start on a full disk: {other} {r:?}"),
     }
+    // run/ and each sliver's run/NAME/.
     let tmp: Vec<String> = std::fs::read_dir(state.join("run"))
         .expect("run dir")
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .flat_map(|e| {
+            let inner = std::fs::read_dir(e.path()).into_iter().flatten().flatten();
+            std::iter::once(e.path()).chain(inner.map(|f| f.path()))
+        })
+        .map(|p| p.to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(tmp.is_empty(), "temporary files left in run/: {tmp:?}");

@@ -160,6 +160,8 @@ fn vmms_run_jailed_unprivileged_filtered_and_see_only_their_own_files() {
         let k = status(keeper);
         assert_eq!(k["Uid"].split_whitespace().next(), Some(uid[0]), "{name}");
         assert_eq!(k["CapEff"], "0000000000000000", "{name} keeper");
+        assert_eq!(k["NoNewPrivs"], "1", "{name} keeper");
+        assert_eq!(k["Seccomp"], "2", "{name} keeper: its own filter");
         // Its own mount and IPC namespaces.
         for ns in ["mnt", "ipc", "pid"] {
             let mine = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).expect("ns");
@@ -213,8 +215,13 @@ fn vmms_run_jailed_unprivileged_filtered_and_see_only_their_own_files() {
     assert!(!root.join("etc/passwd").exists() && !root.join("bin").exists());
 
     for name in ["a", "b"] {
+        // The keeper passes the stop on (SIGTERM: a tiny guest cannot power off) and ends as
+        // the VMM did: an orderly stop, not a failure.
         let stopped = d.call("POST", &format!("/slivers/{name}/stop"), None);
         assert_eq!(stopped.status, 200, "{}", stopped.body);
+        let view = stopped.json();
+        assert_eq!(view["state"], "stopped", "{view}");
+        assert_eq!(view["exit_reason"], "stopped by SIGTERM", "{view}");
         assert_eq!(
             d.call("DELETE", &format!("/slivers/{name}"), None).status,
             204

@@ -80,7 +80,7 @@ fn two_linux_slivers_through_their_whole_life() {
         assert_eq!(r.json()["state"], "running");
     }
     for (name, _) in slivers {
-        let log = dir.path().join(format!("state/run/{name}.console"));
+        let log = dir.path().join(format!("state/run/{name}/console"));
         wait_for_log(
             &log,
             &[
@@ -106,7 +106,7 @@ fn two_linux_slivers_through_their_whole_life() {
             let logs: Vec<String> = slivers
                 .iter()
                 .map(|(n, _)| {
-                    std::fs::read_to_string(dir.path().join(format!("state/run/{n}.console")))
+                    std::fs::read_to_string(dir.path().join(format!("state/run/{n}/console")))
                         .unwrap_or_default()
                 })
                 .collect();

@@ -34,7 +34,7 @@ fn listen(ns: &NetNs, addr: &'static str) -> Arc<Mutex<Vec<String>>> {
 }
 
 fn console(dir: &std::path::Path, name: &str) -> String {
-    std::fs::read_to_string(dir.join(format!("state/run/{name}.console"))).unwrap_or_default()
+    std::fs::read_to_string(dir.join(format!("state/run/{name}/console"))).unwrap_or_default()
 }
 
 #[test]

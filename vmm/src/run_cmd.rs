@@ -205,13 +205,14 @@ fn resolve_paths(config: &mut VmConfig, exit_file: &mut Option<PathBuf>) -> Resu
     Ok(())
 }
 
-/// Open what needs privilege, then enter the jail (see [`crate::jail`]).
-fn jail_self(
+/// Open what needs privilege and resolve every path: the jail [`crate::jail::enter`] will
+/// build from `spec`.
+fn prepare_jail(
     spec: &JailSpec,
     config: &mut VmConfig,
     exit_file: &mut Option<PathBuf>,
     pre: &mut Preopened,
-) -> Result<(), VmError> {
+) -> Result<JailSpec, VmError> {
     let kvm = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -241,8 +242,7 @@ fn jail_self(
     let mut spec = spec.clone();
     spec.binds = binds(config, exit_file.as_deref());
     spec.vcpus = config.vcpus;
-    crate::jail::enter(&spec)?;
-    Ok(())
+    Ok(spec)
 }
 
 /// Take inherited TAPs, jail if asked, prepare the seccomp filters, and run the VM.
@@ -262,10 +262,16 @@ fn jail_and_run(
             None => None,
         });
     }
-    if let Some(jail) = jail {
-        jail_self(jail, &mut config, exit_file, &mut pre)?;
-    }
+    let jail = match jail {
+        Some(jail) => Some(prepare_jail(jail, &mut config, exit_file, &mut pre)?),
+        None => None,
+    };
+    // Filters compiled and the SIGSYS handler in place before the fork: the keeper enters
+    // its own filter too.
     crate::seccomp::prepare(seccomp, exit_file.as_deref())?;
+    if let Some(jail) = &jail {
+        crate::jail::enter(jail)?;
+    }
     vm::run(&config, pre)
 }
 

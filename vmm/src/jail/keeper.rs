@@ -1,7 +1,7 @@
 //! The keeper: after `unshare(CLONE_NEWPID)` only a child lands in the new PID namespace, so
 //! the VMM forks; the parent stays behind as the process its supervisor started (same pid,
-//! same arguments), drops its privileges, forwards stop signals to the VMM and exits as the
-//! VMM did (the same code, or the same signal).
+//! same arguments), drops its privileges, enters its own seccomp filter, forwards stop
+//! signals to the VMM and exits as the VMM did (the same code, or the same signal).
 
 use super::{sys, JailError, JailSpec};
 
@@ -61,9 +61,14 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
 fn keep(vmm: libc::pid_t, spec: &JailSpec) -> ! {
     // SAFETY: close_range(2) on fds 3.. (the VMM's files: the keeper needs none of them).
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    if let Err(e) = super::privileges::drop_ids(spec) {
+    let dropped = super::privileges::drop_ids(spec)
+        .map_err(|e| e.to_string())
+        .and_then(|()| {
+            crate::seccomp::enter(crate::seccomp::ThreadKind::Keeper).map_err(|e| e.to_string())
+        });
+    if let Err(e) = dropped {
         log::error!("jail keeper: {e}");
-        // SAFETY: SIGKILL to our own child, which we may signal (still root here).
+        // SAFETY: SIGKILL to our own child, which we may signal.
         unsafe { libc::kill(vmm, libc::SIGKILL) };
     }
     let mut waited = signal_set(&FORWARDED);

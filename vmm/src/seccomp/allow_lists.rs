@@ -125,12 +125,30 @@ const AUDIT_WRITER: &[i64] = &[
     libc::SYS_rmdir,
 ];
 
+/// The jail's keeper (`crate::jail`): waits for signals and its child, passes stop signals
+/// on, and exits as the child did.
+const KEEPER: &[i64] = &[
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_kill,
+    libc::SYS_wait4,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
+    libc::SYS_tgkill,
+    libc::SYS_write,
+    libc::SYS_exit_group,
+    libc::SYS_exit,
+    libc::SYS_restart_syscall,
+];
+
 /// ioctl requests a thread kind may make (the second argument).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
     match kind {
         ThreadKind::Vcpu => &[KVM_RUN, SIOCGIFMTU, FIONBIO, TCGETS],
         ThreadKind::EventLoop => &[SIOCGIFMTU, FIONBIO, TCGETS],
-        ThreadKind::AuditWriter => &[],
+        ThreadKind::AuditWriter | ThreadKind::Keeper => &[],
     }
 }
 
@@ -143,6 +161,7 @@ pub(super) fn rules(
         ThreadKind::Vcpu => &[COMMON, DEVICES],
         ThreadKind::EventLoop => &[COMMON, DEVICES, EVENT_LOOP],
         ThreadKind::AuditWriter => &[COMMON, AUDIT_WRITER],
+        ThreadKind::Keeper => &[KEEPER],
     };
     let mut rules: Vec<(i64, Vec<SeccompRule>)> = lists
         .iter()
@@ -187,7 +206,6 @@ mod tests {
             libc::SYS_setresuid,
             libc::SYS_socket,
             libc::SYS_connect,
-            libc::SYS_kill,
             libc::SYS_unshare,
             libc::SYS_setns,
             libc::SYS_bpf,
@@ -197,11 +215,18 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::EventLoop,
             ThreadKind::AuditWriter,
+            ThreadKind::Keeper,
         ] {
             let allowed: Vec<i64> = rules(kind).expect("rules").iter().map(|r| r.0).collect();
             for nr in forbidden {
                 assert!(!allowed.contains(&nr), "{kind:?} may call {nr}");
             }
+            // Only the keeper signals a process (its child); the VMM's threads never do.
+            assert_eq!(
+                allowed.contains(&libc::SYS_kill),
+                kind == ThreadKind::Keeper,
+                "{kind:?}"
+            );
         }
     }
 

@@ -43,6 +43,8 @@ pub enum ThreadKind {
     EventLoop,
     /// The audit log's writer thread.
     AuditWriter,
+    /// The jail's keeper process (waits for the VMM, forwards signals).
+    Keeper,
 }
 
 /// Errors preparing or installing the filters; each names the thread kind or file.
@@ -80,6 +82,7 @@ struct Filters {
     vcpu: BpfProgram,
     event_loop: BpfProgram,
     audit_writer: BpfProgram,
+    keeper: BpfProgram,
 }
 
 static FILTERS: OnceLock<Option<Filters>> = OnceLock::new();
@@ -113,6 +116,7 @@ pub fn prepare(mode: SeccompMode, exit_file: Option<&Path>) -> Result<(), Seccom
             vcpu: compile(ThreadKind::Vcpu, mode)?,
             event_loop: compile(ThreadKind::EventLoop, mode)?,
             audit_writer: compile(ThreadKind::AuditWriter, mode)?,
+            keeper: compile(ThreadKind::Keeper, mode)?,
         }),
     };
     if mode == SeccompMode::Kill {
@@ -132,6 +136,7 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
         ThreadKind::Vcpu => &filters.vcpu,
         ThreadKind::EventLoop => &filters.event_loop,
         ThreadKind::AuditWriter => &filters.audit_writer,
+        ThreadKind::Keeper => &filters.keeper,
     };
     // SAFETY: prctl(2) PR_SET_NO_NEW_PRIVS takes its flag by value.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

@@ -1,0 +1,196 @@
+//! What the protections cost a VMM's start: a tiny guest that writes the boot-timer port as
+//! its first instruction and then resets, run side by side (alternating) bare (`--seccomp
+//! off`, no jail, no cgroup) and protected (`--jail`, the seccomp filters, a cgroup with the
+//! daemon's limits made for it and joined before exec). Reported: the CPU time of the whole
+//! process tree from exec to exit (wait4's rusage: the keeper and the VMM it reaps), the VMM's
+//! own CPU to the guest's first instruction (the boot-timer line; for a jailed VMM this counts
+//! from the fork), and the bench's CPU to make and remove the cgroup.
+//!
+//! Run (root): `cargo build --release --workspace --bins && target/release/protections [RUNS]`
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use benches::summarize;
+use e2e::run::slicevisor_bin;
+use e2e::tiny_guest::Program;
+use node_daemon::sliver_cgroups::{CgroupLimits, Cgroups, Layout};
+
+/// The ids the protected VMM runs as (the daemon's default range).
+const JAIL_ID: u32 = 965_000;
+
+/// "median (p90 x)" of `v`.
+fn cell(v: &[f64]) -> String {
+    let s = summarize(v);
+    format!("{:.2} (p90 {:.2})", s.median, s.p90)
+}
+
+fn cpu_ms(ru: &libc::rusage) -> f64 {
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(ru.ru_utime) + ms(ru.ru_stime)
+}
+
+fn thread_cpu_ms() -> f64 {
+    // SAFETY: getrusage(2) writes into the struct we pass.
+    let mut ru = unsafe { std::mem::zeroed::<libc::rusage>() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    cpu_ms(&ru)
+}
+
+/// One run: (process-tree CPU ms, VMM CPU ms to the first guest instruction, wall ms).
+#[expect(
+    clippy::zombie_processes,
+    reason = "reaped by wait4 below, which also gives its rusage"
+)]
+fn one(mut cmd: Command) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn slicevisor run");
+    let pid = child.id() as libc::pid_t;
+    let stderr = child.stderr;
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled in by wait4.
+    let mut ru = unsafe { std::mem::zeroed::<libc::rusage>() };
+    let text = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut text = String::new();
+            if let Some(mut e) = stderr {
+                let _ = std::io::Read::read_to_string(&mut e, &mut text);
+            }
+            text
+        });
+        // SAFETY: wait4(2) on our own child, writing its status and rusage.
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        assert_eq!(waited, pid, "wait4");
+        reader.join().expect("stderr reader")
+    });
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status}: {text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("boot-timer:"))
+        .unwrap_or_else(|| panic!("no boot-timer line: {text}"));
+    let idx = line.find(" ms CPU").expect("ms CPU");
+    let to_first: f64 = line[..idx]
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.parse().ok())
+        .expect("CPU figure");
+    (cpu_ms(&ru), to_first, wall)
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("RUNS must be a number"))
+        .unwrap_or(20);
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let kernel = Program::new()
+        .boot_marker()
+        .reset()
+        .write_elf(dir.path(), "marker.elf");
+    let cgroups = Layout::detect(std::path::Path::new("/sys/fs/cgroup"))
+        .map(|l| Cgroups::new(l, "bench-protections".into()))
+        .and_then(|c| c.check().map(|()| c))
+        .expect("cgroups: run as root on a host with cgroup v1 or v2");
+    let limits = CgroupLimits {
+        cpu_share: 1,
+        cpu_max_pct: None,
+        cpu_cores: None,
+        memory_bytes: (128 << 20) + (256 << 20),
+    };
+    let base = |extra: &[&str]| {
+        let mut cmd = Command::new(slicevisor_bin());
+        cmd.args(["run", "--kernel"])
+            .arg(&kernel)
+            .args(["--mem-mib", "128"])
+            .args(extra);
+        cmd
+    };
+    let (mut bare, mut guarded) = (Vec::new(), Vec::new());
+    let mut cgroup_ms = Vec::new();
+    for i in 0..runs * 2 {
+        if i % 2 == 0 {
+            bare.push(one(base(&["--seccomp", "off"])));
+            continue;
+        }
+        let before = thread_cpu_ms();
+        cgroups.apply("bench", &limits).expect("cgroup");
+        let procs: Vec<std::ffi::CString> = cgroups
+            .dirs("bench")
+            .iter()
+            .map(|d| {
+                std::ffi::CString::new(d.join("cgroup.procs").to_string_lossy().into_owned())
+                    .expect("path")
+            })
+            .collect();
+        let made = thread_cpu_ms() - before;
+        let jail = format!("{JAIL_ID}:{JAIL_ID}");
+        let mut cmd = base(&["--jail", &jail, "--seccomp", "kill"]);
+        // SAFETY: the closure runs between fork and exec and only calls open, write and
+        // close on paths made before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        guarded.push(one(cmd));
+        let before = thread_cpu_ms();
+        cgroups.remove("bench");
+        cgroup_ms.push(made + thread_cpu_ms() - before);
+    }
+    cgroups.tidy();
+    let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
+        v.iter().map(f).collect()
+    };
+    println!(
+        "VMM start with and without protections ({runs} runs each, alternating; tiny guest: boot marker, reset; 128 MiB)"
+    );
+    println!(
+        "{:<44} | {:>24} | {:>24}",
+        "", "bare", "jail+seccomp+cgroup"
+    );
+    for (what, f) in [
+        (
+            "process-tree CPU, exec to exit, ms",
+            (|r: &(f64, f64, f64)| r.0) as fn(&(f64, f64, f64)) -> f64,
+        ),
+        ("VMM CPU to first guest instruction, ms", |r| r.1),
+        ("wall, spawn to exit, ms", |r| r.2),
+    ] {
+        println!(
+            "{what:<44} | {:>24} | {:>24}",
+            cell(&col(&bare, f)),
+            cell(&col(&guarded, f))
+        );
+    }
+    println!(
+        "{:<44} | {:>24} | {:>24}",
+        "daemon CPU to make and remove the cgroup, ms",
+        "-",
+        cell(&cgroup_ms)
+    );
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let extra = median(col(&guarded, |r| r.0)) - median(col(&bare, |r| r.0)) + median(cgroup_ms);
+    println!(
+        "protections' CPU cost per start (median tree CPU difference + cgroup): {extra:+.2} ms (goal <= +2 ms)"
+    );
+}
