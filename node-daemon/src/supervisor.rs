@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::ffi::OsStringExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -318,9 +319,11 @@ impl Supervisor {
         if !cmdline.is_empty() {
             cmd.arg("--cmdline").arg(cmdline.join(" "));
         }
+        // O_NOFOLLOW: the directory belongs to the sliver's jail id.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(self.log_file(name))?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
@@ -514,15 +517,15 @@ impl Supervisor {
     }
 
     /// Whether the kernel's OOM killer ended sliver `name`'s VMM: its cgroup counted a kill
-    /// since the VMM started.
+    /// since this daemon started the VMM (unknown, so `false`, for a VMM an earlier daemon
+    /// started: the count is cumulative).
     fn killed_for_memory(&self, name: &str) -> bool {
         let before = self
             .oom_kills_at_start
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-            .unwrap_or(0);
-        self.oom_kills(name).is_some_and(|now| now > before)
+            .remove(name);
+        before.is_some_and(|before| self.oom_kills(name).is_some_and(|now| now > before))
     }
 
     /// Record how the VMM of `name` ended, from its exit file, or from `status`.

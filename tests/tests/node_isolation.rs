@@ -163,7 +163,7 @@ fn vmms_run_jailed_unprivileged_filtered_and_see_only_their_own_files() {
         assert_eq!(k["NoNewPrivs"], "1", "{name} keeper");
         assert_eq!(k["Seccomp"], "2", "{name} keeper: its own filter");
         // Its own mount and IPC namespaces.
-        for ns in ["mnt", "ipc", "pid"] {
+        for ns in ["mnt", "ipc", "pid", "net"] {
             let mine = std::fs::read_link(format!("/proc/{vmm}/ns/{ns}")).expect("ns");
             let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("ns");
             assert_ne!(mine, host, "{name}: {ns} namespace");
@@ -214,18 +214,31 @@ fn vmms_run_jailed_unprivileged_filtered_and_see_only_their_own_files() {
     assert!(!root.join("dev/kvm").exists() && !root.join("dev/net/tun").exists());
     assert!(!root.join("etc/passwd").exists() && !root.join("bin").exists());
 
-    for name in ["a", "b"] {
-        // The keeper passes the stop on (SIGTERM: a tiny guest cannot power off) and ends as
-        // the VMM did: an orderly stop, not a failure.
-        let stopped = d.call("POST", &format!("/slivers/{name}/stop"), None);
-        assert_eq!(stopped.status, 200, "{}", stopped.body);
-        let view = stopped.json();
-        assert_eq!(view["state"], "stopped", "{view}");
-        assert_eq!(view["exit_reason"], "stopped by SIGTERM", "{view}");
-        assert_eq!(
-            d.call("DELETE", &format!("/slivers/{name}"), None).status,
-            204
+    // A keeper killed outright takes its VMM with it (PR_SET_PDEATHSIG, armed again after
+    // the ids changed): nothing of sliver b runs on.
+    let (_, keeper_b, vmm_b) = vmms[1];
+    // SAFETY: kill(2) of the keeper, a process of this test's daemon.
+    unsafe { libc::kill(keeper_b as libc::pid_t, libc::SIGKILL) };
+    let view = wait_for_state(&d, "b", "failed");
+    assert_eq!(view["exit_reason"], "VMM killed by signal 9", "{view}");
+    let start = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{vmm_b}")).exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "b's VMM {vmm_b} outlived its keeper"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The keeper passes the stop on (SIGTERM: a tiny guest cannot power off) and ends as the
+    // VMM did: an orderly stop, not a failure.
+    let stopped = d.call("POST", "/slivers/a/stop", None);
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    let view = stopped.json();
+    assert_eq!(view["state"], "stopped", "{view}");
+    assert_eq!(view["exit_reason"], "stopped by SIGTERM", "{view}");
+    for name in ["a", "b"] {
+        let deleted = d.call("DELETE", &format!("/slivers/{name}"), None);
+        assert_eq!(deleted.status, 204, "{}", deleted.body);
     }
     d.stop();
 }
@@ -263,4 +276,46 @@ fn a_forbidden_system_call_ends_the_sliver_with_the_seccomp_reason() {
 fn a_vmm_beyond_its_memory_allowance_ends_out_of_memory() {
     let view = fail_with("oom");
     assert_eq!(view["exit_reason"], "out of memory", "{view}");
+}
+
+/// `slicevisor run --jail` by hand: the kernel and the exit file in one directory (which the
+/// jail shows read-write, for the exit file) come out unharmed, and the VM ends as it would
+/// unjailed.
+#[test]
+fn slicevisor_run_by_hand_can_be_jailed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let kernel = e2e::tiny_guest::Program::new()
+        .print("jailed\n")
+        .reset()
+        .write_elf(dir.path(), "tiny.elf");
+    let before = e2e::run::sha256sum(&kernel);
+    let exit_file = dir.path().join("exit.json");
+    let out = e2e::run::run(
+        [
+            "run",
+            "--kernel",
+            kernel.to_str().expect("utf8"),
+            "--mem-mib",
+            "16",
+            "--jail",
+            "965001:965001",
+            "--exit-file",
+            exit_file.to_str().expect("utf8"),
+        ],
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains("jailed"), "{out:?}");
+    assert_eq!(
+        e2e::run::sha256sum(&kernel),
+        before,
+        "the kernel file changed"
+    );
+    let record: Value =
+        serde_json::from_str(std::fs::read_to_string(&exit_file).expect("exit").trim())
+            .expect("json");
+    assert_eq!(record["code"], 0, "{record}");
+    assert_eq!(record["reason"], "guest powered off", "{record}");
 }

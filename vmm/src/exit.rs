@@ -79,8 +79,18 @@ impl ExitRecord {
     /// Reserve `path` for a record written later ([`EXIT_FILE_LEN`] spaces, synced), so
     /// that the VMM can say why it ended even when the disk has filled up meanwhile. The node
     /// daemon does this before it starts a VMM.
+    ///
+    /// The file is made anew (any old one, or a symbolic link in its place, is removed
+    /// first), so a directory another user can write is safe to reserve in.
     pub fn reserve(path: &std::path::Path) -> std::io::Result<()> {
-        let mut f = std::fs::File::create(path)?;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
         std::io::Write::write_all(&mut f, &[b' '; EXIT_FILE_LEN])?;
         f.sync_all()
     }

@@ -177,7 +177,12 @@ fn binds(config: &VmConfig, exit_file: Option<&std::path::Path>) -> Vec<Bind> {
 }
 
 /// Every path of `config` absolute and resolved, so that it names the same file in the jail.
-fn resolve_paths(config: &mut VmConfig, exit_file: &mut Option<PathBuf>) -> Result<(), JailError> {
+/// A directory this makes for the jailed VMM (its audit directory) goes to `owner` (uid, gid).
+fn resolve_paths(
+    config: &mut VmConfig,
+    exit_file: &mut Option<PathBuf>,
+    owner: (u32, u32),
+) -> Result<(), JailError> {
     use crate::jail::resolve;
     config.kernel = resolve(&config.kernel)?;
     for path in config
@@ -195,10 +200,12 @@ fn resolve_paths(config: &mut VmConfig, exit_file: &mut Option<PathBuf>) -> Resu
     }
     if let Some(audit) = &mut config.audit {
         if !audit.dir.exists() {
-            std::fs::create_dir_all(&audit.dir).map_err(|source| JailError::Sys {
-                what: format!("creating --audit-dir {}", audit.dir.display()),
-                source,
-            })?;
+            std::fs::create_dir_all(&audit.dir)
+                .and_then(|()| std::os::unix::fs::chown(&audit.dir, Some(owner.0), Some(owner.1)))
+                .map_err(|source| JailError::Sys {
+                    what: format!("creating --audit-dir {}", audit.dir.display()),
+                    source,
+                })?;
         }
         audit.dir = resolve(&audit.dir)?;
     }
@@ -238,7 +245,21 @@ fn prepare_jail(
             })?;
         pre.ledger = Some(ledger);
     }
-    resolve_paths(config, exit_file)?;
+    resolve_paths(config, exit_file, (spec.uid, spec.gid))?;
+    // What the jailed VMM writes but this (root) process makes: its exit file, reserved now,
+    // and an audit directory made here.
+    if let Some(path) = exit_file.as_deref() {
+        let reserved =
+            std::fs::metadata(path).is_ok_and(|m| m.len() >= crate::exit::EXIT_FILE_LEN as u64);
+        if !reserved {
+            crate::exit::ExitRecord::reserve(path)
+                .and_then(|()| std::os::unix::fs::chown(path, Some(spec.uid), Some(spec.gid)))
+                .map_err(|source| JailError::Sys {
+                    what: format!("--exit-file {}", path.display()),
+                    source,
+                })?;
+        }
+    }
     let mut spec = spec.clone();
     spec.binds = binds(config, exit_file.as_deref());
     spec.vcpus = config.vcpus;
@@ -253,6 +274,14 @@ fn jail_and_run(
     exit_file: &mut Option<PathBuf>,
 ) -> Result<crate::exit::ExitReason, VmError> {
     let mut pre = Preopened::default();
+    let mut fds: Vec<i32> = config.net.iter().filter_map(|n| n.fd).collect();
+    fds.sort_unstable();
+    if let Some(w) = fds.windows(2).find(|w| w[0] == w[1]) {
+        return Err(VmError::Resource(
+            "an inherited descriptor (--net fd=)",
+            std::io::Error::other(format!("fd {} is given to two --net devices", w[0])),
+        ));
+    }
     for spec in &config.net {
         pre.taps.push(match spec.fd {
             Some(fd) => Some(
@@ -270,7 +299,17 @@ fn jail_and_run(
     // its own filter too.
     crate::seccomp::prepare(seccomp, exit_file.as_deref())?;
     if let Some(jail) = &jail {
-        crate::jail::enter(jail)?;
+        use std::os::fd::AsRawFd;
+        let mut keep: Vec<i32> = pre
+            .taps
+            .iter()
+            .flatten()
+            .flat_map(|t| t.raw_fds())
+            .collect();
+        keep.extend(pre.kvm.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(pre.ledger.as_ref().map(AsRawFd::as_raw_fd));
+        keep.extend(crate::seccomp::exit_fd());
+        crate::jail::enter(jail, &keep)?;
     }
     vm::run(&config, pre)
 }

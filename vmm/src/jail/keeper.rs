@@ -8,11 +8,47 @@ use super::{sys, JailError, JailSpec};
 /// Signals the keeper passes on to the VMM.
 const FORWARDED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
 
-/// Fork. Returns in the child (the VMM-to-be, which dies with the keeper); the parent keeps
-/// the child until it ends and then exits the same way.
-pub(super) fn fork_keeper(spec: &JailSpec) -> Result<(), JailError> {
-    // SAFETY: getpid(2) cannot fail.
-    let keeper = unsafe { libc::getpid() };
+/// The child's end of a pipe whose other end only the keeper holds: it reads as hung up
+/// once the keeper is gone.
+#[derive(Debug)]
+pub(super) struct Lifeline(std::os::fd::OwnedFd);
+
+impl Lifeline {
+    /// Die with the keeper: PR_SET_PDEATHSIG (again: the kernel clears it when the ids
+    /// change), then end at once if the keeper is already gone.
+    pub(super) fn hold(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: prctl(2) PR_SET_PDEATHSIG takes a signal number by value.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+        let mut poll = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one pollfd we own, without waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        if ready != 0 {
+            // Hung up (or readable, which the keeper never makes it): the keeper is gone.
+            // SAFETY: _exit(2) ends the process at once.
+            unsafe { libc::_exit(1) };
+        }
+    }
+
+    /// Its descriptor, to be kept open.
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.0)
+    }
+}
+
+/// Fork. Returns in the child (the VMM-to-be, which dies with the keeper) with its lifeline;
+/// the parent keeps the child until it ends and then exits the same way.
+pub(super) fn fork_keeper(spec: &JailSpec) -> Result<Lifeline, JailError> {
+    let mut ends = [0; 2];
+    // SAFETY: pipe2(2) writes two fds into `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(sys("pipe2 (the keeper's lifeline)"));
+    }
+    let [read_end, write_end] = ends;
     // Stop signals stay blocked across the fork: the keeper collects them with sigwaitinfo,
     // the VMM unblocks them once its handlers are in place.
     let mut set = signal_set(&FORWARDED);
@@ -27,21 +63,19 @@ pub(super) fn fork_keeper(spec: &JailSpec) -> Result<(), JailError> {
         return Err(sys("fork"));
     }
     if pid == 0 {
-        // SAFETY: prctl(2) PR_SET_PDEATHSIG takes a signal number by value.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-        // SAFETY: getppid(2) cannot fail. In the new PID namespace the parent shows as 0.
-        if unsafe { libc::getppid() } != 0 && unsafe { libc::getppid() } != keeper {
-            // The keeper died before PR_SET_PDEATHSIG took hold.
-            // SAFETY: _exit(2) ends the process at once.
-            unsafe { libc::_exit(1) };
-        }
+        // SAFETY: the write end is the keeper's alone; `read_end` is ours to own.
+        let lifeline = unsafe {
+            libc::close(write_end);
+            Lifeline(std::os::fd::FromRawFd::from_raw_fd(read_end))
+        };
+        lifeline.hold();
         // SIGCHLD was blocked only for the keeper's wait.
         let chld = signal_set(&[libc::SIGCHLD]);
         // SAFETY: unblocks SIGCHLD in this thread; `chld` is a valid sigset.
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut()) };
-        return Ok(());
+        return Ok(lifeline);
     }
-    keep(pid, spec)
+    keep(pid, write_end, spec)
 }
 
 fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
@@ -58,9 +92,17 @@ fn signal_set(signals: &[libc::c_int]) -> libc::sigset_t {
 
 /// The keeper's life: privileges dropped, every fd but stdio closed, stop signals passed on
 /// to `vmm`, and the VMM's end taken as its own.
-fn keep(vmm: libc::pid_t, spec: &JailSpec) -> ! {
-    // SAFETY: close_range(2) on fds 3.. (the VMM's files: the keeper needs none of them).
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+fn keep(vmm: libc::pid_t, lifeline: libc::c_int, spec: &JailSpec) -> ! {
+    // The VMM's files: the keeper needs none of them, only its end of the lifeline.
+    let lifeline = u32::try_from(lifeline).unwrap_or(3);
+    // SAFETY: close_range(2) on the fds below and above the lifeline's.
+    unsafe {
+        if lifeline > 3 {
+            libc::syscall(libc::SYS_close_range, 3u32, lifeline - 1, 0u32);
+        }
+        libc::syscall(libc::SYS_close_range, lifeline + 1, u32::MAX, 0u32);
+    }
+    crate::seccomp::forget_exit_file();
     let dropped = super::privileges::drop_ids(spec)
         .map_err(|e| e.to_string())
         .and_then(|()| {
@@ -80,8 +122,7 @@ fn keep(vmm: libc::pid_t, spec: &JailSpec) -> ! {
         // SAFETY: waits for one of the blocked signals in `waited`, writing into `info`.
         let sig = unsafe { libc::sigwaitinfo(&waited, &mut info) };
         if FORWARDED.contains(&sig) {
-            // SAFETY: kill(2) to our child (same uid now), no memory passed.
-            unsafe { libc::kill(vmm, sig) };
+            forward(vmm, sig);
             continue;
         }
         let mut status = 0;
@@ -90,6 +131,20 @@ fn keep(vmm: libc::pid_t, spec: &JailSpec) -> ! {
         if done == vmm {
             exit_as(status);
         }
+    }
+}
+
+/// Pass `sig` on to the VMM. Until the VMM has dropped to the jail's ids too (a moment after
+/// the keeper), the kernel refuses with EPERM: retry for up to 5 s.
+fn forward(vmm: libc::pid_t, sig: libc::c_int) {
+    for _ in 0..500 {
+        // SAFETY: kill(2) to our child, no memory passed.
+        if unsafe { libc::kill(vmm, sig) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPERM)
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 

@@ -5,9 +5,11 @@
 //! Entered first thing, while the process is still single-threaded and root:
 //! 1. the files that need privilege are opened ([`Preopened`]: /dev/kvm, TAPs not passed in,
 //!    the shaper ledger);
-//! 2. `unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID)` and a fork: the parent stays as
-//!    the keeper ([`keeper`]: waits, forwards stop signals, exits as the VMM did); the child
-//!    is PID 1 of the new PID namespace and goes on to be the VMM;
+//! 2. `unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET)` and a fork: the
+//!    parent stays as the keeper ([`keeper`]: waits, forwards stop signals, exits as the VMM
+//!    did); the child is PID 1 of the new PID namespace, in an empty network namespace (its
+//!    TAPs and their sockets were opened before, in the host's), closes every inherited
+//!    descriptor it does not use, and goes on to be the VMM;
 //! 3. the child builds the root ([`root_fs`]) and `pivot_root`s into it;
 //! 4. it drops to the jail's uid/gid ([`privileges`]).
 //!
@@ -20,7 +22,7 @@ mod privileges;
 mod root_fs;
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 pub use root_fs::Bind;
@@ -116,22 +118,53 @@ fn sys(what: impl Into<String>) -> JailError {
     }
 }
 
-/// Enter the jail `spec` describes. Returns in the VMM (the child); the keeper never returns
-/// from here (it exits as the VMM does). Must be called while the process has one thread.
-pub fn enter(spec: &JailSpec) -> Result<(), JailError> {
+/// Enter the jail `spec` describes, keeping open only stdio and `keep` (what was opened
+/// before: /dev/kvm, TAPs, the ledger, the exit file). Returns in the VMM (the child); the
+/// keeper never returns from here (it exits as the VMM does). Must be called while the
+/// process has one thread.
+pub fn enter(spec: &JailSpec, keep: &[RawFd]) -> Result<(), JailError> {
     // SAFETY: geteuid(2) has no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err(JailError::NotRoot);
     }
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID | libc::CLONE_NEWNET;
     // SAFETY: unshare(2) with namespace flags only; no memory is passed.
-    let rc = unsafe { libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID) };
-    if rc != 0 {
-        return Err(sys("unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID)"));
+    if unsafe { libc::unshare(flags) } != 0 {
+        return Err(sys(
+            "unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET)",
+        ));
     }
-    keeper::fork_keeper(spec)?;
+    let lifeline = keeper::fork_keeper(spec)?;
     // The child: PID 1 of the new PID namespace.
+    let mut kept = keep.to_vec();
+    kept.push(lifeline.fd());
+    close_other_fds(&kept)?;
     root_fs::pivot_into(&spec.binds)?;
-    privileges::drop_to(spec)
+    privileges::drop_to(spec)?;
+    lifeline.hold();
+    Ok(())
+}
+
+/// Close every descriptor above stdio that is not in `keep` (inherited ones a careless
+/// parent left open must not reach the jail).
+fn close_other_fds(keep: &[RawFd]) -> Result<(), JailError> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|source| JailError::Sys {
+            what: "listing /proc/self/fd".into(),
+            source,
+        })?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor nothing in this process uses any more: the only
+            // owned ones are in `keep`, and the directory listing's own fd is closed by now
+            // (closing it again is an EBADF, nothing worse).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 /// `path` made absolute (against the current directory) with symlinks resolved, so that it

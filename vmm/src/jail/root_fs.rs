@@ -83,16 +83,25 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> JailError {
     move |source| JailError::Sys { what, source }
 }
 
-/// Make `path` (under the new root) a mount point of the same kind as `source`.
+/// Make `path` (under the new root) a mount point of the same kind as `source`, unless it is
+/// there already (under a bind of a directory that holds it: then it *is* the host's file,
+/// which must not be touched).
 fn make_target(source: &Path, target: &Path) -> Result<(), JailError> {
+    if std::fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
     let meta = std::fs::metadata(source).map_err(io(format!("{}", source.display())))?;
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
     }
     if meta.is_dir() {
-        std::fs::create_dir_all(target)
+        std::fs::create_dir(target)
     } else {
-        std::fs::File::create(target).map(drop)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map(drop)
     }
     .map_err(io(format!("creating {}", target.display())))
 }
@@ -137,15 +146,15 @@ pub(super) fn pivot_into(binds: &[Bind]) -> Result<(), JailError> {
             libc::MS_BIND | libc::MS_REC,
             None,
         )?;
-        if !bind.writable {
-            mount(
-                None,
-                &target,
-                None,
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID,
-                None,
-            )?;
+        // Nothing in a jail is set-id or executable; only the device nodes are devices.
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NOEXEC;
+        if !DEVICES.iter().any(|d| bind.path == Path::new(d)) {
+            flags |= libc::MS_NODEV;
         }
+        if !bind.writable {
+            flags |= libc::MS_RDONLY;
+        }
+        mount(None, &target, None, flags, None)?;
     }
     let proc_dir = root.join("proc");
     std::fs::create_dir_all(&proc_dir).map_err(io("creating /proc".into()))?;

@@ -134,6 +134,8 @@ const KEEPER: &[i64] = &[
     libc::SYS_rt_sigreturn,
     libc::SYS_kill,
     libc::SYS_wait4,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_nanosleep,
     libc::SYS_getpid,
     libc::SYS_gettid,
     libc::SYS_tgkill,

@@ -126,6 +126,16 @@ pub fn prepare(mode: SeccompMode, exit_file: Option<&Path>) -> Result<(), Seccom
     Ok(())
 }
 
+/// The exit file's descriptor the SIGSYS handler writes to, if any (to keep it open).
+pub fn exit_fd() -> Option<std::os::fd::RawFd> {
+    sigsys::exit_fd()
+}
+
+/// Make the SIGSYS handler forget the exit file (in a process that closed it: the keeper).
+pub fn forget_exit_file() {
+    sigsys::forget_exit_file();
+}
+
 /// Install `kind`'s filter on the calling thread (nothing if none were prepared). Sets
 /// no_new_privs first, which seccomp(2) requires of an unprivileged caller.
 pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {

@@ -19,6 +19,21 @@ static EXIT_FD: AtomicI32 = AtomicI32::new(-1);
 /// three ints and padding to 16, then `void *_call_addr`, then `int _syscall`).
 const SI_SYSCALL_OFFSET: usize = 24;
 
+/// The exit file's descriptor, if one is open.
+pub(super) fn exit_fd() -> Option<std::os::fd::RawFd> {
+    Some(EXIT_FD.load(Ordering::Acquire)).filter(|&fd| fd >= 0)
+}
+
+/// Forget the exit file (its descriptor was closed).
+pub(super) fn forget_exit_file() {
+    EXIT_FD.store(-1, Ordering::Release);
+}
+
+/// `si_code` of a SIGSYS raised by a seccomp filter (asm-generic/siginfo.h).
+const SYS_SECCOMP: i32 = 1;
+/// Offset of `si_code` in `siginfo_t` (after si_signo and si_errno).
+const SI_CODE_OFFSET: usize = 8;
+
 /// Open (reserving it if need be) `exit_file` and install the handler.
 pub(super) fn install(exit_file: Option<&Path>) -> Result<(), SeccompError> {
     if let Some(path) = exit_file {
@@ -107,7 +122,23 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
             .cast::<i32>()
             .read_unaligned()
     };
-    let why = reason(nr);
+    // SAFETY: as above; si_code is the third int.
+    let code = unsafe {
+        info.cast::<u8>()
+            .add(SI_CODE_OFFSET)
+            .cast::<i32>()
+            .read_unaligned()
+    };
+    let why = if code == SYS_SECCOMP {
+        reason(nr)
+    } else {
+        let mut line = Line {
+            buf: [0; 160],
+            len: 0,
+        };
+        line.push(b"SIGSYS sent by another process");
+        line
+    };
     let mut record = Line {
         buf: [0; 160],
         len: 0,

@@ -176,6 +176,11 @@ impl Tap {
         usize::try_from(req.mtu).map_err(|_| io::Error::other("negative MTU"))
     }
 
+    /// Every descriptor it holds: the TAP's and the socket its MTU is asked through.
+    pub fn raw_fds(&self) -> [RawFd; 2] {
+        [self.file.as_raw_fd(), self.query.as_raw_fd()]
+    }
+
     /// The interface name.
     pub fn name(&self) -> &str {
         &self.name
