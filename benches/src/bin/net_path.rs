@@ -288,7 +288,7 @@ fn main() {
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
     // For profiling one path alone: `net_path BATCHES tx-device` (or tx-raw, tx-audit,
-    // rx-device, rx-raw, rx-audit).
+    // rx-device, rx-raw, rx-audit); `net_path BATCHES seccomp`: the filter on/off table alone.
     let only = std::env::args().nth(2);
     let ns = NetNs::new("svbench");
     ns.add_tap(TAP, "10.78.0.1/24");
@@ -301,6 +301,10 @@ fn main() {
         .expect("ip");
     assert!(status.success());
     let inj = Injector::open(TAP);
+    if only.as_deref() == Some("seccomp") {
+        seccomp_table(batches, &inj);
+        return;
+    }
     if let Some(only) = only.as_deref() {
         let run = match only {
             "tx-device" => tx_device(64, batches, Audit::Off),
@@ -342,27 +346,7 @@ fn main() {
         );
         row("RX", len, dev, raw);
     }
-    vmm::seccomp::prepare(vmm::seccomp::SeccompMode::Log, None).expect("seccomp filters");
-    println!();
-    println!("seccomp filter on vs off (device path, no audit; the event loop's allow-list)");
-    println!(
-        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
-        "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
-    );
-    for len in [64usize, 1500] {
-        let (on, off) = side_by_side(
-            || filtered(|| tx_device(len, batches / 2, Audit::Off)),
-            || unfiltered(|| tx_device(len, batches / 2, Audit::Off)),
-        );
-        row("TX", len, on, off);
-    }
-    for len in [64usize, 1500] {
-        let (on, off) = side_by_side(
-            || filtered(|| rx_device(len, batches / 2, &inj, Audit::Off)),
-            || unfiltered(|| rx_device(len, batches / 2, &inj, Audit::Off)),
-        );
-        row("RX", len, on, off);
-    }
+    seccomp_table(batches, &inj);
     for (audit, what) in [
         (Audit::Flows, "anti-spoofing, flow table, log; no capture"),
         (
@@ -390,6 +374,31 @@ fn main() {
             );
             row("RX", len, on, off);
         }
+    }
+}
+
+/// The device path with the event loop's seccomp filter on vs off.
+fn seccomp_table(batches: usize, inj: &Injector) {
+    vmm::seccomp::prepare(vmm::seccomp::SeccompMode::Log, None).expect("seccomp filters");
+    println!();
+    println!("seccomp filter on vs off (device path, no audit; the event loop's allow-list)");
+    println!(
+        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
+        "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
+    );
+    for len in [64usize, 1500] {
+        let (on, off) = side_by_side(
+            || filtered(|| tx_device(len, batches / 2, Audit::Off)),
+            || unfiltered(|| tx_device(len, batches / 2, Audit::Off)),
+        );
+        row("TX", len, on, off);
+    }
+    for len in [64usize, 1500] {
+        let (on, off) = side_by_side(
+            || filtered(|| rx_device(len, batches / 2, inj, Audit::Off)),
+            || unfiltered(|| rx_device(len, batches / 2, inj, Audit::Off)),
+        );
+        row("RX", len, on, off);
     }
 }
 

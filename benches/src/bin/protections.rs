@@ -115,82 +115,90 @@ fn main() {
             .args(extra);
         cmd
     };
-    let (mut bare, mut guarded) = (Vec::new(), Vec::new());
+    let jail = format!("{JAIL_ID}:{JAIL_ID}");
+    // Each round runs every variant once, in turn, so drift affects all alike.
+    let variants: [(&str, Vec<&str>); 4] = [
+        ("bare (--seccomp off)", vec!["--seccomp", "off"]),
+        ("seccomp filters only", vec!["--seccomp", "kill"]),
+        ("jail only", vec!["--jail", &jail, "--seccomp", "off"]),
+        ("jail + seccomp + cgroup", vec!["--jail", &jail, "--seccomp", "kill"]),
+    ];
+    let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); variants.len()];
     let mut cgroup_ms = Vec::new();
-    for i in 0..runs * 2 {
-        if i % 2 == 0 {
-            bare.push(one(base(&["--seccomp", "off"])));
-            continue;
-        }
-        let before = thread_cpu_ms();
-        cgroups.apply("bench", &limits).expect("cgroup");
-        let procs: Vec<std::ffi::CString> = cgroups
-            .dirs("bench")
-            .iter()
-            .map(|d| {
-                std::ffi::CString::new(d.join("cgroup.procs").to_string_lossy().into_owned())
-                    .expect("path")
-            })
-            .collect();
-        let made = thread_cpu_ms() - before;
-        let jail = format!("{JAIL_ID}:{JAIL_ID}");
-        let mut cmd = base(&["--jail", &jail, "--seccomp", "kill"]);
-        // SAFETY: the closure runs between fork and exec and only calls open, write and
-        // close on paths made before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                for path in &procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    libc::close(fd);
+    for _ in 0..runs {
+        for (i, (_, flags)) in variants.iter().enumerate() {
+            let mut cmd = base(flags);
+            let last = i == variants.len() - 1;
+            if last {
+                let before = thread_cpu_ms();
+                cgroups.apply("bench", &limits).expect("cgroup");
+                let procs: Vec<std::ffi::CString> = cgroups
+                    .dirs("bench")
+                    .iter()
+                    .map(|d| {
+                        std::ffi::CString::new(
+                            d.join("cgroup.procs").to_string_lossy().into_owned(),
+                        )
+                        .expect("path")
+                    })
+                    .collect();
+                cgroup_ms.push(thread_cpu_ms() - before);
+                // SAFETY: the closure runs between fork and exec and only calls open, write
+                // and close on paths made before the fork.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        for path in &procs {
+                            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            libc::close(fd);
+                        }
+                        Ok(())
+                    });
                 }
-                Ok(())
-            });
+            }
+            results[i].push(one(cmd));
+            if last {
+                let before = thread_cpu_ms();
+                cgroups.remove("bench");
+                if let Some(made) = cgroup_ms.last_mut() {
+                    *made += thread_cpu_ms() - before;
+                }
+            }
         }
-        guarded.push(one(cmd));
-        let before = thread_cpu_ms();
-        cgroups.remove("bench");
-        cgroup_ms.push(made + thread_cpu_ms() - before);
     }
     cgroups.tidy();
-    let col = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> {
-        v.iter().map(f).collect()
-    };
     println!(
-        "VMM start with and without protections ({runs} runs each, alternating; tiny guest: boot marker, reset; 128 MiB)"
+        "VMM start with and without protections ({runs} rounds, variants in turn; tiny guest: boot marker, reset; 128 MiB)"
     );
     println!(
-        "{:<44} | {:>24} | {:>24}",
-        "", "bare", "jail+seccomp+cgroup"
-    );
-    for (what, f) in [
-        (
-            "process-tree CPU, exec to exit, ms",
-            (|r: &(f64, f64, f64)| r.0) as fn(&(f64, f64, f64)) -> f64,
-        ),
-        ("VMM CPU to first guest instruction, ms", |r| r.1),
-        ("wall, spawn to exit, ms", |r| r.2),
-    ] {
-        println!(
-            "{what:<44} | {:>24} | {:>24}",
-            cell(&col(&bare, f)),
-            cell(&col(&guarded, f))
-        );
-    }
-    println!(
-        "{:<44} | {:>24} | {:>24}",
-        "daemon CPU to make and remove the cgroup, ms",
-        "-",
-        cell(&cgroup_ms)
+        "{:<26} | {:>22} | {:>22} | {:>22}",
+        "", "tree CPU exec->exit ms", "VMM CPU to 1st instr ms", "wall spawn->exit ms"
     );
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let extra = median(col(&guarded, |r| r.0)) - median(col(&bare, |r| r.0)) + median(cgroup_ms);
+    for ((name, _), r) in variants.iter().zip(&results) {
+        let col = |f: fn(&(f64, f64, f64)) -> f64| -> Vec<f64> { r.iter().map(f).collect() };
+        println!(
+            "{name:<26} | {:>22} | {:>22} | {:>22}",
+            cell(&col(|r| r.0)),
+            cell(&col(|r| r.1)),
+            cell(&col(|r| r.2))
+        );
+    }
     println!(
-        "protections' CPU cost per start (median tree CPU difference + cgroup): {extra:+.2} ms (goal <= +2 ms)"
+        "{:<26} | {:>22}",
+        "cgroup make+remove (daemon)",
+        cell(&cgroup_ms)
+    );
+    let tree = |i: usize| median(results[i].iter().map(|r| r.0).collect());
+    let extra = tree(3) - tree(0) + median(cgroup_ms.clone());
+    println!(
+        "protections' CPU cost per start: {extra:+.2} ms (goal <= +2 ms): seccomp {:+.2}, jail {:+.2}",
+        tree(1) - tree(0),
+        tree(2) - tree(0)
     );
 }
