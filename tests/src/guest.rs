@@ -43,3 +43,17 @@ pub fn boot_lock() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// A fresh, empty ext4 file system image of `mib` MiB at `dir/name` (for image imports that
+/// no guest boots from).
+pub fn ext4_image(dir: &std::path::Path, name: &str, mib: u32) -> PathBuf {
+    let path = dir.join(name);
+    let out = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4"])
+        .arg(&path)
+        .arg(format!("{mib}M"))
+        .output()
+        .expect("mke2fs (e2fsprogs)");
+    assert!(out.status.success(), "{out:?}");
+    path
+}

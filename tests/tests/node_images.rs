@@ -12,19 +12,6 @@ use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A fresh ext4 file system image of `mib` MiB.
-fn ext4_image(dir: &Path, name: &str, mib: u32) -> std::path::PathBuf {
-    let path = dir.join(name);
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4"])
-        .arg(&path)
-        .arg(format!("{mib}M"))
-        .output()
-        .expect("mke2fs (e2fsprogs)");
-    assert!(out.status.success(), "{out:?}");
-    path
-}
-
 fn image_cli(d: &Daemon, args: &[&str]) -> Outcome {
     let socket = d.socket.to_str().expect("utf8");
     let mut all = vec!["image", "--socket", socket];
@@ -51,7 +38,7 @@ fn public_key(dir: &Path, name: &str) -> String {
 fn images_are_imported_checked_and_kept_while_slivers_use_them() {
     let dir = tempfile::tempdir().expect("tmp");
     let d = Daemon::start(dir.path());
-    let image = ext4_image(dir.path(), "small.ext4", 16);
+    let image = e2e::guest::ext4_image(dir.path(), "small.ext4", 16);
     let imported = image_cli(&d, &["import", "small", image.to_str().expect("utf8")]);
     assert_eq!(imported.code(), 0, "{imported:?}");
     let listed = d.call("GET", "/images", None).json();

@@ -7,25 +7,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use e2e::daemon::{wait_for_state, Daemon, ResponseExt};
 use e2e::netns::NetNs;
 use serde_json::{json, Value};
-
-/// A fresh ext4 file system image of `mib` MiB.
-fn ext4_image(dir: &Path, name: &str, mib: u32) -> PathBuf {
-    let path = dir.join(name);
-    let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4"])
-        .arg(&path)
-        .arg(format!("{mib}M"))
-        .output()
-        .expect("mke2fs (e2fsprogs)");
-    assert!(out.status.success(), "{out:?}");
-    path
-}
 
 /// `/proc/PID/status` as field → value.
 fn status(pid: u64) -> std::collections::HashMap<String, String> {
@@ -108,7 +94,7 @@ fn vmms_run_jailed_unprivileged_filtered_and_see_only_their_own_files() {
         "{health}"
     );
     assert_eq!(health["protections"]["seccomp"], "kill", "{health}");
-    let image = ext4_image(&dir_path, "small.ext4", 16);
+    let image = e2e::guest::ext4_image(&dir_path, "small.ext4", 16);
     let socket = d.socket.to_str().expect("utf8");
     let imported = e2e::run::run(
         [

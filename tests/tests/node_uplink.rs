@@ -237,14 +237,7 @@ fn a_node_with_an_uplink_allocates_publishes_and_owns_its_rules() {
     assert_eq!(clash.status, 409, "{}", clash.body);
 
     // An image sliver publishing its ssh: GET shows how to reach it from outside.
-    let image = dir.path().join("tiny.ext4");
-    let made = std::process::Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4"])
-        .arg(&image)
-        .arg("16M")
-        .output()
-        .expect("mke2fs (e2fsprogs)");
-    assert!(made.status.success(), "{made:?}");
+    let image = e2e::guest::ext4_image(dir.path(), "tiny.ext4", 16);
     let imported = e2e::run::run(
         [
             "image",

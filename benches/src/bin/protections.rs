@@ -121,7 +121,10 @@ fn main() {
         ("bare (--seccomp off)", vec!["--seccomp", "off"]),
         ("seccomp filters only", vec!["--seccomp", "kill"]),
         ("jail only", vec!["--jail", &jail, "--seccomp", "off"]),
-        ("jail + seccomp + cgroup", vec!["--jail", &jail, "--seccomp", "kill"]),
+        (
+            "jail + seccomp + cgroup",
+            vec!["--jail", &jail, "--seccomp", "kill"],
+        ),
     ];
     let mut results: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); variants.len()];
     let mut cgroup_ms = Vec::new();
