@@ -74,7 +74,7 @@ fn main() {
         let r = request(&socket, "POST", &format!("/slivers/{name}/start"), None);
         assert_eq!(r.status, 200, "{r:?}");
         wait_for(
-            &dir.path().join(format!("state/run/{name}.log")),
+            &dir.path().join(format!("state/run/{name}/vmm.log")),
             "boot-timer",
         );
         latencies.push(t.elapsed().as_secs_f64() * 1e3);

@@ -21,8 +21,11 @@ const FIONBIO: u64 = 0x5421;
 /// asm-generic/ioctls.h (isatty, asked by the logger).
 const TCGETS: u64 = 0x5401;
 
-/// Calls any thread makes: memory, signals, time, locks, logging to stderr, exiting, and what
-/// the SIGSYS handler itself needs (pwrite64, fdatasync, exit_group).
+/// Calls any thread makes: memory, signals, time, locks, logging to stderr, exiting, what the
+/// SIGSYS handler itself needs (pwrite64, fdatasync, exit_group), and what the stop signals'
+/// handlers do: a signal sent to the process runs its handler on whichever thread does not
+/// block it, and signal-hook's handler writes to its socketpair with `send` (the `sendto`
+/// system call).
 const COMMON: &[i64] = &[
     libc::SYS_brk,
     libc::SYS_mmap,
@@ -47,6 +50,7 @@ const COMMON: &[i64] = &[
     libc::SYS_restart_syscall,
     libc::SYS_write,
     libc::SYS_writev,
+    libc::SYS_sendto,
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
     libc::SYS_close,
@@ -62,7 +66,6 @@ const DEVICES: &[i64] = &[
     libc::SYS_readv,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
-    libc::SYS_sendto,
     libc::SYS_sendmsg,
     libc::SYS_openat,
     libc::SYS_rename,
@@ -229,6 +232,22 @@ mod tests {
                 kind == ThreadKind::Keeper,
                 "{kind:?}"
             );
+        }
+    }
+
+    /// A stop signal's handler (signal-hook: `send` on its socketpair) may run on any VMM
+    /// thread; a thread whose list lacked `sendto` would be killed by a plain stop.
+    #[test]
+    fn every_vmm_thread_may_run_the_stop_signal_handlers() {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::EventLoop,
+            ThreadKind::AuditWriter,
+        ] {
+            let allowed: Vec<i64> = rules(kind).expect("rules").iter().map(|r| r.0).collect();
+            for nr in [libc::SYS_sendto, libc::SYS_write, libc::SYS_rt_sigreturn] {
+                assert!(allowed.contains(&nr), "{kind:?} lacks {nr}");
+            }
         }
     }
 

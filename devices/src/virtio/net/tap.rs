@@ -143,15 +143,30 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETOFFLOAD")(io::Error::last_os_error()));
         }
-        // SAFETY: socket(2) with constant arguments; the new fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(ioctl_err("socket for SIOCGIFMTU")(
+        // The MTU is asked through a socket of this network namespace (SIOCGIFMTU resolves
+        // the name in the socket's). One end of a unix socketpair whose other end is closed
+        // at once: unlike an AF_INET socket it can send nowhere, so a VMM jailed in another
+        // namespace holds no way to send into this one (see docs/threat-model.md).
+        let mut pair = [0; 2];
+        // SAFETY: socketpair(2) writes two fds into `pair`.
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        };
+        if rc < 0 {
+            return Err(ioctl_err("socketpair for SIOCGIFMTU")(
                 io::Error::last_os_error(),
             ));
         }
-        // SAFETY: `fd` is a fresh descriptor nobody else owns.
-        let query = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: both fds are fresh and nobody else owns them; the peer is closed here.
+        let query = unsafe {
+            libc::close(pair[1]);
+            OwnedFd::from_raw_fd(pair[0])
+        };
         Ok(Self {
             file,
             name: name.to_string(),
