@@ -37,16 +37,10 @@ impl SharedMap {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        // Fault every page in for writing now, so the packet path does not take a page fault
-        // (with a read of the file) on its first write to each page. Best effort: kernels
-        // before 5.14 do not know the advice, and the mapping works without it.
-        // SAFETY: advice over exactly the mapping just made; it changes no contents.
-        if unsafe { libc::madvise(ptr, len, libc::MADV_POPULATE_WRITE) } != 0 {
-            log::debug!(
-                "capture ring: MADV_POPULATE_WRITE: {}",
-                io::Error::last_os_error()
-            );
-        }
+        // No MADV_POPULATE_WRITE: faulting all of a 64 MiB ring in at open took ~75 ms of a
+        // sliver's start and kept 64 MiB of dirty page cache per sliver, used or not. Pages of
+        // the (fallocated, so never short of disk) file now fault in on their first store:
+        // once per page during the ring's first lap (docs/benchmarks.md, "Sliver start").
         Ok(SharedMap {
             ptr: ptr.cast(),
             len,
