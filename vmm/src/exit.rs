@@ -95,6 +95,11 @@ impl ExitRecord {
         f.sync_all()
     }
 
+    /// Whether `path` holds the room [`ExitRecord::reserve`] makes (a supervisor reserved it).
+    pub fn is_reserved(path: &std::path::Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| m.len() >= EXIT_FILE_LEN as u64)
+    }
+
     /// The record as JSON of at most [`EXIT_FILE_LEN`] bytes (a very long reason is cut).
     fn json(&self) -> std::io::Result<Vec<u8>> {
         let mut record = self.clone();

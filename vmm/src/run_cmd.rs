@@ -249,10 +249,8 @@ fn prepare_jail(
     // What the jailed VMM writes but this (root) process makes: its exit file, reserved now,
     // and an audit directory made here.
     if let Some(path) = exit_file.as_deref() {
-        let reserved =
-            std::fs::metadata(path).is_ok_and(|m| m.len() >= crate::exit::EXIT_FILE_LEN as u64);
-        if !reserved {
-            crate::exit::ExitRecord::reserve(path)
+        if !ExitRecord::is_reserved(path) {
+            ExitRecord::reserve(path)
                 .and_then(|()| std::os::unix::fs::chown(path, Some(spec.uid), Some(spec.gid)))
                 .map_err(|source| JailError::Sys {
                     what: format!("--exit-file {}", path.display()),

@@ -354,25 +354,33 @@ fn main() {
             "anti-spoofing, flow table, log, 64 MiB capture ring",
         ),
     ] {
-        println!();
-        println!("audit stage on vs off (device path; {what})");
-        println!(
-            "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
-            "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
+        on_off_table(
+            &format!("audit stage on vs off (device path; {what})"),
+            |dir, len| match dir {
+                "TX" => tx_device(len, batches / 2, audit),
+                _ => rx_device(len, batches / 2, &inj, audit),
+            },
+            |dir, len| match dir {
+                "TX" => tx_device(len, batches / 2, Audit::Off),
+                _ => rx_device(len, batches / 2, &inj, Audit::Off),
+            },
         );
+    }
+}
+
+/// A table of `on(dir, frame length)` against `off(dir, frame length)` for TX and RX at 64
+/// and 1500 bytes, each cell side by side.
+fn on_off_table(title: &str, on: impl Fn(&str, usize) -> Run, off: impl Fn(&str, usize) -> Run) {
+    println!();
+    println!("{title}");
+    println!(
+        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
+        "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
+    );
+    for dir in ["TX", "RX"] {
         for len in [64usize, 1500] {
-            let (on, off) = side_by_side(
-                || tx_device(len, batches / 2, audit),
-                || tx_device(len, batches / 2, Audit::Off),
-            );
-            row("TX", len, on, off);
-        }
-        for len in [64usize, 1500] {
-            let (on, off) = side_by_side(
-                || rx_device(len, batches / 2, &inj, audit),
-                || rx_device(len, batches / 2, &inj, Audit::Off),
-            );
-            row("RX", len, on, off);
+            let (a, b) = side_by_side(|| on(dir, len), || off(dir, len));
+            row(dir, len, a, b);
         }
     }
 }
@@ -380,26 +388,15 @@ fn main() {
 /// The device path with the event loop's seccomp filter on vs off.
 fn seccomp_table(batches: usize, inj: &Injector) {
     vmm::seccomp::prepare(vmm::seccomp::SeccompMode::Log, None).expect("seccomp filters");
-    println!();
-    println!("seccomp filter on vs off (device path, no audit; the event loop's allow-list)");
-    println!(
-        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | on/off",
-        "on pps", "Gbit/s", "ns CPU", "off pps", "Gbit/s", "ns CPU"
+    let device = |dir: &str, len| match dir {
+        "TX" => tx_device(len, batches / 2, Audit::Off),
+        _ => rx_device(len, batches / 2, inj, Audit::Off),
+    };
+    on_off_table(
+        "seccomp filter on vs off (device path, no audit; the event loop's allow-list)",
+        |dir, len| filtered(|| device(dir, len)),
+        |dir, len| unfiltered(|| device(dir, len)),
     );
-    for len in [64usize, 1500] {
-        let (on, off) = side_by_side(
-            || filtered(|| tx_device(len, batches / 2, Audit::Off)),
-            || unfiltered(|| tx_device(len, batches / 2, Audit::Off)),
-        );
-        row("TX", len, on, off);
-    }
-    for len in [64usize, 1500] {
-        let (on, off) = side_by_side(
-            || filtered(|| rx_device(len, batches / 2, inj, Audit::Off)),
-            || unfiltered(|| rx_device(len, batches / 2, inj, Audit::Off)),
-        );
-        row("RX", len, on, off);
-    }
 }
 
 /// Run `f` on a thread of its own that has first entered the event loop's seccomp filter

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::{syscall_names, SeccompError};
-use crate::exit::{ExitRecord, EXIT_FILE_LEN, EXIT_SECCOMP};
+use crate::exit::{ExitRecord, EXIT_SECCOMP};
 
 /// The exit file, opened before any filter (-1: none).
 static EXIT_FD: AtomicI32 = AtomicI32::new(-1);
@@ -41,8 +41,7 @@ pub(super) fn install(exit_file: Option<&Path>) -> Result<(), SeccompError> {
             what: format!("--exit-file {}", path.display()),
             source,
         };
-        let reserved = std::fs::metadata(path).is_ok_and(|m| m.len() >= EXIT_FILE_LEN as u64);
-        if !reserved {
+        if !ExitRecord::is_reserved(path) {
             ExitRecord::reserve(path).map_err(setup)?;
         }
         let file = std::fs::OpenOptions::new()
