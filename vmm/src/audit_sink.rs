@@ -148,6 +148,7 @@ impl AuditSink for NicSink {
 #[cfg(test)]
 mod tests {
     use devices::virtio::net::audit::{AuditStage, FlowConfig};
+    use devices::virtio::net::gso::WireSize;
     use devices::virtio::net::headers::parse;
 
     use super::*;
@@ -194,7 +195,8 @@ mod tests {
             (&spoofed, Verdict::DroppedSpoof),
         ] {
             let parsed = parse(frame, frame.len()).expect("parse");
-            stage.record(Direction::Tx, frame, frame.len(), Some(&parsed), verdict);
+            let size = WireSize::single(frame.len(), Some(&parsed));
+            stage.record(Direction::Tx, frame, size, Some(&parsed), verdict);
         }
         drop(stage); // ends every flow
         audit.log().flush(std::time::Duration::from_secs(5));

@@ -218,7 +218,12 @@ impl MmioTransport {
             log::warn!("virtio-mmio: driver did not accept VIRTIO_F_VERSION_1 (legacy drivers unsupported)");
             return false;
         }
-        lock(&self.device).set_acked_features(accepted);
+        let mut device = lock(&self.device);
+        if let Err(why) = device.check_features(accepted) {
+            log::warn!("virtio-mmio: features {accepted:#x} refused: {why}");
+            return false;
+        }
+        device.set_acked_features(accepted);
         true
     }
 

@@ -77,6 +77,13 @@ pub trait VirtioDevice: Send {
     fn queue_evts(&self) -> &[EventFd];
     /// Features the device offers (including transport features such as VERSION_1).
     fn avail_features(&self) -> u64;
+    /// Whether `features` (a subset of `avail_features`) is a set the device works with;
+    /// `Err` names why not, and the transport refuses FEATURES_OK (virtio 1.2 section 2.2.2:
+    /// the device "MUST fail to set the FEATURES_OK device status bit" for a subset it does
+    /// not accept).
+    fn check_features(&self, _features: u64) -> Result<(), String> {
+        Ok(())
+    }
     /// The features the driver accepted (a subset of `avail_features`), at FEATURES_OK.
     fn set_acked_features(&mut self, features: u64);
     /// Read device configuration space.

@@ -3,12 +3,14 @@
 use crate::fixture::*;
 
 #[test]
-fn handshake_offers_version_1_and_mac() {
+fn handshake_offers_version_1_mac_event_idx_and_mergeable_buffers() {
     let mut f = fixture();
     assert_eq!(f.driver.read_reg(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
     assert_eq!(f.driver.read_reg(VIRTIO_MMIO_VERSION), 2);
     assert_eq!(f.driver.read_reg(VIRTIO_MMIO_DEVICE_ID), 1);
-    assert_eq!(f.driver.device_features(), FEATURES);
+    // virtio 1.2 section 6: VIRTIO_RING_F_EVENT_IDX is bit 29; section 5.1.3:
+    // VIRTIO_NET_F_MRG_RXBUF bit 15. No offload: this backend carries none.
+    assert_eq!(f.driver.device_features(), FEATURES | (1 << 29) | (1 << 15));
     assert_ne!(f.status() & VIRTIO_CONFIG_S_DRIVER_OK, 0);
     let mac: Vec<u8> = (0..6)
         .map(|i| {

@@ -5,6 +5,7 @@
 mod datapath;
 mod fixture;
 mod malicious_guest;
+mod queue_features;
 mod shaper;
 mod stages;
 mod transport;

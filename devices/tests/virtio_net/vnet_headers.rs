@@ -111,7 +111,8 @@ fn the_guest_is_told_the_mtu_and_gets_no_longer_frame() {
         ..Stages::default()
     };
     let mut f = fixture_negotiating(FEATURES | mtu_bit, Some(1500), stages);
-    assert_eq!(f.driver.device_features(), FEATURES | mtu_bit);
+    let queue_bits = (1 << 29) | (1 << 15); // EVENT_IDX, MRG_RXBUF
+    assert_eq!(f.driver.device_features(), FEATURES | mtu_bit | queue_bits);
     let config_8 = f.driver.read_reg(0x100 + 8);
     assert_eq!(config_8 >> 16, 1500, "mtu");
     assert!(

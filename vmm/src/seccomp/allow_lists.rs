@@ -18,6 +18,9 @@ const KVM_RUN: u64 = 0xae80;
 const SIOCGIFMTU: u64 = 0x8921;
 /// asm-generic/ioctls.h.
 const FIONBIO: u64 = 0x5421;
+/// linux/if_tun.h: `_IOW('T', 208, unsigned int)`, the TAP offloads a driver negotiated, set
+/// when it activates or resets the NIC (from a vCPU thread's MMIO write).
+const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 /// asm-generic/ioctls.h (isatty, asked by the logger).
 const TCGETS: u64 = 0x5401;
 
@@ -151,8 +154,8 @@ const KEEPER: &[i64] = &[
 /// ioctl requests a thread kind may make (the second argument).
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
     match kind {
-        ThreadKind::Vcpu => &[KVM_RUN, SIOCGIFMTU, FIONBIO, TCGETS],
-        ThreadKind::EventLoop => &[SIOCGIFMTU, FIONBIO, TCGETS],
+        ThreadKind::Vcpu => &[KVM_RUN, SIOCGIFMTU, TUNSETOFFLOAD, FIONBIO, TCGETS],
+        ThreadKind::EventLoop => &[SIOCGIFMTU, TUNSETOFFLOAD, FIONBIO, TCGETS],
         ThreadKind::AuditWriter | ThreadKind::Keeper => &[],
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use packet::{Direction, Verdict};
 
 pub use super::flow_table::{FlowConfig, FlowKey, FlowSink, FlowStats, FlowTable};
+use super::gso::WireSize;
 use super::headers::FrameHeaders;
 
 /// Where the audit stage's output goes (one per NIC). Must not block.
@@ -62,14 +63,16 @@ impl AuditStage {
         }
     }
 
-    /// The stage: count one packet going `direction` with `verdict`. `head` is the frame's
-    /// first bytes, `frame_len` its whole length in bytes, `parsed` its headers when the frame
-    /// checks could read them (a frame without is recorded by its EtherType alone, if any).
+    /// The stage: count one frame going `direction` with `verdict`. `head` is the frame's
+    /// first bytes, `size` what it is on the wire (one packet, or a GSO frame's segments:
+    /// the flow counts each of them with its headers; the capture holds the frame once, with
+    /// its whole length), `parsed` its headers when the frame checks could read them (a
+    /// frame without is recorded by its EtherType alone, if any).
     pub fn record(
         &mut self,
         direction: Direction,
         head: &[u8],
-        frame_len: usize,
+        size: WireSize,
         parsed: Option<&FrameHeaders>,
         verdict: Verdict,
     ) {
@@ -93,12 +96,16 @@ impl AuditStage {
             verdict,
         };
         let flags = ip.map_or(0, |i| i.tcp_flags);
-        let bytes = u64::try_from(frame_len).unwrap_or(u64::MAX);
-        let ip_bytes = ip.map_or(0, |i| u64::from(i.len));
-        self.flows
-            .record(key, now, (bytes, ip_bytes), flags, self.sink.as_mut());
+        self.flows.record(
+            key,
+            now,
+            (size.packets, size.bytes, size.ip_bytes),
+            flags,
+            self.sink.as_mut(),
+        );
         if self.capture {
-            self.sink.capture(now, direction, verdict, frame_len, head);
+            self.sink
+                .capture(now, direction, verdict, size.frame_len, head);
         }
     }
 
@@ -148,7 +155,8 @@ mod tests {
 
     fn record(s: &mut AuditStage, dir: Direction, frame: &[u8], verdict: Verdict) {
         let parsed = parse(frame, frame.len()).ok();
-        s.record(dir, frame, frame.len(), parsed.as_ref(), verdict);
+        let size = WireSize::single(frame.len(), parsed.as_ref());
+        s.record(dir, frame, size, parsed.as_ref(), verdict);
     }
 
     #[test]
@@ -181,7 +189,13 @@ mod tests {
         let mut bad = ipv4_frame(MAC, [10, 0, 0, 2], [10, 0, 0, 1], 17);
         bad[14] = 0x41; // IHL 1: the headers do not parse
         record(&mut s, Direction::Tx, &bad, Verdict::DroppedMalformed);
-        s.record(Direction::Tx, &[0u8; 8], 8, None, Verdict::DroppedMalformed);
+        s.record(
+            Direction::Tx,
+            &[0u8; 8],
+            WireSize::single(8, None),
+            None,
+            Verdict::DroppedMalformed,
+        );
         drop(s);
         let seen = seen.lock().expect("seen");
         assert!(seen.1.is_empty(), "capture off");

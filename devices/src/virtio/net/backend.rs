@@ -52,6 +52,24 @@ pub trait NetBackend: AsRawFd + Send {
         n > 0 && pfd.revents & libc::POLLIN != 0
     }
 
+    /// The offload features (a subset of [`OFFLOAD_FEATURES`]) whose frames this backend
+    /// carries: partly checksummed and GSO frames with their virtio header, both ways. None
+    /// by default.
+    ///
+    /// [`OFFLOAD_FEATURES`]: super::features::OFFLOAD_FEATURES
+    fn offload_features(&self) -> u64 {
+        0
+    }
+
+    /// Hand the device only frames whose virtio header uses the driver's `acked` features
+    /// (its GUEST_CSUM/GUEST_TSO4/6/GUEST_ECN; 0 at reset). Nothing to do by default.
+    ///
+    /// # Errors
+    /// The backend refused (the driver then gets plain frames only, if any).
+    fn set_guest_offloads(&mut self, _acked: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The host link's MTU (bytes of IP packet), asked when the driver activates the device:
     /// the TX frame checks refuse longer frames (plus the Ethernet header). `None`: no limit
     /// but the device's own [`MAX_FRAME_LEN`](super::MAX_FRAME_LEN).

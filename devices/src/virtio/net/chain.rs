@@ -3,7 +3,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemory, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
 pub(crate) use crate::virtio::iovec::IovecBuf;
 
@@ -46,28 +46,30 @@ enum Access {
     DeviceWrites,
 }
 
+/// Guest buffers, in frame order, that hold an RX frame's first bytes: the device writes its
+/// own copy of them there last ([`write_head`]).
+pub(crate) type HeadSpans = Vec<(GuestAddress, usize)>;
+
 /// Walk a chain: check each descriptor's direction, map it into host memory, and describe it
-/// with iovecs. The chain's first `head.len()` bytes are described by `iovs[0]`, which points
-/// at `head` (and, when the device reads, they are copied there now); the rest point straight
-/// into guest memory. One slot of `iovs` is left free. Returns the chain's total length and
-/// how many of its bytes `head` covers.
+/// with iovecs appended to `iovs`, its bytes counted from frame offset `start` (the bytes of
+/// the chains mapped before it for the same frame). Bytes at frame offsets below
+/// `head.len()` are not described: `iovs[0]` covers them in `head`; when the device reads
+/// they are copied there now, when it writes their guest spans go to `spans`. The rest point
+/// straight into guest memory. One slot of `iovs` is left free. Returns the frame offset
+/// after the chain.
 fn map_chain<M>(
     chain: &mut DescriptorChain<M>,
     access: Access,
     head: &mut [u8],
     iovs: &mut Vec<libc::iovec>,
-    max_len: usize,
-) -> Result<(usize, usize), ChainError>
+    (start, max_len): (usize, usize),
+    mut spans: Option<&mut HeadSpans>,
+) -> Result<usize, ChainError>
 where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    iovs.clear();
-    iovs.push(libc::iovec {
-        iov_base: head.as_mut_ptr().cast(),
-        iov_len: 0,
-    });
-    let mut total = 0usize;
+    let mut total = start;
     let mut more = true;
     while let Some(desc) = chain.next() {
         more = desc.has_next();
@@ -75,7 +77,7 @@ where
             return Err(ChainError::WrongDirection);
         }
         let len = desc.len() as usize;
-        let start = total;
+        let at = total;
         total = total
             .checked_add(len)
             .filter(|&t| t <= max_len)
@@ -87,9 +89,15 @@ where
             .memory()
             .get_slice(desc.addr(), len)
             .map_err(|_| ChainError::BadAddress)?;
-        let in_head = head.len().saturating_sub(start).min(len);
-        if in_head > 0 && access == Access::DeviceReads {
-            slice.copy_to(&mut head[start..start + in_head]);
+        let in_head = head.len().saturating_sub(at).min(len);
+        if in_head > 0 {
+            match (access, spans.as_deref_mut()) {
+                (Access::DeviceReads, _) => {
+                    slice.copy_to(&mut head[at..at + in_head]);
+                }
+                (Access::DeviceWrites, Some(spans)) => spans.push((desc.addr(), in_head)),
+                (Access::DeviceWrites, None) => {}
+            }
         }
         if len > in_head {
             if iovs.len() + 1 >= iovs.capacity() {
@@ -107,9 +115,25 @@ where
     if more {
         return Err(ChainError::Broken);
     }
-    let head_len = head.len().min(total);
-    iovs[0].iov_len = head_len;
-    Ok((total, head_len))
+    Ok(total)
+}
+
+/// Start describing a frame: `iovs[0]` is `head`, its length set by [`finish_head`].
+fn begin(head: &mut [u8], iovs: &mut Vec<libc::iovec>) {
+    iovs.clear();
+    iovs.push(libc::iovec {
+        iov_base: head.as_mut_ptr().cast(),
+        iov_len: 0,
+    });
+}
+
+/// `iovs[0]` covers as much of `head` as the frame's `total` bytes reach; returns that.
+fn finish_head(head_cap: usize, iovs: &mut [libc::iovec], total: usize) -> usize {
+    let head_len = head_cap.min(total);
+    if let Some(first) = iovs.first_mut() {
+        first.iov_len = head_len;
+    }
+    head_len
 }
 
 /// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and stages
@@ -125,60 +149,80 @@ where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let (len, head_len) = map_chain(chain, Access::DeviceReads, head, &mut iovs.0, max_len)?;
+    begin(head, &mut iovs.0);
+    let len = map_chain(
+        chain,
+        Access::DeviceReads,
+        head,
+        &mut iovs.0,
+        (0, max_len),
+        None,
+    )?;
+    let head_len = finish_head(head.len(), &mut iovs.0, len);
     Ok(Gathered { len, head_len })
 }
 
-/// iovecs to receive a frame into an RX chain: `iovs[0]` is `head` (the device's copy of
-/// the frame's first bytes, which the caller later writes into the chain's start with
-/// [`scatter`]), then the chain's writable buffers after those bytes, then `spare`, which
-/// only a frame longer than the chain reaches. Returns the chain's capacity in bytes.
-pub fn rx_iovs<M>(
+/// Start the iovecs to receive a frame into RX chains: `iovs[0]` is `head` (the device's
+/// copy of the frame's first bytes, which it writes into the chains' first bytes last, with
+/// [`write_head`]); `spans` is emptied.
+pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
+    begin(head, &mut iovs.0);
+    spans.clear();
+}
+
+/// Append an RX chain's writable buffers after the `capacity` bytes described so far (the
+/// guest spans of the first `head.len()` bytes go to `spans`). Returns the capacity with it.
+/// On error `iovs` and `spans` may hold part of the chain: start again with [`rx_begin`].
+pub fn rx_append<M>(
     chain: &mut DescriptorChain<M>,
     head: &mut [u8],
-    spare: &mut [u8],
     iovs: &mut IovecBuf,
+    spans: &mut HeadSpans,
+    capacity: usize,
 ) -> Result<usize, ChainError>
 where
     M: Deref,
     M::Target: GuestMemoryBackend,
 {
-    let (capacity, _) = map_chain(chain, Access::DeviceWrites, head, &mut iovs.0, usize::MAX)?;
+    let limit = (capacity, usize::MAX);
+    map_chain(
+        chain,
+        Access::DeviceWrites,
+        head,
+        &mut iovs.0,
+        limit,
+        Some(spans),
+    )
+}
+
+/// End the RX iovecs for chains of `capacity` bytes: `spare` goes last, so that only a
+/// frame longer than the chains reaches it.
+pub fn rx_finish(head_cap: usize, iovs: &mut IovecBuf, spare: &mut [u8], capacity: usize) {
+    finish_head(head_cap, &mut iovs.0, capacity);
     iovs.0.push(libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),
     });
-    Ok(capacity)
 }
 
-/// Scatter `frame` into the writable buffers of an RX chain; the whole frame must fit.
-pub fn scatter<M>(chain: &mut DescriptorChain<M>, frame: &[u8]) -> Result<(), ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemory,
-{
+/// Write `head` (the device's copy of a received frame's first bytes) into the guest
+/// buffers `spans` ([`rx_append`] recorded them); they must hold all of it.
+pub fn write_head<M: GuestMemory>(
+    mem: &M,
+    spans: &HeadSpans,
+    head: &[u8],
+) -> Result<(), ChainError> {
     let mut done = 0usize;
-    let mut more = true;
-    while let Some(desc) = chain.next() {
-        more = desc.has_next();
-        if !desc.is_write_only() {
-            return Err(ChainError::WrongDirection);
+    for &(addr, len) in spans {
+        if done == head.len() {
+            break;
         }
-        if done == frame.len() {
-            // Frame complete; keep walking only to validate the rest of the chain.
-            continue;
-        }
-        let n = (desc.len() as usize).min(frame.len() - done);
-        chain
-            .memory()
-            .write_slice(&frame[done..done + n], desc.addr())
+        let n = len.min(head.len() - done);
+        mem.write_slice(&head[done..done + n], addr)
             .map_err(|_| ChainError::BadAddress)?;
         done += n;
     }
-    if more {
-        return Err(ChainError::Broken);
-    }
-    if done < frame.len() {
+    if done < head.len() {
         return Err(ChainError::TooSmall);
     }
     Ok(())

@@ -18,11 +18,13 @@ use super::audit::SWEEP_INTERVAL;
 use super::backend::NetBackend;
 use super::config::{self, MacAddr};
 use super::counters::{inc, NetCounters};
+use super::features::{check_dependencies, guest_gso, OFFLOAD_FEATURES, QUEUE_FEATURES};
+use super::frame_checks::{ETH_HDR_LEN, VLAN_TAG_LEN};
 use super::queue::{QueueIo, Stop};
 use super::rx::RxQueue;
 use super::stages::Stages;
 use super::tx::TxQueue;
-use super::{QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::{FRAME_BUF_LEN, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::virtio::virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
@@ -85,14 +87,19 @@ impl<B: NetBackend> std::fmt::Debug for NetDevice<B> {
 
 impl<B: NetBackend> NetDevice<B> {
     /// A device with MAC `mac` on `backend`, running `stages` besides the frame checks. When
-    /// the backend has an MTU, the device offers VIRTIO_NET_F_MTU with it in config space.
+    /// the backend has an MTU, the device offers VIRTIO_NET_F_MTU with it in config space. It
+    /// offers EVENT_IDX and MRG_RXBUF, and the checksum and TSO offloads the backend carries
+    /// ([`features`](super::features)).
     ///
     /// # Errors
     /// Creating its eventfds or timers, or asking the backend's MTU, failed.
     pub fn new(backend: B, mac: MacAddr, stages: Stages) -> std::io::Result<Self> {
         let evt = || EventFd::new(libc::EFD_NONBLOCK);
         let mtu = backend.mtu()?.map(|m| u16::try_from(m).unwrap_or(u16::MAX));
-        let mut avail_features = feature(VIRTIO_F_VERSION_1) | feature(VIRTIO_NET_F_MAC);
+        let mut avail_features = feature(VIRTIO_F_VERSION_1)
+            | feature(VIRTIO_NET_F_MAC)
+            | QUEUE_FEATURES
+            | (backend.offload_features() & OFFLOAD_FEATURES);
         if mtu.is_some() {
             avail_features |= feature(VIRTIO_NET_F_MTU);
         }
@@ -111,6 +118,14 @@ impl<B: NetBackend> NetDevice<B> {
             active: None,
             backend_interest: EventSet::empty(),
         })
+    }
+
+    /// The same device without the checksum and segmentation offloads (for comparisons, and
+    /// for links where the host should see only plain frames).
+    #[must_use]
+    pub fn without_offloads(mut self) -> Self {
+        self.avail_features &= !OFFLOAD_FEATURES;
+        self
     }
 
     /// Wake up in `wait` (the shaper's answer for a throttled direction): arm the timer if
@@ -265,6 +280,10 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         self.avail_features
     }
 
+    fn check_features(&self, features: u64) -> Result<(), String> {
+        check_dependencies(features)
+    }
+
     fn set_acked_features(&mut self, features: u64) {
         self.acked_features = features & self.avail_features;
     }
@@ -304,6 +323,18 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
             (told > 0).then_some(usize::from(told))
         });
         let features = self.acked_features;
+        // The TAP hands us only what the driver takes; if it refuses, the driver gets plain
+        // frames (a GSO frame is then segmented by the host) and nothing breaks.
+        if let Err(e) = self.backend.set_guest_offloads(features) {
+            log::warn!("virtio-net: setting the backend's offloads for {features:#x}: {e}");
+        }
+        // With MRG_RXBUF, RX takes chains until they hold the largest frame it may get.
+        let frame_room = VNET_HDR_LEN
+            + if guest_gso(features) {
+                MAX_FRAME_LEN
+            } else {
+                mtu.unwrap_or(1500).max(1500) + ETH_HDR_LEN + VLAN_TAG_LEN
+            };
         self.active = Some(Active {
             mem,
             interrupt,
@@ -314,7 +345,10 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
                 self.counters.clone(),
                 features,
                 // The driver was told the MTU only if it took VIRTIO_NET_F_MTU.
-                mtu.filter(|_| features & feature(VIRTIO_NET_F_MTU) != 0),
+                (
+                    mtu.filter(|_| features & feature(VIRTIO_NET_F_MTU) != 0),
+                    frame_room.min(FRAME_BUF_LEN),
+                ),
             ),
         });
         self.wake_event_loop();
@@ -323,6 +357,11 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
 
     fn reset(&mut self) {
         self.active = None;
+        if self.acked_features & OFFLOAD_FEATURES != 0 {
+            if let Err(e) = self.backend.set_guest_offloads(0) {
+                log::warn!("virtio-net: clearing the backend's offloads: {e}");
+            }
+        }
         self.acked_features = 0;
         self.wake_event_loop();
     }

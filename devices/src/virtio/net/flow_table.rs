@@ -123,12 +123,13 @@ impl FlowTable {
         self.len() == 0
     }
 
-    /// Count one packet of `bytes` (`ip_bytes` of them its IP packet) at `now_ns`.
+    /// Count `packets` packets of `bytes` in all (`ip_bytes` of them their IP packets) at
+    /// `now_ns`.
     pub fn record(
         &mut self,
         key: FlowKey,
         now_ns: u64,
-        (bytes, ip_bytes): (u64, u64),
+        (packets, bytes, ip_bytes): (u64, u64, u64),
         tcp_flags: u8,
         sink: &mut dyn FlowSink,
     ) {
@@ -136,7 +137,7 @@ impl FlowTable {
         let active_ns = saturating_nanos(self.config.active_timeout);
         let add = |s: &mut FlowStats| {
             s.last_ns = now_ns;
-            s.packets += 1;
+            s.packets += packets;
             s.bytes += bytes;
             s.ip_bytes += ip_bytes;
             s.tcp_flags |= tcp_flags;
@@ -166,7 +167,7 @@ impl FlowTable {
                 let packet = FlowStats {
                     first_ns: now_ns,
                     last_ns: now_ns,
-                    packets: 1,
+                    packets,
                     bytes,
                     ip_bytes,
                     tcp_flags,
@@ -177,7 +178,7 @@ impl FlowTable {
             None => FlowStats {
                 first_ns: now_ns,
                 last_ns: now_ns,
-                packets: 1,
+                packets,
                 bytes,
                 ip_bytes,
                 tcp_flags,
@@ -253,9 +254,9 @@ mod tests {
     fn packets_add_up_and_idle_flows_end() {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
-        t.record(key(1), S, (100, 86), 0x02, &mut sink);
-        t.record(key(1), 2 * S, (200, 186), 0x10, &mut sink);
-        t.record(key(2), 10 * S, (60, 46), 0, &mut sink);
+        t.record(key(1), S, (1, 100, 86), 0x02, &mut sink);
+        t.record(key(1), 2 * S, (1, 200, 186), 0x10, &mut sink);
+        t.record(key(2), 10 * S, (1, 60, 46), 0, &mut sink);
         t.expire(17 * S, &mut sink);
         assert_eq!(sink.0.len(), 1, "only flow 1 idle for 15 s");
         let (k, s) = sink.0[0];
@@ -285,7 +286,7 @@ mod tests {
                 _ if i % 2 == 0 => key(2),
                 _ => key(1),
             };
-            t.record(k, S + i, (10, 0), 0, &mut sink);
+            t.record(k, S + i, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 3);
         t.drain(&mut sink);
@@ -307,7 +308,7 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
         for sec in 0..=130 {
-            t.record(key(1), sec * S, (10, 0), 0, &mut sink);
+            t.record(key(1), sec * S, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(sink.0.len(), 2, "cut at 60 s and 121 s");
         assert_eq!(sink.0[0].1.packets, 61);
@@ -321,13 +322,13 @@ mod tests {
         });
         let mut sink = Collect::default();
         for p in 0..10 {
-            t.record(key(p), S, (10, 0), 0, &mut sink);
+            t.record(key(p), S, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 4);
         assert_eq!(t.overflow, 6);
         assert_eq!(sink.0.len(), 6);
         // Existing flows still count.
-        t.record(key(0), 2 * S, (10, 0), 0, &mut sink);
+        t.record(key(0), 2 * S, (1, 10, 0), 0, &mut sink);
         t.drain(&mut sink);
         let f0 = sink
             .0

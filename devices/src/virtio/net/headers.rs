@@ -20,8 +20,8 @@ pub const ETH_ARP: u16 = 0x0806;
 pub const VLAN_TPIDS: [u16; 5] = [0x8100, 0x88a8, 0x9100, 0x9200, 0x9300];
 /// Most tags read through; a frame with more stays classified by its last TPID.
 pub const MAX_TAGS: u8 = 4;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(crate) const TCP: u8 = 6;
+pub(crate) const UDP: u8 = 17;
 /// IPv6 next-header values (IANA "Assigned Internet Protocol Numbers").
 const HOP_BY_HOP: u8 = 0;
 const ROUTING: u8 = 43;
@@ -58,6 +58,11 @@ pub struct IpHeaders {
     pub dst_port: u16,
     /// TCP flags (0 otherwise).
     pub tcp_flags: u8,
+    /// Bytes from the frame's first byte through the end of its TCP header (data offset,
+    /// RFC 9293 section 3.1) or UDP header (8 bytes, RFC 768): the headers every segment of a
+    /// GSO frame repeats. 0 when the packet is neither, is a later fragment, or the field is
+    /// cut off.
+    pub headers_len: u16,
     /// ICMPv6: the message type, and the link-layer addresses of its Neighbor Discovery
     /// options (source/target link-layer address, RFC 4861 section 4.6.1; up to two).
     pub icmpv6: Option<Icmpv6>,
@@ -116,6 +121,21 @@ fn ports(l4: &[u8], protocol: u8) -> (u16, u16, u8) {
     }
 }
 
+/// [`IpHeaders::headers_len`] for an upper-layer header `l4` of `protocol` that starts
+/// `offset` bytes into the frame.
+fn headers_len(l4: &[u8], protocol: u8, offset: usize) -> u16 {
+    let len = match protocol {
+        // Data offset in 32-bit words, at least 5 (RFC 9293 section 3.1).
+        TCP => match l4.get(12) {
+            Some(&b) if b >> 4 >= 5 => usize::from(b >> 4) * 4,
+            _ => return 0,
+        },
+        UDP if l4.len() >= 8 => 8,
+        _ => return 0,
+    };
+    u16::try_from(offset + len).unwrap_or(0)
+}
+
 fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderError> {
     if p.len() < 20 || p[0] >> 4 != 4 {
         return Err(HeaderError::BadIp);
@@ -130,9 +150,12 @@ fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
     let protocol = p[9];
     // Only the first fragment carries ports.
     let first_fragment = be16(p, 6) & 0x1fff == 0;
-    let (src_port, dst_port, tcp_flags) = match p.get(ihl..) {
-        Some(l4) if first_fragment => ports(l4, protocol),
-        _ => (0, 0, 0),
+    let (src_port, dst_port, tcp_flags, headers_len) = match p.get(ihl..) {
+        Some(l4) if first_fragment => {
+            let (s, d, f) = ports(l4, protocol);
+            (s, d, f, headers_len(l4, protocol, offset + ihl))
+        }
+        _ => (0, 0, 0, 0),
     };
     Ok(IpHeaders {
         src: IpAddr::V4(src),
@@ -142,6 +165,7 @@ fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         src_port,
         dst_port,
         tcp_flags,
+        headers_len,
         icmpv6: None,
     })
 }
@@ -179,6 +203,11 @@ fn ipv6(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
     }
     let l4 = upper.unwrap_or_default();
     let (src_port, dst_port, tcp_flags) = ports(l4, protocol);
+    let headers_len = if upper.is_some() {
+        headers_len(l4, protocol, offset + at)
+    } else {
+        0
+    };
     let icmpv6 = (protocol == ICMPV6 && upper.is_some())
         .then(|| icmpv6(l4))
         .flatten();
@@ -190,6 +219,7 @@ fn ipv6(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         src_port,
         dst_port,
         tcp_flags,
+        headers_len,
         icmpv6,
     })
 }

@@ -1,38 +1,51 @@
 //! The receive queue and its pipeline. [`RxQueue::receive`] takes one frame through the
-//! stages, in the order it calls them: guest buffer (descriptor chain) → shaper admission →
+//! stages, in the order it calls them: guest buffers (descriptor chains) → shaper admission →
 //! TAP (the backend) → virtio header (fields of features not negotiated cleared) → frame
 //! checks → guest → audit. The audit comes last so that it records what happened: a frame
-//! that could not be put in the guest's buffer is not `forwarded`.
+//! that could not be put in the guest's buffers is not `forwarded`.
 //!
-//! A guest buffer is taken first, so a frame is read only when there is room for it
-//! (backpressure: with no buffer, the TAP is not read at all). `readv(2)` puts the frame's
-//! first bytes into the queue's own buffer (what the stages read) and the rest straight into
-//! guest memory; the first bytes are then copied into the chain.
+//! Guest buffers are taken first, so a frame is read only when there is room for it
+//! (backpressure: with no buffer, the TAP is not read at all). Without
+//! VIRTIO_NET_F_MRG_RXBUF a frame goes into one chain; with it, into as many chains as it
+//! needs (virtio 1.2 section 5.1.6.4), so the device first takes chains until they hold the
+//! largest frame the link may bring (a 64 KiB GSO frame when the driver took GUEST_TSO4/6),
+//! puts back the ones the frame did not reach, and tells the driver how many it used in
+//! `num_buffers`. `readv(2)` puts the frame's first bytes into the queue's own buffer (what
+//! the stages read) and the rest straight into guest memory; the first bytes are then
+//! copied into the chains.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
 
 use packet::{Direction, Verdict};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
-use super::chain::{rx_iovs, scatter, ChainError, IovecBuf};
+use super::chain::{rx_append, rx_begin, rx_finish, write_head, ChainError, HeadSpans, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
 use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError};
+use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::stages::Wait;
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection, NUM_BUFFERS};
 use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::virtio::feature;
 
-/// Where one guest buffer's trip through the pipeline ended.
+/// Where one frame's trip through the pipeline ended.
 enum Received {
-    /// The chain goes back to the guest with this many bytes written (0: nothing usable).
-    Used(u32),
-    /// The shaper holds frames back: the chain stays in the ring.
+    /// This many chains went back to the guest (the frame, or an unusable chain).
+    Used(u16),
+    /// The shaper holds frames back: the chains stay in the ring.
     Wait(Wait),
-    /// No frame in the backend: the chain stays in the ring.
+    /// No frame in the backend: the chains stay in the ring.
     Empty,
+    /// Not enough guest buffers: the chains stay in the ring until the guest adds more.
+    NoBuffers,
+    /// The guest's rings are unusable.
+    Broken(&'static str),
 }
 
 /// The receive queue while the driver has the device running.
@@ -44,6 +57,15 @@ pub(super) struct RxQueue {
     spare: [u8; 1],
     /// Where that frame goes: `head`, the guest's buffers after those bytes, `spare`.
     iovs: IovecBuf,
+    /// The guest buffers of the frame's first bytes (`head` is copied there last).
+    spans: HeadSpans,
+    /// The chains taken for the frame: head index and capacity in bytes.
+    chains: Vec<(u16, u32)>,
+    /// VIRTIO_NET_F_MRG_RXBUF: a frame may span chains.
+    mergeable: bool,
+    /// With `mergeable`: chains are taken until they hold this many bytes (virtio header
+    /// and the largest frame the driver may get).
+    frame_room: usize,
     counters: Arc<NetCounters>,
     /// No guest buffer: stop reading the backend until the guest kicks RX.
     pub(super) blocked: bool,
@@ -60,18 +82,26 @@ pub(super) struct RxQueue {
 
 impl RxQueue {
     /// The driver's RX `queue` under features `acked_features`, counting into `counters`;
-    /// frames longer than `mtu` (plus the Ethernet header) are not delivered.
+    /// frames longer than `mtu` (plus the Ethernet header) are not delivered. With
+    /// MRG_RXBUF, chains are gathered until they hold `frame_room` bytes.
     pub(super) fn new(
         queue: Queue,
         counters: Arc<NetCounters>,
         acked_features: u64,
-        mtu: Option<usize>,
+        (mtu, frame_room): (Option<usize>, usize),
     ) -> Self {
+        let mut queue = queue;
+        // VIRTIO_RING_F_EVENT_IDX: the queue reads used_event and writes avail_event.
+        queue.set_event_idx(acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0);
         Self {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
             spare: [0u8; 1],
             iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
+            spans: Vec::with_capacity(HEAD_LEN),
+            chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            mergeable: acked_features & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
+            frame_room,
             counters,
             blocked: false,
             throttled: false,
@@ -97,19 +127,9 @@ impl RxQueue {
         let mut returned = 0u16;
         let mut stop = Stop::Idle;
         while returned < QUEUE_SIZE {
-            let Some(chain) = self.queue.pop_descriptor_chain(io.mem) else {
-                if let Ok(true) = self.queue.enable_notification(io.mem) {
-                    continue;
-                }
-                self.blocked = true;
-                inc(&self.counters().no_buffer);
-                break;
-            };
-            let head = chain.head_index();
-            let used_len = match self.receive(chain, io) {
-                Received::Used(len) => len,
+            match self.receive(io) {
+                Received::Used(chains) => returned += chains,
                 Received::Wait(wait) => {
-                    self.queue.go_to_previous_position();
                     self.throttled = true;
                     self.delayed |= wait.frame_waits;
                     inc(&self.counters().throttled);
@@ -117,15 +137,16 @@ impl RxQueue {
                     break;
                 }
                 Received::Empty => {
-                    self.queue.go_to_previous_position();
                     self.delayed = false;
                     break;
                 }
-            };
-            if self.queue.add_used(io.mem, head, used_len).is_err() {
-                return Stop::Broken("RX used ring is outside guest memory");
+                Received::NoBuffers => {
+                    self.blocked = true;
+                    inc(&self.counters().no_buffer);
+                    break;
+                }
+                Received::Broken(why) => return Stop::Broken(why),
             }
-            returned += 1;
         }
         if returned > 0 && self.queue.needs_notification(io.mem).unwrap_or(true) {
             io.interrupt.signal_used_queue();
@@ -133,35 +154,104 @@ impl RxQueue {
         stop
     }
 
+    /// Take guest chains for the next frame into `iovs` (one, or with MRG_RXBUF as many as
+    /// [`RxQueue::frame_room`] needs) and return their capacity. A chain that cannot be used
+    /// goes back to the guest alone, with nothing written.
+    fn take_buffers(&mut self, mem: &GuestMemoryMmap) -> Result<usize, Received> {
+        rx_begin(&mut self.head[..], &mut self.iovs, &mut self.spans);
+        self.chains.clear();
+        let mut capacity = 0usize;
+        let mut cut_short = false;
+        loop {
+            let Some(mut chain) = self.queue.pop_descriptor_chain(mem) else {
+                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                if let Ok(true) = self.queue.enable_notification(mem) {
+                    continue;
+                }
+                break;
+            };
+            let index = chain.head_index();
+            let marks = (self.iovs.0.len(), self.spans.len());
+            match rx_append(
+                &mut chain,
+                &mut self.head[..],
+                &mut self.iovs,
+                &mut self.spans,
+                capacity,
+            ) {
+                Ok(end) => {
+                    let room = u32::try_from(end - capacity).unwrap_or(u32::MAX);
+                    self.chains.push((index, room));
+                    capacity = end;
+                }
+                Err(e) if self.chains.is_empty() => {
+                    log::debug!("virtio-net RX: unusable chain {index}: {e}");
+                    inc(&self.counters().malformed_chains);
+                    if self.queue.add_used(mem, index, 0).is_err() {
+                        return Err(Received::Broken("RX used ring is outside guest memory"));
+                    }
+                    return Err(Received::Used(1));
+                }
+                Err(_) => {
+                    // The frame makes do with the chains before it; this one goes back to
+                    // the guest alone next time.
+                    self.iovs.0.truncate(marks.0);
+                    self.spans.truncate(marks.1);
+                    self.queue.go_to_previous_position();
+                    cut_short = true;
+                    break;
+                }
+            }
+            if !self.mergeable || capacity >= self.frame_room {
+                break;
+            }
+        }
+        let taken = self.chains.len();
+        // Too little room for the largest frame: wait for more buffers, unless the guest's
+        // whole ring is taken already (it cannot add more).
+        let short = self.mergeable && capacity < self.frame_room && !cut_short;
+        if taken == 0 || (short && taken < usize::from(self.queue.size())) {
+            self.put_back(taken);
+            return Err(Received::NoBuffers);
+        }
+        rx_finish(HEAD_LEN, &mut self.iovs, &mut self.spare, capacity);
+        Ok(capacity)
+    }
+
+    /// The last `count` chains taken go back to the avail ring, untouched.
+    fn put_back(&mut self, count: usize) {
+        for _ in 0..count {
+            self.queue.go_to_previous_position();
+        }
+    }
+
+    /// Give the first of the chains taken back to the guest with nothing written, and put
+    /// the others back in the avail ring.
+    fn return_empty(&mut self, mem: &GuestMemoryMmap) -> Received {
+        self.put_back(self.chains.len().saturating_sub(1));
+        match self.chains.first() {
+            Some(&(index, _)) if self.queue.add_used(mem, index, 0).is_err() => {
+                Received::Broken("RX used ring is outside guest memory")
+            }
+            _ => Received::Used(1),
+        }
+    }
+
     /// One frame through the RX pipeline; the stages run in the order written here.
-    fn receive<B: NetBackend>(
-        &mut self,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-        io: &mut QueueIo<'_, B>,
-    ) -> Received {
-        // Guest buffer: popped by the caller.
-        // Shaper admission: a frame that must wait stays in the backend.
+    fn receive<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Received {
+        // Guest buffers: none, no read.
+        let capacity = match self.take_buffers(io.mem) {
+            Ok(capacity) => capacity,
+            Err(received) => return received,
+        };
+        // Shaper admission.
         let backend = &*io.backend;
         if let Some(wait) = io.stages.admit(Direction::Rx, || backend.readable()) {
+            self.put_back(self.chains.len());
             return Received::Wait(wait);
         }
-        let mut walk = chain.clone();
-        let capacity = match rx_iovs(
-            &mut walk,
-            &mut self.head[..],
-            &mut self.spare,
-            &mut self.iovs,
-        ) {
-            Ok(capacity) => capacity,
-            Err(e) => {
-                // The chain is unusable; the frame stays in the backend for the next one.
-                log::debug!("virtio-net RX: unusable chain {}: {e}", chain.head_index());
-                inc(&self.counters().malformed_chains);
-                return Received::Used(0);
-            }
-        };
         // TAP.
-        // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_iovs checked
+        // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append checked
         // with get_slice and `io.mem` keeps mapped for this whole call.
         let n = match unsafe { io.backend.read_iov(self.iovs.as_slice()) } {
             Ok(n) => n,
@@ -171,23 +261,19 @@ impl RxQueue {
                 } else {
                     log::debug!("virtio-net RX: backend read: {e}");
                 }
+                self.put_back(self.chains.len());
                 return Received::Empty;
             }
         };
-        io.stages
-            .charge(Direction::Rx, n.saturating_sub(VNET_HDR_LEN));
-        // Frame checks: a read shorter than the virtio header carries nothing to record; a
-        // frame longer than the guest's buffer (it reached the spare byte) is dropped, and
-        // recorded with what its first bytes say; headers must parse when a stage reads them.
         let length = check_rx_frame(n, capacity);
         if let Err(e @ FrameError::Runt(_)) = length {
             log::debug!("virtio-net RX: dropping frame: {e}");
             inc(&self.counters().dropped);
-            return Received::Used(0);
+            return self.return_empty(io.mem);
         }
         let head_len = n.min(HEAD_LEN);
         let frame_len = n - VNET_HDR_LEN;
-        // Virtio header: what the driver did not negotiate does not reach the guest.
+        // Virtio header: what the driver did not negotiate does not reach it.
         if clear_unnegotiated(
             &mut self.head[..head_len],
             self.acked_features,
@@ -195,48 +281,88 @@ impl RxQueue {
         ) {
             inc(&self.counters().header_fields_cleared);
         }
-        self.head[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+        let gso = Gso::of(&self.head[..head_len]);
+        // Frame checks: the guest's buffers hold it, it fits the link (a GSO frame: each of
+        // its segments), and its headers parse when a stage reads them.
         let headers = &self.head[VNET_HDR_LEN..head_len];
-        let length = length.and_then(|()| check_link_len(frame_len, headers, self.mtu));
-        let checked = read_headers(headers, frame_len, io.stages.reads_headers());
+        let checked = read_headers(
+            headers,
+            frame_len,
+            io.stages.reads_headers() || gso.is_some(),
+        );
         let parsed = checked.unwrap_or(None);
-        // Guest: the device's copy of the first bytes goes into the chain's start.
-        let verdict = match (length, checked) {
+        let wire = match gso {
+            None => length
+                .and_then(|()| check_link_len(frame_len, headers, self.mtu))
+                .map(|()| WireSize::single(frame_len, parsed.as_ref()))
+                .map_err(|e| e.to_string()),
+            Some(gso) => length.map_err(|e| e.to_string()).and_then(|()| {
+                WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu)
+                    .map_err(|e| e.to_string())
+            }),
+        };
+        let size = wire
+            .as_ref()
+            .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
+        io.stages.charge(Direction::Rx, size.bytes);
+        // Into the guest's chains: how many the frame reached, and its first bytes.
+        let used = self.reached(n);
+        let mergeable_count = u16::try_from(used).unwrap_or(u16::MAX);
+        self.head[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&mergeable_count.to_le_bytes());
+        let verdict = match (wire, checked) {
             (Err(e), _) => {
                 log::debug!("virtio-net RX: dropping frame: {e}");
                 Verdict::DroppedMalformed
             }
-            (Ok(()), Err(dropped)) => dropped,
-            (Ok(()), Ok(_)) => {
-                let mut chain = chain;
-                match scatter(&mut chain, &self.head[..head_len]) {
-                    Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
-                    Ok(()) => Verdict::Forwarded,
-                    Err(e) => {
-                        // Cannot happen for a chain rx_iovs accepted, short of the guest
-                        // rewriting its descriptors meanwhile; then the frame is lost.
-                        log::debug!("virtio-net RX: writing frame head: {e}");
-                        if e != ChainError::TooSmall {
-                            inc(&self.counters().malformed_chains);
-                        }
-                        Verdict::DroppedMalformed
+            (Ok(_), Err(dropped)) => dropped,
+            (Ok(_), Ok(_)) => match write_head(io.mem, &self.spans, &self.head[..head_len]) {
+                Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
+                Ok(()) => Verdict::Forwarded,
+                Err(e) => {
+                    // Cannot happen for chains rx_append accepted, short of the guest
+                    // changing its rings under us.
+                    log::debug!("virtio-net RX: writing frame head: {e}");
+                    if e != ChainError::TooSmall {
+                        inc(&self.counters().malformed_chains);
                     }
+                    Verdict::DroppedMalformed
                 }
-            }
+            },
         };
         // Audit: what happened to the frame.
         let headers = &self.head[VNET_HDR_LEN..head_len];
         io.stages
-            .audit(Direction::Rx, headers, frame_len, parsed.as_ref(), verdict);
+            .audit(Direction::Rx, headers, size, parsed.as_ref(), verdict);
         if !verdict.passes() {
             inc(&self.counters().dropped);
-            return Received::Used(0);
+            return self.return_empty(io.mem);
         }
-        inc(&self.counters().packets);
-        add(
-            &self.counters().bytes,
-            u64::try_from(frame_len).unwrap_or(u64::MAX),
-        );
-        Received::Used(u32::try_from(n).unwrap_or(u32::MAX))
+        self.put_back(self.chains.len() - used);
+        let mut left = n;
+        for &(index, room) in &self.chains[..used] {
+            let len = left.min(usize::try_from(room).unwrap_or(usize::MAX));
+            left -= len;
+            let len = u32::try_from(len).unwrap_or(u32::MAX);
+            if self.queue.add_used(io.mem, index, len).is_err() {
+                return Received::Broken("RX used ring is outside guest memory");
+            }
+        }
+        add(&self.counters().packets, size.packets);
+        add(&self.counters().bytes, size.bytes);
+        Received::Used(mergeable_count)
+    }
+
+    /// How many of the chains taken an `n`-byte frame reaches (at least one).
+    fn reached(&self, n: usize) -> usize {
+        let mut left = n;
+        let mut used = 0usize;
+        for &(_, room) in &self.chains {
+            used += 1;
+            left = left.saturating_sub(usize::try_from(room).unwrap_or(usize::MAX));
+            if left == 0 {
+                break;
+            }
+        }
+        used.max(1)
     }
 }

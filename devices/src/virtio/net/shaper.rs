@@ -148,9 +148,10 @@ impl Shaper {
         self.source.set_backlogged(dir, true);
     }
 
-    /// A frame of `bytes` went in direction `dir`.
-    pub fn charge(&self, dir: Direction, bytes: usize) {
-        self.source.account(dir, bytes as u64);
+    /// `bytes` went in direction `dir` (a frame, or a GSO frame's segments as they go on
+    /// the wire).
+    pub fn charge(&self, dir: Direction, bytes: u64) {
+        self.source.account(dir, bytes);
         if self.source.rate(dir).is_some() {
             self.buckets()[dir.index()].tokens -= bytes as f64;
         }
@@ -228,7 +229,7 @@ mod tests {
 
     #[test]
     fn simulated_clock_gives_the_rate_for_any_frame_size() {
-        for frame in [60usize, 1514, 9000, 65_000] {
+        for frame in [60u64, 1514, 9000, 65_000] {
             let rate = 1_000_000u64; // 8 Mbit/s
             let (s, _src) = shaper(Some(rate));
             let start = Instant::now();
@@ -239,7 +240,7 @@ mod tests {
                 match s.admit(Direction::Tx, now) {
                     Admit::Go => {
                         s.charge(Direction::Tx, frame);
-                        sent += frame as u64;
+                        sent += frame;
                     }
                     Admit::Wait(d) => {
                         assert!(d > Duration::ZERO && d <= MAX_WAIT, "{d:?}");

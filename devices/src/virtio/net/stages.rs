@@ -9,6 +9,7 @@ use packet::{Direction, Verdict};
 
 use super::anti_spoofing::AntiSpoofing;
 use super::audit::AuditStage;
+use super::gso::WireSize;
 use super::headers::FrameHeaders;
 use super::shaper::{Admit, Shaper};
 
@@ -56,8 +57,9 @@ impl Stages {
         }
     }
 
-    /// `bytes` of frames went `dir`: the shaper is charged for them.
-    pub(super) fn charge(&self, dir: Direction, bytes: usize) {
+    /// `bytes` of frames went `dir` (on the wire: a GSO frame's segments with their
+    /// headers): the shaper is charged for them.
+    pub(super) fn charge(&self, dir: Direction, bytes: u64) {
         if let Some(shaper) = &self.shaper {
             shaper.charge(dir, bytes);
         }
@@ -85,12 +87,12 @@ impl Stages {
         &mut self,
         dir: Direction,
         head: &[u8],
-        frame_len: usize,
+        size: WireSize,
         parsed: Option<&FrameHeaders>,
         verdict: Verdict,
     ) {
         if let Some(audit) = &mut self.audit {
-            audit.record(dir, head, frame_len, parsed, verdict);
+            audit.record(dir, head, size, parsed, verdict);
         }
     }
 }

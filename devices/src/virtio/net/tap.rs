@@ -5,7 +5,14 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_ECN, VIRTIO_NET_F_GUEST_TSO4,
+    VIRTIO_NET_F_GUEST_TSO6,
+};
+
 use super::backend::NetBackend;
+use super::features::OFFLOAD_FEATURES;
+use crate::virtio::feature;
 
 /// ioctl numbers and flags from `<linux/if_tun.h>` (x86-64 encoding).
 mod sys {
@@ -19,6 +26,11 @@ mod sys {
     pub const IFF_NO_PI: libc::c_short = 0x1000;
     pub const IFF_VNET_HDR: libc::c_short = 0x4000;
     pub const IFNAMSIZ: usize = 16;
+    /// TUNSETOFFLOAD flags: partial checksums, TSO for IPv4 and IPv6, TSO with ECN.
+    pub const TUN_F_CSUM: libc::c_uint = 0x01;
+    pub const TUN_F_TSO4: libc::c_uint = 0x02;
+    pub const TUN_F_TSO6: libc::c_uint = 0x04;
+    pub const TUN_F_TSO_ECN: libc::c_uint = 0x08;
     /// `VNET_HDR_LEN` as `TUNSETVNETHDRSZ` takes it (an `int`).
     pub const VNET_HDR_SZ: libc::c_int = 12;
 
@@ -70,9 +82,35 @@ pub enum TapError {
 pub struct Tap {
     file: File,
     name: String,
-    /// A UDP socket in the TAP's network namespace, for `SIOCGIFMTU` (opened with the TAP, so
-    /// that asking later needs no new descriptor).
+    /// A dead unix socket, for `SIOCGIFMTU` in the TAP's network namespace (opened with the
+    /// TAP, so that asking later needs no new descriptor).
     query: OwnedFd,
+    /// TUNSETOFFLOAD took every flag of [`OFFLOAD_FEATURES`]' GUEST_* features.
+    offloads: bool,
+}
+
+/// The TUNSETOFFLOAD flags for the driver's `acked` features: what the TAP may then hand
+/// the device (Linux `drivers/net/tun.c`, `set_offload`).
+fn tun_offload_flags(acked: u64) -> libc::c_uint {
+    [
+        (VIRTIO_NET_F_GUEST_CSUM, sys::TUN_F_CSUM),
+        (VIRTIO_NET_F_GUEST_TSO4, sys::TUN_F_TSO4),
+        (VIRTIO_NET_F_GUEST_TSO6, sys::TUN_F_TSO6),
+        (VIRTIO_NET_F_GUEST_ECN, sys::TUN_F_TSO_ECN),
+    ]
+    .into_iter()
+    .filter(|&(bit, _)| acked & feature(bit) != 0)
+    .fold(0, |flags, (_, f)| flags | f)
+}
+
+/// `TUNSETOFFLOAD` with `flags` on TAP `fd`.
+fn set_offload(fd: RawFd, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its flags by value.
+    let rc = unsafe { libc::ioctl(fd, sys::TUNSETOFFLOAD, libc::c_ulong::from(flags)) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn valid_name(name: &str) -> bool {
@@ -137,12 +175,10 @@ impl Tap {
         if rc < 0 {
             return Err(ioctl_err("TUNSETVNETHDRSZ")(io::Error::last_os_error()));
         }
-        // No offloads: the host stack hands us plain, checksummed frames.
-        // SAFETY: TUNSETOFFLOAD takes its flags by value.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), sys::TUNSETOFFLOAD, 0 as libc::c_ulong) };
-        if rc < 0 {
-            return Err(ioctl_err("TUNSETOFFLOAD")(io::Error::last_os_error()));
-        }
+        // Whether the TAP takes every offload the device may offer; then none until a driver
+        // negotiates them: the host stack hands us plain, checksummed frames.
+        let offloads = set_offload(file.as_raw_fd(), tun_offload_flags(OFFLOAD_FEATURES)).is_ok();
+        set_offload(file.as_raw_fd(), 0).map_err(ioctl_err("TUNSETOFFLOAD"))?;
         // The MTU is asked through a socket of this network namespace (SIOCGIFMTU resolves
         // the name in the socket's). One end of a unix socketpair whose other end is closed
         // at once: unlike an AF_INET socket it can send nowhere, so a VMM jailed in another
@@ -171,6 +207,7 @@ impl Tap {
             file,
             name: name.to_string(),
             query,
+            offloads,
         })
     }
 
@@ -236,6 +273,18 @@ impl NetBackend for Tap {
     fn mtu(&self) -> io::Result<Option<usize>> {
         Tap::mtu(self).map(Some)
     }
+
+    fn offload_features(&self) -> u64 {
+        if self.offloads {
+            OFFLOAD_FEATURES
+        } else {
+            0
+        }
+    }
+
+    fn set_guest_offloads(&mut self, acked: u64) -> io::Result<()> {
+        set_offload(self.file.as_raw_fd(), tun_offload_flags(acked))
+    }
 }
 
 #[cfg(test)]
@@ -256,5 +305,36 @@ mod tests {
             Some(crate::virtio::net::VNET_HDR_LEN)
         );
         assert!(valid_name("0123456789abcde"));
+    }
+
+    /// The TUNSETOFFLOAD flags as `<linux/if_tun.h>` defines them, when the header is here.
+    #[test]
+    fn offload_flags_match_if_tun_h() {
+        let Ok(h) = std::fs::read_to_string("/usr/include/linux/if_tun.h") else {
+            eprintln!("skipped: no /usr/include/linux/if_tun.h (linux-libc-dev) here");
+            return;
+        };
+        let define = |name: &str| {
+            h.lines()
+                .find_map(|l| {
+                    let mut w = l.split_whitespace();
+                    (w.next() == Some("#define") && w.next() == Some(name)).then(|| w.next())?
+                })
+                .and_then(|v| u32::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+        };
+        assert_eq!(define("TUN_F_CSUM"), Some(sys::TUN_F_CSUM));
+        assert_eq!(define("TUN_F_TSO4"), Some(sys::TUN_F_TSO4));
+        assert_eq!(define("TUN_F_TSO6"), Some(sys::TUN_F_TSO6));
+        assert_eq!(define("TUN_F_TSO_ECN"), Some(sys::TUN_F_TSO_ECN));
+        // GUEST_CSUM 1, GUEST_TSO4 7, GUEST_TSO6 8, GUEST_ECN 9 (virtio 1.2 section 5.1.3).
+        assert_eq!(tun_offload_flags(1 << 1), sys::TUN_F_CSUM);
+        assert_eq!(
+            tun_offload_flags((1 << 1) | (1 << 7) | (1 << 8) | (1 << 9)),
+            0x0f
+        );
+        assert_eq!(
+            tun_offload_flags(OFFLOAD_FEATURES & !((1 << 7) | (1 << 8) | (1 << 9) | 2)),
+            0
+        );
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use packet::{Direction, Verdict};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
@@ -21,9 +22,11 @@ use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
 use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers, FrameError};
+use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use crate::virtio::feature;
 
 /// Where one chain's trip through the pipeline ended.
 enum Sent {
@@ -65,6 +68,9 @@ impl TxQueue {
         acked_features: u64,
         mtu: Option<usize>,
     ) -> Self {
+        let mut queue = queue;
+        // VIRTIO_RING_F_EVENT_IDX: the queue reads used_event and writes avail_event.
+        queue.set_event_idx(acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0);
         Self {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
@@ -181,24 +187,39 @@ impl TxQueue {
         // Virtio header: what the driver did not negotiate does not reach the host.
         let hdr = &mut self.head[..head_len];
         let cleared = clear_unnegotiated(hdr, self.acked_features, HeaderDirection::Tx);
+        let gso = Gso::of(&self.head[..head_len]);
         let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let frame_len = len.saturating_sub(VNET_HDR_LEN);
-        // Frame checks: a length the device and the link carry, and headers that parse when a
-        // later stage reads them (read from a frame too long for the link as well, so that the
-        // audit records who sent it).
-        let length = check_tx_frame(len, headers, self.mtu);
+        // Frame checks: a length the device and the link carry (a GSO frame: each of its
+        // segments), and headers that parse when a later stage or GSO reads them (read from
+        // a frame too long for the link as well, so that the audit records who sent it).
+        let link_mtu = if gso.is_some() { None } else { self.mtu };
+        let length = check_tx_frame(len, headers, link_mtu);
         let read = match length {
             Err(FrameError::TooShort(_)) => Ok(None),
-            _ => read_headers(headers, frame_len, io.stages.reads_headers()),
+            _ => read_headers(
+                headers,
+                frame_len,
+                io.stages.reads_headers() || gso.is_some(),
+            ),
         };
         let parsed = read.unwrap_or(None);
-        let checked = match length {
-            Ok(()) => read.map(|_| ()),
-            Err(e) => {
+        let wire = match gso {
+            None => Ok(WireSize::single(frame_len, parsed.as_ref())),
+            Some(gso) => WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu),
+        };
+        let checked = match (length, wire) {
+            (Err(e), _) => {
                 log::debug!("virtio-net TX: dropping frame: {e}");
                 Err(Verdict::DroppedMalformed)
             }
+            (Ok(()), Err(e)) => {
+                log::debug!("virtio-net TX: dropping frame: {e}");
+                Err(Verdict::DroppedMalformed)
+            }
+            (Ok(()), Ok(_)) => read.map(|_| ()),
         };
+        let size = wire.unwrap_or_else(|_| WireSize::single(frame_len, parsed.as_ref()));
         // Anti-spoofing.
         let passed = checked.and_then(|_| io.stages.check_source(parsed.as_ref()));
         // TAP: a frame that passed is written; the outcome is its verdict.
@@ -208,12 +229,9 @@ impl TxQueue {
             // keeps mapped for this whole call (gather_iov checked each with get_slice).
             Ok(()) => match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
                 Ok(_) => {
-                    io.stages.charge(Direction::Tx, frame_len);
-                    inc(&self.counters.tx.packets);
-                    add(
-                        &self.counters.tx.bytes,
-                        u64::try_from(frame_len).unwrap_or(u64::MAX),
-                    );
+                    io.stages.charge(Direction::Tx, size.bytes);
+                    add(&self.counters.tx.packets, size.packets);
+                    add(&self.counters.tx.bytes, size.bytes);
                     if waited {
                         Verdict::Delayed
                     } else {
@@ -234,7 +252,7 @@ impl TxQueue {
         }
         // Audit: what happened to the frame.
         io.stages
-            .audit(Direction::Tx, headers, frame_len, parsed.as_ref(), verdict);
+            .audit(Direction::Tx, headers, size, parsed.as_ref(), verdict);
         if !verdict.passes() {
             inc(&self.counters.tx.dropped);
         }
