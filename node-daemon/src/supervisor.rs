@@ -89,6 +89,7 @@ pub fn sliver_mac(name: &str, net: &crate::spec::SliverNet) -> String {
             ip: None,
             deny_dst: Vec::new(),
             fd: None,
+            offloads: true,
         }
         .mac_or_derived()
         .to_string(),

@@ -48,6 +48,23 @@ impl Injector {
         s
     }
 
+    /// Let `bytes` of sent frames be in flight before a send blocks (`SO_SNDBUFFORCE`, root):
+    /// room to queue a batch of 64 KiB GSO frames for a reader that is not running yet.
+    pub fn with_sndbuf(self, bytes: libc::c_int) -> Self {
+        // SAFETY: setsockopt with a valid int option value on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "SO_SNDBUFFORCE: {}", std::io::Error::last_os_error());
+        self
+    }
+
     /// The next frame that came *in* on the interface (from the TAP's reader), if one is
     /// waiting: its virtio header and frame as one buffer.
     pub fn recv_incoming(&self) -> Option<Vec<u8>> {

@@ -1,7 +1,8 @@
-//! `--net tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N]`: one virtio-net device on a host TAP; `ip`
-//! is the guest's own IPv4 address, the only one it may send from (anti-spoofing); `fd` is a
-//! /dev/net/tun descriptor already attached to the TAP, inherited from a supervisor that has
-//! the privilege the VMM lacks.
+//! `--net tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N][,offloads=on|off]`: one virtio-net device
+//! on a host TAP; `ip` is the guest's own IPv4 address, the only one it may send from
+//! (anti-spoofing); `fd` is a /dev/net/tun descriptor already attached to the TAP, inherited
+//! from a supervisor that has the privilege the VMM lacks; `offloads=off` offers the guest no
+//! checksum or segmentation offload (on by default, see `devices::virtio::net::features`).
 
 use std::str::FromStr;
 
@@ -20,6 +21,8 @@ pub struct NetSpec {
     pub deny_dst: Vec<ipnet::Ipv4Net>,
     /// An inherited /dev/net/tun descriptor attached to `tap` (else the VMM opens the TAP).
     pub fd: Option<i32>,
+    /// Offer checksum and TSO offloads (when the TAP carries them).
+    pub offloads: bool,
 }
 
 /// A `--net` value that does not parse; the message names the offending part.
@@ -30,7 +33,7 @@ pub enum NetSpecError {
     NoTap(String),
     /// An unknown key.
     #[error(
-        "--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N])"
+        "--net {spec:?}: unknown key {key:?} (expected tap=NAME[,mac=MAC][,ip=A.B.C.D][,fd=N][,offloads=on|off])"
     )]
     UnknownKey {
         /// Whole value.
@@ -62,6 +65,14 @@ pub enum NetSpecError {
         /// The value.
         value: String,
     },
+    /// `offloads=` neither on nor off.
+    #[error("--net {spec:?}: offloads={value:?} is neither on nor off")]
+    Offloads {
+        /// Whole value.
+        spec: String,
+        /// The value.
+        value: String,
+    },
     /// Bad MAC.
     #[error("--net {spec:?}: {reason}")]
     Mac {
@@ -80,6 +91,7 @@ impl FromStr for NetSpec {
         let mut mac = None;
         let mut ip = None;
         let mut fd = None;
+        let mut offloads = None;
         for part in spec.split(',') {
             let (key, value) = part.split_once('=').unwrap_or((part, ""));
             let dup = |k: &str| NetSpecError::Duplicate {
@@ -128,6 +140,21 @@ impl FromStr for NetSpec {
                         return Err(dup("fd"));
                     }
                 }
+                "offloads" => {
+                    let on = match value {
+                        "on" => true,
+                        "off" => false,
+                        _ => {
+                            return Err(NetSpecError::Offloads {
+                                spec: spec.into(),
+                                value: value.into(),
+                            })
+                        }
+                    };
+                    if offloads.replace(on).is_some() {
+                        return Err(dup("offloads"));
+                    }
+                }
                 "ip" => {
                     let parsed = value.parse().map_err(|_| NetSpecError::Ip {
                         spec: spec.into(),
@@ -152,6 +179,7 @@ impl FromStr for NetSpec {
             ip,
             deny_dst: Vec::new(),
             fd,
+            offloads: offloads.unwrap_or(true),
         })
     }
 }
@@ -207,6 +235,15 @@ mod tests {
             .parse::<NetSpec>()
             .expect_err("multicast");
         assert!(e.to_string().contains("multicast"), "{e}");
+        let s: NetSpec = "tap=a,offloads=off".parse().expect("offloads");
+        assert!(!s.offloads);
+        assert!("tap=a".parse::<NetSpec>().expect("default").offloads);
+        let e = "tap=a,offloads=yes".parse::<NetSpec>().expect_err("yes");
+        assert!(e.to_string().contains("offloads=\"yes\""), "{e}");
+        let e = "tap=a,offloads=on,offloads=off"
+            .parse::<NetSpec>()
+            .expect_err("twice");
+        assert!(e.to_string().contains("offloads given twice"), "{e}");
         let s: NetSpec = "tap=a,fd=3".parse().expect("fd");
         assert_eq!(s.fd, Some(3));
         for bad in ["tap=a,fd=2", "tap=a,fd=-1", "tap=a,fd=x"] {

@@ -101,8 +101,11 @@ pub fn attach(
     let mac = spec.mac_or_derived();
     let nic = u8::try_from(index).unwrap_or(u8::MAX);
     let stages = stages(spec, mac, shaper, audit, nic);
-    let device =
+    let mut device =
         NetDevice::new(tap, mac, stages).map_err(|source| NicError::Device { index, source })?;
+    if !spec.offloads {
+        device = device.without_offloads();
+    }
     let counters = device.counters();
     let device = Arc::new(Mutex::new(device));
     let transport = attacher.attach(device.clone(), &format!("net{index}"))?;

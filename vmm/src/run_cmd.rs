@@ -32,8 +32,12 @@ pub struct RunArgs {
     /// Kernel command-line workarounds for PVM-native KVM hosts.
     #[arg(long, value_enum, default_value_t = QuirkMode::Auto)]
     pub host_quirks: QuirkMode,
-    /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=A.B.C.D]. Repeatable.
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,ip=A.B.C.D]")]
+    /// A virtio-net device on a host TAP: tap=NAME[,mac=MAC][,ip=A.B.C.D][,offloads=on|off].
+    /// Repeatable.
+    #[arg(
+        long = "net",
+        value_name = "tap=NAME[,mac=MAC][,ip=A.B.C.D][,offloads=on|off]"
+    )]
     pub net: Vec<NetSpec>,
     /// An IPv4 network (CIDR) no NIC's guest may send to: its frames are dropped as
     /// `dropped-policy` and audited. Repeatable.

@@ -118,6 +118,14 @@ impl RxQueue {
     /// Deliver backend frames while the guest has buffers, at most a queue's worth per call
     /// (the backend's readiness brings the device back for the rest).
     pub(super) fn process<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
+        // One batch: the audit reads the clock once for it.
+        io.stages.begin_batch();
+        let stop = self.process_batch(io);
+        io.stages.end_batch();
+        stop
+    }
+
+    fn process_batch<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
         if self.throttled {
             return Stop::Idle;
         }

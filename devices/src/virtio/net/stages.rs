@@ -82,6 +82,20 @@ impl Stages {
         }
     }
 
+    /// A queue starts processing a batch of frames (see [`AuditStage::begin_batch`]).
+    pub(super) fn begin_batch(&mut self) {
+        if let Some(audit) = &mut self.audit {
+            audit.begin_batch();
+        }
+    }
+
+    /// The batch is over.
+    pub(super) fn end_batch(&mut self) {
+        if let Some(audit) = &mut self.audit {
+            audit.end_batch();
+        }
+    }
+
     /// The audit stage, if on: one packet going `dir` with `verdict`.
     pub(super) fn audit(
         &mut self,

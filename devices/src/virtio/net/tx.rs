@@ -90,6 +90,14 @@ impl TxQueue {
 
     /// Send what the guest queued, at most a queue's worth per call.
     pub(super) fn process<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
+        // One batch: the audit reads the clock once for it.
+        io.stages.begin_batch();
+        let stop = self.process_batch(io);
+        io.stages.end_batch();
+        stop
+    }
+
+    fn process_batch<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
         if self.blocked || self.throttled {
             return Stop::Idle;
         }
