@@ -6,7 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use super::error::{AuditError, Result};
 use super::index::{self, IndexBuilder, IndexKey};
 use super::retention;
-use super::segment::{now_ns, Segment};
+use super::segment::{now_ns, Segment, MAX_SEGMENT_AGE};
 use super::span::SpanWriter;
 use super::writer::{AuditConfig, Entry, Msg, Shared};
 
@@ -140,7 +140,8 @@ impl Committer {
 
     fn try_commit(&mut self) -> Result<()> {
         let roll = self.open.as_ref().is_some_and(|o| {
-            o.len >= self.config.segment_bytes || o.opened.elapsed() >= self.config.segment_age
+            o.len >= self.config.segment_bytes
+                || o.opened.elapsed() >= self.config.segment_age.min(MAX_SEGMENT_AGE)
         });
         if roll {
             self.seal();
@@ -188,15 +189,19 @@ impl Committer {
         self.expire();
         let created = now_ns().max(self.last_created + 1);
         let seg = Segment::new(&self.dir, created);
+        let day = seg.dir().to_path_buf();
+        if !day.is_dir() {
+            std::fs::create_dir_all(&day).map_err(|e| AuditError::io(&day, e))?;
+            // The new day directory's name must be durable before anything in it.
+            sync_dir(&self.dir)?;
+        }
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
             .open(&seg.path)
             .map_err(|e| AuditError::io(&seg.path, e))?;
         // Make the new name durable too.
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| AuditError::io(&self.dir, e))?;
+        sync_dir(&day)?;
         self.last_created = created;
         let span = SpanWriter::create(&seg);
         Ok(Open {
@@ -260,4 +265,11 @@ impl Committer {
             }
         }
     }
+}
+
+/// fsync directory `dir`, so that names created in it survive a crash.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| AuditError::io(dir, e))
 }

@@ -266,6 +266,7 @@ mod tests {
     fn blocks_cover_the_records_and_survive_a_round_trip() {
         let dir = tempfile::tempdir().expect("tempdir");
         let seg = Segment::new(dir.path(), 7);
+        std::fs::create_dir_all(seg.dir()).expect("day dir");
         let mut b = IndexBuilder::default();
         let mut offset = 0u64;
         let mut min_first = u64::MAX;

@@ -62,7 +62,8 @@ pub struct SliverMatch {
 /// How much reading a query took.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueryStats {
-    /// Segments in the state dir.
+    /// Segments listed: those of the days the window can reach, in every sliver directory
+    /// (`segment::scan_window`).
     pub segments_total: u64,
     /// Segments opened (time span overlaps the window).
     pub segments_opened: u64,
@@ -208,7 +209,7 @@ fn query_dir(
     found: &mut Vec<FlowRecord>,
 ) -> Result<()> {
     let (from, to) = (p.from_ns(), p.to_ns());
-    for seg in segment::list(dir)? {
+    for seg in segment::scan_window(dir, from, to)? {
         stats.segments_total += 1;
         let span = match (&seg.index, &seg.span) {
             (Some(idx), _) => Some((idx.min_first, idx.max_last)),

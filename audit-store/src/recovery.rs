@@ -105,6 +105,7 @@ mod tests {
 
     fn write_segment(dir: &Path, created: u64, seqs: std::ops::Range<u64>) -> (Segment, Vec<u8>) {
         let seg = Segment::new(dir, created);
+        std::fs::create_dir_all(seg.dir()).expect("day dir");
         let mut buf = Vec::new();
         for seq in seqs {
             codec::encode(&synth::flow(seq, "s", 1_000 + seq), &mut buf).expect("encode");

@@ -74,6 +74,9 @@ pub fn apply(
             report.bytes += len;
         }
     }
+    if report.segments > 0 {
+        segment::remove_empty_days(dir);
+    }
     Ok(report)
 }
 
@@ -101,6 +104,7 @@ mod tests {
 
     fn make(dir: &Path, created: u64, len: usize, age: Duration, now: SystemTime) -> Segment {
         let seg = Segment::new(dir, created);
+        std::fs::create_dir_all(seg.dir()).expect("day dir");
         fs::write(&seg.path, vec![0u8; len]).expect("write");
         fs::write(seg.index_path(0, 1), b"i").expect("write");
         let f = fs::File::options()

@@ -1,5 +1,9 @@
-//! Segment files of one sliver's log: `seg-<created ns, 20 digits>.log`, each with an index
-//! sidecar `seg-<same>.idx` once sealed. Names sort in creation order.
+//! Segment files of one sliver's log: `<day>/seg-<created ns, 20 digits>.log`, each with an
+//! index sidecar `seg-<same>-<min first>-<max last>.idx` once sealed. `<day>` is the UTC date
+//! of the creation time, `YYYY-MM-DD`: a query lists only the days its window can reach
+//! ([`scan_window`]), so its cost does not grow with the retention window. Logs written
+//! before day directories (segments directly in the sliver directory) are still read. Names
+//! sort in creation order.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,6 +11,11 @@ use std::path::{Path, PathBuf};
 use super::error::{AuditError, Result};
 
 const PREFIX: &str = "seg-";
+/// Nanoseconds in a day.
+const DAY_NS: u64 = 86_400_000_000_000;
+/// A segment is sealed at most this long after it was created (the writer's `segment_age` is
+/// held to it), so its records were committed within a day of the name of its directory.
+pub const MAX_SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 const LOG_EXT: &str = ".log";
 const IDX_EXT: &str = ".idx";
 
@@ -35,14 +44,21 @@ pub struct IndexFile {
 }
 
 impl Segment {
-    /// The segment of `dir` created at `created_ns`.
+    /// The segment of sliver directory `dir` created at `created_ns` (in its day directory).
     pub fn new(dir: &Path, created_ns: u64) -> Self {
         Segment {
             created_ns,
-            path: dir.join(format!("{PREFIX}{created_ns:020}{LOG_EXT}")),
+            path: dir
+                .join(day_name(created_ns))
+                .join(format!("{PREFIX}{created_ns:020}{LOG_EXT}")),
             index: None,
             span: None,
         }
+    }
+
+    /// The directory its files are in.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Its span file (`seg-<created>.span`).
@@ -100,54 +116,139 @@ fn parse_name(name: &str) -> Option<Name> {
         .then_some(Name::Index(created, min_first, max_last))
 }
 
-/// The segments of `dir`, oldest first, each with its index if it has one; also the files to
-/// clean up (temporary indexes, and indexes whose segment is gone, both left by crashes).
-pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
-    let mut segs = std::collections::BTreeMap::new();
-    let mut indexes = Vec::new();
-    let mut spans = Vec::new();
-    let mut junk = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| AuditError::io(dir, e))? {
-        let entry = entry.map_err(|e| AuditError::io(dir, e))?;
-        match entry.file_name().to_str().and_then(parse_name) {
-            Some(Name::Log(created_ns)) => {
-                segs.insert(
-                    created_ns,
-                    Segment {
+/// The day directory name of time `ns`: its UTC date, `YYYY-MM-DD`.
+pub fn day_name(ns: u64) -> String {
+    let t = crate::params::format_time(ns);
+    t.get(..10).unwrap_or(&t).to_string()
+}
+
+fn is_day_dir(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(is_day_name)
+}
+
+fn is_day_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, &c)| {
+            if i == 4 || i == 7 {
+                c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+}
+
+/// What a scan found: segments by creation time, indexes and spans to attach, and junk.
+#[derive(Default)]
+struct Scan {
+    segs: std::collections::BTreeMap<u64, Segment>,
+    indexes: Vec<(u64, u64, u64, PathBuf)>,
+    spans: Vec<(u64, PathBuf)>,
+    junk: Vec<PathBuf>,
+}
+
+impl Scan {
+    /// The segment files directly in `dir`; day directories whose name `day_wanted` accepts
+    /// are scanned too (not deeper).
+    fn dir(&mut self, dir: &Path, day_wanted: &dyn Fn(&str) -> bool) -> Result<()> {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            // A day directory retention emptied and removed since the listing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_day_dir(dir) => return Ok(()),
+            Err(e) => return Err(AuditError::io(dir, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| AuditError::io(dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if is_day_name(name) {
+                if day_wanted(name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    self.dir(&entry.path(), &|_| false)?;
+                }
+                continue;
+            }
+            match parse_name(name) {
+                Some(Name::Log(created_ns)) => {
+                    self.segs.insert(
                         created_ns,
-                        path: entry.path(),
-                        index: None,
-                        span: None,
-                    },
-                );
+                        Segment {
+                            created_ns,
+                            path: entry.path(),
+                            index: None,
+                            span: None,
+                        },
+                    );
+                }
+                Some(Name::Index(created, min_first, max_last)) => {
+                    self.indexes
+                        .push((created, min_first, max_last, entry.path()));
+                }
+                Some(Name::Span(created)) => self.spans.push((created, entry.path())),
+                Some(Name::Temp) => self.junk.push(entry.path()),
+                None => {}
             }
-            Some(Name::Index(created, min_first, max_last)) => {
-                indexes.push((created, min_first, max_last, entry.path()));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> (Vec<Segment>, Vec<PathBuf>) {
+        for (created, min_first, max_last, path) in self.indexes {
+            match self.segs.get_mut(&created) {
+                Some(seg) if seg.index.is_none() => {
+                    seg.index = Some(IndexFile {
+                        path,
+                        min_first,
+                        max_last,
+                    })
+                }
+                _ => self.junk.push(path),
             }
-            Some(Name::Span(created)) => spans.push((created, entry.path())),
-            Some(Name::Temp) => junk.push(entry.path()),
-            None => {}
+        }
+        for (created, path) in self.spans {
+            match self.segs.get_mut(&created) {
+                Some(seg) => seg.span = Some(path),
+                None => self.junk.push(path),
+            }
+        }
+        (self.segs.into_values().collect(), self.junk)
+    }
+}
+
+/// The segments of sliver directory `dir` (every day), oldest first, each with its index if it
+/// has one; also the files to clean up (temporary indexes, and indexes or spans whose segment
+/// is gone, both left by crashes).
+pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
+    let mut scan = Scan::default();
+    scan.dir(dir, &|_| true)?;
+    Ok(scan.finish())
+}
+
+/// The segments of sliver directory `dir` that may hold records of the window
+/// `[from_ns, to_ns]`, oldest first: those of the days from the day before `from_ns` to the day
+/// after `to_ns` (a segment holds records committed from its creation until at most
+/// [`MAX_SEGMENT_AGE`] later, and a record is committed well within a day of its first
+/// packet), and any written before day directories. A caller still checks each one's span.
+pub fn scan_window(dir: &Path, from_ns: u64, to_ns: u64) -> Result<Vec<Segment>> {
+    let first = day_name(from_ns.saturating_sub(DAY_NS));
+    let last = day_name(to_ns.saturating_add(DAY_NS));
+    let mut scan = Scan::default();
+    scan.dir(dir, &|day| day >= first.as_str() && day <= last.as_str())?;
+    Ok(scan.finish().0)
+}
+
+/// Remove the day directories of `dir` that are empty (retention deleted their segments).
+pub fn remove_empty_days(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_str().is_some_and(is_day_name) {
+            // Fails, harmlessly, while the directory still has files.
+            let _ = fs::remove_dir(entry.path());
         }
     }
-    for (created, min_first, max_last, path) in indexes {
-        match segs.get_mut(&created) {
-            Some(seg) if seg.index.is_none() => {
-                seg.index = Some(IndexFile {
-                    path,
-                    min_first,
-                    max_last,
-                })
-            }
-            _ => junk.push(path),
-        }
-    }
-    for (created, path) in spans {
-        match segs.get_mut(&created) {
-            Some(seg) => seg.span = Some(path),
-            None => junk.push(path),
-        }
-    }
-    Ok((segs.into_values().collect(), junk))
 }
 
 /// The segments of `dir`, oldest first.
@@ -191,31 +292,80 @@ pub fn now_ns() -> u64 {
 mod tests {
     use super::*;
 
+    /// Create an empty file at `path`, and its directory.
+    fn touch(path: &Path) {
+        fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        fs::write(path, b"").expect("write");
+    }
+
     #[test]
     fn names_round_trip_and_sort() {
         let dir = tempfile::tempdir().expect("tempdir");
         for t in [30u64, 1_800_000_000_000_000_000, 2] {
-            fs::write(Segment::new(dir.path(), t).path, b"").expect("write");
+            touch(&Segment::new(dir.path(), t).path);
         }
-        fs::write(dir.path().join("seg-12.log"), b"").expect("write");
-        fs::write(dir.path().join("LOCK"), b"").expect("write");
+        touch(&dir.path().join("seg-12.log"));
+        touch(&dir.path().join("LOCK"));
         let seg = Segment::new(dir.path(), 30);
-        fs::write(seg.index_path(5, 77), b"").expect("write");
+        touch(&seg.index_path(5, 77));
         let orphan = Segment::new(dir.path(), 99).index_path(1, 2);
-        fs::write(&orphan, b"").expect("write");
-        fs::write(seg.index_tmp_path(), b"").expect("write");
-        fs::write(seg.span_path(), b"").expect("write");
+        touch(&orphan);
+        touch(&seg.index_tmp_path());
+        touch(&seg.span_path());
         let lost_span = Segment::new(dir.path(), 98).span_path();
-        fs::write(&lost_span, b"").expect("write");
+        touch(&lost_span);
+        // A segment written before day directories, directly in the sliver directory.
+        let legacy = dir.path().join(format!("seg-{:020}.log", 40));
+        touch(&legacy);
         let (segs, junk) = scan_dir(dir.path()).expect("scan");
         let got: Vec<u64> = segs.iter().map(|s| s.created_ns).collect();
-        assert_eq!(got, [2, 30, 1_800_000_000_000_000_000]);
+        assert_eq!(got, [2, 30, 40, 1_800_000_000_000_000_000]);
         let idx = segs[1].index.as_ref().expect("index found");
         assert_eq!((idx.min_first, idx.max_last), (5, 77));
         assert!(segs[0].index.is_none());
         assert_eq!(segs[1].span, Some(seg.span_path()));
+        assert_eq!(segs[2].path, legacy);
         assert_eq!(junk.len(), 3);
         assert!(junk.contains(&orphan) && junk.contains(&seg.index_tmp_path()));
         assert!(junk.contains(&lost_span));
+        assert_eq!(
+            segs[3].dir(),
+            dir.path().join("2027-01-15"),
+            "1.8e18 ns is 2027-01-15T08:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_window_lists_only_the_days_it_can_reach() {
+        const DAY: u64 = 86_400_000_000_000;
+        // 2026-11-01T00:00:00Z, then a segment at noon of each of 30 days.
+        let day0 = 1_793_491_200_000_000_000;
+        assert_eq!(day_name(day0), "2026-11-01");
+        assert_eq!(day_name(day0 - 1), "2026-10-31");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in 0..30 {
+            touch(&Segment::new(dir.path(), day0 + d * DAY + DAY / 2).path);
+        }
+        touch(&dir.path().join(format!("seg-{:020}.log", 7)));
+        let days = |from: u64, to: u64| -> Vec<u64> {
+            scan_window(dir.path(), from, to)
+                .expect("scan")
+                .iter()
+                .map(|s| s.created_ns.saturating_sub(day0) / DAY)
+                .collect()
+        };
+        // A window on day 10: days 9 to 11, and the flat old segment (created_ns 7).
+        let at = day0 + 10 * DAY + 3_600_000_000_000;
+        assert_eq!(days(at, at + 60_000_000_000), [0, 9, 10, 11]);
+        assert_eq!(days(day0 + 29 * DAY, day0 + 40 * DAY), [0, 28, 29]);
+        assert_eq!(scan_dir(dir.path()).expect("all").0.len(), 31);
+        // Retention's clean-up: an emptied day goes, a day with files stays.
+        let emptied = Segment::new(dir.path(), day0 + DAY / 2);
+        fs::remove_file(&emptied.path).expect("rm");
+        remove_empty_days(dir.path());
+        assert!(!emptied.dir().exists());
+        assert!(Segment::new(dir.path(), day0 + DAY + DAY / 2)
+            .dir()
+            .exists());
     }
 }

@@ -94,6 +94,7 @@ mod tests {
     fn the_span_starts_empty_and_only_widens() {
         let dir = tempfile::tempdir().expect("tempdir");
         let seg = Segment::new(dir.path(), 5);
+        std::fs::create_dir_all(seg.dir()).expect("day dir");
         let mut w = SpanWriter::create(&seg).expect("create");
         assert_eq!(read(&seg.span_path()), Some((u64::MAX, 0)));
         assert!(w.widen(100, 200));

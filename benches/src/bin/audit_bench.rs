@@ -10,12 +10,15 @@
 //! whole because it has no index yet; the other queries skip it by its span file).
 //!
 //! A full day at 10 000 flows/s (864 M records, ~81 GB) does not fit the development host's
-//! disk; what grows with the day's size is only the directory listing (a query opens the
-//! segments whose span, read from the index file's name, overlaps its window). `PAD` adds
-//! that many extra sealed segments (empty, with index names spanning the previous day) so the
-//! listing is as long as a full day's at 10 000 flows/s.
+//! disk, let alone 30 of them; what grows with the retained days is only the segment files a
+//! query has to list (it opens the segments whose span, read from the index file's name,
+//! overlaps its window). `PAD_DAYS` adds that many earlier days of sealed segments, each with
+//! the 5 400 segments (empty, with index names spanning 16 s of that day) that a day at
+//! 10 000 flows/s makes, so the log is as long as `PAD_DAYS` such days plus the generated one.
+//! Segments live in day directories (`audit_store::segment`): a query lists the days around
+//! its window only.
 //!
-//! Run: `cargo build --release -p benches && target/release/audit_bench [DAY_RATE] [DENSE_S] [PAD]`
+//! Run: `cargo build --release -p benches && target/release/audit_bench [DAY_RATE] [DENSE_S] [PAD_DAYS]`
 //! (defaults 100, 600, 0; needs ~1.4 GB of temporary disk with the defaults).
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -33,6 +36,8 @@ use packet::{Direction, Verdict};
 const DAY0: u64 = 1_795_824_000_000_000_000;
 const S: u64 = 1_000_000_000;
 const DENSE_RATE: u64 = 10_000;
+/// Segments a day at 10 000 flows/s makes (16 MiB, ~164 000 records, every ~16 s).
+const PAD_PER_DAY: u64 = 5_400;
 
 fn dst(n: u64) -> IpAddr {
     IpAddr::V4(Ipv4Addr::from(0xc633_0000 + (n % 100_000) as u32)) // 198.51.0.0/16 and up
@@ -75,10 +80,19 @@ fn write(log: &AuditLog, from_s: u64, secs: u64, rate: u64, seq: &mut u64) -> Ve
     samples
 }
 
+/// Bytes of the files in `dir` and its day directories.
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .expect("read dir")
-        .map(|e| e.expect("entry").metadata().expect("stat").len())
+        .map(|e| {
+            let e = e.expect("entry");
+            let meta = e.metadata().expect("stat");
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
         .sum()
 }
 
@@ -185,10 +199,11 @@ fn main() {
         &mut live_seq,
     );
     log.flush(Duration::from_secs(60));
-    for i in 0..pad {
-        // Sealed segments of the previous day, 16 s each, never in a query's window.
-        let seg = Segment::new(&dir, i + 1);
-        let first = DAY0 - S * 86_400 + i * 16 * S;
+    for i in 0..pad * PAD_PER_DAY {
+        // Sealed segments of the days before, 16 s each, never in a query's window.
+        let first = DAY0 - S * 86_400 * pad + i * 16 * S;
+        let seg = Segment::new(&dir, first);
+        std::fs::create_dir_all(seg.dir()).expect("day dir");
         std::fs::write(&seg.path, b"").expect("pad segment");
         std::fs::write(seg.index_path(first, first + 16 * S), b"").expect("pad index");
     }
@@ -202,7 +217,7 @@ fn main() {
         rows.push(measure(&state, name, targets, segments));
     }
     drop(log);
-    println!("audit store benchmark: 1 sliver, {seq} records over 24 h ({day_rate}/s, plus {dense_s} s at {DENSE_RATE}/s), {pad} padding segments");
+    println!("audit store benchmark: 1 sliver, {seq} records over 24 h ({day_rate}/s, plus {dense_s} s at {DENSE_RATE}/s), {pad} padded days of {PAD_PER_DAY} segments");
     println!(
         "write, default config      | {:.0} records/s overall, {:.0} records/s in the dense stretch | {} group commits (write + fdatasync)",
         seq as f64 / total_secs,
