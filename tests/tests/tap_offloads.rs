@@ -13,7 +13,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::net::{MacAddr, NetDevice, Stages, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use devices::virtio::net::{
+    AntiSpoofing, MacAddr, NetDevice, Stages, Tap, QUEUE_SIZE, RX_QUEUE, TX_QUEUE,
+};
 use devices::virtio::test_utils::{recorded, GuestDriver};
 use e2e::inject::Injector;
 use e2e::netns::NetNs;
@@ -276,11 +278,17 @@ fn check_combination(sock: &Injector, features: u64) {
     let (audit, seen) = recorded();
     let stages = Stages {
         audit: Some(audit),
+        anti_spoofing: Some(AntiSpoofing {
+            mac: GUEST_MAC,
+            ipv4: Some(GUEST_IP.into()),
+            deny_dst: Vec::new(),
+        }),
         ..Stages::default()
     };
     let dev: Dev = Arc::new(Mutex::new(
         NetDevice::new(tap, MacAddr(GUEST_MAC), stages).expect("device"),
     ));
+    let counters = dev.lock().expect("dev").counters();
     let mut em = EventManager::<Dev>::new().expect("event manager");
     em.add_subscriber(dev.clone());
     let mut driver = GuestDriver::new(dev.clone());
@@ -337,6 +345,32 @@ fn check_combination(sock: &Injector, features: u64) {
             "{what}: csum_offset"
         );
     } else {
+        assert_eq!(
+            got[0], 0,
+            "{what}: NEEDS_CSUM reached the host unnegotiated"
+        );
+    }
+
+    // TX: a checksum request aimed at the IPv4 source address (offset 26) instead of the TCP
+    // checksum field: the host would write 16 guest-chosen bits there after anti-spoofing.
+    // The device carries it out itself, before the checks, so anti-spoofing sees the
+    // rewritten source and drops the frame.
+    let mut aimed = vnet_hdr(NEEDS_CSUM, 0, 0);
+    aimed[6..8].copy_from_slice(&26u16.to_le_bytes());
+    aimed[8..10].copy_from_slice(&0u16.to_le_bytes());
+    aimed.extend_from_slice(&[0, 0]);
+    aimed.extend(tcp_frame(macs, GUEST_IP, NOBODY_IP, 1000));
+    guest.send(&aimed);
+    let got = sock.recv_incoming();
+    if has(CSUM) {
+        assert!(
+            got.is_none(),
+            "{what}: a misaimed checksum request reached the host"
+        );
+        let c = counters.snapshot();
+        assert_eq!(c.tx_checksums_done, 1, "{what}: {c:?}");
+    } else {
+        let got = got.unwrap_or_else(|| panic!("{what}: the plain frame did not go out"));
         assert_eq!(
             got[0], 0,
             "{what}: NEEDS_CSUM reached the host unnegotiated"
@@ -428,8 +462,9 @@ fn check_combination(sock: &Injector, features: u64) {
         .map(|(k, s)| (k.verdict, s.packets))
         .collect::<Vec<_>>();
     if has(HOST_TSO4) {
+        let plain_frames = if has(CSUM) { 1 } else { 2 };
         assert!(
-            tx_tso.contains(&(Verdict::Forwarded, segments + 1)),
+            tx_tso.contains(&(Verdict::Forwarded, segments + plain_frames)),
             "{what}: {tx_tso:?}"
         );
     } else {
@@ -438,4 +473,9 @@ fn check_combination(sock: &Injector, features: u64) {
             "{what}: {tx_tso:?}"
         );
     }
+    assert_eq!(
+        tx_tso.contains(&(Verdict::DroppedSpoof, 1)),
+        has(CSUM),
+        "{what}: the rewritten source is a spoof: {tx_tso:?}"
+    );
 }

@@ -69,6 +69,18 @@ fn with_too_few_buffers_for_the_largest_frame_rx_waits_for_more() {
 }
 
 #[test]
+fn a_mergeable_buffer_smaller_than_a_virtio_header_goes_back_unused() {
+    let mut f = fixture_negotiating(FEATURES | MRG_RXBUF, None, Stages::default());
+    f.post_rx(1, 8); // virtio 1.2 section 5.1.6.3.1: each buffer holds at least 12 bytes
+    f.post_rx(4, 512);
+    f.peer.send(&frame(100, 4)).expect("inject");
+    f.pump();
+    assert_eq!(f.driver.take_used(RXQ), [(0, 0), (1, 112)]);
+    let s = f.snap();
+    assert_eq!((s.rx_packets, s.malformed_chains), (1, 1));
+}
+
+#[test]
 fn without_mergeable_buffers_a_frame_needs_one_chain_that_holds_it() {
     let mut f = fixture();
     f.post_rx(4, 512);

@@ -205,9 +205,9 @@ fn a_frame_that_would_block_is_audited_once_when_it_goes() {
 fn offload_fields_from_the_host_never_reach_the_guest() {
     let mut f = fixture();
     f.post_rx(1, 2048);
-    // DATA_VALID (2) and TCPV4 GSO from the host; the guest negotiated neither GUEST_CSUM
-    // nor GUEST_TSO4, so the device must set flags and gso_type to zero (5.1.6.3.1).
-    let sent = tcp_frame(header(2, 1, 1000, 34, 16), 1514);
+    // DATA_VALID (2) from the host; the guest did not negotiate GUEST_CSUM, so the device
+    // must set flags to zero (5.1.6.3.1).
+    let sent = tcp_frame(header(2, 0, 0, 34, 16), 1514);
     f.peer.send(&sent).expect("inject");
     f.pump();
     let used = f.driver.take_used(RXQ);
@@ -220,4 +220,17 @@ fn offload_fields_from_the_host_never_reach_the_guest() {
     assert_eq!(&got[..VNET_HDR_LEN], &want_hdr);
     assert_eq!(&got[VNET_HDR_LEN..], &sent[VNET_HDR_LEN..]);
     assert_eq!(f.snap().rx_header_fields_cleared, 1);
+    // A TCPV4 GSO frame or a partial checksum (left in the TAP from before the driver's
+    // offloads were set): the guest would get one packet longer than the link, or a wrong
+    // checksum, so neither is delivered.
+    f.post_rx(2, 2048);
+    f.peer
+        .send(&tcp_frame(header(0, 1, 1000, 34, 16), 1514))
+        .expect("inject");
+    f.peer
+        .send(&tcp_frame(header(1, 0, 0, 34, 16), 1514))
+        .expect("inject");
+    f.pump();
+    assert_eq!(f.driver.take_used(RXQ), [(1, 0), (2, 0)]);
+    assert_eq!((f.snap().rx_packets, f.snap().rx_dropped), (1, 2));
 }

@@ -155,7 +155,7 @@ const KEEPER: &[i64] = &[
 fn ioctls(kind: ThreadKind) -> &'static [u64] {
     match kind {
         ThreadKind::Vcpu => &[KVM_RUN, SIOCGIFMTU, TUNSETOFFLOAD, FIONBIO, TCGETS],
-        ThreadKind::EventLoop => &[SIOCGIFMTU, TUNSETOFFLOAD, FIONBIO, TCGETS],
+        ThreadKind::EventLoop => &[SIOCGIFMTU, FIONBIO, TCGETS],
         ThreadKind::AuditWriter | ThreadKind::Keeper => &[],
     }
 }

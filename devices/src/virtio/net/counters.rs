@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Counters of the transmit queue.
 #[derive(Debug, Default)]
 pub struct TxCounters {
-    /// Frames sent by the guest and written to the backend.
+    /// Packets sent by the guest and written to the backend (a GSO frame counts as its
+    /// wire segments).
     pub packets: AtomicU64,
-    /// Their bytes (without the virtio header).
+    /// Their bytes on the wire (without the virtio header; a GSO frame's segments each with
+    /// their headers).
     pub bytes: AtomicU64,
     /// Guest frames dropped (bad chain or frame, spoofed, backend error).
     pub dropped: AtomicU64,
@@ -25,6 +27,9 @@ pub struct TxCounters {
     /// Frames the backend refused (a write error other than "would block"); also in
     /// `dropped`.
     pub backend_errors: AtomicU64,
+    /// Checksum requests the device carried out itself (not for the frame's own TCP/UDP
+    /// checksum field, see `checksum.rs`).
+    pub checksums_done: AtomicU64,
 }
 
 /// Counters of the receive queue.
@@ -77,6 +82,7 @@ pub struct NetCountersSnapshot {
     pub tx_header_fields_cleared: u64,
     pub rx_header_fields_cleared: u64,
     pub tx_backend_errors: u64,
+    pub tx_checksums_done: u64,
 }
 
 /// Add one.
@@ -110,6 +116,7 @@ impl NetCounters {
             tx_header_fields_cleared: get(&tx.header_fields_cleared),
             rx_header_fields_cleared: get(&rx.header_fields_cleared),
             tx_backend_errors: get(&tx.backend_errors),
+            tx_checksums_done: get(&tx.checksums_done),
         }
     }
 }

@@ -333,7 +333,8 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
             + if guest_gso(features) {
                 MAX_FRAME_LEN
             } else {
-                mtu.unwrap_or(1500).max(1500) + ETH_HDR_LEN + VLAN_TAG_LEN
+                // Two VLAN tags: a QinQ frame of a full MTU.
+                mtu.unwrap_or(1500).max(1500) + ETH_HDR_LEN + 2 * VLAN_TAG_LEN
             };
         self.active = Some(Active {
             mem,

@@ -5,8 +5,11 @@
 //!
 //! A GSO frame must say what it is: TCPV4 an IPv4 TCP packet, TCPV6 an IPv6 TCP packet (RFC
 //! 9293), UDP_L4 a UDP datagram of either (RFC 768); NEEDS_CSUM set (virtio 1.2 section
-//! 5.1.6.2.1: "the driver MUST also set the VIRTIO_NET_HDR_F_NEEDS_CSUM bit"); a non-zero
-//! `gso_size`; and every segment fitting the link.
+//! 5.1.6.2.1: "the driver MUST also set the VIRTIO_NET_HDR_F_NEEDS_CSUM bit"); a `gso_size`
+//! of at least Linux's `TCP_MIN_MSS` (88); `hdr_len` within the frame; and every segment
+//! fitting the link.
+//! Its checksum request must name its own TCP or UDP checksum field
+//! ([`check_csum_request`](super::checksum::check_csum_request)).
 
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
@@ -26,6 +29,8 @@ pub struct Gso {
     pub size: u16,
     /// `flags` has NEEDS_CSUM.
     pub needs_csum: bool,
+    /// `hdr_len`: bytes of headers, a hint for the host.
+    pub hdr_len: u16,
 }
 
 impl Gso {
@@ -38,6 +43,7 @@ impl Gso {
             kind,
             size: u16::from_le_bytes([hdr[4], hdr[5]]),
             needs_csum: hdr[0] & flag(VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0,
+            hdr_len: u16::from_le_bytes([hdr[2], hdr[3]]),
         })
     }
 }
@@ -45,9 +51,12 @@ impl Gso {
 /// Why a GSO frame is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum GsoError {
-    /// gso_size 0.
-    #[error("GSO frame with gso_size 0")]
-    ZeroSize,
+    /// gso_size below [`MIN_GSO_SIZE`].
+    #[error("GSO frame with gso_size {0} (at least 88)")]
+    SmallSize(u16),
+    /// hdr_len past the frame.
+    #[error("GSO frame with hdr_len {0} past its end")]
+    HdrLen(u16),
     /// No NEEDS_CSUM.
     #[error("GSO frame without NEEDS_CSUM")]
     NoChecksum,
@@ -102,8 +111,11 @@ impl WireSize {
         parsed: Option<&FrameHeaders>,
         mtu: Option<usize>,
     ) -> Result<Self, GsoError> {
-        if gso.size == 0 {
-            return Err(GsoError::ZeroSize);
+        if gso.size < MIN_GSO_SIZE {
+            return Err(GsoError::SmallSize(gso.size));
+        }
+        if usize::from(gso.hdr_len) > frame_len {
+            return Err(GsoError::HdrLen(gso.hdr_len));
         }
         if !gso.needs_csum {
             return Err(GsoError::NoChecksum);
@@ -140,6 +152,10 @@ impl WireSize {
         })
     }
 }
+
+/// Linux's `TCP_MIN_MSS` (include/net/tcp.h): no TCP stack segments smaller, and a smaller
+/// `gso_size` would turn one descriptor chain into tens of thousands of packets.
+pub const MIN_GSO_SIZE: u16 = 88;
 
 fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
@@ -217,7 +233,12 @@ mod tests {
         let parsed = parse(&f[..128], len).expect("parse");
         let p = Some(&parsed);
         let seg = |h: [u8; 12], mtu| WireSize::segments(Gso::of(&h).expect("gso"), len, p, mtu);
-        assert_eq!(seg(hdr(1, 0), None), Err(GsoError::ZeroSize));
+        assert_eq!(seg(hdr(1, 0), None), Err(GsoError::SmallSize(0)));
+        assert_eq!(seg(hdr(1, 87), None), Err(GsoError::SmallSize(87)));
+        assert!(seg(hdr(1, 88), None).is_ok());
+        let mut long_hdr = hdr(1, 1448);
+        long_hdr[2..4].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert_eq!(seg(long_hdr, None), Err(GsoError::HdrLen(u16::MAX)));
         let mut no_csum = hdr(1, 1448);
         no_csum[0] = 0;
         assert_eq!(seg(no_csum, None), Err(GsoError::NoChecksum));

@@ -58,6 +58,8 @@ pub struct IpHeaders {
     pub dst_port: u16,
     /// TCP flags (0 otherwise).
     pub tcp_flags: u8,
+    /// Offset in the frame of its TCP or UDP header (0 when [`IpHeaders::headers_len`] is 0).
+    pub l4_offset: u16,
     /// Bytes from the frame's first byte through the end of its TCP header (data offset,
     /// RFC 9293 section 3.1) or UDP header (8 bytes, RFC 768): the headers every segment of a
     /// GSO frame repeats. 0 when the packet is neither, is a later fragment, or the field is
@@ -121,6 +123,15 @@ fn ports(l4: &[u8], protocol: u8) -> (u16, u16, u8) {
     }
 }
 
+/// [`IpHeaders::l4_offset`]: `at` when the TCP/UDP header was read (`headers_len` > 0).
+fn l4_offset(headers_len: u16, at: usize) -> u16 {
+    if headers_len == 0 {
+        0
+    } else {
+        u16::try_from(at).unwrap_or(0)
+    }
+}
+
 /// [`IpHeaders::headers_len`] for an upper-layer header `l4` of `protocol` that starts
 /// `offset` bytes into the frame.
 fn headers_len(l4: &[u8], protocol: u8, offset: usize) -> u16 {
@@ -157,6 +168,7 @@ fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         }
         _ => (0, 0, 0, 0),
     };
+    let l4_offset = l4_offset(headers_len, offset + ihl);
     Ok(IpHeaders {
         src: IpAddr::V4(src),
         dst: IpAddr::V4(dst),
@@ -165,6 +177,7 @@ fn ipv4(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         src_port,
         dst_port,
         tcp_flags,
+        l4_offset,
         headers_len,
         icmpv6: None,
     })
@@ -208,6 +221,7 @@ fn ipv6(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
     } else {
         0
     };
+    let l4_offset = l4_offset(headers_len, offset + at);
     let icmpv6 = (protocol == ICMPV6 && upper.is_some())
         .then(|| icmpv6(l4))
         .flatten();
@@ -219,6 +233,7 @@ fn ipv6(p: &[u8], frame_len: usize, offset: usize) -> Result<IpHeaders, HeaderEr
         src_port,
         dst_port,
         tcp_flags,
+        l4_offset,
         headers_len,
         icmpv6,
     })

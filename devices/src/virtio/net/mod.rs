@@ -19,6 +19,7 @@ pub mod anti_spoofing;
 pub mod audit;
 pub mod backend;
 mod chain;
+pub mod checksum;
 pub mod config;
 pub mod counters;
 pub mod device;

@@ -30,9 +30,14 @@ use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameErr
 use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::stages::Wait;
-use super::vnet_hdr::{clear_unnegotiated, HeaderDirection, NUM_BUFFERS};
+use super::vnet_hdr::{
+    asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
+};
 use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::feature;
+
+/// Most iovecs one `readv(2)` takes (Linux `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// Where one frame's trip through the pipeline ended.
 enum Received {
@@ -97,7 +102,8 @@ impl RxQueue {
             queue,
             head: Box::new([0u8; HEAD_LEN]),
             spare: [0u8; 1],
-            iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
+            // A merged frame may take many small chains: room for IOV_MAX iovecs.
+            iovs: IovecBuf::with_capacity(IOV_MAX - 2),
             spans: Vec::with_capacity(HEAD_LEN),
             chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             mergeable: acked_features & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
@@ -170,14 +176,29 @@ impl RxQueue {
         self.chains.clear();
         let mut capacity = 0usize;
         let mut cut_short = false;
+        let mut rearmed = false;
         loop {
+            // At most the ring's worth of chains for one frame, whatever the guest keeps adding.
+            if self.chains.len() >= usize::from(self.queue.size()) {
+                break;
+            }
             let Some(mut chain) = self.queue.pop_descriptor_chain(mem) else {
-                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                if avail_index_invalid(&self.queue, mem) {
+                    return Err(Received::Broken(
+                        "RX avail index moved by more than the queue size",
+                    ));
+                }
+                // Re-arm notifications; if the guest added chains meanwhile, go on. Twice in a
+                // row with nothing to pop: the avail ring cannot be read.
                 if let Ok(true) = self.queue.enable_notification(mem) {
+                    if std::mem::replace(&mut rearmed, true) {
+                        return Err(Received::Broken("RX avail ring unreadable"));
+                    }
                     continue;
                 }
                 break;
             };
+            rearmed = false;
             let index = chain.head_index();
             let marks = (self.iovs.0.len(), self.spans.len());
             match rx_append(
@@ -187,6 +208,22 @@ impl RxQueue {
                 &mut self.spans,
                 capacity,
             ) {
+                // With MRG_RXBUF every buffer holds at least a virtio header (5.1.6.3.1).
+                Ok(end) if self.mergeable && end - capacity < VNET_HDR_LEN => {
+                    self.iovs.0.truncate(marks.0);
+                    self.spans.truncate(marks.1);
+                    if self.chains.is_empty() {
+                        log::debug!("virtio-net RX: chain {index} smaller than a virtio header");
+                        inc(&self.counters().malformed_chains);
+                        if self.queue.add_used(mem, index, 0).is_err() {
+                            return Err(Received::Broken("RX used ring is outside guest memory"));
+                        }
+                        return Err(Received::Used(1));
+                    }
+                    self.queue.go_to_previous_position();
+                    cut_short = true;
+                    break;
+                }
                 Ok(end) => {
                     let room = u32::try_from(end - capacity).unwrap_or(u32::MAX);
                     self.chains.push((index, room));
@@ -281,7 +318,9 @@ impl RxQueue {
         }
         let head_len = n.min(HEAD_LEN);
         let frame_len = n - VNET_HDR_LEN;
-        // Virtio header: what the driver did not negotiate does not reach it.
+        // Virtio header: what the driver did not negotiate does not reach it; a frame that
+        // needs such work done is not delivered at all.
+        let stale = asks_unnegotiated_rx_offload(&self.head[..head_len], self.acked_features);
         if clear_unnegotiated(
             &mut self.head[..head_len],
             self.acked_features,
@@ -300,6 +339,7 @@ impl RxQueue {
         );
         let parsed = checked.unwrap_or(None);
         let wire = match gso {
+            _ if stale => Err("frame needs an offload the driver did not negotiate".to_string()),
             None => length
                 .and_then(|()| check_link_len(frame_len, headers, self.mtu))
                 .map(|()| WireSize::single(frame_len, parsed.as_ref()))

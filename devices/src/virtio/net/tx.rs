@@ -20,12 +20,14 @@ use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
+use super::checksum::{check_csum_request, checksum_in_device, NEEDS_CSUM};
 use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers, FrameError};
 use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+
 use crate::virtio::feature;
 
 /// Where one chain's trip through the pipeline ended.
@@ -105,15 +107,24 @@ impl TxQueue {
             return Stop::Broken("TX avail index moved by more than the queue size");
         }
         let mut returned = 0u16;
+        let mut rearmed = false;
         let stop = loop {
             let Some(chain) = self.queue.pop_descriptor_chain(io.mem) else {
-                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                if avail_index_invalid(&self.queue, io.mem) {
+                    return Stop::Broken("TX avail index moved by more than the queue size");
+                }
+                // Re-arm notifications; if the guest added chains meanwhile, go on. Twice in a
+                // row with nothing to pop: the avail ring cannot be read.
                 if let Ok(true) = self.queue.enable_notification(io.mem) {
+                    if std::mem::replace(&mut rearmed, true) {
+                        return Stop::Broken("TX avail ring unreadable");
+                    }
                     continue;
                 }
                 io.stages.idle(Direction::Tx);
                 break Stop::Idle;
             };
+            rearmed = false;
             let head = chain.head_index();
             let waited = self.waited(Wrapping(self.queue.next_avail()) - Wrapping(1));
             match self.transmit(chain, waited, io) {
@@ -196,6 +207,8 @@ impl TxQueue {
         let hdr = &mut self.head[..head_len];
         let cleared = clear_unnegotiated(hdr, self.acked_features, HeaderDirection::Tx);
         let gso = Gso::of(&self.head[..head_len]);
+        // NEEDS_CSUM kept: the driver negotiated checksum offload and asks for it.
+        let csum_requested = head_len >= VNET_HDR_LEN && self.head[0] & NEEDS_CSUM != 0;
         let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let frame_len = len.saturating_sub(VNET_HDR_LEN);
         // Frame checks: a length the device and the link carry (a GSO frame: each of its
@@ -208,14 +221,41 @@ impl TxQueue {
             _ => read_headers(
                 headers,
                 frame_len,
-                io.stages.reads_headers() || gso.is_some(),
+                io.stages.reads_headers() || gso.is_some() || csum_requested,
             ),
         };
+        let mut read = read;
+        // Checksum offload: the host is asked only for the frame's own TCP/UDP checksum; any
+        // other request (not in a GSO frame) is carried out here, in the device's copy, and
+        // the headers read again.
+        let mut csum = match &read {
+            Ok(parsed) if csum_requested => {
+                check_csum_request(&self.head[..head_len], parsed.as_ref())
+            }
+            _ => Ok(()),
+        };
+        if csum.is_err() && gso.is_none() {
+            let rest = self.iovs.as_slice().get(1..).unwrap_or_default();
+            // SAFETY: the iovecs after the head point into guest memory that `io.mem` keeps
+            // mapped for this whole call (gather_iov checked each with get_slice).
+            csum = unsafe { checksum_in_device(&mut self.head[..head_len], rest, len) };
+            if csum.is_ok() {
+                inc(&self.counters.tx.checksums_done);
+                let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
+                read = read_headers(headers, frame_len, true);
+            }
+        }
+        let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         let parsed = read.unwrap_or(None);
         let wire = match gso {
             None => Ok(WireSize::single(frame_len, parsed.as_ref())),
-            Some(gso) => WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu),
+            Some(gso) => WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu)
+                .map_err(|e| e.to_string()),
         };
+        let wire = csum.map_err(|e| e.to_string()).and(wire);
+        let size = wire
+            .as_ref()
+            .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
         let checked = match (length, wire) {
             (Err(e), _) => {
                 log::debug!("virtio-net TX: dropping frame: {e}");
@@ -227,7 +267,6 @@ impl TxQueue {
             }
             (Ok(()), Ok(_)) => read.map(|_| ()),
         };
-        let size = wire.unwrap_or_else(|_| WireSize::single(frame_len, parsed.as_ref()));
         // Anti-spoofing.
         let passed = checked.and_then(|_| io.stages.check_source(parsed.as_ref()));
         // TAP: a frame that passed is written; the outcome is its verdict.

@@ -158,6 +158,26 @@ pub fn clear_unnegotiated(hdr: &mut [u8], acked: u64, dir: HeaderDirection) -> b
     *hdr != before
 }
 
+/// Whether `hdr` (a header from the host, RX) asks for work the driver did not negotiate: a
+/// partial checksum (NEEDS_CSUM without GUEST_CSUM) or a GSO type without its GUEST_*
+/// feature. Clearing those fields would hand the guest a frame with a wrong checksum or one
+/// packet longer than the link, so such a frame (one the TAP queued before the driver's
+/// offloads were set) is dropped instead. A header cut short asks for nothing.
+pub fn asks_unnegotiated_rx_offload(hdr: &[u8], acked: u64) -> bool {
+    let Some(hdr) = hdr.get(..VNET_HDR_LEN) else {
+        return false;
+    };
+    let has = |bit: u32| acked & feature(bit) != 0;
+    let csum = hdr[FLAGS] & flag(VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0 && !has(RX_OFFLOADS.csum);
+    let kind = u32::from(hdr[GSO_TYPE]) & !VIRTIO_NET_HDR_GSO_ECN;
+    let gso = kind != VIRTIO_NET_HDR_GSO_NONE
+        && !RX_OFFLOADS
+            .gso
+            .iter()
+            .any(|&(t, bit)| t == kind && has(bit));
+    csum || gso
+}
+
 /// A header value as the byte it is stored in (every flag and GSO value fits).
 fn flag(v: u32) -> u8 {
     u8::try_from(v).unwrap_or(0)
@@ -166,6 +186,27 @@ fn flag(v: u32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_frames_asking_for_unnegotiated_work_are_recognised() {
+        // GUEST_CSUM is bit 1, GUEST_TSO4 bit 7 (virtio 1.2 section 5.1.3).
+        let (csum, tso4) = (1u64 << 1, 1u64 << 7);
+        let mut data_valid = [0u8; 12];
+        data_valid[0] = 2;
+        assert!(!asks_unnegotiated_rx_offload(&data_valid, 0), "a hint only");
+        let h = gso_header(); // NEEDS_CSUM + TCPV4
+        assert!(asks_unnegotiated_rx_offload(&h, 0));
+        assert!(
+            asks_unnegotiated_rx_offload(&h, csum),
+            "GSO without GUEST_TSO4"
+        );
+        assert!(!asks_unnegotiated_rx_offload(&h, csum | tso4));
+        let mut partial = [0u8; 12];
+        partial[0] = 1;
+        assert!(asks_unnegotiated_rx_offload(&partial, tso4));
+        assert!(!asks_unnegotiated_rx_offload(&partial, csum));
+        assert!(!asks_unnegotiated_rx_offload(&h[..11], 0), "cut short");
+    }
 
     /// A TX header as the report wrote it: NEEDS_CSUM, TCPV4 GSO of 1 000 bytes,
     /// csum_start 34, csum_offset 16 (field values per virtio 1.2 section 5.1.6).
