@@ -149,19 +149,29 @@ struct DevicePath {
 impl DevicePath {
     /// The device path with stages `audit`.
     fn new(audit: Audit) -> Self {
-        let tap = Tap::open(TAP).expect("open bench TAP");
         let audit_dir = (audit != Audit::Off).then(|| tempfile::tempdir().expect("tmp"));
         let stages = match &audit_dir {
             Some(d) => audit_stages(d.path(), audit == Audit::Full),
             None => Stages::default(),
         };
+        Self::negotiating(0, stages, audit_dir)
+    }
+
+    /// A device path whose driver negotiated `features` besides VERSION_1 and MAC, with
+    /// `stages` (whose audit, if any, writes into `audit_dir`).
+    fn negotiating(features: u64, stages: Stages, audit_dir: Option<tempfile::TempDir>) -> Self {
+        let tap = Tap::open(TAP).expect("open bench TAP");
         let dev: Dev = Arc::new(Mutex::new(
             NetDevice::new(tap, MacAddr(SRC_MAC), stages).expect("device"),
         ));
         let mut em = EventManager::<Dev>::new().expect("event manager");
         em.add_subscriber(dev.clone());
         let mut driver = GuestDriver::new(dev);
-        driver.init(feature(VERSION_1) | feature(F_MAC), 2, QUEUE_SIZE);
+        driver.init(
+            feature(VERSION_1) | feature(F_MAC) | features,
+            2,
+            QUEUE_SIZE,
+        );
         while em.run_with_timeout(0).expect("loop") > 0 {}
         Self {
             driver,
@@ -529,24 +539,7 @@ fn gso_wire_bytes() -> u64 {
 
 /// A device path that negotiated `features` besides VERSION_1 and MAC, with `stages`.
 fn offload_path(features: u64, stages: Stages) -> DevicePath {
-    let tap = Tap::open(TAP).expect("open bench TAP");
-    let dev: Dev = Arc::new(Mutex::new(
-        NetDevice::new(tap, MacAddr(SRC_MAC), stages).expect("device"),
-    ));
-    let mut em = EventManager::<Dev>::new().expect("event manager");
-    em.add_subscriber(dev.clone());
-    let mut driver = GuestDriver::new(dev);
-    driver.init(
-        feature(VERSION_1) | feature(F_MAC) | features,
-        2,
-        QUEUE_SIZE,
-    );
-    while em.run_with_timeout(0).expect("loop") > 0 {}
-    DevicePath {
-        driver,
-        em,
-        _audit_dir: None,
-    }
+    DevicePath::negotiating(features, stages, None)
 }
 
 fn gso_tx_device(batches: usize) -> Run {

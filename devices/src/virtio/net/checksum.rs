@@ -158,21 +158,7 @@ impl Sum {
 mod tests {
     use super::*;
     use crate::virtio::net::headers::parse;
-
-    /// An Ethernet + IPv4 + TCP (data offset 8: 32 header bytes) frame of `len` bytes.
-    fn tcp4(len: usize) -> Vec<u8> {
-        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-        let ip_len = u16::try_from(len - 14).expect("IPv4 length");
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&ip_len.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
-        let mut tcp = [0u8; 32];
-        tcp[12] = 8 << 4;
-        tcp[13] = 0x10;
-        f.extend_from_slice(&tcp);
-        f.resize(len, 0);
-        f
-    }
+    use crate::virtio::net::headers::tests::tcp4_frame as tcp4;
 
     #[test]
     fn a_checksum_request_must_name_the_tcp_or_udp_checksum_field() {

@@ -171,6 +171,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
+    use crate::virtio::net::headers::tests::tcp4_frame as tcp4;
     use crate::virtio::net::headers::{parse, IpHeaders};
 
     /// A virtio header: NEEDS_CSUM, `gso_type`, `gso_size` (virtio 1.2 section 5.1.6).
@@ -180,21 +181,6 @@ mod tests {
         h[1] = gso_type;
         h[4..6].copy_from_slice(&gso_size.to_le_bytes());
         h
-    }
-
-    /// An Ethernet + IPv4 + TCP (data offset 8: 32 header bytes) frame of `len` bytes.
-    fn tcp4(len: usize) -> Vec<u8> {
-        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
-        let ip_len = u16::try_from(len - 14).expect("IPv4 length");
-        f.extend_from_slice(&[0x45, 0]);
-        f.extend_from_slice(&ip_len.to_be_bytes());
-        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
-        let mut tcp = [0u8; 32];
-        tcp[12] = 8 << 4;
-        tcp[13] = 0x10;
-        f.extend_from_slice(&tcp);
-        f.resize(len, 0);
-        f
     }
 
     #[test]

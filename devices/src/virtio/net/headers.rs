@@ -340,6 +340,22 @@ pub(crate) mod tests {
         f
     }
 
+    /// An Ethernet + IPv4 + TCP (data offset 8: 32 header bytes) frame of `len` bytes, from
+    /// 10.0.0.2 to 10.0.0.1, ACK (test helper shared with the offload modules' tests).
+    pub(crate) fn tcp4_frame(len: usize) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let ip_len = u16::try_from(len - 14).expect("IPv4 length");
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&ip_len.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+        let mut tcp = [0u8; 32];
+        tcp[12] = 8 << 4;
+        tcp[13] = 0x10;
+        f.extend_from_slice(&tcp);
+        f.resize(len, 0);
+        f
+    }
+
     #[test]
     fn ipv4_tcp_five_tuple_and_flags() {
         let f = ipv4_frame([2, 0, 0, 0, 0, 9], [10, 0, 0, 2], [10, 0, 0, 1], TCP);

@@ -27,7 +27,6 @@ use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-
 use crate::virtio::feature;
 
 /// Where one chain's trip through the pipeline ended.
