@@ -8,6 +8,8 @@
 
 use packet::Verdict;
 
+use super::checksum::ChecksumError;
+use super::gso::GsoError;
 use super::headers::{parse, FrameHeaders, VLAN_TPIDS};
 use super::{MAX_FRAME_LEN, VNET_HDR_LEN};
 
@@ -46,6 +48,24 @@ pub enum FrameError {
 
 /// Bytes of an IEEE 802.1Q tag.
 pub const VLAN_TAG_LEN: usize = 4;
+
+/// Why a frame is refused by the frame checks (`dropped-malformed`): its length, or what its
+/// virtio header asks of the host or the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Its length.
+    #[error(transparent)]
+    Length(#[from] FrameError),
+    /// A GSO frame's rules.
+    #[error(transparent)]
+    Gso(#[from] GsoError),
+    /// A checksum request the device can neither pass on nor carry out.
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+    /// RX: work the driver did not negotiate (a partial checksum, a GSO type).
+    #[error("frame needs an offload the driver did not negotiate")]
+    Unnegotiated,
+}
 
 /// Check the length `len` of virtio header + Ethernet frame as the guest handed it over,
 /// `head` its first bytes after the virtio header, against a host link of MTU `mtu` (`None`:

@@ -26,7 +26,7 @@ use vm_memory::GuestMemoryMmap;
 use super::backend::NetBackend;
 use super::chain::{rx_append, rx_begin, rx_finish, write_head, ChainError, HeadSpans, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
-use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError};
+use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::stages::Wait;
@@ -339,14 +339,13 @@ impl RxQueue {
         );
         let parsed = checked.unwrap_or(None);
         let wire = match gso {
-            _ if stale => Err("frame needs an offload the driver did not negotiate".to_string()),
+            _ if stale => Err(Refusal::Unnegotiated),
             None => length
                 .and_then(|()| check_link_len(frame_len, headers, self.mtu))
                 .map(|()| WireSize::single(frame_len, parsed.as_ref()))
-                .map_err(|e| e.to_string()),
-            Some(gso) => length.map_err(|e| e.to_string()).and_then(|()| {
-                WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu)
-                    .map_err(|e| e.to_string())
+                .map_err(Refusal::from),
+            Some(gso) => length.map_err(Refusal::from).and_then(|()| {
+                WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu).map_err(Refusal::from)
             }),
         };
         let size = wire

@@ -22,7 +22,7 @@ use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
 use super::checksum::{check_csum_request, checksum_in_device, NEEDS_CSUM};
 use super::counters::{add, inc, NetCounters, TxCounters};
-use super::frame_checks::{check_tx_frame, read_headers, FrameError};
+use super::frame_checks::{check_tx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
 use super::queue::{avail_index_invalid, QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
@@ -248,10 +248,11 @@ impl TxQueue {
         let parsed = read.unwrap_or(None);
         let wire = match gso {
             None => Ok(WireSize::single(frame_len, parsed.as_ref())),
-            Some(gso) => WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu)
-                .map_err(|e| e.to_string()),
+            Some(gso) => {
+                WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu).map_err(Refusal::from)
+            }
         };
-        let wire = csum.map_err(|e| e.to_string()).and(wire);
+        let wire = csum.map_err(Refusal::from).and(wire);
         let size = wire
             .as_ref()
             .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
