@@ -186,11 +186,43 @@ impl DevicePath {
 }
 
 fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
-    let mut p = DevicePath::new(audit);
+    device_tx_loop(DevicePath::new(audit), &frame(len), BATCH, batches)
+}
+
+fn tx_raw(len: usize, batches: usize) -> Run {
+    raw_tx_loop(Tap::open(TAP).expect("tap"), &frame(len), BATCH, batches)
+}
+
+fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
     let f = frame(len);
-    // The guest's part, done once: descriptors and frame data for every slot.
-    for _ in 0..BATCH {
-        p.driver.add_buffer(1, Some(&f), 0);
+    let inject = || inj.send(&f[VNET_HDR_LEN..], BATCH);
+    device_rx_loop(
+        DevicePath::new(audit),
+        VNET_HDR_LEN + len,
+        BATCH,
+        batches,
+        inject,
+    )
+}
+
+fn rx_raw(len: usize, batches: usize, inj: &Injector) -> Run {
+    let f = frame(len);
+    let inject = || inj.send(&f[VNET_HDR_LEN..], BATCH);
+    raw_rx_loop(
+        Tap::open(TAP).expect("tap"),
+        VNET_HDR_LEN + len,
+        BATCH,
+        batches,
+        inject,
+    )
+}
+
+/// The device sends `count` copies of `frame` (virtio header included) per batch: the
+/// guest's part (descriptors and data for every slot) is done once, then each batch only
+/// republishes the avail ring and kicks.
+fn device_tx_loop(mut p: DevicePath, frame: &[u8], count: usize, batches: usize) -> Run {
+    for _ in 0..count {
+        p.driver.add_buffer(1, Some(frame), 0);
     }
     p.driver.kick(1);
     p.pump();
@@ -200,7 +232,7 @@ fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
         &mut p,
         |_| {},
         |p| {
-            p.driver.republish(1, BATCH as u16);
+            p.driver.republish(1, count as u16);
             p.driver.kick(1);
             p.pump();
             p.driver.take_used(1).len() as u64
@@ -208,12 +240,11 @@ fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
     )
 }
 
-/// The raw loops use one buffer per ring slot, as the device does (the guest's ring has
-/// [`BATCH`] buffers): a single reused buffer would stay in L1 and measure the cache, not
-/// the TAP.
-fn tx_raw(len: usize, batches: usize) -> Run {
-    let mut tap = Tap::open(TAP).expect("tap");
-    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
+/// The raw loop writes `count` copies of `frame` per batch, one buffer each, as the device
+/// reads the guest ring's `count` buffers: a single reused buffer would stay in the cache
+/// and measure it, not the TAP.
+fn raw_tx_loop(mut tap: Tap, frame: &[u8], count: usize, batches: usize) -> Run {
+    let frames: Vec<Vec<u8>> = (0..count).map(|_| frame.to_vec()).collect();
     measure(
         batches,
         &mut tap,
@@ -222,16 +253,22 @@ fn tx_raw(len: usize, batches: usize) -> Run {
             for f in &frames {
                 tap.write_frame(f).expect("raw write");
             }
-            BATCH as u64
+            count as u64
         },
     )
 }
 
-fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
-    let mut p = DevicePath::new(audit);
-    let f = frame(len);
-    for _ in 0..BATCH {
-        p.driver.add_buffer(0, None, (VNET_HDR_LEN + len) as u32);
+/// The device delivers the `count` frames `inject` sends (not timed) per batch into as many
+/// posted `buf_len`-byte guest buffers.
+fn device_rx_loop(
+    mut p: DevicePath,
+    buf_len: usize,
+    count: usize,
+    batches: usize,
+    inject: impl Fn(),
+) -> Run {
+    for _ in 0..count {
+        p.driver.add_buffer(0, None, buf_len as u32);
     }
     p.driver.kick(0);
     p.pump();
@@ -241,11 +278,11 @@ fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
         &mut p,
         |p| {
             if !std::mem::take(&mut first) {
-                p.driver.republish(0, BATCH as u16);
+                p.driver.republish(0, count as u16);
             }
             p.driver.kick(0);
             p.pump();
-            inj.send(&f[VNET_HDR_LEN..], BATCH);
+            inject();
         },
         |p| {
             p.pump();
@@ -254,24 +291,30 @@ fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
     )
 }
 
-fn rx_raw(len: usize, batches: usize, inj: &Injector) -> Run {
-    let mut tap = Tap::open(TAP).expect("tap");
-    let f = frame(len);
-    let mut bufs: Vec<Vec<u8>> = (0..BATCH).map(|_| vec![0u8; VNET_HDR_LEN + len]).collect();
+/// The raw loop reads what `inject` sent (not timed) into `count` buffers of `buf_len`
+/// bytes in turn, until the TAP is empty.
+fn raw_rx_loop(
+    mut tap: Tap,
+    buf_len: usize,
+    count: usize,
+    batches: usize,
+    inject: impl Fn(),
+) -> Run {
+    let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; buf_len]).collect();
     measure(
         batches,
         &mut tap,
-        |_| inj.send(&f[VNET_HDR_LEN..], BATCH),
+        |_| inject(),
         |tap| {
-            let mut n = 0;
+            let mut n = 0usize;
             loop {
-                match tap.read_frame(&mut bufs[n as usize % BATCH]) {
+                match tap.read_frame(&mut bufs[n % count]) {
                     Ok(_) => n += 1,
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => panic!("raw read: {e}"),
                 }
             }
-            n
+            n as u64
         },
     )
 }
@@ -543,70 +586,25 @@ fn offload_path(features: u64, stages: Stages) -> DevicePath {
 }
 
 fn gso_tx_device(batches: usize) -> Run {
-    let mut p = offload_path(feature(F_CSUM) | feature(F_HOST_TSO4), Stages::default());
-    let f = gso_frame(VNET_HDR_LEN);
-    for _ in 0..GSO_BATCH {
-        p.driver.add_buffer(1, Some(&f), 0);
-    }
-    p.driver.kick(1);
-    p.pump();
-    p.driver.take_used(1);
-    measure(
-        batches,
-        &mut p,
-        |_| {},
-        |p| {
-            p.driver.republish(1, GSO_BATCH as u16);
-            p.driver.kick(1);
-            p.pump();
-            p.driver.take_used(1).len() as u64
-        },
-    )
+    let p = offload_path(feature(F_CSUM) | feature(F_HOST_TSO4), Stages::default());
+    device_tx_loop(p, &gso_frame(VNET_HDR_LEN), GSO_BATCH, batches)
 }
 
-/// The raw loops use as many distinct 64 KiB buffers as the device's ring has frames, so
-/// that neither side gets the other's cache footprint (one reused buffer stays in L2).
 fn gso_tx_raw(batches: usize) -> Run {
-    let mut tap = Tap::open(TAP).expect("tap");
-    let frames: Vec<Vec<u8>> = (0..GSO_BATCH).map(|_| gso_frame(VNET_HDR_LEN)).collect();
-    measure(
-        batches,
-        &mut tap,
-        |_| {},
-        |tap| {
-            for f in &frames {
-                tap.write_frame(f).expect("raw write");
-            }
-            GSO_BATCH as u64
-        },
-    )
+    let tap = Tap::open(TAP).expect("tap");
+    raw_tx_loop(tap, &gso_frame(VNET_HDR_LEN), GSO_BATCH, batches)
 }
 
 fn gso_rx_device(batches: usize, inj: &Injector) -> Run {
     let features = feature(F_GUEST_CSUM) | feature(F_GUEST_TSO4);
-    let mut p = offload_path(features, Stages::default());
     let f = gso_frame(10);
-    for _ in 0..GSO_BATCH {
-        p.driver.add_buffer(0, None, 65_562);
-    }
-    p.driver.kick(0);
-    p.pump();
-    let mut first = true;
-    measure(
+    let inject = || inj.send(&f, GSO_BATCH);
+    device_rx_loop(
+        offload_path(features, Stages::default()),
+        65_562,
+        GSO_BATCH,
         batches,
-        &mut p,
-        |p| {
-            if !std::mem::take(&mut first) {
-                p.driver.republish(0, GSO_BATCH as u16);
-            }
-            p.driver.kick(0);
-            p.pump();
-            inj.send(&f, GSO_BATCH);
-        },
-        |p| {
-            p.pump();
-            p.driver.take_used(0).len() as u64
-        },
+        inject,
     )
 }
 
@@ -615,23 +613,7 @@ fn gso_rx_raw(batches: usize, inj: &Injector) -> Run {
     tap.set_guest_offloads(feature(F_GUEST_CSUM) | feature(F_GUEST_TSO4))
         .expect("TUNSETOFFLOAD");
     let f = gso_frame(10);
-    let mut bufs: Vec<Vec<u8>> = (0..GSO_BATCH).map(|_| vec![0u8; 65_562]).collect();
-    measure(
-        batches,
-        &mut tap,
-        |_| inj.send(&f, GSO_BATCH),
-        |tap| {
-            let mut n = 0usize;
-            loop {
-                match tap.read_frame(&mut bufs[n % GSO_BATCH]) {
-                    Ok(_) => n += 1,
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("raw read: {e}"),
-                }
-            }
-            n as u64
-        },
-    )
+    raw_rx_loop(tap, 65_562, GSO_BATCH, batches, || inj.send(&f, GSO_BATCH))
 }
 
 /// 64 KiB TCP GSO frames through the device vs the raw TAP, both ways, and the shaper's
