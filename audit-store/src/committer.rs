@@ -15,7 +15,7 @@ use std::time::{Instant, SystemTime};
 use super::error::{AuditError, Result};
 use super::index::{self, IndexBuilder, IndexKey};
 use super::retention;
-use super::segment::{now_ns, Segment, MAX_SEGMENT_AGE};
+use super::segment::{day_name, now_ns, Segment, MAX_SEGMENT_AGE};
 use super::span::SpanWriter;
 use super::writer::{AuditConfig, Entry, Msg, Shared};
 
@@ -139,15 +139,29 @@ impl Committer {
     }
 
     fn try_commit(&mut self) -> Result<()> {
+        // A segment's day directory is the day of its records' last packets: a batch goes
+        // into a segment of the day its earliest last packet falls on, and a batch reaching
+        // into another day gets a segment of its own (see `segment::scan_window`).
+        let days = self
+            .pending_keys
+            .iter()
+            .map(|(k, _)| k.last_ns)
+            .min()
+            .zip(self.pending_keys.iter().map(|(k, _)| k.last_ns).max())
+            .map(|(lo, hi)| (day_name(lo), day_name(hi)));
         let roll = self.open.as_ref().is_some_and(|o| {
             o.len >= self.config.segment_bytes
                 || o.opened.elapsed() >= self.config.segment_age.min(MAX_SEGMENT_AGE)
+                || days
+                    .as_ref()
+                    .is_some_and(|(lo, hi)| lo != hi || o.seg.day() != Some(lo.as_str()))
         });
         if roll {
             self.seal();
         }
         if self.open.is_none() {
-            self.open = Some(self.create()?);
+            let day_ns = self.pending_keys.iter().map(|(k, _)| k.last_ns).min();
+            self.open = Some(self.create(day_ns)?);
         }
         let Some(open) = self.open.as_mut() else {
             return Ok(());
@@ -185,10 +199,12 @@ impl Committer {
         Ok(())
     }
 
-    fn create(&mut self) -> Result<Open> {
+    /// A new segment, in the day directory of `day_ns` (its first records' earliest last
+    /// packet; none: the creation time's).
+    fn create(&mut self, day_ns: Option<u64>) -> Result<Open> {
         self.expire();
         let created = now_ns().max(self.last_created + 1);
-        let seg = Segment::new(&self.dir, created);
+        let seg = Segment::in_day(&self.dir, day_ns.unwrap_or(created), created);
         let day = seg.dir().to_path_buf();
         if !day.is_dir() {
             std::fs::create_dir_all(&day).map_err(|e| AuditError::io(&day, e))?;

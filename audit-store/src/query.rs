@@ -377,6 +377,31 @@ mod tests {
     }
 
     #[test]
+    fn records_around_midnight_are_found_on_both_days() {
+        // 2026-11-28T23:58:20Z, then one record a second for 200 s: the batches fall on two
+        // day directories, whatever day it is now.
+        let start = 1_795_910_300 * S;
+        let state = tempfile::tempdir().expect("tempdir");
+        write(state.path(), "alpha", start, 200, false);
+        let dir = state.path().join("audit").join("alpha");
+        let days: Vec<Option<String>> = segment::list(&dir)
+            .expect("list")
+            .iter()
+            .map(|s| s.day().map(str::to_string))
+            .collect();
+        assert!(days.contains(&Some("2026-11-28".into())), "{days:?}");
+        assert!(days.contains(&Some("2026-11-29".into())), "{days:?}");
+        for at in [start + 50 * S, start + 150 * S] {
+            let a = ask(state.path(), at, "1s", None);
+            assert!(
+                a.slivers.iter().all(|m| m.sliver == "alpha") && !a.flows.is_empty(),
+                "at {}: {a:?}",
+                format_time(at)
+            );
+        }
+    }
+
+    #[test]
     fn the_limit_truncates_flows_not_the_summary() {
         let state = tempfile::tempdir().expect("tempdir");
         write(state.path(), "alpha", T0, 300, false);

@@ -1,7 +1,10 @@
 //! Segment files of one sliver's log: `<day>/seg-<created ns, 20 digits>.log`, each with an
-//! index sidecar `seg-<same>-<min first>-<max last>.idx` once sealed. `<day>` is the UTC date
-//! of the creation time, `YYYY-MM-DD`: a query lists only the days its window can reach
-//! ([`scan_window`]), so its cost does not grow with the retention window. Logs written
+//! index sidecar `seg-<same>-<min first>-<max last>.idx` once sealed. `<day>` is a UTC date,
+//! `YYYY-MM-DD`: the writer puts each batch of records into a segment of the day of the
+//! batch's earliest last packet, and a batch reaching into a later day into a segment of its
+//! own, so a segment of day D holds records whose last packets fall on D, or within one
+//! batch after it. A query lists only the days its window can reach ([`scan_window`]), so
+//! its cost does not grow with the retention window. Logs written
 //! before day directories (segments directly in the sliver directory) are still read. Names
 //! sort in creation order.
 
@@ -14,7 +17,7 @@ const PREFIX: &str = "seg-";
 /// Nanoseconds in a day.
 const DAY_NS: u64 = 86_400_000_000_000;
 /// A segment is sealed at most this long after it was created (the writer's `segment_age` is
-/// held to it), so its records were committed within a day of the name of its directory.
+/// held to it).
 pub const MAX_SEGMENT_AGE: std::time::Duration = std::time::Duration::from_secs(86_400);
 const LOG_EXT: &str = ".log";
 const IDX_EXT: &str = ".idx";
@@ -44,16 +47,32 @@ pub struct IndexFile {
 }
 
 impl Segment {
-    /// The segment of sliver directory `dir` created at `created_ns` (in its day directory).
+    /// The segment of sliver directory `dir` created at `created_ns`, in the day directory of
+    /// that time.
     pub fn new(dir: &Path, created_ns: u64) -> Self {
+        Self::in_day(dir, created_ns, created_ns)
+    }
+
+    /// The segment of sliver directory `dir` created at `created_ns`, in the day directory of
+    /// time `day_ns` (the writer's: the day of its records' last packets).
+    pub fn in_day(dir: &Path, day_ns: u64, created_ns: u64) -> Self {
         Segment {
             created_ns,
             path: dir
-                .join(day_name(created_ns))
+                .join(day_name(day_ns))
                 .join(format!("{PREFIX}{created_ns:020}{LOG_EXT}")),
             index: None,
             span: None,
         }
+    }
+
+    /// The name of its day directory, if it is in one.
+    pub fn day(&self) -> Option<&str> {
+        self.path
+            .parent()
+            .and_then(|d| d.file_name())
+            .and_then(|n| n.to_str())
+            .filter(|n| is_day_name(n))
     }
 
     /// The directory its files are in.
@@ -227,9 +246,9 @@ pub fn scan_dir(dir: &Path) -> Result<(Vec<Segment>, Vec<PathBuf>)> {
 
 /// The segments of sliver directory `dir` that may hold records of the window
 /// `[from_ns, to_ns]`, oldest first: those of the days from the day before `from_ns` to the day
-/// after `to_ns` (a segment holds records committed from its creation until at most
-/// [`MAX_SEGMENT_AGE`] later, and a record is committed well within a day of its first
-/// packet), and any written before day directories. A caller still checks each one's span.
+/// after `to_ns` (a segment's records end on its day or within a batch after it, and a flow
+/// record lasts far less than a day: the flow table cuts flows at its active timeout), and
+/// any written before day directories. A caller still checks each one's span.
 pub fn scan_window(dir: &Path, from_ns: u64, to_ns: u64) -> Result<Vec<Segment>> {
     let first = day_name(from_ns.saturating_sub(DAY_NS));
     let last = day_name(to_ns.saturating_add(DAY_NS));
