@@ -178,11 +178,6 @@ impl Guest {
     }
 }
 
-fn ip(ns: &NetNs, args: &[&str]) {
-    let out = ns.command("ip").args(args).output().expect("ip");
-    assert!(out.status.success(), "ip {args:?}: {out:?}");
-}
-
 /// Every subset the driver may take: the TX side, the RX side, MRG_RXBUF, EVENT_IDX.
 fn combinations() -> Vec<u64> {
     let tx = [
@@ -213,21 +208,26 @@ fn combinations() -> Vec<u64> {
 #[test]
 fn every_offload_combination_reaches_the_host_kernel_as_negotiated() {
     let ns = NetNs::new("svtapof");
-    ip(&ns, &["tuntap", "add", "dev", TAP, "mode", "tap"]);
-    ip(&ns, &["link", "set", TAP, "address", "02:00:00:00:80:01"]);
-    ip(&ns, &["addr", "add", "10.80.0.1/24", "dev", TAP]);
-    ip(&ns, &["link", "set", TAP, "up"]);
+    ns.sh(&["ip", "tuntap", "add", "dev", TAP, "mode", "tap"]);
+    ns.sh(&["ip", "link", "set", TAP, "address", "02:00:00:00:80:01"]);
+    ns.sh(&["ip", "addr", "add", "10.80.0.1/24", "dev", TAP]);
+    ns.sh(&["ip", "link", "set", TAP, "up"]);
     let guest_mac = "02:00:00:00:80:02";
-    ip(
-        &ns,
-        &["neigh", "add", "10.80.0.2", "lladdr", guest_mac, "dev", TAP],
-    );
-    let out = ns
-        .command("sysctl")
-        .args(["-qw", &format!("net.ipv6.conf.{TAP}.disable_ipv6=1")])
-        .output()
-        .expect("sysctl");
-    assert!(out.status.success(), "{out:?}");
+    ns.sh(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.80.0.2",
+        "lladdr",
+        guest_mac,
+        "dev",
+        TAP,
+    ]);
+    ns.sh(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{TAP}.disable_ipv6=1"),
+    ]);
     let combos = combinations();
     assert_eq!(combos.len(), 64);
     ns.run_in(move || {

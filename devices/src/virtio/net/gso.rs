@@ -12,10 +12,11 @@
 //! ([`check_csum_request`](super::checksum::check_csum_request)).
 
 use virtio_bindings::virtio_net::{
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
+    VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4,
 };
 
+use super::checksum::NEEDS_CSUM;
 use super::frame_checks::{ETH_HDR_LEN, VLAN_TAG_LEN};
 use super::headers::{FrameHeaders, TCP, UDP};
 use super::VNET_HDR_LEN;
@@ -42,7 +43,7 @@ impl Gso {
         (kind != flag(VIRTIO_NET_HDR_GSO_NONE)).then(|| Self {
             kind,
             size: u16::from_le_bytes([hdr[4], hdr[5]]),
-            needs_csum: hdr[0] & flag(VIRTIO_NET_HDR_F_NEEDS_CSUM) != 0,
+            needs_csum: hdr[0] & NEEDS_CSUM != 0,
             hdr_len: u16::from_le_bytes([hdr[2], hdr[3]]),
         })
     }
