@@ -72,6 +72,9 @@ pub enum NodeError {
     /// The async runtime (or finding our own executable) failed.
     #[error("starting the daemon: {0}")]
     Runtime(std::io::Error),
+    /// The VMM binary is not beside the daemon's own.
+    #[error("{0}: the VMM binary is missing (it is built and installed beside slicevisor)")]
+    NoVmm(PathBuf),
     /// The connection limits do not fit the open-file limit.
     #[error(transparent)]
     Limits(#[from] LimitsError),
@@ -117,6 +120,18 @@ fn set_permissions(path: &Path, group: Option<u32>) -> Result<(), NodeError> {
         .map_err(socket_err(path, "chmod"))
 }
 
+/// The binary the supervisor starts for each sliver: `slicevisor-vmm`, beside this one. It is
+/// `slicevisor run` without the daemon's code, so each sliver maps less (docs/benchmarks.md).
+fn vmm_binary() -> Result<PathBuf, NodeError> {
+    let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
+    let vmm = exe.with_file_name("slicevisor-vmm");
+    if vmm.is_file() {
+        Ok(vmm)
+    } else {
+        Err(NodeError::NoVmm(vmm))
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -134,6 +149,7 @@ async fn shutdown_signal() {
 
 /// Serve the API until SIGTERM/SIGINT.
 pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
+    let vmm_exe = vmm_binary()?;
     let nofile = http_serve::raise_nofile_limit().map_err(NodeError::Runtime)?;
     let limits = ServeLimits {
         read_timeout: config.read_timeout,
@@ -150,7 +166,6 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
             source,
         })?;
     let registry = Arc::new(Registry::load(state)?);
-    let exe = std::env::current_exe().map_err(NodeError::Runtime)?;
     log::info!(
         "state directory {}: {} sliver(s)",
         state_dir.display(),
@@ -220,7 +235,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         let supervisor = Arc::new(
             Supervisor::new(
                 registry.clone(),
-                exe,
+                vmm_exe,
                 &state_dir,
                 config.guest_stop_timeout,
                 ledger.clone(),

@@ -1,4 +1,4 @@
-//! One VMM process per running sliver: started as `slicevisor run`, watched until it exits
+//! One VMM process per running sliver: started as `slicevisor-vmm run`, watched until it exits
 //! (its exit is noticed at once and recorded with the reason), stopped by asking the guest to
 //! power off, then with SIGTERM and, if need be, SIGKILL. After a daemon restart, VMMs that
 //! kept running are re-adopted through a pidfd instead of being orphaned or started twice.
@@ -105,7 +105,7 @@ fn active(state: SliverState) -> bool {
 }
 
 impl Supervisor {
-    /// A supervisor running `exe` (this binary) for VMMs, keeping exit files and logs in
+    /// A supervisor running `exe run` (`slicevisor-vmm`) for VMMs, keeping exit files and logs in
     /// `state_dir/run`.
     pub fn new(
         registry: Arc<Registry>,

@@ -43,9 +43,7 @@ fn fail(e: impl std::fmt::Display) -> i32 {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    slicevisor::init_log();
     let code = match Cli::parse().command {
         Command::Run(args) => vmm::run_cmd::run(args),
         Command::Node(args) => node_daemon::node_cmd::run(args).map_or_else(fail, |()| 0),

@@ -339,6 +339,37 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
 }
 
 #[test]
+fn a_daemon_without_its_vmm_binary_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let lone = dir.path().join("slicevisor");
+    std::fs::copy(slicevisor_bin(), &lone).expect("copying slicevisor alone");
+    let out = loop {
+        let out = std::process::Command::new(&lone)
+            .args(["node", "--socket"])
+            .arg(dir.path().join("node.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .output();
+        // A child another test forks while the copy's fd is open holds it for writing until
+        // it execs: wait for that.
+        match out {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other.expect("daemon"),
+        }
+    };
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let missing = dir.path().join("slicevisor-vmm");
+    assert!(
+        err.contains(&format!("{}: the VMM binary is missing", missing.display())),
+        "{err}"
+    );
+    assert!(!dir.path().join("state").exists(), "nothing created");
+}
+
+#[test]
 fn vmm_processes_are_started_watched_stopped_and_readopted() {
     let dir = tempfile::tempdir().expect("tmp");
     let halt = e2e::tiny_guest::Program::new()
@@ -357,6 +388,9 @@ fn vmm_processes_are_started_watched_stopped_and_readopted() {
     let pid = r.json()["pid"].as_u64().expect("pid");
     assert_eq!(r.json()["state"], "running");
     assert!(pid_alive(pid));
+    // It is the VMM-only binary beside the daemon's, with `slicevisor run`'s arguments.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("VMM's exe");
+    assert_eq!(exe, slicevisor_bin().with_file_name("slicevisor-vmm"));
     assert_eq!(
         d.call("POST", "/slivers/a/start", None).status,
         409,
