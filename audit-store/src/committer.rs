@@ -62,6 +62,7 @@ impl Committer {
             let wait = next_commit.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Record(entry)) => {
+                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
                     self.take(entry);
                     if self.pending.len() >= self.config.commit_bytes && !self.failing {
                         self.commit();
