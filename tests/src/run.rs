@@ -27,6 +27,18 @@ pub fn slicevisor_bin() -> PathBuf {
     bin
 }
 
+/// `slicevisor-vmm` (`slicevisor run` alone, what the node daemon starts per sliver), beside
+/// [`slicevisor_bin`].
+pub fn vmm_bin() -> PathBuf {
+    let bin = slicevisor_bin().with_file_name("slicevisor-vmm");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --workspace --bins`",
+        bin.display()
+    );
+    bin
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

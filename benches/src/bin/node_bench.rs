@@ -25,6 +25,25 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// `(Rss, Pss, Private_Clean + Private_Dirty)` of process `pid`, KiB (/proc/PID/smaps_rollup).
+/// Pss shares each page among the processes mapping it, so text shared by every VMM on the
+/// node counts once in the sum over slivers.
+fn memory_kib(pid: u32) -> [f64; 3] {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    [
+        field("Rss:"),
+        field("Pss:"),
+        field("Private_Clean:") + field("Private_Dirty:"),
+    ]
+}
+
 fn wait_for(path: &Path, needle: &str) {
     let start = Instant::now();
     while !std::fs::read_to_string(path)
@@ -100,18 +119,30 @@ fn main() {
     }
     let rate = n as f64 / all.elapsed().as_secs_f64();
     let busy_rss = rss_kib(daemon.id());
-    // Each running VMM's resident memory (the jailed VMM is the keeper's child).
-    let vmm_rss: Vec<f64> = (0..n)
-        .filter_map(|i| {
-            let view = request(&socket, "GET", &format!("/slivers/b-{i}"), None);
-            let v: serde_json::Value = serde_json::from_str(&view.body).ok()?;
-            let keeper = v["pid"].as_u64()?;
-            let children =
-                std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
-            let vmm = children.split_whitespace().next()?.parse::<u32>().ok()?;
-            Some(rss_kib(vmm) as f64)
-        })
-        .collect();
+    // Each running sliver's processes: the keeper the daemon started and its child, the
+    // jailed VMM. [Rss, Pss, private] of the VMM and of keeper + VMM.
+    let (mut vmm_mem, mut sliver_mem) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let view = request(&socket, "GET", &format!("/slivers/b-{i}"), None);
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&view.body) else {
+            continue;
+        };
+        let Some(keeper) = v["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children"))
+            .unwrap_or_default();
+        let Some(vmm) = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+        else {
+            continue;
+        };
+        let (k, m) = (memory_kib(keeper), memory_kib(vmm));
+        vmm_mem.push(m);
+        sliver_mem.push([k[0] + m[0], k[1] + m[1], k[2] + m[2]]);
+    }
     for i in 0..n {
         let r = request(&socket, "DELETE", &format!("/slivers/b-{i}"), None);
         assert_eq!(r.status, 204, "{r:?}");
@@ -139,11 +170,16 @@ fn main() {
     println!(
         "daemon RSS: {idle_rss} KiB idle, {busy_rss} KiB with {n} slivers defined and running"
     );
-    if !vmm_rss.is_empty() {
-        let r = summarize(&vmm_rss);
+    for (what, mem) in [("VMM", &vmm_mem), ("keeper + VMM", &sliver_mem)] {
+        if mem.is_empty() {
+            continue;
+        }
+        let col = |i: usize| summarize(&mem.iter().map(|m| m[i]).collect::<Vec<_>>()).median;
         println!(
-            "VMM RSS (16 MiB guests, idle, capture ring on): median {:.0} KiB, max {:.0} KiB",
-            r.median, r.max
+            "{what} per sliver (16 MiB tiny guest, idle, capture ring on), median KiB: Rss {:.0}, Pss {:.0}, private {:.0}",
+            col(0),
+            col(1),
+            col(2)
         );
     }
     drop(daemon);
