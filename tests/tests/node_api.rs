@@ -342,29 +342,37 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
 fn a_daemon_without_its_vmm_binary_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tmp");
     let lone = dir.path().join("slicevisor");
-    std::fs::copy(slicevisor_bin(), &lone).expect("copying slicevisor alone");
-    let out = loop {
-        let out = std::process::Command::new(&lone)
+    // A hard link holds no open file (a copy's fd, inherited by a child another test forks
+    // at that moment, would make exec fail with ETXTBSY); copy across file systems.
+    if std::fs::hard_link(slicevisor_bin(), &lone).is_err() {
+        std::fs::copy(slicevisor_bin(), &lone).expect("copying slicevisor alone");
+    }
+    let mut attempts = 0;
+    let child = loop {
+        let spawned = std::process::Command::new(&lone)
             .args(["node", "--socket"])
             .arg(dir.path().join("node.sock"))
             .arg("--state-dir")
             .arg(dir.path().join("state"))
-            .output();
-        // A child another test forks while the copy's fd is open holds it for writing until
-        // it execs: wait for that.
-        match out {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        match spawned {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => break other.expect("daemon"),
         }
     };
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = e2e::run::wait_with_timeout(child, std::time::Duration::from_secs(20));
+    assert_eq!(out.code(), 1);
     let missing = dir.path().join("slicevisor-vmm");
     assert!(
-        err.contains(&format!("{}: the VMM binary is missing", missing.display())),
-        "{err}"
+        out.stderr
+            .contains(&format!("{}: the VMM binary is missing", missing.display())),
+        "{}",
+        out.stderr
     );
     assert!(!dir.path().join("state").exists(), "nothing created");
 }

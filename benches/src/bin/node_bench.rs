@@ -28,8 +28,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// `(Rss, Pss, Private_Clean + Private_Dirty)` of process `pid`, KiB (/proc/PID/smaps_rollup).
 /// Pss shares each page among the processes mapping it, so text shared by every VMM on the
 /// node counts once in the sum over slivers.
-fn memory_kib(pid: u32) -> [f64; 3] {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+fn memory_kib(pid: u32) -> Option<[f64; 3]> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let field = |name: &str| {
         rollup
             .lines()
@@ -37,11 +37,11 @@ fn memory_kib(pid: u32) -> [f64; 3] {
             .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    [
+    Some([
         field("Rss:"),
         field("Pss:"),
         field("Private_Clean:") + field("Private_Dirty:"),
-    ]
+    ])
 }
 
 fn wait_for(path: &Path, needle: &str) {
@@ -139,9 +139,12 @@ fn main() {
         else {
             continue;
         };
-        let (k, m) = (memory_kib(keeper), memory_kib(vmm));
+        let (Some(k), Some(m)) = (memory_kib(keeper), memory_kib(vmm)) else {
+            continue;
+        };
         vmm_mem.push(m);
-        sliver_mem.push([k[0] + m[0], k[1] + m[1], k[2] + m[2]]);
+        // Rss does not add up (the two share pages); Pss and private memory do.
+        sliver_mem.push([f64::NAN, k[1] + m[1], k[2] + m[2]]);
     }
     for i in 0..n {
         let r = request(&socket, "DELETE", &format!("/slivers/b-{i}"), None);
@@ -175,9 +178,13 @@ fn main() {
             continue;
         }
         let col = |i: usize| summarize(&mem.iter().map(|m| m[i]).collect::<Vec<_>>()).median;
+        let rss = if mem[0][0].is_nan() {
+            String::new()
+        } else {
+            format!("Rss {:.0}, ", col(0))
+        };
         println!(
-            "{what} per sliver (16 MiB tiny guest, idle, capture ring on), median KiB: Rss {:.0}, Pss {:.0}, private {:.0}",
-            col(0),
+            "{what} per sliver (16 MiB tiny guest, idle, capture ring on), median KiB: {rss}Pss {:.0}, private {:.0}",
             col(1),
             col(2)
         );

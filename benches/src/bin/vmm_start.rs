@@ -37,8 +37,11 @@ fn main() {
         ("slicevisor run", slicevisor_bin()),
     ];
     let mut rows: Vec<[Vec<f64>; 5]> = vec![Default::default(), Default::default()];
-    for _ in 0..runs {
-        for ((_, bin), row) in binaries.iter().zip(rows.iter_mut()) {
+    for run in 0..runs {
+        // Each binary goes first in every other round.
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (bin, row) = (&binaries[i].1, &mut rows[i]);
             let child = std::process::Command::new(bin)
                 .args(["run", "--kernel", kernel.to_str().expect("utf8")])
                 .args(["--mem-mib", "128"])
