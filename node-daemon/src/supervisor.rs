@@ -339,11 +339,9 @@ impl Supervisor {
                 .apply(name, &spec.cgroup_limits())
                 .map_err(std::io::Error::other)?;
             let procs: Vec<std::ffi::CString> = cgroups
-                .dirs(name)
-                .iter()
-                .filter_map(|d| {
-                    std::ffi::CString::new(d.join("cgroup.procs").into_os_string().into_vec()).ok()
-                })
+                .join_files(name)
+                .into_iter()
+                .filter_map(|f| std::ffi::CString::new(f.into_os_string().into_vec()).ok())
                 .collect();
             // SAFETY: the closure runs in the child between fork and exec and only calls
             // async-signal-safe functions (open, write, close) on paths made before the fork.
@@ -354,7 +352,7 @@ impl Supervisor {
                         if fd < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                        // "0": the writing process itself (cgroup-v2.rst, cgroup.procs).
+                        // "0": the writer itself (cgroup-v2.rst, cgroup.procs; v1 tasks).
                         let written = libc::write(fd, b"0".as_ptr().cast(), 1);
                         let err = std::io::Error::last_os_error();
                         libc::close(fd);

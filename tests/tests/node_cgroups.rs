@@ -14,7 +14,12 @@ use serde_json::json;
 
 /// The VMM's cgroup directory for `controller` ("" for v2), from `/proc/PID/cgroup`.
 fn cgroup_dir(pid: u64, controller: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    cgroup_dir_in(&format!("/proc/{pid}/cgroup"), controller)
+}
+
+/// [`cgroup_dir`] from the cgroup file `file` (a process's or a thread's).
+fn cgroup_dir_in(file: &str, controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(file).ok()?;
     text.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -111,6 +116,43 @@ fn each_sliver_runs_in_its_own_cgroup_with_its_limits() {
             .expect("parents");
         let daemon_line = std::fs::read_to_string(daemon_cg.join("cgroup.procs")).expect("procs");
         assert!(!daemon_line.split_whitespace().any(|p| p == pid.to_string()));
+    }
+    // Every thread of the keeper and of the VMM it forked is in the sliver's cgroup, in each
+    // hierarchy (the keeper joined by moving its one thread before exec). The keeper forks
+    // the VMM, which spawns its vCPU and other threads, after the reply.
+    let tasks = || -> Vec<PathBuf> {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let vmm = children.split_whitespace().next().map(str::to_string);
+        std::iter::once(pid.to_string())
+            .chain(vmm)
+            .flat_map(|p| {
+                std::fs::read_dir(format!("/proc/{p}/task"))
+                    .into_iter()
+                    .flatten()
+            })
+            .map(|t| t.expect("task").path())
+            .collect()
+    };
+    let start = Instant::now();
+    while tasks().len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the VMM never ran its threads: {:?}",
+            tasks()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for task in tasks() {
+        let file = task.join("cgroup");
+        let file = file.to_str().expect("utf8");
+        for (d, controller) in dirs
+            .iter()
+            .zip(["cpu", "cpuacct", "cpuset", "memory", "pids"])
+        {
+            let controller = if version == "v1" { controller } else { "" };
+            assert_eq!(cgroup_dir_in(file, controller).as_ref(), Some(d), "{file}");
+        }
     }
     // CPU limits change on the running sliver.
     let patched = d.call(
