@@ -36,10 +36,28 @@ impl Node {
     /// Converge sliver `name`, and every sliver's CPU weight (a create, change or delete of
     /// one changes the others'); the caller holds its lock.
     pub(crate) async fn converge_locked(self: &Arc<Self>, name: &str) -> Result<(), SliverError> {
-        let running = vmm_procs::scan(self.supervisor.run_dir());
+        let running = self.running_vmms_of(name);
         let converged = self.converge_with(name, &running).await;
         self.sync_cpu_weights();
         converged
+    }
+
+    /// The VMMs of sliver `name` that run now, as [`vmm_procs::scan`] would find them. With
+    /// cgroups, only the processes in its cgroup and its recorded pid are looked at: every VMM
+    /// the daemon starts joins its cgroup before exec, and a full scan of the host's
+    /// processes (one `/proc/PID/cmdline` read each, two processes per running sliver) costs
+    /// every API call more as the node fills. A VMM outside its cgroup (started by a daemon
+    /// without cgroups) is still found by [`Self::reconcile_all`]'s full scan, every
+    /// [`PERIOD`].
+    fn running_vmms_of(&self, name: &str) -> HashMap<String, Vec<u32>> {
+        let run_dir = self.supervisor.run_dir();
+        match self.supervisor.cgroups() {
+            Some(cgroups) => {
+                let recorded = self.registry.get(name).ok().and_then(|r| r.pid);
+                vmm_procs::scan_among(cgroups.procs(name).into_iter().chain(recorded), run_dir)
+            }
+            None => vmm_procs::scan(run_dir),
+        }
     }
 
     /// Give every sliver's cgroup its CPU weight as the records say now: its share's, or

@@ -292,6 +292,20 @@ impl Cgroups {
         self.dirs(name).into_iter().map(|d| d.join(file)).collect()
     }
 
+    /// The processes in sliver `name`'s cgroup (its first hierarchy's `cgroup.procs`, pids
+    /// as the daemon sees them); none if it has no cgroup.
+    pub fn procs(&self, name: &str) -> Vec<u32> {
+        self.dirs(name)
+            .first()
+            .and_then(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn parents(&self) -> Vec<PathBuf> {
         match &self.layout {
             Layout::V2(own) => vec![own.join(PARENT).join(&self.daemon)],

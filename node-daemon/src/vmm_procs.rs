@@ -129,23 +129,33 @@ pub fn is_ours(pid: u32, name: &str, run_dir: &Path) -> bool {
 /// This daemon's VMMs running now, by sliver name (more than one for a name is an accident
 /// the convergence repairs), lowest pid first.
 pub fn scan(run_dir: &Path) -> HashMap<String, Vec<u32>> {
-    let mut found: HashMap<String, Vec<u32>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+        return HashMap::new();
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+    scan_among(
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()),
+        run_dir,
+    )
+}
+
+/// [`scan`] over the processes `pids` only (e.g. one sliver's cgroup, where its VMM runs):
+/// one `/proc/PID/cmdline` read each, where [`scan`] reads every process's on the host.
+pub fn scan_among(
+    pids: impl IntoIterator<Item = u32>,
+    run_dir: &Path,
+) -> HashMap<String, Vec<u32>> {
+    let mut found: HashMap<String, Vec<u32>> = HashMap::new();
+    for pid in pids {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         if let Some(name) = sliver_of(&cmdline, run_dir) {
-            found.entry(name).or_default().push(pid);
+            let pids = found.entry(name).or_default();
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
         }
     }
     for pids in found.values_mut() {
