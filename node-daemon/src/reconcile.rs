@@ -42,21 +42,29 @@ impl Node {
         converged
     }
 
-    /// The VMMs of sliver `name` that run now, as [`vmm_procs::scan`] would find them. With
-    /// cgroups, only the processes in its cgroup and its recorded pid are looked at: every VMM
-    /// the daemon starts joins its cgroup before exec, and a full scan of the host's
-    /// processes (one `/proc/PID/cmdline` read each, two processes per running sliver) costs
-    /// every API call more as the node fills. A VMM outside its cgroup (started by a daemon
-    /// without cgroups) is still found by [`Self::reconcile_all`]'s full scan, every
-    /// [`PERIOD`].
+    /// The VMMs of sliver `name` that run now, as [`vmm_procs::scan`] would find them. A full
+    /// scan reads every process's `/proc/PID/cmdline` (two processes per running sliver), so
+    /// with cgroups the processes of its cgroup and its recorded pid are looked at first:
+    /// every VMM the daemon starts joins its cgroup before exec. The full scan is still made
+    /// when that finds none and one may run elsewhere (started by a daemon without cgroups):
+    /// when the sliver's audit log has a writer (every VMM the daemon starts holds its lock),
+    /// or when its record says a VMM should run but nobody watches one.
     fn running_vmms_of(&self, name: &str) -> HashMap<String, Vec<u32>> {
         let run_dir = self.supervisor.run_dir();
-        match self.supervisor.cgroups() {
-            Some(cgroups) => {
-                let recorded = self.registry.get(name).ok().and_then(|r| r.pid);
-                vmm_procs::scan_among(cgroups.procs(name).into_iter().chain(recorded), run_dir)
-            }
-            None => vmm_procs::scan(run_dir),
+        let Some(cgroups) = self.supervisor.cgroups() else {
+            return vmm_procs::scan(run_dir);
+        };
+        let record = self.registry.get(name).ok();
+        let recorded = record.as_ref().and_then(|r| r.pid);
+        let found = vmm_procs::scan_among(cgroups.procs(name).into_iter().chain(recorded), run_dir);
+        let unwatched = record
+            .is_some_and(|r| crate::supervisor::active(r.state) && !self.supervisor.watching(name));
+        let writing =
+            audit_store::writer::has_writer(&audit_store::sliver_dir(&self.state_dir, name));
+        if found.contains_key(name) || !(unwatched || writing) {
+            found
+        } else {
+            vmm_procs::scan(run_dir)
         }
     }
 

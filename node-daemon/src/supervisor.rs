@@ -97,7 +97,7 @@ pub fn sliver_mac(name: &str, net: &crate::spec::SliverNet) -> String {
 }
 
 /// Whether a sliver in `state` should have a VMM.
-fn active(state: SliverState) -> bool {
+pub(crate) fn active(state: SliverState) -> bool {
     matches!(
         state,
         SliverState::Starting | SliverState::Running | SliverState::Stopping
@@ -663,7 +663,8 @@ impl Supervisor {
     }
 
     /// Make sliver `name`'s VMM what its record says (the caller holds the name's lock, so no
-    /// other operation on it is under way). `running` is what [`vmm_procs::scan`] found. A
+    /// other operation on it is under way). `running` is what [`vmm_procs::scan`] found (or
+    /// its targeted form, `Node::running_vmms_of`). A
     /// sliver that should have a VMM and has one that nobody watches gets it adopted (a start
     /// cut off before its pid was recorded is thereby completed), or its end recorded; any
     /// further VMM of the name is stopped; a sliver that should have none has any VMM that

@@ -410,3 +410,54 @@ fn known_from(known: &mut BTreeMap<&str, Known>, name: &str, status: u16, state:
         *slot = k;
     }
 }
+
+#[test]
+fn a_vmm_outside_its_cgroup_is_stopped_before_a_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let k = halt_kernel(dir.path());
+    let d = start_daemon(dir.path(), Arc::new(NetNs::new("svoutside")));
+    let tiny = json!({"slice": "pl_converge", "kernel": k, "mem_mib": 16});
+    assert_eq!(d.call("PUT", "/slivers/s", Some(tiny)).status, 201);
+    // A VMM of s that the daemon did not start, in no sliver cgroup (as a daemon running
+    // without cgroups would have left it), with the daemon's arguments for s.
+    let state = state_dir(dir.path());
+    let run = state.join("run/s");
+    std::fs::create_dir_all(&run).expect("run dir");
+    let audit = audit_store::sliver_dir(&state, "s");
+    let mut stray = std::process::Command::new(e2e::run::vmm_bin())
+        .args(["run", "--sliver", "s", "--exit-file"])
+        .arg(run.join("exit.json"))
+        .arg("--kernel")
+        .arg(&k)
+        .args(["--mem-mib", "16", "--slice", "pl_converge", "--audit-dir"])
+        .arg(&audit)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("a stray VMM");
+    let start = Instant::now();
+    while !audit_store::writer::has_writer(&audit) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the stray never opened its audit log"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The start's convergence looks beyond the sliver's cgroup (the audit log has a writer),
+    // so the stray is stopped and exactly one VMM runs afterwards.
+    let r = d.call("POST", "/slivers/s/start", None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let pid = r.json()["pid"].as_u64().expect("pid");
+    assert_ne!(pid, u64::from(stray.id()));
+    let start = Instant::now();
+    while stray.try_wait().expect("wait").is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the stray VMM still runs beside the started one"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(pid_alive(pid), "the started VMM runs");
+    d.stop();
+    e2e::daemon::kill_vmms_under(dir.path());
+}

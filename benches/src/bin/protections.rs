@@ -136,13 +136,10 @@ fn main() {
                 let before = thread_cpu_ms();
                 cgroups.apply("bench", &limits).expect("cgroup");
                 let procs: Vec<std::ffi::CString> = cgroups
-                    .dirs("bench")
-                    .iter()
-                    .map(|d| {
-                        std::ffi::CString::new(
-                            d.join("cgroup.procs").to_string_lossy().into_owned(),
-                        )
-                        .expect("path")
+                    .join_files("bench")
+                    .into_iter()
+                    .map(|f| {
+                        std::ffi::CString::new(f.to_string_lossy().into_owned()).expect("path")
                     })
                     .collect();
                 cgroup_ms.push(thread_cpu_ms() - before);
