@@ -57,14 +57,17 @@ impl Node {
         let record = self.registry.get(name).ok();
         let recorded = record.as_ref().and_then(|r| r.pid);
         let found = vmm_procs::scan_among(cgroups.procs(name).into_iter().chain(recorded), run_dir);
+        if found.contains_key(name) {
+            return found;
+        }
         let unwatched = record
             .is_some_and(|r| crate::supervisor::active(r.state) && !self.supervisor.watching(name));
-        let writing =
-            audit_store::writer::has_writer(&audit_store::sliver_dir(&self.state_dir, name));
-        if found.contains_key(name) || !(unwatched || writing) {
-            found
-        } else {
+        if unwatched
+            || audit_store::writer::has_writer(&audit_store::sliver_dir(&self.state_dir, name))
+        {
             vmm_procs::scan(run_dir)
+        } else {
+            found
         }
     }
 
