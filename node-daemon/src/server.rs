@@ -253,6 +253,11 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 })
             })?,
         );
+        // The default socket's directory (/run/slicevisor) is made at boot by nobody else.
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(socket_err(&socket, "creating its directory"))?;
+        }
         clear_stale_socket(&socket)?;
         let listener =
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;

@@ -339,6 +339,34 @@ fn slivers_survive_restarts_and_a_killed_daemon() {
 }
 
 #[test]
+fn the_socket_directory_is_made_if_missing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let socket = dir.path().join("run/slicevisor/node.sock");
+    let ns = e2e::netns::NetNs::new("svsockdir");
+    let daemon = ns
+        .command_keeping_mounts(slicevisor_bin())
+        .args(["node", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let _daemon = e2e::run::ChildGuard::new(daemon);
+    let start = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no daemon on {}",
+            socket.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(request(&socket, "GET", "/slivers", None).status, 200);
+}
+
+#[test]
 fn a_daemon_without_its_vmm_binary_refuses_to_start() {
     let dir = tempfile::tempdir().expect("tmp");
     let lone = dir.path().join("slicevisor");
