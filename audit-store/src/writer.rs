@@ -404,7 +404,7 @@ mod tests {
             .lines()
             .find_map(|l| l.strip_prefix("RssAnon:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("VmRSS")
+            .expect("RssAnon")
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! or more for a `cpu_pct` guarantee, `crate::cpu_guarantee`).
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -284,12 +286,23 @@ impl Cgroups {
     /// global thread-group lock that a `cgroup.procs` write takes (its RCU grace period made
     /// each join ~7 ms on the test hosts; cgroup-v1 `cgroups.txt` §2.1: "echo 0 > tasks"
     /// attaches the writer). v2: `cgroup.procs` (there is no `tasks`; cgroup-v2.rst).
-    pub fn join_files(&self, name: &str) -> Vec<PathBuf> {
+    fn join_files(&self, name: &str) -> Vec<PathBuf> {
         let file = match self.layout {
             Layout::V2(_) => "cgroup.procs",
             Layout::V1 { .. } => "tasks",
         };
         self.dirs(name).into_iter().map(|d| d.join(file)).collect()
+    }
+
+    /// How a child joins sliver `name`'s cgroup itself: made before the fork, its
+    /// [`Joiner::join_self`] called in the child before exec.
+    pub fn joiner(&self, name: &str) -> Joiner {
+        Joiner(
+            self.join_files(name)
+                .into_iter()
+                .filter_map(|f| CString::new(f.into_os_string().into_vec()).ok())
+                .collect(),
+        )
     }
 
     /// The processes in sliver `name`'s cgroup (its first hierarchy's `cgroup.procs`, pids
@@ -642,6 +655,38 @@ pub fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
         }
     }
     Some(cpus)
+}
+
+/// The files a process writes `0` to to join one sliver's cgroup ([`Cgroups::joiner`]).
+#[derive(Debug, Clone)]
+pub struct Joiner(Vec<CString>);
+
+impl Joiner {
+    /// Move the calling process (one thread: a child between fork and exec) into the
+    /// cgroup. Calls only async-signal-safe functions (open, write, close) and allocates
+    /// nothing, so it may run in a `pre_exec` closure.
+    ///
+    /// # Errors
+    /// The first file that could not be opened or written.
+    pub fn join_self(&self) -> io::Result<()> {
+        for path in &self.0 {
+            // SAFETY: `path` is a NUL-terminated string owned by `self`; the fd is closed below.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // "0": the writer itself (cgroup-v2.rst, cgroup.procs; v1 cgroups.txt, tasks).
+            // SAFETY: writes one byte from a static buffer to the fd opened above.
+            let written = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+            let err = io::Error::last_os_error();
+            // SAFETY: closes the fd opened above, once.
+            unsafe { libc::close(fd) };
+            if written != 1 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

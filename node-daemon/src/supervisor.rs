@@ -4,7 +4,6 @@
 //! kept running are re-adopted through a pidfd instead of being orphaned or started twice.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -338,30 +337,11 @@ impl Supervisor {
             cgroups
                 .apply(name, &spec.cgroup_limits())
                 .map_err(std::io::Error::other)?;
-            let procs: Vec<std::ffi::CString> = cgroups
-                .join_files(name)
-                .into_iter()
-                .filter_map(|f| std::ffi::CString::new(f.into_os_string().into_vec()).ok())
-                .collect();
+            let join = cgroups.joiner(name);
             // SAFETY: the closure runs in the child between fork and exec and only calls
-            // async-signal-safe functions (open, write, close) on paths made before the fork.
+            // `Joiner::join_self`, which is async-signal-safe and allocates nothing.
             unsafe {
-                cmd.pre_exec(move || {
-                    for path in &procs {
-                        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                        if fd < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        // "0": the writer itself (cgroup-v2.rst, cgroup.procs; v1 tasks).
-                        let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                        let err = std::io::Error::last_os_error();
-                        libc::close(fd);
-                        if written != 1 {
-                            return Err(err);
-                        }
-                    }
-                    Ok(())
-                });
+                cmd.pre_exec(move || join.join_self());
             }
         }
         // SAFETY: the closure runs in the child between fork and exec and only calls

@@ -135,27 +135,12 @@ fn main() {
             if last {
                 let before = thread_cpu_ms();
                 cgroups.apply("bench", &limits).expect("cgroup");
-                let procs: Vec<std::ffi::CString> = cgroups
-                    .join_files("bench")
-                    .into_iter()
-                    .map(|f| {
-                        std::ffi::CString::new(f.to_string_lossy().into_owned()).expect("path")
-                    })
-                    .collect();
+                let join = cgroups.joiner("bench");
                 cgroup_ms.push(thread_cpu_ms() - before);
-                // SAFETY: the closure runs between fork and exec and only calls open, write
-                // and close on paths made before the fork.
+                // SAFETY: the closure runs between fork and exec and only calls
+                // `Joiner::join_self`, which is async-signal-safe and allocates nothing.
                 unsafe {
-                    cmd.pre_exec(move || {
-                        for path in &procs {
-                            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                                return Err(std::io::Error::last_os_error());
-                            }
-                            libc::close(fd);
-                        }
-                        Ok(())
-                    });
+                    cmd.pre_exec(move || join.join_self());
                 }
             }
             results[i].push(one(cmd));
