@@ -6,6 +6,7 @@ pub mod interrupt_status;
 pub(crate) mod iovec;
 pub mod mmio;
 pub mod net;
+pub mod split_ring;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 pub mod virtio_device;

@@ -59,6 +59,14 @@ pub enum ActivateError {
         /// What it was given.
         got: usize,
     },
+    /// A queue's ring cannot be used (its areas are outside guest memory or misaligned).
+    #[error("{queue} queue: {source}")]
+    Ring {
+        /// Which queue.
+        queue: &'static str,
+        /// What is wrong with it.
+        source: crate::virtio::split_ring::RingError,
+    },
     /// A resource (eventfd clone, registration) failed.
     #[error("activating: {0}")]
     Io(#[from] std::io::Error),

@@ -222,6 +222,29 @@ fn avail_index_jump_needs_reset_and_reset_recovers() {
 }
 
 #[test]
+fn avail_entry_past_the_descriptor_table_needs_reset_on_either_queue() {
+    for q in [TXQ, RXQ] {
+        let mut f = fixture();
+        // The chains sent before it still reach the driver.
+        if q == TXQ {
+            f.driver.add_buffer(TXQ, Some(&frame(60, 1)), 0);
+        }
+        f.driver.publish(q, QUEUE_SIZE);
+        f.driver.kick(q);
+        f.pump();
+        assert_ne!(f.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "queue {q}");
+        assert_eq!(f.snap().needs_reset, 1);
+        if q == TXQ {
+            assert_eq!(f.driver.take_used(TXQ).len(), 1);
+            assert_eq!(f.recv_peer(), Some(frame(60, 1)));
+        }
+        f.driver.init(FEATURES, 2, QUEUE_SIZE);
+        f.pump();
+        f.assert_still_works();
+    }
+}
+
+#[test]
 fn notify_storm_is_harmless() {
     let mut f = fixture();
     for _ in 0..10_000 {

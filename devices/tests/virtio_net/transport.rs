@@ -1,5 +1,8 @@
 //! The MMIO transport's validation (virtio 1.2 section 4.2.2), with a net device behind it.
 
+use devices::virtio::test_utils::MEM_SIZE;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
 use crate::fixture::*;
 
 fn fresh() -> (GuestDriver, EventManager<Dev>) {
@@ -32,6 +35,30 @@ fn queue_enabled_before_its_addresses_needs_reset() {
     assert_ne!(d.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
     assert_eq!(d.read_reg(VIRTIO_MMIO_QUEUE_READY), 0);
     assert_eq!(count(&d.transport.counters().needs_reset), 1);
+}
+
+#[test]
+fn a_ring_across_two_memory_regions_fails_activation() {
+    let (backend, _peer) = DgramBackend::pair();
+    let dev: Dev = Arc::new(Mutex::new(
+        NetDevice::new(backend, MAC, Stages::default()).expect("device"),
+    ));
+    // Queue 0's descriptor table (0x10000, 4 KiB for 256 entries) straddles 0x10800: all of
+    // it is guest memory, but not one mapping.
+    let split = 0x1_0800;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), split),
+        (GuestAddress(split as u64), MEM_SIZE - split),
+    ])
+    .expect("memory");
+    let mut d = GuestDriver::with_memory(dev, mem);
+    d.negotiate(FEATURES);
+    d.setup_queue(0, 256);
+    d.setup_queue(1, 256);
+    let s = d.driver_ok();
+    assert_eq!(s & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+    assert_ne!(s & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    assert_eq!(count(&d.transport.counters().bad_queue_config), 1);
 }
 
 #[test]

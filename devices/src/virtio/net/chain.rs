@@ -1,11 +1,9 @@
 //! Copying frames out of and into descriptor chains, refusing malformed chains.
 
-use std::ops::Deref;
-
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
+use vm_memory::GuestAddress;
 
 pub(crate) use crate::virtio::iovec::IovecBuf;
+use crate::virtio::split_ring::SplitRing;
 
 /// Why a chain could not be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -16,8 +14,9 @@ pub enum ChainError {
     /// A buffer lies outside guest memory.
     #[error("descriptor outside guest memory")]
     BadAddress,
-    /// The chain ended early: a loop, a `next` past the table, or a bad indirect table.
-    #[error("chain is broken (loop, bad next index or bad indirect table)")]
+    /// The chain cannot be followed: a loop, a `next` past the table, or an indirect
+    /// descriptor (VIRTIO_F_INDIRECT_DESC is not offered).
+    #[error("chain is broken (loop, bad next index or indirect descriptor)")]
     Broken,
     /// More data than the largest frame, or more descriptors than a chain may have (TX).
     #[error("chain is longer than the largest frame")]
@@ -50,33 +49,29 @@ enum Access {
 /// own copy of them there last ([`write_head`]).
 pub(crate) type HeadSpans = Vec<(GuestAddress, usize)>;
 
-/// Walk a chain: check each descriptor's direction, map it into host memory, and describe it
-/// with iovecs appended to `iovs`, its bytes counted from frame offset `start` (the bytes of
-/// the chains mapped before it for the same frame). Bytes at frame offsets below
-/// `head.len()` are not described: `iovs[0]` covers them in `head`; when the device reads
-/// they are copied there now, when it writes their guest spans go to `spans`. The rest point
-/// straight into guest memory. One slot of `iovs` is left free. Returns the frame offset
-/// after the chain.
-fn map_chain<M>(
-    chain: &mut DescriptorChain<M>,
+/// Walk chain `index` of `ring`: check each descriptor's direction, map it into host memory,
+/// and describe it with iovecs appended to `iovs`, its bytes counted from frame offset
+/// `start` (the bytes of the chains mapped before it for the same frame). Bytes at frame
+/// offsets below `head.len()` are not described: `iovs[0]` covers them in `head`; when the
+/// device reads they are copied there now, when it writes their guest spans go to `spans`.
+/// The rest point straight into guest memory. One slot of `iovs` is left free. Returns the
+/// frame offset after the chain.
+fn map_chain(
+    ring: &SplitRing,
+    index: u16,
     access: Access,
     head: &mut [u8],
     iovs: &mut Vec<libc::iovec>,
     (start, max_len): (usize, usize),
     mut spans: Option<&mut HeadSpans>,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemoryBackend,
-{
+) -> Result<usize, ChainError> {
     let mut total = start;
-    let mut more = true;
-    while let Some(desc) = chain.next() {
-        more = desc.has_next();
+    for desc in ring.descriptors(index) {
+        let desc = desc.map_err(|_| ChainError::Broken)?;
         if desc.is_write_only() != (access == Access::DeviceWrites) {
             return Err(ChainError::WrongDirection);
         }
-        let len = desc.len() as usize;
+        let len = desc.len as usize;
         let at = total;
         total = total
             .checked_add(len)
@@ -85,17 +80,14 @@ where
         if len == 0 {
             continue;
         }
-        let slice = chain
-            .memory()
-            .get_slice(desc.addr(), len)
-            .map_err(|_| ChainError::BadAddress)?;
+        let slice = ring.buffer(desc.addr, len).ok_or(ChainError::BadAddress)?;
         let in_head = head.len().saturating_sub(at).min(len);
         if in_head > 0 {
             match (access, spans.as_deref_mut()) {
                 (Access::DeviceReads, _) => {
                     slice.copy_to(&mut head[at..at + in_head]);
                 }
-                (Access::DeviceWrites, Some(spans)) => spans.push((desc.addr(), in_head)),
+                (Access::DeviceWrites, Some(spans)) => spans.push((desc.addr, in_head)),
                 (Access::DeviceWrites, None) => {}
             }
         }
@@ -111,9 +103,6 @@ where
                 iov_len: len - in_head,
             });
         }
-    }
-    if more {
-        return Err(ChainError::Broken);
     }
     Ok(total)
 }
@@ -136,22 +125,20 @@ fn finish_head(head_cap: usize, iovs: &mut [libc::iovec], total: usize) -> usize
     head_len
 }
 
-/// Gather a TX chain: copy its first `head.len()` bytes into `head` (what checks and stages
+/// Gather TX chain `index` of `ring`: copy its first `head.len()` bytes into `head` (what checks and stages
 /// look at, and what is sent: the guest cannot change them after the checks), and describe
 /// the rest with iovecs pointing into guest memory. `iovs[0]` describes `head`.
-pub fn gather_iov<M>(
-    chain: &mut DescriptorChain<M>,
+pub fn gather_iov(
+    ring: &SplitRing,
+    index: u16,
     head: &mut [u8],
     iovs: &mut IovecBuf,
     max_len: usize,
-) -> Result<Gathered, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemoryBackend,
-{
+) -> Result<Gathered, ChainError> {
     begin(head, &mut iovs.0);
     let len = map_chain(
-        chain,
+        ring,
+        index,
         Access::DeviceReads,
         head,
         &mut iovs.0,
@@ -170,23 +157,21 @@ pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
     spans.clear();
 }
 
-/// Append an RX chain's writable buffers after the `capacity` bytes described so far (the
+/// Append the writable buffers of RX chain `index` of `ring` after the `capacity` bytes described so far (the
 /// guest spans of the first `head.len()` bytes go to `spans`). Returns the capacity with it.
 /// On error `iovs` and `spans` may hold part of the chain: start again with [`rx_begin`].
-pub fn rx_append<M>(
-    chain: &mut DescriptorChain<M>,
+pub fn rx_append(
+    ring: &SplitRing,
+    index: u16,
     head: &mut [u8],
     iovs: &mut IovecBuf,
     spans: &mut HeadSpans,
     capacity: usize,
-) -> Result<usize, ChainError>
-where
-    M: Deref,
-    M::Target: GuestMemoryBackend,
-{
+) -> Result<usize, ChainError> {
     let limit = (capacity, usize::MAX);
     map_chain(
-        chain,
+        ring,
+        index,
         Access::DeviceWrites,
         head,
         &mut iovs.0,
@@ -206,20 +191,17 @@ pub fn rx_finish(head_cap: usize, iovs: &mut IovecBuf, spare: &mut [u8], capacit
 }
 
 /// Write `head` (the device's copy of a received frame's first bytes) into the guest
-/// buffers `spans` ([`rx_append`] recorded them); they must hold all of it.
-pub fn write_head<M: GuestMemory>(
-    mem: &M,
-    spans: &HeadSpans,
-    head: &[u8],
-) -> Result<(), ChainError> {
+/// buffers `spans` of `ring` ([`rx_append`] recorded them); they must hold all of it.
+pub fn write_head(ring: &SplitRing, spans: &HeadSpans, head: &[u8]) -> Result<(), ChainError> {
     let mut done = 0usize;
     for &(addr, len) in spans {
         if done == head.len() {
             break;
         }
         let n = len.min(head.len() - done);
-        mem.write_slice(&head[done..done + n], addr)
-            .map_err(|_| ChainError::BadAddress)?;
+        ring.buffer(addr, n)
+            .ok_or(ChainError::BadAddress)?
+            .copy_from(&head[done..done + n]);
         done += n;
     }
     if done < head.len() {

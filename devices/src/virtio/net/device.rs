@@ -9,7 +9,7 @@ use packet::Direction;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU};
-use vm_memory::GuestMemoryMmap;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
@@ -25,6 +25,7 @@ use super::rx::RxQueue;
 use super::stages::Stages;
 use super::tx::TxQueue;
 use super::{FRAME_BUF_LEN, MAX_FRAME_LEN, QUEUE_SIZE, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
+use crate::virtio::split_ring::SplitRing;
 use crate::virtio::virtio_device::{ActivateError, Activation, DeviceHealth, VirtioDevice};
 use crate::virtio::{feature, VirtioInterrupt};
 
@@ -35,9 +36,8 @@ const EV_BACKEND: u32 = 3;
 const EV_SHAPER_TIMER: u32 = 4;
 const EV_AUDIT_TIMER: u32 = 5;
 
-/// Memory, interrupt and queues while the driver has the device running.
+/// Interrupt and queues (which hold guest memory) while the driver has the device running.
 struct Active {
-    mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
     health: Arc<DeviceHealth>,
     tx: TxQueue,
@@ -163,7 +163,6 @@ impl<B: NetBackend> NetDevice<B> {
             return;
         };
         let mut io = QueueIo {
-            mem: &active.mem,
             interrupt: &active.interrupt,
             backend: &mut self.backend,
             stages: &mut self.stages,
@@ -178,7 +177,6 @@ impl<B: NetBackend> NetDevice<B> {
             return;
         };
         let mut io = QueueIo {
-            mem: &active.mem,
             interrupt: &active.interrupt,
             backend: &mut self.backend,
             stages: &mut self.stages,
@@ -204,7 +202,8 @@ impl<B: NetBackend> NetDevice<B> {
             Stop::Broken(why) => {
                 if let Some(active) = self.active.take() {
                     inc(&self.counters.needs_reset);
-                    active.health.fail(why, &active.interrupt);
+                    let why = format!("virtio-net {} queue: {why}", dir.as_str());
+                    active.health.fail(&why, &active.interrupt);
                 }
             }
         }
@@ -303,7 +302,7 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
         let Activation {
             mem,
-            mut queues,
+            queues,
             interrupt,
             health,
         } = activation;
@@ -313,8 +312,18 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
                 got: queues.len(),
             });
         }
-        let tx = queues.remove(TX_QUEUE);
-        let rx = queues.remove(RX_QUEUE);
+        // VIRTIO_RING_F_EVENT_IDX: the rings read used_event and write avail_event.
+        let event_idx = self.acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0;
+        let ring = |index: usize, name: &'static str| {
+            SplitRing::new(&queues[index], mem.clone(), event_idx).map_err(|source| {
+                ActivateError::Ring {
+                    queue: name,
+                    source,
+                }
+            })
+        };
+        let tx = ring(TX_QUEUE, "TX")?;
+        let rx = ring(RX_QUEUE, "RX")?;
         // The link's MTU now (it may have changed since the driver read config space); if the
         // question fails, the one the driver was told.
         let told = u16::from_le_bytes([self.config[10], self.config[11]]);
@@ -337,7 +346,6 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
                 mtu.unwrap_or(1500).max(1500) + ETH_HDR_LEN + 2 * VLAN_TAG_LEN
             };
         self.active = Some(Active {
-            mem,
             interrupt,
             health,
             tx: TxQueue::new(tx, self.counters.clone(), features, mtu),

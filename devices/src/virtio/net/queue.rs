@@ -1,20 +1,15 @@
-//! What the TX and RX queues share: the device parts they use while they work, how they
-//! stop, and the check that the driver's ring is still sane.
+//! What the TX and RX queues share: the device parts they use while they work, and how they
+//! stop.
 
-use std::num::Wrapping;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-
 use super::stages::Stages;
+use crate::virtio::split_ring::RingError;
 use crate::virtio::VirtioInterrupt;
 
-/// The parts of the device a queue uses while it processes frames.
+/// The parts of the device a queue uses while it processes frames (the queue owns its ring,
+/// and through it guest memory).
 pub(super) struct QueueIo<'a, B> {
-    /// Guest memory (rings and buffers).
-    pub(super) mem: &'a GuestMemoryMmap,
     /// How the device tells the driver about used buffers.
     pub(super) interrupt: &'a VirtioInterrupt,
     /// The host side (a TAP).
@@ -34,14 +29,5 @@ pub(super) enum Stop {
     /// The shaper made this direction wait this long.
     Throttled(Duration),
     /// The driver's ring is unusable (the reason): the device needs a reset.
-    Broken(&'static str),
-}
-
-/// Whether the available index moved further than a ring can hold (a driver bug or an
-/// attack); then nothing in the ring can be trusted.
-pub(super) fn avail_index_invalid(queue: &Queue, mem: &GuestMemoryMmap) -> bool {
-    match queue.avail_idx(mem, Ordering::Acquire) {
-        Ok(idx) => (idx - Wrapping(queue.next_avail())).0 > queue.size(),
-        Err(_) => true,
-    }
+    Broken(RingError),
 }

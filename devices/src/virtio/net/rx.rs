@@ -19,22 +19,20 @@ use std::sync::Arc;
 
 use packet::{Direction, Verdict};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
 use super::chain::{rx_append, rx_begin, rx_finish, write_head, ChainError, HeadSpans, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
 use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
-use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::queue::{QueueIo, Stop};
 use super::stages::Wait;
 use super::vnet_hdr::{
     asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
 };
 use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::feature;
+use crate::virtio::split_ring::{RingError, SplitRing};
 
 /// Most iovecs one `readv(2)` takes (Linux `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
@@ -50,12 +48,12 @@ enum Received {
     /// Not enough guest buffers: the chains stay in the ring until the guest adds more.
     NoBuffers,
     /// The guest's rings are unusable.
-    Broken(&'static str),
+    Broken(RingError),
 }
 
 /// The receive queue while the driver has the device running.
 pub(super) struct RxQueue {
-    queue: Queue,
+    ring: SplitRing,
     /// The first bytes of the frame being received: the device's own copy.
     head: Box<[u8; HEAD_LEN]>,
     /// Catches the first byte of a frame longer than the guest's buffer.
@@ -86,20 +84,17 @@ pub(super) struct RxQueue {
 }
 
 impl RxQueue {
-    /// The driver's RX `queue` under features `acked_features`, counting into `counters`;
+    /// The driver's RX `ring` under features `acked_features`, counting into `counters`;
     /// frames longer than `mtu` (plus the Ethernet header) are not delivered. With
     /// MRG_RXBUF, chains are gathered until they hold `frame_room` bytes.
     pub(super) fn new(
-        queue: Queue,
+        ring: SplitRing,
         counters: Arc<NetCounters>,
         acked_features: u64,
         (mtu, frame_room): (Option<usize>, usize),
     ) -> Self {
-        let mut queue = queue;
-        // VIRTIO_RING_F_EVENT_IDX: the queue reads used_event and writes avail_event.
-        queue.set_event_idx(acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0);
         Self {
-            queue,
+            ring,
             head: Box::new([0u8; HEAD_LEN]),
             spare: [0u8; 1],
             // A merged frame may take many small chains: room for IOV_MAX iovecs.
@@ -135,9 +130,6 @@ impl RxQueue {
         if self.throttled {
             return Stop::Idle;
         }
-        if avail_index_invalid(&self.queue, io.mem) {
-            return Stop::Broken("RX avail index moved by more than the queue size");
-        }
         let mut returned = 0u16;
         let mut stop = Stop::Idle;
         while returned < QUEUE_SIZE {
@@ -159,10 +151,14 @@ impl RxQueue {
                     inc(&self.counters().no_buffer);
                     break;
                 }
-                Received::Broken(why) => return Stop::Broken(why),
+                Received::Broken(e) => {
+                    stop = Stop::Broken(e);
+                    break;
+                }
             }
         }
-        if returned > 0 && self.queue.needs_notification(io.mem).unwrap_or(true) {
+        // The batch's used chains reach the driver at once.
+        if returned > 0 && self.ring.publish_used() {
             io.interrupt.signal_used_queue();
         }
         stop
@@ -171,38 +167,30 @@ impl RxQueue {
     /// Take guest chains for the next frame into `iovs` (one, or with MRG_RXBUF as many as
     /// [`RxQueue::frame_room`] needs) and return their capacity. A chain that cannot be used
     /// goes back to the guest alone, with nothing written.
-    fn take_buffers(&mut self, mem: &GuestMemoryMmap) -> Result<usize, Received> {
+    fn take_buffers(&mut self) -> Result<usize, Received> {
         rx_begin(&mut self.head[..], &mut self.iovs, &mut self.spans);
         self.chains.clear();
         let mut capacity = 0usize;
         let mut cut_short = false;
-        let mut rearmed = false;
         loop {
             // At most the ring's worth of chains for one frame, whatever the guest keeps adding.
-            if self.chains.len() >= usize::from(self.queue.size()) {
+            if self.chains.len() >= usize::from(self.ring.size()) {
                 break;
             }
-            let Some(mut chain) = self.queue.pop_descriptor_chain(mem) else {
-                if avail_index_invalid(&self.queue, mem) {
-                    return Err(Received::Broken(
-                        "RX avail index moved by more than the queue size",
-                    ));
-                }
-                // Re-arm notifications; if the guest added chains meanwhile, go on. Twice in a
-                // row with nothing to pop: the avail ring cannot be read.
-                if let Ok(true) = self.queue.enable_notification(mem) {
-                    if std::mem::replace(&mut rearmed, true) {
-                        return Err(Received::Broken("RX avail ring unreadable"));
-                    }
-                    continue;
-                }
-                break;
+            let index = match self.ring.pop() {
+                Ok(Some(index)) => index,
+                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                Ok(None) => match self.ring.enable_notification() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => return Err(Received::Broken(e)),
+                },
+                Err(e) => return Err(Received::Broken(e)),
             };
-            rearmed = false;
-            let index = chain.head_index();
             let marks = (self.iovs.0.len(), self.spans.len());
             match rx_append(
-                &mut chain,
+                &self.ring,
+                index,
                 &mut self.head[..],
                 &mut self.iovs,
                 &mut self.spans,
@@ -215,12 +203,10 @@ impl RxQueue {
                     if self.chains.is_empty() {
                         log::debug!("virtio-net RX: chain {index} smaller than a virtio header");
                         inc(&self.counters().malformed_chains);
-                        if self.queue.add_used(mem, index, 0).is_err() {
-                            return Err(Received::Broken("RX used ring is outside guest memory"));
-                        }
+                        self.ring.add_used(index, 0);
                         return Err(Received::Used(1));
                     }
-                    self.queue.go_to_previous_position();
+                    self.ring.unpop();
                     cut_short = true;
                     break;
                 }
@@ -232,9 +218,7 @@ impl RxQueue {
                 Err(e) if self.chains.is_empty() => {
                     log::debug!("virtio-net RX: unusable chain {index}: {e}");
                     inc(&self.counters().malformed_chains);
-                    if self.queue.add_used(mem, index, 0).is_err() {
-                        return Err(Received::Broken("RX used ring is outside guest memory"));
-                    }
+                    self.ring.add_used(index, 0);
                     return Err(Received::Used(1));
                 }
                 Err(_) => {
@@ -242,7 +226,7 @@ impl RxQueue {
                     // the guest alone next time.
                     self.iovs.0.truncate(marks.0);
                     self.spans.truncate(marks.1);
-                    self.queue.go_to_previous_position();
+                    self.ring.unpop();
                     cut_short = true;
                     break;
                 }
@@ -255,7 +239,7 @@ impl RxQueue {
         // Too little room for the largest frame: wait for more buffers, unless the guest's
         // whole ring is taken already (it cannot add more).
         let short = self.mergeable && capacity < self.frame_room && !cut_short;
-        if taken == 0 || (short && taken < usize::from(self.queue.size())) {
+        if taken == 0 || (short && taken < usize::from(self.ring.size())) {
             self.put_back(taken);
             return Err(Received::NoBuffers);
         }
@@ -266,26 +250,24 @@ impl RxQueue {
     /// The last `count` chains taken go back to the avail ring, untouched.
     fn put_back(&mut self, count: usize) {
         for _ in 0..count {
-            self.queue.go_to_previous_position();
+            self.ring.unpop();
         }
     }
 
     /// Give the first of the chains taken back to the guest with nothing written, and put
     /// the others back in the avail ring.
-    fn return_empty(&mut self, mem: &GuestMemoryMmap) -> Received {
+    fn return_empty(&mut self) -> Received {
         self.put_back(self.chains.len().saturating_sub(1));
-        match self.chains.first() {
-            Some(&(index, _)) if self.queue.add_used(mem, index, 0).is_err() => {
-                Received::Broken("RX used ring is outside guest memory")
-            }
-            _ => Received::Used(1),
+        if let Some(&(index, _)) = self.chains.first() {
+            self.ring.add_used(index, 0);
         }
+        Received::Used(1)
     }
 
     /// One frame through the RX pipeline; the stages run in the order written here.
     fn receive<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Received {
         // Guest buffers: none, no read.
-        let capacity = match self.take_buffers(io.mem) {
+        let capacity = match self.take_buffers() {
             Ok(capacity) => capacity,
             Err(received) => return received,
         };
@@ -297,7 +279,7 @@ impl RxQueue {
         }
         // TAP.
         // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append checked
-        // with get_slice and `io.mem` keeps mapped for this whole call.
+        // with get_slice and the ring keeps mapped.
         let n = match unsafe { io.backend.read_iov(self.iovs.as_slice()) } {
             Ok(n) => n,
             Err(e) => {
@@ -314,7 +296,7 @@ impl RxQueue {
         if let Err(e @ FrameError::Runt(_)) = length {
             log::debug!("virtio-net RX: dropping frame: {e}");
             inc(&self.counters().dropped);
-            return self.return_empty(io.mem);
+            return self.return_empty();
         }
         let head_len = n.min(HEAD_LEN);
         let frame_len = n - VNET_HDR_LEN;
@@ -362,19 +344,21 @@ impl RxQueue {
                 Verdict::DroppedMalformed
             }
             (Ok(_), Err(dropped)) => dropped,
-            (Ok(_), Ok(_)) => match write_head(io.mem, &self.spans, &self.head[..head_len]) {
-                Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
-                Ok(()) => Verdict::Forwarded,
-                Err(e) => {
-                    // Cannot happen for chains rx_append accepted, short of the guest
-                    // changing its rings under us.
-                    log::debug!("virtio-net RX: writing frame head: {e}");
-                    if e != ChainError::TooSmall {
-                        inc(&self.counters().malformed_chains);
+            (Ok(_), Ok(_)) => {
+                match write_head(&self.ring, &self.spans, &self.head[..head_len]) {
+                    Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
+                    Ok(()) => Verdict::Forwarded,
+                    Err(e) => {
+                        // Cannot happen for chains rx_append accepted, short of the guest
+                        // changing its rings under us.
+                        log::debug!("virtio-net RX: writing frame head: {e}");
+                        if e != ChainError::TooSmall {
+                            inc(&self.counters().malformed_chains);
+                        }
+                        Verdict::DroppedMalformed
                     }
-                    Verdict::DroppedMalformed
                 }
-            },
+            }
         };
         // Audit: what happened to the frame.
         let headers = &self.head[VNET_HDR_LEN..head_len];
@@ -382,7 +366,7 @@ impl RxQueue {
             .audit(Direction::Rx, headers, size, parsed.as_ref(), verdict);
         if !verdict.passes() {
             inc(&self.counters().dropped);
-            return self.return_empty(io.mem);
+            return self.return_empty();
         }
         self.put_back(self.chains.len() - used);
         let mut left = n;
@@ -390,9 +374,7 @@ impl RxQueue {
             let len = left.min(usize::try_from(room).unwrap_or(usize::MAX));
             left -= len;
             let len = u32::try_from(len).unwrap_or(u32::MAX);
-            if self.queue.add_used(io.mem, index, len).is_err() {
-                return Received::Broken("RX used ring is outside guest memory");
-            }
+            self.ring.add_used(index, len);
         }
         add(&self.counters().packets, size.packets);
         add(&self.counters().bytes, size.bytes);

@@ -10,13 +10,9 @@
 
 use std::io::ErrorKind;
 use std::num::Wrapping;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use packet::{Direction, Verdict};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::backend::NetBackend;
 use super::chain::{gather_iov, ChainError, Gathered, IovecBuf};
@@ -24,10 +20,10 @@ use super::checksum::{check_csum_request, checksum_in_device, NEEDS_CSUM};
 use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
-use super::queue::{avail_index_invalid, QueueIo, Stop};
+use super::queue::{QueueIo, Stop};
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-use crate::virtio::feature;
+use crate::virtio::split_ring::SplitRing;
 
 /// Where one chain's trip through the pipeline ended.
 enum Sent {
@@ -41,7 +37,7 @@ enum Sent {
 
 /// The transmit queue while the driver has the device running.
 pub(super) struct TxQueue {
-    queue: Queue,
+    ring: SplitRing,
     /// The first bytes of the frame being sent: the device's own copy.
     head: Box<[u8; HEAD_LEN]>,
     /// Where that frame is: `head`, then the rest in guest memory.
@@ -61,19 +57,16 @@ pub(super) struct TxQueue {
 }
 
 impl TxQueue {
-    /// The driver's TX `queue` under features `acked_features`, to a host link of MTU `mtu`,
+    /// The driver's TX `ring` under features `acked_features`, to a host link of MTU `mtu`,
     /// counting into `counters`.
     pub(super) fn new(
-        queue: Queue,
+        ring: SplitRing,
         counters: Arc<NetCounters>,
         acked_features: u64,
         mtu: Option<usize>,
     ) -> Self {
-        let mut queue = queue;
-        // VIRTIO_RING_F_EVENT_IDX: the queue reads used_event and writes avail_event.
-        queue.set_event_idx(acked_features & feature(VIRTIO_RING_F_EVENT_IDX) != 0);
         Self {
-            queue,
+            ring,
             head: Box::new([0u8; HEAD_LEN]),
             iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
             counters,
@@ -102,56 +95,47 @@ impl TxQueue {
         if self.blocked || self.throttled {
             return Stop::Idle;
         }
-        if avail_index_invalid(&self.queue, io.mem) {
-            return Stop::Broken("TX avail index moved by more than the queue size");
-        }
         let mut returned = 0u16;
-        let mut rearmed = false;
         let stop = loop {
-            let Some(chain) = self.queue.pop_descriptor_chain(io.mem) else {
-                if avail_index_invalid(&self.queue, io.mem) {
-                    return Stop::Broken("TX avail index moved by more than the queue size");
-                }
-                // Re-arm notifications; if the guest added chains meanwhile, go on. Twice in a
-                // row with nothing to pop: the avail ring cannot be read.
-                if let Ok(true) = self.queue.enable_notification(io.mem) {
-                    if std::mem::replace(&mut rearmed, true) {
-                        return Stop::Broken("TX avail ring unreadable");
+            let head = match self.ring.pop() {
+                Ok(Some(head)) => head,
+                // Re-arm notifications; if the guest added chains meanwhile, go on.
+                Ok(None) => match self.ring.enable_notification() {
+                    Ok(true) => continue,
+                    Ok(false) => {
+                        io.stages.idle(Direction::Tx);
+                        break Stop::Idle;
                     }
-                    continue;
-                }
-                io.stages.idle(Direction::Tx);
-                break Stop::Idle;
+                    Err(e) => break Stop::Broken(e),
+                },
+                Err(e) => break Stop::Broken(e),
             };
-            rearmed = false;
-            let head = chain.head_index();
-            let waited = self.waited(Wrapping(self.queue.next_avail()) - Wrapping(1));
-            match self.transmit(chain, waited, io) {
+            let waited = self.waited(self.ring.next_avail() - Wrapping(1));
+            match self.transmit(head, waited, io) {
                 Sent::Used => {}
                 Sent::Wait(wait) => {
-                    self.queue.go_to_previous_position();
+                    self.ring.unpop();
                     self.throttled = true;
-                    let queued = self.queue.avail_idx(io.mem, Ordering::Acquire).ok();
+                    let queued = self.ring.avail_idx().ok();
                     self.delayed_until = queued.or(self.delayed_until);
                     inc(&self.counters().throttled);
                     break Stop::Throttled(wait);
                 }
                 Sent::Blocked => {
-                    self.queue.go_to_previous_position();
+                    self.ring.unpop();
                     self.blocked = true;
                     inc(&self.counters().backend_full);
                     break Stop::Idle;
                 }
             }
-            if self.queue.add_used(io.mem, head, 0).is_err() {
-                return Stop::Broken("TX used ring is outside guest memory");
-            }
+            self.ring.add_used(head, 0);
             returned += 1;
             if returned >= QUEUE_SIZE {
                 break Stop::Yield;
             }
         };
-        if returned > 0 && self.queue.needs_notification(io.mem).unwrap_or(true) {
+        // The batch's used chains reach the driver at once.
+        if self.ring.publish_used() {
             io.interrupt.signal_used_queue();
         }
         stop
@@ -164,7 +148,7 @@ impl TxQueue {
             return false;
         };
         let ahead = (end - pos).0;
-        if ahead > 0 && ahead <= self.queue.size() {
+        if ahead > 0 && ahead <= self.ring.size() {
             true
         } else {
             self.delayed_until = None;
@@ -172,11 +156,11 @@ impl TxQueue {
         }
     }
 
-    /// One frame through the TX pipeline; the stages run in the order written here. `waited`:
-    /// the chain was in the ring while the queue waited for the shaper.
+    /// Chain `index`'s frame through the TX pipeline; the stages run in the order written
+    /// here. `waited`: the chain was in the ring while the queue waited for the shaper.
     fn transmit<B: NetBackend>(
         &mut self,
-        mut chain: DescriptorChain<&GuestMemoryMmap>,
+        index: u16,
         waited: bool,
         io: &mut QueueIo<'_, B>,
     ) -> Sent {
@@ -186,14 +170,15 @@ impl TxQueue {
             return Sent::Wait(wait.after);
         }
         let frame = match gather_iov(
-            &mut chain,
+            &self.ring,
+            index,
             &mut self.head[..],
             &mut self.iovs,
             FRAME_BUF_LEN,
         ) {
             Ok(frame) => frame,
             Err(e) => {
-                log::debug!("virtio-net TX: dropping chain {}: {e}", chain.head_index());
+                log::debug!("virtio-net TX: dropping chain {index}: {e}");
                 if e != ChainError::TooLong {
                     inc(&self.counters().malformed_chains);
                 }
@@ -235,8 +220,8 @@ impl TxQueue {
         };
         if csum.is_err() && gso.is_none() {
             let rest = self.iovs.as_slice().get(1..).unwrap_or_default();
-            // SAFETY: the iovecs after the head point into guest memory that `io.mem` keeps
-            // mapped for this whole call (gather_iov checked each with get_slice).
+            // SAFETY: the iovecs after the head point into guest memory that the ring keeps
+            // mapped (gather_iov checked each with get_slice).
             csum = unsafe { checksum_in_device(&mut self.head[..head_len], rest, len) };
             if csum.is_ok() {
                 inc(&self.counters.tx.checksums_done);
@@ -272,8 +257,8 @@ impl TxQueue {
         // TAP: a frame that passed is written; the outcome is its verdict.
         let verdict = match passed {
             Err(dropped) => dropped,
-            // SAFETY: iovs[0] is `head`; the others point into guest memory that `io.mem`
-            // keeps mapped for this whole call (gather_iov checked each with get_slice).
+            // SAFETY: iovs[0] is `head`; the others point into guest memory that the ring
+            // keeps mapped (gather_iov checked each with get_slice).
             Ok(()) => match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
                 Ok(_) => {
                     io.stages.charge(Direction::Tx, size.bytes);

@@ -73,10 +73,16 @@ impl std::fmt::Debug for GuestDriver {
 }
 
 impl GuestDriver {
-    /// Fresh guest memory and a transport for `device`.
+    /// Fresh guest memory ([`MEM_SIZE`] bytes from 0) and a transport for `device`.
     pub fn new(device: Arc<Mutex<dyn VirtioDevice>>) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)])
             .expect("harness guest memory");
+        Self::with_memory(device, mem)
+    }
+
+    /// A transport for `device` on `mem`, which must cover the harness's addresses (up to
+    /// [`MEM_SIZE`]) as one or more regions.
+    pub fn with_memory(device: Arc<Mutex<dyn VirtioDevice>>, mem: GuestMemoryMmap) -> Self {
         let irq = Arc::new(EventFdInterrupt::new().expect("irq eventfd"));
         let interrupt = Arc::new(VirtioInterrupt::new(irq.clone()));
         let transport = MmioTransport::new(device, mem.clone(), interrupt).expect("transport");
