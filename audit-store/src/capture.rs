@@ -48,6 +48,14 @@ impl Default for CaptureConfig {
     }
 }
 
+impl CaptureConfig {
+    /// The ring these settings make: slot size and count (`None` when the file would hold
+    /// no slot, or `snaplen` is 0).
+    pub fn geometry(&self) -> Option<RingGeometry> {
+        RingGeometry::of(self)
+    }
+}
+
 /// The geometry a ring file was made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingGeometry {

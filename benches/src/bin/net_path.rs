@@ -107,10 +107,38 @@ fn frame(len: usize) -> Vec<u8> {
 enum Audit {
     /// None.
     Off,
+    /// Anti-spoofing alone: a sliver whose audit is off (anti-spoofing always runs).
+    AntiSpoofing,
     /// Anti-spoofing, flow table and log; no header capture.
     Flows,
-    /// All of it, with the 64 MiB capture ring (the default for slivers).
+    /// All of it, with a fresh 64 MiB capture ring (the default for slivers): every page of
+    /// the ring file is faulted in as the first pass reaches it.
     Full,
+    /// All of it, the capture ring having wrapped once before the clock starts: a sliver's
+    /// steady state.
+    FullWrapped,
+}
+
+impl Audit {
+    /// Untimed batches of `BATCH` frames before the timed ones: for [`Audit::FullWrapped`],
+    /// enough to fill the capture ring once.
+    fn warm_up_batches(self) -> usize {
+        match self {
+            Audit::FullWrapped => CaptureConfig::default()
+                .geometry()
+                .map_or(0, |g| g.slots.div_ceil(BATCH)),
+            _ => 0,
+        }
+    }
+}
+
+/// Anti-spoofing for the bench's frames (they pass).
+fn anti_spoofing() -> AntiSpoofing {
+    AntiSpoofing {
+        mac: SRC_MAC,
+        ipv4: Some(SRC_IP.into()),
+        deny_dst: Vec::new(),
+    }
 }
 
 /// The stages as a sliver's VMM has them: anti-spoofing, and the audit with its flow table, a
@@ -127,11 +155,7 @@ fn audit_stages(dir: &std::path::Path, capture: bool) -> Stages {
     let audit = SliverAudit::open(dir, identity, &config).expect("audit log");
     Stages {
         shaper: None,
-        anti_spoofing: Some(AntiSpoofing {
-            mac: SRC_MAC,
-            ipv4: Some(SRC_IP.into()),
-            deny_dst: Vec::new(),
-        }),
+        anti_spoofing: Some(anti_spoofing()),
         audit: Some(AuditStage::new(
             FlowConfig::default(),
             Box::new(NicSink::new(audit, 0)),
@@ -149,9 +173,14 @@ struct DevicePath {
 impl DevicePath {
     /// The device path with stages `audit`.
     fn new(audit: Audit) -> Self {
-        let audit_dir = (audit != Audit::Off).then(|| tempfile::tempdir().expect("tmp"));
+        let logs = matches!(audit, Audit::Flows | Audit::Full | Audit::FullWrapped);
+        let audit_dir = logs.then(|| tempfile::tempdir().expect("tmp"));
         let stages = match &audit_dir {
-            Some(d) => audit_stages(d.path(), audit == Audit::Full),
+            Some(d) => audit_stages(d.path(), audit != Audit::Flows),
+            None if audit == Audit::AntiSpoofing => Stages {
+                anti_spoofing: Some(anti_spoofing()),
+                ..Stages::default()
+            },
             None => Stages::default(),
         };
         Self::negotiating(0, stages, audit_dir)
@@ -186,7 +215,8 @@ impl DevicePath {
 }
 
 fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
-    device_tx_loop(DevicePath::new(audit), &frame(len), BATCH, batches)
+    let p = DevicePath::new(audit);
+    device_tx_loop(p, &frame(len), BATCH, (audit.warm_up_batches(), batches))
 }
 
 fn tx_raw(len: usize, batches: usize) -> Run {
@@ -200,7 +230,7 @@ fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
         DevicePath::new(audit),
         VNET_HDR_LEN + len,
         BATCH,
-        batches,
+        (audit.warm_up_batches(), batches),
         inject,
     )
 }
@@ -230,8 +260,14 @@ fn packed_buffer(q: u16, i: usize, len: usize) -> u64 {
 /// The device sends `count` copies of `frame` (virtio header included) per batch: the
 /// guest's part (descriptors and data for every slot) is done once, then before each batch,
 /// untimed, it republishes the avail ring and kicks (in a VM, the vCPU's work). Timed: the
-/// device's event loop, and one read of the used index to count what it sent.
-fn device_tx_loop(mut p: DevicePath, frame: &[u8], count: usize, batches: usize) -> Run {
+/// device's event loop, and one read of the used index to count what it sent. `warm` untimed
+/// batches go first.
+fn device_tx_loop(
+    mut p: DevicePath,
+    frame: &[u8],
+    count: usize,
+    (warm, batches): (usize, usize),
+) -> Run {
     for i in 0..count {
         let addr = packed_buffer(1, i, frame.len());
         p.driver.mem_write(addr, frame);
@@ -241,18 +277,16 @@ fn device_tx_loop(mut p: DevicePath, frame: &[u8], count: usize, batches: usize)
     p.driver.kick(1);
     p.pump();
     p.driver.take_used(1);
-    measure(
-        batches,
-        &mut p,
-        |p| {
-            p.driver.republish(1, count as u16);
-            p.driver.kick(1);
-        },
-        |p| {
-            p.pump();
-            u64::from(p.driver.count_used(1))
-        },
-    )
+    let mut guest = |p: &mut DevicePath| {
+        p.driver.republish(1, count as u16);
+        p.driver.kick(1);
+    };
+    let mut device = |p: &mut DevicePath| {
+        p.pump();
+        u64::from(p.driver.count_used(1))
+    };
+    measure(warm, &mut p, &mut guest, &mut device);
+    measure(batches, &mut p, guest, device)
 }
 
 /// The raw loop writes `count` copies of `frame` per batch, one buffer each, as the device
@@ -275,12 +309,13 @@ fn raw_tx_loop(mut tap: Tap, frame: &[u8], count: usize, batches: usize) -> Run 
 
 /// The device delivers the `count` frames `inject` sends (not timed) per batch into as many
 /// posted `buf_len`-byte guest buffers. Timed: the device's event loop, and one read of the
-/// used index to count what it delivered; the guest's reposting is not.
+/// used index to count what it delivered; the guest's reposting is not. `warm` untimed
+/// batches go first.
 fn device_rx_loop(
     mut p: DevicePath,
     buf_len: usize,
     count: usize,
-    batches: usize,
+    (warm, batches): (usize, usize),
     inject: impl Fn(),
 ) -> Run {
     for i in 0..count {
@@ -291,22 +326,20 @@ fn device_rx_loop(
     p.driver.kick(0);
     p.pump();
     let mut first = true;
-    measure(
-        batches,
-        &mut p,
-        |p| {
-            if !std::mem::take(&mut first) {
-                p.driver.republish(0, count as u16);
-            }
-            p.driver.kick(0);
-            p.pump();
-            inject();
-        },
-        |p| {
-            p.pump();
-            u64::from(p.driver.count_used(0))
-        },
-    )
+    let mut guest = |p: &mut DevicePath| {
+        if !std::mem::take(&mut first) {
+            p.driver.republish(0, count as u16);
+        }
+        p.driver.kick(0);
+        p.pump();
+        inject();
+    };
+    let mut device = |p: &mut DevicePath| {
+        p.pump();
+        u64::from(p.driver.count_used(0))
+    };
+    measure(warm, &mut p, &mut guest, &mut device);
+    measure(batches, &mut p, guest, device)
 }
 
 /// The raw loop reads what `inject` sent (not timed) into `count` buffers of `buf_len`
@@ -475,22 +508,27 @@ fn main() {
     }
     gso_table(batches);
     seccomp_table(batches, &inj);
+    // Off is a sliver whose audit is off: anti-spoofing still runs (and parses the headers).
     for (audit, what) in [
-        (Audit::Flows, "anti-spoofing, flow table, log; no capture"),
+        (Audit::Flows, "flow table and log; no capture"),
         (
             Audit::Full,
-            "anti-spoofing, flow table, log, 64 MiB capture ring",
+            "flow table, log, 64 MiB capture ring on its first pass (fresh file)",
+        ),
+        (
+            Audit::FullWrapped,
+            "flow table, log, 64 MiB capture ring wrapped once before timing (steady state)",
         ),
     ] {
         on_off_table(
-            &format!("audit stage on vs off (device path; {what})"),
+            &format!("audit stage on vs off (device path with anti-spoofing; on: {what})"),
             |dir, len| match dir {
                 "TX" => tx_device(len, batches / 2, audit),
                 _ => rx_device(len, batches / 2, &inj, audit),
             },
             |dir, len| match dir {
-                "TX" => tx_device(len, batches / 2, Audit::Off),
-                _ => rx_device(len, batches / 2, &inj, Audit::Off),
+                "TX" => tx_device(len, batches / 2, Audit::AntiSpoofing),
+                _ => rx_device(len, batches / 2, &inj, Audit::AntiSpoofing),
             },
         );
     }
@@ -605,7 +643,7 @@ fn offload_path(features: u64, stages: Stages) -> DevicePath {
 
 fn gso_tx_device(batches: usize) -> Run {
     let p = offload_path(feature(F_CSUM) | feature(F_HOST_TSO4), Stages::default());
-    device_tx_loop(p, &gso_frame(VNET_HDR_LEN), GSO_BATCH, batches)
+    device_tx_loop(p, &gso_frame(VNET_HDR_LEN), GSO_BATCH, (0, batches))
 }
 
 fn gso_tx_raw(batches: usize) -> Run {
@@ -621,7 +659,7 @@ fn gso_rx_device(batches: usize, inj: &Injector) -> Run {
         offload_path(features, Stages::default()),
         65_562,
         GSO_BATCH,
-        batches,
+        (0, batches),
         inject,
     )
 }
