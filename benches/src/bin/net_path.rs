@@ -7,6 +7,7 @@
 //!
 //! Run (root, needs /dev/net/tun): `cargo build --release -p benches && target/release/net_path`
 
+use std::cell::Cell;
 use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -276,17 +277,44 @@ fn device_tx_loop(
     }
     p.driver.kick(1);
     p.pump();
-    p.driver.take_used(1);
+    let used = Cell::new(p.driver.take_used(1).len() as u16);
+    let mut next = 0u16;
     let mut guest = |p: &mut DevicePath| {
-        p.driver.republish(1, count as u16);
+        repost(&mut p.driver, 1, (&mut next, count as u16), used.get());
         p.driver.kick(1);
     };
     let mut device = |p: &mut DevicePath| {
         p.pump();
-        u64::from(p.driver.count_used(1))
+        used.set(p.driver.count_used(1));
+        u64::from(used.get())
     };
     measure(warm, &mut p, &mut guest, &mut device);
     measure(batches, &mut p, guest, device)
+}
+
+/// The guest makes the `used` chains the device returned last available again, as a driver
+/// reposts its buffers. The device takes a queue's chains in the order they were made
+/// available, so they are the `used` after those reposted before: heads `next..` (advanced),
+/// modulo the `count` chains the loop has.
+fn repost(driver: &mut GuestDriver, q: u16, (next, count): (&mut u16, u16), used: u16) {
+    let heads: Vec<u16> = (0..used).map(|i| (*next + i) % count).collect();
+    *next = (*next + used) % count;
+    driver.publish_many(q, &heads);
+}
+
+/// The guest makes the TX chains the device used available again (their frames unchanged)
+/// and kicks; returns how many.
+fn resend_used(driver: &mut GuestDriver) -> u64 {
+    let heads: Vec<u16> = driver
+        .take_used(1)
+        .into_iter()
+        .filter_map(|(id, _)| u16::try_from(id).ok())
+        .collect();
+    if !heads.is_empty() {
+        driver.publish_many(1, &heads);
+        driver.kick(1);
+    }
+    heads.len() as u64
 }
 
 /// The raw loop writes `count` copies of `frame` per batch, one buffer each, as the device
@@ -325,18 +353,20 @@ fn device_rx_loop(
     }
     p.driver.kick(0);
     p.pump();
-    let mut first = true;
+    // A batch may deliver fewer frames than were injected (the rest are still on their way
+    // to the TAP): only the chains used are reposted.
+    let used = Cell::new(0u16);
+    let mut next = 0u16;
     let mut guest = |p: &mut DevicePath| {
-        if !std::mem::take(&mut first) {
-            p.driver.republish(0, count as u16);
-        }
+        repost(&mut p.driver, 0, (&mut next, count as u16), used.get());
         p.driver.kick(0);
         p.pump();
         inject();
     };
     let mut device = |p: &mut DevicePath| {
         p.pump();
-        u64::from(p.driver.count_used(0))
+        used.set(p.driver.count_used(0));
+        u64::from(used.get())
     };
     measure(warm, &mut p, &mut guest, &mut device);
     measure(batches, &mut p, guest, device)
@@ -438,10 +468,13 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
-    // For profiling one path alone: `net_path BATCHES tx-device` (or tx-raw, tx-audit,
-    // rx-device, rx-raw, rx-raw-readv, rx-audit; all 64 B); `net_path BATCHES seccomp` or
-    // `gso`: that table alone.
+    // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
+    // rx-device, rx-raw, rx-raw-readv, rx-audit; LEN bytes per frame, 64 if not given);
+    // `net_path BATCHES seccomp` or `gso`: that table alone.
     let only = std::env::args().nth(2);
+    let len: usize = std::env::args()
+        .nth(3)
+        .map_or(64, |a| a.parse().expect("LEN must be a number"));
     let ns = NetNs::new("svbench");
     ns.add_tap(TAP, "10.78.0.1/24");
     ns.enter_this_thread();
@@ -459,13 +492,13 @@ fn main() {
     }
     if let Some(only) = only.as_deref() {
         let run = match only {
-            "tx-device" => tx_device(64, batches, Audit::Off),
-            "tx-audit" => tx_device(64, batches, Audit::Full),
-            "rx-audit" => rx_device(64, batches, &inj, Audit::Full),
-            "tx-raw" => tx_raw(64, batches),
-            "rx-device" => rx_device(64, batches, &inj, Audit::Off),
-            "rx-raw" => rx_raw(64, batches, &inj),
-            "rx-raw-readv" => rx_raw_readv(64, batches, &inj),
+            "tx-device" => tx_device(len, batches, Audit::Off),
+            "tx-audit" => tx_device(len, batches, Audit::Full),
+            "rx-audit" => rx_device(len, batches, &inj, Audit::Full),
+            "tx-raw" => tx_raw(len, batches),
+            "rx-device" => rx_device(len, batches, &inj, Audit::Off),
+            "rx-raw" => rx_raw(len, batches, &inj),
+            "rx-raw-readv" => rx_raw_readv(len, batches, &inj),
 
             "gso" => {
                 gso_table(batches);
@@ -721,22 +754,13 @@ fn gso_shaper_accuracy() {
     let warm = Instant::now();
     while warm.elapsed().as_millis() < 500 {
         p.em.run_with_timeout(10).expect("loop");
-        let done = p.driver.take_used(1).len() as u16;
-        if done > 0 {
-            p.driver.republish(1, done);
-            p.driver.kick(1);
-        }
+        resend_used(&mut p.driver);
     }
     let start = Instant::now();
     let mut frames = 0u64;
     while start.elapsed().as_secs_f64() < 3.0 {
         p.em.run_with_timeout(10).expect("loop");
-        let done = p.driver.take_used(1).len() as u16;
-        frames += u64::from(done);
-        if done > 0 {
-            p.driver.republish(1, done);
-            p.driver.kick(1);
-        }
+        frames += resend_used(&mut p.driver);
     }
     let secs = start.elapsed().as_secs_f64();
     let rate = (frames * gso_wire_bytes()) as f64 * 8.0 / secs;
