@@ -742,6 +742,16 @@ mod tests {
         assert_eq!(keyed("usage_usec 5", "user_usec"), 0);
     }
 
+    /// A sliver's limits with CPU share `cpu_share` and 1 GiB of memory.
+    fn share_limits(cpu_share: u32) -> CgroupLimits {
+        CgroupLimits {
+            cpu_share,
+            cpu_max_pct: None,
+            cpu_cores: None,
+            memory_bytes: 1 << 30,
+        }
+    }
+
     #[test]
     fn weights_given_are_written_and_kept_for_cgroups_made_later() {
         let dir = tempfile::tempdir().expect("tmp");
@@ -749,12 +759,7 @@ mod tests {
         let weight = |name: &str| {
             fs::read_to_string(c.dirs(name)[0].join("cpu.weight")).expect("cpu.weight")
         };
-        let limits = CgroupLimits {
-            cpu_share: 2,
-            cpu_max_pct: None,
-            cpu_cores: None,
-            memory_bytes: 1 << 30,
-        };
+        let limits = share_limits(2);
         c.check().expect("the daemon's level");
         c.apply("a", &limits).expect("apply");
         assert_eq!(weight("a"), "200");
@@ -780,12 +785,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let c = Cgroups::new(Layout::V2(dir.path().to_path_buf()), "node-x".into());
         let file = |name: &str| c.dirs(name)[0].join("cpu.weight");
-        let limits = CgroupLimits {
-            cpu_share: 1,
-            cpu_max_pct: None,
-            cpu_cores: None,
-            memory_bytes: 1 << 30,
-        };
+        let limits = share_limits(1);
         c.check().expect("the daemon's level");
         c.apply("a", &limits).expect("apply");
         c.apply("b", &limits).expect("apply");
