@@ -469,7 +469,7 @@ fn main() {
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // rx-device, rx-raw, rx-raw-readv, rx-audit; LEN bytes per frame, 64 if not given);
+    // tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit; LEN bytes per frame, 64 if not given);
     // `net_path BATCHES seccomp` or `gso`: that table alone.
     let only = std::env::args().nth(2);
     let len: usize = std::env::args()
@@ -494,6 +494,7 @@ fn main() {
         let run = match only {
             "tx-device" => tx_device(len, batches, Audit::Off),
             "tx-audit" => tx_device(len, batches, Audit::Full),
+            "tx-anti-spoofing" => tx_device(len, batches, Audit::AntiSpoofing),
             "rx-audit" => rx_device(len, batches, &inj, Audit::Full),
             "tx-raw" => tx_raw(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
