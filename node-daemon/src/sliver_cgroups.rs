@@ -362,10 +362,7 @@ impl Cgroups {
                 )?;
                 let dir = parent.join(name);
                 mkdir(&dir)?;
-                write(
-                    &dir.join("cpu.weight"),
-                    &self.weight_of(name, limits.cpu_share).to_string(),
-                )?;
+                self.write_weight(&dir.join("cpu.weight"), name, limits.cpu_share)?;
                 write(
                     &dir.join("cpu.max"),
                     &match limits.cpu_max_pct {
@@ -399,10 +396,7 @@ impl Cgroups {
                     write(&set.join("cpuset.cpus"), cores)?;
                 }
                 let cpu_dir = cpu.join(PARENT).join(&self.daemon).join(name);
-                write(
-                    &cpu_dir.join("cpu.shares"),
-                    &self.weight_of(name, limits.cpu_share).to_string(),
-                )?;
+                self.write_weight(&cpu_dir.join("cpu.shares"), name, limits.cpu_share)?;
                 write(&cpu_dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
                 write(
                     &cpu_dir.join("cpu.cfs_quota_us"),
@@ -430,14 +424,18 @@ impl Cgroups {
         }
     }
 
-    /// The CPU weight sliver `name` is to have: what [`Cgroups::set_weights`] last gave it,
-    /// else `cpu_share`'s, in the layout's unit.
-    fn weight_of(&self, name: &str, cpu_share: u32) -> u64 {
-        self.lock_weights()
+    /// Write to `file` the CPU weight sliver `name` is to have: what
+    /// [`Cgroups::set_weights`] last gave it, else `cpu_share`'s, in the layout's unit. The
+    /// table stays locked until the file is written, so a [`Cgroups::set_weights`] running
+    /// meanwhile writes its weight after this one, never before.
+    fn write_weight(&self, file: &Path, name: &str, cpu_share: u32) -> Result<(), CgroupError> {
+        let table = self.lock_weights();
+        let weight = table
             .given
             .get(name)
             .copied()
-            .unwrap_or_else(|| self.layout.weight_unit().of_share(cpu_share))
+            .unwrap_or_else(|| self.layout.weight_unit().of_share(cpu_share));
+        write(file, &weight.to_string())
     }
 
     fn lock_weights(&self) -> MutexGuard<'_, WeightTable> {

@@ -2,12 +2,14 @@
 //! 2.7.6). Indirect descriptors (2.7.5.3) are refused: the devices do not offer
 //! VIRTIO_F_INDIRECT_DESC, and a driver must not use them without it.
 
+use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::GuestAddress;
 
 use super::host_area::HostArea;
+use super::SplitRing;
 
 /// Bytes per descriptor in the table (`struct virtq_desc`).
 pub(super) const DESCRIPTOR_LEN: usize = 16;
@@ -44,16 +46,18 @@ pub enum BrokenChain {
     Indirect,
 }
 
-/// The descriptors of one chain, in order. After an error it yields nothing more.
+/// The descriptors of one chain, in order. After an error it yields nothing more. Borrows
+/// the ring, whose guest memory keeps the table mapped.
 #[derive(Debug)]
-pub struct ChainDescriptors {
+pub struct ChainDescriptors<'a> {
     table: HostArea,
     size: u16,
     next: Option<u16>,
     left: u16,
+    ring: PhantomData<&'a SplitRing>,
 }
 
-impl ChainDescriptors {
+impl ChainDescriptors<'_> {
     /// The chain whose head is `head` (below `size`, checked by the ring) in `table`.
     pub(super) fn new(table: HostArea, size: u16, head: u16) -> Self {
         Self {
@@ -61,11 +65,12 @@ impl ChainDescriptors {
             size,
             next: Some(head),
             left: size,
+            ring: PhantomData,
         }
     }
 }
 
-impl Iterator for ChainDescriptors {
+impl Iterator for ChainDescriptors<'_> {
     type Item = Result<Descriptor, BrokenChain>;
 
     fn next(&mut self) -> Option<Self::Item> {

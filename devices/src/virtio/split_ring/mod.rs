@@ -187,13 +187,15 @@ impl SplitRing {
         Ok(Some(head))
     }
 
-    /// Put the chain taken last back: the next [`SplitRing::pop`] returns it again.
+    /// Put the chain taken last back: the next [`SplitRing::pop`] returns it again. Only
+    /// for chains popped and not yet returned with [`SplitRing::add_used`]; putting back
+    /// more would hand the same chain out twice.
     pub fn unpop(&mut self) {
         self.next_avail -= 1;
     }
 
     /// The descriptors of the chain whose head [`SplitRing::pop`] returned.
-    pub fn descriptors(&self, head: u16) -> ChainDescriptors {
+    pub fn descriptors(&self, head: u16) -> ChainDescriptors<'_> {
         ChainDescriptors::new(self.desc_table, self.size, head)
     }
 
