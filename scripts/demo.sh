@@ -45,7 +45,9 @@ ip netns add "$ns"
 ip -n "$ns" link set lo up
 
 say "node daemon (state in $work/state)"
-ip netns exec "$ns" "$sv" node --socket "$socket" --state-dir "$work/state" 2>"$work/daemon.log" &
+# nsenter --net, not `ip netns exec`: that one remounts /sys for the namespace, which hides
+# /sys/fs/cgroup from the daemon, and the sliver would run without its CPU and memory limits.
+nsenter --net=/run/netns/"$ns" -- "$sv" node --socket "$socket" --state-dir "$work/state" 2>"$work/daemon.log" &
 daemon=$!
 for _ in $(seq 100); do [[ -S $socket ]] && break; sleep 0.1; done
 

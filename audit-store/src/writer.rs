@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     /// Records sent to the writer thread and not yet taken by it (the queue's fill).
     pub(crate) queued: AtomicUsize,
+    /// The writer thread has ended (a panic included): appends report
+    /// [`AppendError::Closed`], not a queue that stays full.
+    pub(crate) stopped: AtomicBool,
     pub(crate) durable_seq: Mutex<u64>,
     pub(crate) durable_cv: Condvar,
 }
@@ -124,9 +127,11 @@ impl AuditLog {
         *shared.durable_seq.lock().unwrap_or_else(|p| p.into_inner()) = report.next_seq - 1;
         let (tx, rx) = mpsc::channel();
         let committer = Committer::new(dir.to_path_buf(), config, Arc::clone(&shared));
+        let stopped = StopMark(Arc::clone(&shared));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
+                let _stopped = stopped;
                 on_start();
                 committer.run(rx)
             })
@@ -160,6 +165,9 @@ impl AuditLog {
         let Some(tx) = &self.tx else {
             return Err(AppendError::Closed);
         };
+        if self.shared.stopped.load(Ordering::Relaxed) {
+            return Err(AppendError::Closed);
+        }
         let queued = &self.shared.queued;
         let bound = self.queue_records;
         if queued
@@ -236,6 +244,15 @@ impl AuditLog {
     }
 }
 
+/// Marks the writer thread stopped when dropped: when it returns or unwinds.
+struct StopMark(Arc<Shared>);
+
+impl Drop for StopMark {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for AuditLog {
     /// Stop the writer: it commits what is queued and seals the segment.
     fn drop(&mut self) {
@@ -285,6 +302,32 @@ fn lock_dir(dir: &Path) -> Result<File> {
 mod tests {
     use super::*;
     use crate::{reader, segment, synth};
+
+    /// A writer thread that takes its two records' worth of queue and then dies.
+    fn die_after_a_while() {
+        std::thread::sleep(Duration::from_millis(200));
+        panic!("the writer thread dies (on purpose, for the test)");
+    }
+
+    #[test]
+    fn after_the_writer_thread_dies_appends_say_closed_even_with_a_full_queue() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let config = AuditConfig {
+            queue_records: 2,
+            ..AuditConfig::default()
+        };
+        let (log, _) = AuditLog::open_with(dir.path(), config, die_after_a_while).expect("open");
+        for i in 0..2 {
+            log.append(&synth::flow(i, "s", 1_000 + i)).expect("queued");
+        }
+        std::thread::sleep(Duration::from_millis(600));
+        for i in 2..5 {
+            let e = log
+                .append(&synth::flow(i, "s", 1_000 + i))
+                .expect_err("no writer");
+            assert!(matches!(e, AppendError::Closed), "{e}");
+        }
+    }
 
     #[test]
     fn a_held_writer_lock_is_seen_without_taking_it() {
