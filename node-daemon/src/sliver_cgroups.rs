@@ -791,6 +791,37 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_cgroup_s_memory_is_reclaimed_only_once_no_process_is_left() {
+        let root = tempfile::tempdir().expect("tmp");
+        let hierarchy = |h: &str| root.path().join(h);
+        let layout = Layout::V1 {
+            cpu: hierarchy("cpu"),
+            cpuacct: hierarchy("cpuacct"),
+            cpuset: hierarchy("cpuset"),
+            memory: hierarchy("memory"),
+            pids: hierarchy("pids"),
+        };
+        let c = Cgroups::new(layout, "node-x".into());
+        let memory = hierarchy("memory").join(PARENT).join("node-x");
+        for (name, procs) in [("idle", ""), ("busy", "4242\n"), ("bare", "")] {
+            fs::create_dir_all(memory.join(name)).expect("dir");
+            fs::write(memory.join(name).join("cgroup.procs"), procs).expect("procs");
+            if name != "bare" {
+                fs::write(memory.join(name).join("memory.force_empty"), "").expect("file");
+            }
+            c.remove(name);
+        }
+        let written = |name: &str| fs::read_to_string(memory.join(name).join("memory.force_empty"));
+        assert_eq!(written("idle").expect("idle"), "0", "reclaimed");
+        assert_eq!(
+            written("busy").expect("busy"),
+            "",
+            "a process is still in it"
+        );
+        assert!(written("bare").is_err(), "no file is made");
+    }
+
+    #[test]
     fn a_value_already_there_is_not_written_again() {
         let dir = tempfile::tempdir().expect("tmp");
         let file = dir.path().join("cpu.cfs_period_us");
