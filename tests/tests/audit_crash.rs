@@ -183,6 +183,18 @@ fn sigkill_at_random_points_loses_no_durable_record() {
         assert!(ring.torn <= 1, "iteration {i}: {} torn slots", ring.torn);
         let seqs: Vec<u64> = ring.packets.iter().map(|p| p.seq).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        // Every packet read back is whole: what the helper pushed for the record its time
+        // names, to the byte.
+        for p in &ring.packets {
+            let rec = synth::flow((p.ts_ns - BASE_NS) / 1_000_000, "crash", p.ts_ns);
+            let frame = synth::frame(&rec, 200);
+            assert_eq!(
+                (p.nic, p.direction, p.verdict, p.orig_len, &p.data[..]),
+                (rec.nic, rec.direction, rec.verdict, 254, &frame[..128]),
+                "iteration {i}: capture seq {}",
+                p.seq
+            );
+        }
     }
     assert!(ring_seen, "the helper never created its capture ring");
     eprintln!(

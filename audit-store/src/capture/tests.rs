@@ -1,0 +1,301 @@
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::*;
+
+/// Settings for a ring of `slots` slots of snap length 64.
+fn config(slots: u64) -> CaptureConfig {
+    let slot_size = (slot::HEADER + 64 + slot::TRAILER) as u64;
+    CaptureConfig {
+        enabled: true,
+        snaplen: 64,
+        bytes: HEADER as u64 + slots * slot_size,
+    }
+}
+
+/// Packet `i`'s bytes: a function of `i`, so that a reader can tell a mixed slot.
+fn frame(i: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|j| (i as usize * 7 + j) as u8).collect()
+}
+
+fn header(seq: u64) -> SlotHeader {
+    SlotHeader {
+        seq,
+        ts_ns: 1_000 + seq,
+        nic: (seq % 2) as u8,
+        direction: Direction::ALL[(seq % 2) as usize],
+        verdict: Verdict::ALL[(seq % 4) as usize],
+        orig_len: 1_500 + seq as u32,
+    }
+}
+
+/// Check that `p` is exactly packet `p.seq` as [`header`] and [`frame`] make it.
+fn assert_whole(p: &CapturedPacket, snaplen: usize) {
+    let h = header(p.seq);
+    assert_eq!(
+        (p.ts_ns, p.nic, p.direction, p.verdict, p.orig_len),
+        (h.ts_ns, h.nic, h.direction, h.verdict, h.orig_len),
+        "packet {}'s fields",
+        p.seq
+    );
+    assert_eq!(
+        p.data,
+        frame(p.seq, 100)[..snaplen],
+        "packet {}'s data",
+        p.seq
+    );
+}
+
+#[test]
+fn the_ring_keeps_the_newest_packets_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &config(10)).expect("open");
+    assert_eq!(ring.geometry().slots, 10);
+    for i in 1..=25u64 {
+        let h = header(i);
+        ring.push(
+            h.ts_ns,
+            h.nic,
+            h.direction,
+            h.verdict,
+            h.orig_len,
+            &frame(i, 100),
+        );
+    }
+    ring.flush_async().expect("msync");
+    let got = read_ring(&path).expect("read");
+    assert_eq!(got.torn, 0);
+    let seqs: Vec<u64> = got.packets.iter().map(|p| p.seq).collect();
+    assert_eq!(seqs, (16..=25).collect::<Vec<_>>());
+    for p in &got.packets {
+        assert_whole(p, 64);
+    }
+    assert!(matches!(
+        CaptureRing::open(&path, &config(10)),
+        Err(AuditError::Locked { .. })
+    ));
+    drop(ring);
+    let mut ring = CaptureRing::open(&path, &config(10)).expect("reopen");
+    ring.push(
+        2_000,
+        0,
+        Direction::Tx,
+        Verdict::DroppedSpoof,
+        60,
+        &frame(0, 60),
+    );
+    let got = read_ring(&path).expect("read");
+    let last = got.packets.last().expect("a packet");
+    assert_eq!((last.seq, last.data.len()), (26, 60), "numbering continues");
+}
+
+#[test]
+fn the_slot_layout_is_the_documented_one() {
+    let mut slot = vec![0u8; slot::HEADER + 64 + slot::TRAILER];
+    let h = header(0x0102_0304_0506_0708);
+    slot::write(&mut slot, &h, &[0xaa; 60]);
+    let seq = 0x0102_0304_0506_0708u64.to_le_bytes();
+    assert_eq!(slot[0..8], seq, "leading seq");
+    assert_eq!(slot[8..16], h.ts_ns.to_le_bytes(), "ts_ns");
+    assert_eq!(slot[16..20], h.orig_len.to_le_bytes(), "orig_len");
+    assert_eq!(slot[20..22], 60u16.to_le_bytes(), "caplen");
+    assert_eq!(
+        slot[22..25],
+        [h.nic, h.direction.code(), h.verdict.code()],
+        "nic, direction, verdict"
+    );
+    assert_eq!(slot[25..32], [0; 7], "pad");
+    assert_eq!(slot[32..92], [0xaa; 60], "data");
+    assert_eq!(slot[96..104], seq, "trailing seq");
+}
+
+/// Every state a slot passes through while packet 12 overwrites packet 2, and every mix of
+/// the two a page-wise write-back can leave (a prefix of one, the rest of the other), reads
+/// as one whole packet or as none.
+#[test]
+fn a_slot_cut_short_anywhere_reads_as_one_whole_packet_or_none() {
+    let len = slot::HEADER + 64 + slot::TRAILER;
+    let mut old = vec![0u8; len];
+    slot::write(&mut old, &header(2), &frame(2, 64));
+    let mut new = old.clone();
+    slot::write(&mut new, &header(12), &frame(12, 64));
+    // The writer's steps, in its order: leading word 0, trailing word 0, body, trailing
+    // word, leading word.
+    let mut steps = vec![old.clone()];
+    let mut s = old.clone();
+    s[..8].fill(0);
+    steps.push(s.clone());
+    s[len - 8..].fill(0);
+    steps.push(s.clone());
+    for at in 8..len - 8 {
+        s[at] = new[at];
+        steps.push(s.clone());
+    }
+    s[len - 8..].copy_from_slice(&new[len - 8..]);
+    steps.push(s.clone());
+    assert_eq!(slot::read(&s), None, "the leading word is the commit");
+    s[..8].copy_from_slice(&new[..8]);
+    assert_eq!(s, new);
+    let mut wholes = 0;
+    for (i, a) in steps.iter().enumerate() {
+        for b in &steps[i..] {
+            for cut in 0..=len {
+                // The first part written back at step `a`, the rest at the later step `b`,
+                // or the other way round.
+                for (first, rest) in [(a, b), (b, a)] {
+                    let mut mix = first[..cut].to_vec();
+                    mix.extend_from_slice(&rest[cut..]);
+                    if let Some(p) = slot::read(&mix) {
+                        assert!([2, 12].contains(&p.seq), "seq {}", p.seq);
+                        assert_whole(&p, 64);
+                        wholes += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(wholes > 0);
+}
+
+#[test]
+fn a_reader_racing_the_writer_sees_only_whole_packets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &config(64)).expect("open");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let h = header(seq);
+                ring.push(
+                    h.ts_ns,
+                    h.nic,
+                    h.direction,
+                    h.verdict,
+                    h.orig_len,
+                    &frame(seq, 100),
+                );
+            }
+            seq
+        })
+    };
+    let (mut packets, mut torn) = (0, 0);
+    for _ in 0..2_000 {
+        let got = read_ring(&path).expect("read");
+        torn += got.torn;
+        for p in &got.packets {
+            assert_whole(p, 64);
+        }
+        packets += got.packets.len();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let pushed = writer.join().expect("writer");
+    assert!(
+        pushed > 64 && packets > 0,
+        "{pushed} pushed, {packets} read"
+    );
+    eprintln!("{pushed} pushed; 2000 reads saw {packets} whole packets, skipped {torn} slots");
+}
+
+/// Write a version 1 ring of `slots` slots (snap length 64) holding packets `seqs`.
+fn write_v1_ring(path: &Path, slots: usize, seqs: std::ops::RangeInclusive<u64>) {
+    let slot_size = slot::HEADER + 64;
+    let mut buf = vec![0u8; HEADER + slots * slot_size];
+    buf[..4].copy_from_slice(b"SVCR");
+    buf[4..8].copy_from_slice(&1u32.to_le_bytes());
+    buf[8..12].copy_from_slice(&(slot_size as u32).to_le_bytes());
+    buf[12..16].copy_from_slice(&(slots as u32).to_le_bytes());
+    buf[16..20].copy_from_slice(&64u32.to_le_bytes());
+    for seq in seqs {
+        let at = HEADER + ((seq - 1) as usize % slots) * slot_size;
+        slot::write_v1(&mut buf[at..at + slot_size], &header(seq), &frame(seq, 64));
+    }
+    fs::write(path, buf).expect("write");
+}
+
+#[test]
+fn a_version_1_ring_is_read_and_carried_over_to_version_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    write_v1_ring(&path, 8, 1..=13);
+    let got = read_ring(&path).expect("read v1");
+    assert_eq!(
+        got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        (6..=13).collect::<Vec<_>>()
+    );
+    got.packets.iter().for_each(|p| assert_whole(p, 64));
+    // A torn v1 slot (its CRC fails) is skipped and counted.
+    let mut raw = fs::read(&path).expect("read");
+    raw[HEADER + slot::HEADER + 5] ^= 0xff; // data of the first slot (seq 9)
+    fs::write(&path, raw).expect("write");
+    assert_eq!(read_ring(&path).expect("read").torn, 1);
+
+    // Re-made as version 2 with 6 slots: the newest 6 packets stay, numbering continues.
+    let mut ring = CaptureRing::open(&path, &config(6)).expect("open");
+    let h = header(14);
+    ring.push(
+        h.ts_ns,
+        h.nic,
+        h.direction,
+        h.verdict,
+        h.orig_len,
+        &frame(14, 100),
+    );
+    let got = read_ring(&path).expect("read v2");
+    assert_eq!(
+        (got.torn, got.geometry),
+        (0, config(6).geometry().expect("geometry"))
+    );
+    let seqs: Vec<u64> = got.packets.iter().map(|p| p.seq).collect();
+    assert_eq!(
+        seqs,
+        [10, 11, 12, 13, 14],
+        "9 was torn, 8 is more than a lap back"
+    );
+    got.packets.iter().for_each(|p| assert_whole(p, 64));
+}
+
+#[test]
+fn a_new_geometry_keeps_the_newest_packets_cut_to_the_new_snap_length() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &config(4)).expect("open");
+    for i in 1..=3u64 {
+        let h = header(i);
+        ring.push(
+            h.ts_ns,
+            h.nic,
+            h.direction,
+            h.verdict,
+            h.orig_len,
+            &frame(i, 100),
+        );
+    }
+    drop(ring);
+    let smaller = CaptureConfig {
+        snaplen: 40,
+        ..config(2)
+    };
+    drop(CaptureRing::open(&path, &smaller).expect("re-make"));
+    let got = read_ring(&path).expect("read");
+    assert_eq!(got.geometry.snaplen, 40);
+    assert_eq!(
+        got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [2, 3]
+    );
+    got.packets.iter().for_each(|p| assert_whole(p, 40));
+
+    fs::write(&path, b"not a ring").expect("write");
+    assert!(matches!(read_ring(&path), Err(AuditError::Format { .. })));
+    drop(CaptureRing::open(&path, &config(4)).expect("a non-ring is replaced"));
+    assert!(read_ring(&path).expect("read").packets.is_empty());
+    let tiny = CaptureConfig {
+        bytes: 100,
+        ..CaptureConfig::default()
+    };
+    assert!(CaptureRing::open(&path, &tiny).is_err());
+}
