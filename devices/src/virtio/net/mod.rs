@@ -30,6 +30,7 @@ pub mod gso;
 pub mod headers;
 mod queue;
 mod rx;
+mod rx_read;
 pub mod shaper;
 pub mod stages;
 pub mod tap;

@@ -10,9 +10,10 @@
 //! needs (virtio 1.2 section 5.1.6.4), so the device first takes chains until they hold the
 //! largest frame the link may bring (a 64 KiB GSO frame when the driver took GUEST_TSO4/6),
 //! puts back the ones the frame did not reach, and tells the driver how many it used in
-//! `num_buffers`. `readv(2)` puts the frame's first bytes into the queue's own buffer (what
-//! the stages read) and the rest straight into guest memory; the first bytes are then
-//! copied into the chains.
+//! `num_buffers`. The frame's first bytes go into the queue's own buffer (what the stages
+//! read) and the rest into the guest's chains ([`RxRead`]: a copy for small frames,
+//! `readv(2)` straight into guest memory for large ones); the first bytes are then copied
+//! into the chains.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use super::counters::{add, inc, NetCounters, RxCounters};
 use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
+use super::rx_read::RxRead;
 use super::stages::Wait;
 use super::vnet_hdr::{
     asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
@@ -60,6 +62,8 @@ pub(super) struct RxQueue {
     spare: [u8; 1],
     /// Where that frame goes: `head`, the guest's buffers after those bytes, `spare`.
     iovs: IovecBuf,
+    /// How the frame is read into them.
+    read: RxRead,
     /// The guest buffers of the frame's first bytes (`head` is copied there last).
     spans: HeadSpans,
     /// The chains taken for the frame: head index and capacity in bytes.
@@ -99,6 +103,7 @@ impl RxQueue {
             spare: [0u8; 1],
             // A merged frame may take many small chains: room for IOV_MAX iovecs.
             iovs: IovecBuf::with_capacity(IOV_MAX - 2),
+            read: RxRead::new(),
             spans: Vec::with_capacity(HEAD_LEN),
             chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             mergeable: acked_features & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
@@ -279,8 +284,12 @@ impl RxQueue {
         }
         // TAP.
         // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append checked
-        // with get_slice and the ring keeps mapped.
-        let n = match unsafe { io.backend.read_iov(self.iovs.as_slice()) } {
+        // with the ring, which keeps them mapped; guest memory overlaps neither `head` nor
+        // the reader's buffer.
+        let n = match unsafe {
+            self.read
+                .read(io.backend, &mut self.head[..], &self.iovs, capacity)
+        } {
             Ok(n) => n,
             Err(e) => {
                 if e.kind() == ErrorKind::WouldBlock {
