@@ -32,7 +32,7 @@ use super::stages::Wait;
 use super::vnet_hdr::{
     asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
 };
-use super::{HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
+use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::feature;
 use crate::virtio::split_ring::{RingError, SplitRing};
 
@@ -301,7 +301,9 @@ impl RxQueue {
                 return Received::Empty;
             }
         };
-        let length = check_rx_frame(n, capacity);
+        // A frame the device's buffer (the largest frame and a byte) could not hold whole is
+        // refused whatever the guest's buffers hold.
+        let length = check_rx_frame(n, capacity.min(FRAME_BUF_LEN));
         if let Err(e @ FrameError::Runt(_)) = length {
             log::debug!("virtio-net RX: dropping frame: {e}");
             inc(&self.counters().dropped);

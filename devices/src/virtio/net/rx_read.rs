@@ -40,8 +40,9 @@ impl RxRead {
     /// Read one frame from `backend`: its first `head.len()` bytes (at most) into `head`,
     /// the rest into the guest buffers `iovs[1..]` (`iovs[0]` describes `head`, the last
     /// iovec is a one-byte spare), which hold `capacity` bytes in all with `head`'s. Returns
-    /// the frame's length; a frame longer than `capacity` is not copied into the guest
-    /// buffers, and its length is more than `capacity` (by one, at least).
+    /// the frame's length. A frame longer than `capacity`, or than [`FRAME_BUF_LEN`], may be
+    /// cut short and is not whole in the guest buffers: its length is then more than
+    /// `capacity.min(FRAME_BUF_LEN)` (by one, at least), and the caller refuses it.
     ///
     /// # Safety
     /// Every iovec must describe memory valid for writes for the whole call, and none of
@@ -67,7 +68,7 @@ impl RxRead {
         self.copy_next = n <= COPY_MAX;
         let head_len = n.min(head.len());
         head[..head_len].copy_from_slice(&buffer[..head_len]);
-        if n <= capacity {
+        if n <= capacity.min(FRAME_BUF_LEN) {
             let guest = &iovs[1..iovs.len().saturating_sub(1)];
             let in_head = iovs.first().map_or(0, |iov| iov.iov_len);
             // SAFETY: the caller's guarantee: each of `guest` is writable and apart from
