@@ -27,7 +27,9 @@ impl RingGeometry {
     pub(super) fn of(snaplen: u16, bytes: u64) -> Option<Self> {
         let slot_size = slot::HEADER + usize::from(snaplen).div_ceil(8) * 8 + slot::TRAILER;
         let slots = usize::try_from(bytes).ok()?.checked_sub(HEADER)? / slot_size;
-        (slots > 0 && snaplen > 0).then_some(RingGeometry {
+        // The header holds the count in 32 bits.
+        let fits = u32::try_from(slots).is_ok();
+        (slots > 0 && fits && snaplen > 0).then_some(RingGeometry {
             slot_size,
             slots,
             snaplen,
@@ -74,6 +76,7 @@ impl RingGeometry {
             snaplen: u16::try_from(word(16)).ok()?,
         };
         let sane = g.slot_size >= slot::HEADER + usize::from(g.snaplen) + trailer && g.slots > 0;
-        (sane && buf.len() == g.file_len()).then_some((version, g))
+        let len = g.slots.checked_mul(g.slot_size)?.checked_add(HEADER)?;
+        (sane && buf.len() == len).then_some((version, g))
     }
 }

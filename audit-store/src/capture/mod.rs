@@ -69,58 +69,100 @@ pub struct CaptureRing {
 
 impl CaptureRing {
     /// Open (or create) the ring at `path`, locked against a second writer; numbering
-    /// continues after the newest packet in it. A ring of another geometry or an older
-    /// layout is re-made with its newest packets carried over (cut to the new snap length).
+    /// continues after the highest seq in it. A ring of another geometry or an older layout
+    /// is re-made with its newest packets carried over (cut to the new snap length): the new
+    /// ring is written beside it (`<path>.new`), synced, and renamed over it, so that a kill
+    /// or crash meanwhile leaves the old ring whole.
     ///
     /// Errors: `Locked` when another process writes the ring, `Invalid` when `config` makes
-    /// no slot, `Io` naming `path` (including a disk too full to reserve the file's blocks).
+    /// no slot or too many, `Io` naming the file (including a disk too full to reserve the
+    /// file's blocks).
     pub fn open(path: &Path, config: &CaptureConfig) -> Result<CaptureRing> {
         let geometry = config.geometry().ok_or_else(|| {
             AuditError::invalid(
                 "capture size",
-                "too small for one packet of the snap length",
+                "too small for one packet of the snap length, or over 2^32 slots",
             )
         })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| AuditError::io(path, e))?;
-        lock_exclusive(&file, path, path)?;
-        let io = |e| AuditError::io(path, e);
-        let existing = fs::read(path).map_err(io)?;
-        let (next_seq, carried) = match RingGeometry::parse(&existing) {
-            Some((VERSION, g)) if g == geometry => (newest_seq(&existing, &g) + 1, Vec::new()),
-            found => {
-                let carried = match found {
-                    Some((version, g)) => newest_packets(&existing, version, &g, geometry.slots),
-                    None => Vec::new(),
-                };
-                file.set_len(0).map_err(io)?;
-                file.set_len(geometry.file_len() as u64).map_err(io)?;
-                (carried.last().map_or(0, |p| p.seq) + 1, carried)
+        let file = open_locked(path, false)?;
+        let existing = fs::read(path).map_err(|e| AuditError::io(path, e))?;
+        let found = RingGeometry::parse(&existing);
+        if let Some((VERSION, g)) = found {
+            // Numbering goes on after the highest seq of any slot, whole or torn: a reused
+            // seq could let a slot hold halves of two packets under matching commit words.
+            let next = highest_seq(&existing, g).checked_add(1);
+            if let (true, Some(next)) = (g == geometry, next) {
+                return CaptureRing::mapped(file, path, geometry, next);
             }
+        }
+        let carried = match found {
+            Some((version, g)) => newest_packets(&existing, version, g, geometry.slots),
+            None => Vec::new(),
         };
-        allocate(&file, geometry.file_len()).map_err(io)?;
         drop(existing);
+        match carried.last().and_then(|p| p.seq.checked_add(1)) {
+            Some(next) => CaptureRing::remade(path, geometry, &carried, next),
+            None => {
+                // Nothing worth keeping: re-made in place.
+                file.set_len(0).map_err(|e| AuditError::io(path, e))?;
+                CaptureRing::mapped(file, path, geometry, 1)
+            }
+        }
+    }
+
+    /// The ring of `geometry` in `file` (locked; its name `path`), sized, its blocks
+    /// reserved, its header written, mapped; the next packet is `next_seq`.
+    fn mapped(
+        file: File,
+        path: &Path,
+        geometry: RingGeometry,
+        next_seq: u64,
+    ) -> Result<CaptureRing> {
+        let io = |e| AuditError::io(path, e);
+        file.set_len(geometry.file_len() as u64).map_err(io)?;
+        allocate(&file, geometry.file_len()).map_err(io)?;
         // The header with pwrite, not through the mapping: the mapping's first fault reads
         // ahead (~2 ms on the test hosts, docs/benchmarks.md), better taken by the first
         // packet than by every start.
         file.write_all_at(&geometry.header(), 0).map_err(io)?;
         let map = SharedMap::new(&file, geometry.file_len()).map_err(io)?;
-        let mut ring = CaptureRing {
+        Ok(CaptureRing {
             map,
             geometry,
             next_seq,
             path: path.to_path_buf(),
             _file: file,
-        };
-        for p in &carried {
-            ring.write(&SlotHeader::from(p), &p.data);
+        })
+    }
+
+    /// A new ring of `geometry` holding `carried` (oldest first), made beside `path` and
+    /// renamed over it once on disk.
+    fn remade(
+        path: &Path,
+        geometry: RingGeometry,
+        carried: &[CapturedPacket],
+        next_seq: u64,
+    ) -> Result<CaptureRing> {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".new");
+        let new = PathBuf::from(name);
+        let made = open_locked(&new, true)
+            .and_then(|file| CaptureRing::mapped(file, &new, geometry, next_seq))
+            .and_then(|mut ring| {
+                for p in carried {
+                    ring.write(&SlotHeader::from(p), &p.data);
+                }
+                ring._file
+                    .sync_data()
+                    .map_err(|e| AuditError::io(&new, e))?;
+                fs::rename(&new, path).map_err(|e| AuditError::io(path, e))?;
+                ring.path = path.to_path_buf();
+                Ok(ring)
+            });
+        if made.is_err() {
+            let _ = fs::remove_file(&new);
         }
-        Ok(ring)
+        made
     }
 
     /// Record one packet: `bytes` is the frame (only the first snaplen bytes are kept),
@@ -171,6 +213,20 @@ impl CaptureRing {
     }
 }
 
+/// The file at `path`, created if missing (emptied if `truncate`), locked against a second
+/// writer.
+fn open_locked(path: &Path, truncate: bool) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .open(path)
+        .map_err(|e| AuditError::io(path, e))?;
+    lock_exclusive(&file, path, path)?;
+    Ok(file)
+}
+
 /// Reserve every block of the file, so that stores into the mapping can never hit a full
 /// disk (which would kill the VMM with SIGBUS instead of failing here).
 fn allocate(file: &File, len: usize) -> std::io::Result<()> {
@@ -190,10 +246,18 @@ enum Written {
     Packet(CapturedPacket),
     /// Written, but holding no valid packet.
     Torn,
+    /// Not the same in a second read of the file.
+    Rewritten,
 }
 
-/// The written slots of the ring file `buf` (of `version` and geometry `g`), in slot order.
-fn written_slots(buf: &[u8], version: u32, g: RingGeometry) -> impl Iterator<Item = Written> + '_ {
+/// The written slots of the ring file `buf` (of `version` and geometry `g`), in slot order;
+/// with `again` (a second read of the file), a slot not the same in both is `Rewritten`.
+fn written_slots<'a>(
+    buf: &'a [u8],
+    again: Option<&'a [u8]>,
+    version: u32,
+    g: RingGeometry,
+) -> impl Iterator<Item = Written> + 'a {
     let read = if version == VERSION {
         slot::read
     } else {
@@ -201,10 +265,17 @@ fn written_slots(buf: &[u8], version: u32, g: RingGeometry) -> impl Iterator<Ite
     };
     buf[HEADER..]
         .chunks_exact(g.slot_size)
-        .filter_map(move |s| match read(s) {
-            Some(p) => Some(Written::Packet(p)),
-            None if s.iter().any(|b| *b != 0) => Some(Written::Torn),
-            None => None,
+        .enumerate()
+        .filter_map(move |(i, s)| {
+            let at = HEADER + i * g.slot_size;
+            if again.is_some_and(|a| a.get(at..at + g.slot_size) != Some(s)) {
+                return Some(Written::Rewritten);
+            }
+            match read(s) {
+                Some(p) => Some(Written::Packet(p)),
+                None if s.iter().any(|b| *b != 0) => Some(Written::Torn),
+                None => None,
+            }
         })
 }
 
@@ -213,23 +284,25 @@ fn valid_packets(
     version: u32,
     g: RingGeometry,
 ) -> impl Iterator<Item = CapturedPacket> + '_ {
-    written_slots(buf, version, g).filter_map(|w| match w {
+    written_slots(buf, None, version, g).filter_map(|w| match w {
         Written::Packet(p) => Some(p),
-        Written::Torn => None,
+        Written::Torn | Written::Rewritten => None,
     })
 }
 
-fn newest_seq(buf: &[u8], g: &RingGeometry) -> u64 {
-    valid_packets(buf, VERSION, *g)
-        .map(|p| p.seq)
+/// The highest seq in either commit word of any slot of a version 2 ring file, 0 if none.
+fn highest_seq(buf: &[u8], g: RingGeometry) -> u64 {
+    buf[HEADER..]
+        .chunks_exact(g.slot_size)
+        .map(|s| slot::commit_words(s).map_or(0, |(a, b)| a.max(b)))
         .max()
         .unwrap_or(0)
 }
 
 /// The packets of a ring file within `keep` of its newest (so each has a slot of its own in
 /// a ring of `keep` slots), oldest first.
-fn newest_packets(buf: &[u8], version: u32, g: &RingGeometry, keep: usize) -> Vec<CapturedPacket> {
-    let mut found: Vec<CapturedPacket> = valid_packets(buf, version, *g).collect();
+fn newest_packets(buf: &[u8], version: u32, g: RingGeometry, keep: usize) -> Vec<CapturedPacket> {
+    let mut found: Vec<CapturedPacket> = valid_packets(buf, version, g).collect();
     found.sort_by_key(|p| p.seq);
     let first = found
         .last()
@@ -244,35 +317,46 @@ fn newest_packets(buf: &[u8], version: u32, g: &RingGeometry, keep: usize) -> Ve
 pub struct RingContents {
     /// Valid packets, oldest first.
     pub packets: Vec<CapturedPacket>,
-    /// Written slots holding no valid packet (cut short by a kill, or being written while
-    /// read), skipped.
+    /// Written slots holding no valid packet (cut short by a kill), skipped.
     pub torn: u64,
+    /// Slots that changed between the two reads of the file (a live ring being written),
+    /// skipped.
+    pub rewritten: u64,
     /// The ring's geometry.
     pub geometry: RingGeometry,
 }
 
-/// Read the ring at `path`, of either layout (no lock needed; a slot being written is
-/// skipped as torn).
+/// Read the ring at `path`, of either layout (no lock needed: a live ring may be read).
+///
+/// The file is read twice and a slot counts only if it is the same both times: within one
+/// read the loads are not ordered (a `rep movs` copy), so a slot's commit words alone cannot
+/// vouch for bytes read while the writer rewrote them. A ring re-made between the two reads
+/// (by a VMM starting, when no writer is left on the old one) is taken from the first read.
 ///
 /// Errors: `Io` naming `path`, `Format` when the file is not a ring of a known version.
 pub fn read_ring(path: &Path) -> Result<RingContents> {
-    let buf = fs::read(path).map_err(|e| AuditError::io(path, e))?;
-    let (version, geometry) = RingGeometry::parse(&buf).ok_or_else(|| AuditError::Format {
+    let io = |e| AuditError::io(path, e);
+    let first = fs::read(path).map_err(io)?;
+    let (version, geometry) = RingGeometry::parse(&first).ok_or_else(|| AuditError::Format {
         path: path.to_path_buf(),
         reason: "not a capture ring (bad header, version or size)".into(),
     })?;
+    let second = fs::read(path).map_err(io)?;
+    let again = (RingGeometry::parse(&second) == Some((version, geometry))).then_some(&second[..]);
     let mut packets = Vec::new();
-    let mut torn = 0;
-    for w in written_slots(&buf, version, geometry) {
+    let (mut torn, mut rewritten) = (0, 0);
+    for w in written_slots(&first, again, version, geometry) {
         match w {
             Written::Packet(p) => packets.push(p),
             Written::Torn => torn += 1,
+            Written::Rewritten => rewritten += 1,
         }
     }
     packets.sort_by_key(|p| p.seq);
     Ok(RingContents {
         packets,
         torn,
+        rewritten,
         geometry,
     })
 }

@@ -85,7 +85,10 @@ pub(super) fn write(slot: &mut [u8], header: &SlotHeader, data: &[u8]) {
     let end = slot.len() - TRAILER;
     commit_word(slot, 0).store(0, Ordering::Relaxed);
     commit_word(slot, end).store(0, Ordering::Relaxed);
-    // The zeroed words before any other byte of the slot changes.
+    // The zeroed words before any other byte of the slot changes. The readers are other
+    // processes reading the file, outside Rust's memory model: what holds is the hardware's
+    // store order (x86 keeps it; the fence is a `dmb` on arm64) and the compiler's, which
+    // the fence and the atomic stores keep.
     fence(Ordering::Release);
     slot[8..16].copy_from_slice(&header.ts_ns.to_le_bytes());
     slot[16..20].copy_from_slice(&header.orig_len.to_le_bytes());
@@ -112,6 +115,12 @@ fn le32(slot: &[u8], at: usize) -> u32 {
 
 fn le16(slot: &[u8], at: usize) -> usize {
     usize::from(u16::from_le_bytes([slot[at], slot[at + 1]]))
+}
+
+/// The leading and trailing commit words of a version 2 slot (`None` if it is too short).
+pub(super) fn commit_words(slot: &[u8]) -> Option<(u64, u64)> {
+    let end = slot.len().checked_sub(TRAILER).filter(|&e| e >= 8)?;
+    Some((le64(slot, 0), le64(slot, end)))
 }
 
 /// The packet in a version 2 slot, or `None` for a slot never written or cut short.

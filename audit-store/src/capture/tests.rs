@@ -183,10 +183,11 @@ fn a_reader_racing_the_writer_sees_only_whole_packets() {
             seq
         })
     };
-    let (mut packets, mut torn) = (0, 0);
+    let (mut packets, mut torn, mut rewritten) = (0, 0, 0);
     for _ in 0..2_000 {
         let got = read_ring(&path).expect("read");
         torn += got.torn;
+        rewritten += got.rewritten;
         for p in &got.packets {
             assert_whole(p, 64);
         }
@@ -198,7 +199,11 @@ fn a_reader_racing_the_writer_sees_only_whole_packets() {
         pushed > 64 && packets > 0,
         "{pushed} pushed, {packets} read"
     );
-    eprintln!("{pushed} pushed; 2000 reads saw {packets} whole packets, skipped {torn} slots");
+    assert!(rewritten > 0, "the reads never overlapped a write");
+    eprintln!(
+        "{pushed} pushed; 2000 reads saw {packets} whole packets, skipped {rewritten} \
+         rewritten and {torn} torn slots"
+    );
 }
 
 /// Write a version 1 ring of `slots` slots (snap length 64) holding packets `seqs`.
@@ -234,8 +239,25 @@ fn a_version_1_ring_is_read_and_carried_over_to_version_2() {
     fs::write(&path, raw).expect("write");
     assert_eq!(read_ring(&path).expect("read").torn, 1);
 
-    // Re-made as version 2 with 6 slots: the newest 6 packets stay, numbering continues.
+    // What a ring of 6 slots keeps: the valid packets within 6 of the newest (9 is torn).
+    let raw = fs::read(&path).expect("read");
+    let (version, g) = RingGeometry::parse(&raw).expect("a ring");
+    let kept: Vec<u64> = newest_packets(&raw, version, g, 6)
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    assert_eq!(kept, [8, 10, 11, 12, 13]);
+
+    // Re-made as version 2 with 6 slots: those packets stay, numbering continues.
     let mut ring = CaptureRing::open(&path, &config(6)).expect("open");
+    assert!(!dir.path().join("capture.ring.new").exists());
+    let got = read_ring(&path).expect("read v2");
+    assert_eq!(
+        (got.torn, got.geometry),
+        (0, config(6).geometry().expect("geometry"))
+    );
+    assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), kept);
+    got.packets.iter().for_each(|p| assert_whole(p, 64));
     let h = header(14);
     ring.push(
         h.ts_ns,
@@ -246,17 +268,8 @@ fn a_version_1_ring_is_read_and_carried_over_to_version_2() {
         &frame(14, 100),
     );
     let got = read_ring(&path).expect("read v2");
-    assert_eq!(
-        (got.torn, got.geometry),
-        (0, config(6).geometry().expect("geometry"))
-    );
     let seqs: Vec<u64> = got.packets.iter().map(|p| p.seq).collect();
-    assert_eq!(
-        seqs,
-        [10, 11, 12, 13, 14],
-        "9 was torn, 8 is more than a lap back"
-    );
-    got.packets.iter().for_each(|p| assert_whole(p, 64));
+    assert_eq!(seqs, [10, 11, 12, 13, 14], "14 took 8's slot");
 }
 
 #[test]
@@ -298,4 +311,64 @@ fn a_new_geometry_keeps_the_newest_packets_cut_to_the_new_snap_length() {
         ..CaptureConfig::default()
     };
     assert!(CaptureRing::open(&path, &tiny).is_err());
+}
+
+/// A writer killed between its two commit words leaves a slot whose trailing word holds a seq
+/// no valid slot has: the next writer starts after it, so that no two packets ever share a
+/// seq (their halves could then pass as one).
+#[test]
+fn numbering_goes_on_after_the_seq_of_a_slot_cut_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &config(10)).expect("open");
+    for i in 1..=5u64 {
+        let h = header(i);
+        ring.push(
+            h.ts_ns,
+            h.nic,
+            h.direction,
+            h.verdict,
+            h.orig_len,
+            &frame(i, 100),
+        );
+    }
+    drop(ring);
+    let mut raw = fs::read(&path).expect("read");
+    let g = config(10).geometry().expect("geometry");
+    let at = g.slot_at(6);
+    let mut cut = vec![0u8; g.slot_size];
+    slot::write(&mut cut, &header(6), &frame(6, 64));
+    cut[..8].fill(0); // the leading word not yet stored
+    raw[at..at + g.slot_size].copy_from_slice(&cut);
+    fs::write(&path, raw).expect("write");
+    assert_eq!(read_ring(&path).expect("read").torn, 1);
+    let mut ring = CaptureRing::open(&path, &config(10)).expect("reopen");
+    ring.push(0, 0, Direction::Tx, Verdict::Forwarded, 60, &frame(7, 60));
+    let got = read_ring(&path).expect("read");
+    assert_eq!(got.packets.last().map(|p| p.seq), Some(7));
+}
+
+/// A ring file whose slot holds the highest seq there is: no overflow, whether it is reopened
+/// as it is or re-made for another geometry; the ring starts again.
+#[test]
+fn a_ring_at_the_last_seq_starts_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    for wanted in [config(4), config(3)] {
+        let _ = fs::remove_file(&path);
+        drop(CaptureRing::open(&path, &config(4)).expect("open"));
+        let mut raw = fs::read(&path).expect("read");
+        let g = config(4).geometry().expect("geometry");
+        let last = SlotHeader {
+            seq: u64::MAX,
+            ..header(1)
+        };
+        slot::write(&mut raw[HEADER..HEADER + g.slot_size], &last, &[1; 60]);
+        fs::write(&path, raw).expect("write");
+        assert_eq!(read_ring(&path).expect("read").packets.len(), 1);
+        let mut ring = CaptureRing::open(&path, &wanted).expect("reopen");
+        ring.push(0, 0, Direction::Tx, Verdict::Forwarded, 60, &frame(1, 60));
+        let got = read_ring(&path).expect("read");
+        assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
+    }
 }
