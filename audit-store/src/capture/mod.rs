@@ -85,6 +85,8 @@ impl CaptureRing {
             )
         })?;
         let file = open_locked(path, false)?;
+        // Left by a writer killed while re-making the ring (the old ring is whole).
+        let _ = fs::remove_file(beside(path));
         let existing = fs::read(path).map_err(|e| AuditError::io(path, e))?;
         let found = RingGeometry::parse(&existing);
         if let Some((VERSION, g)) = found {
@@ -143,9 +145,7 @@ impl CaptureRing {
         carried: &[CapturedPacket],
         next_seq: u64,
     ) -> Result<CaptureRing> {
-        let mut name = path.as_os_str().to_owned();
-        name.push(".new");
-        let new = PathBuf::from(name);
+        let new = beside(path);
         let made = open_locked(&new, true)
             .and_then(|file| CaptureRing::mapped(file, &new, geometry, next_seq))
             .and_then(|mut ring| {
@@ -211,6 +211,13 @@ impl CaptureRing {
     pub fn geometry(&self) -> RingGeometry {
         self.geometry
     }
+}
+
+/// Where a ring at `path` is re-made: `<path>.new`.
+fn beside(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    PathBuf::from(name)
 }
 
 /// The file at `path`, created if missing (emptied if `truncate`), locked against a second

@@ -76,7 +76,10 @@ fn the_ring_keeps_the_newest_packets_in_order() {
         Err(AuditError::Locked { .. })
     ));
     drop(ring);
+    let stale = dir.path().join("capture.ring.new");
+    fs::write(&stale, b"left by a writer killed while re-making").expect("write");
     let mut ring = CaptureRing::open(&path, &config(10)).expect("reopen");
+    assert!(!stale.exists(), "a stale re-made ring is removed");
     ring.push(
         2_000,
         0,
