@@ -26,7 +26,7 @@ fi
 say "guest kernel, reference image, slicevisor"
 bash guest-kernel/build.sh >/dev/null
 bash guest-image/build.sh >/dev/null
-cargo build --release -p slicevisor
+bash scripts/build-release.sh -p slicevisor
 sv=$PWD/target/release/slicevisor
 
 work=$(mktemp -d /var/tmp/slicevisor-demo.XXXXXX)

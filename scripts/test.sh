@@ -94,4 +94,10 @@ trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 summarize "$log"
+
+step "the VMM linked static-pie (as scripts/build-release.sh makes it) starts a guest"
+cargo rustc -p slicevisor --bin slicevisor-vmm -- -C target-feature=+crt-static
+out=$(cargo run -q -p benches --bin vmm_start -- 3) || status=1
+echo "$out"
+grep -q '^slicevisor-vmm run: .*(static)$' <<<"$out" || { echo "the VMM was not linked static" >&2; status=1; }
 exit "$status"

@@ -404,15 +404,29 @@ fn raw_rx_loop(
 /// the rest of a 64 KiB buffer, and a 1-byte spare (the kernel's multi-segment iterator
 /// instead of `read(2)`'s single user buffer).
 fn rx_raw_readv(len: usize, batches: usize, inj: &Injector) -> Run {
-    let mut tap = Tap::open(TAP).expect("tap");
     let f = frame(len);
+    let tap = Tap::open(TAP).expect("tap");
+    raw_readv_loop(tap, batches, || inj.send(&f[VNET_HDR_LEN..], BATCH))
+}
+
+/// [`rx_raw_readv`] for the GSO frames of [`gso_rx_raw`].
+fn gso_rx_raw_readv(batches: usize, inj: &Injector) -> Run {
+    let mut tap = Tap::open(TAP).expect("tap");
+    tap.set_guest_offloads(feature(F_GUEST_CSUM) | feature(F_GUEST_TSO4))
+        .expect("TUNSETOFFLOAD");
+    let f = gso_frame(10);
+    raw_readv_loop(tap, batches, || inj.send(&f, GSO_BATCH))
+}
+
+/// Read what `inject` sent (not timed) with the device's iovec shape until the TAP is empty.
+fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
     let mut head = [0u8; 140];
     let mut rest = vec![0u8; 65_600];
     let mut spare = [0u8; 1];
     measure(
         batches,
         &mut tap,
-        |_| inj.send(&f[VNET_HDR_LEN..], BATCH),
+        |_| inject(),
         |tap| {
             let iovs = [
                 libc::iovec {
@@ -469,7 +483,9 @@ fn main() {
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit; LEN bytes per frame, 64 if not given);
+    // tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit, gso-rx-device, gso-rx-raw,
+    // gso-rx-raw-readv;
+    // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp` or `gso`: that table alone.
     let only = std::env::args().nth(2);
     let len: usize = std::env::args()
@@ -500,6 +516,14 @@ fn main() {
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),
             "rx-raw-readv" => rx_raw_readv(len, batches, &inj),
+            "gso-rx-device" | "gso-rx-raw" | "gso-rx-raw-readv" => {
+                let inj = Injector::open_with_vnet_hdr(TAP).with_sndbuf(64 << 20);
+                match only {
+                    "gso-rx-device" => gso_rx_device(batches, &inj),
+                    "gso-rx-raw" => gso_rx_raw(batches, &inj),
+                    _ => gso_rx_raw_readv(batches, &inj),
+                }
+            }
 
             "gso" => {
                 gso_table(batches);

@@ -3,7 +3,10 @@
 //! instruction. Both binaries, alternately: `slicevisor-vmm run` (what the node daemon starts)
 //! and `slicevisor run` (the full binary, by hand).
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/vmm_start [RUNS]`
+//! Run: `cargo build --release --workspace --bins && cargo rustc --release -p slicevisor --bin
+//! slicevisor-vmm -- -C target-feature=+crt-static && target/release/vmm_start [RUNS]` (the
+//! second step links the VMM static-pie, as `scripts/demo.sh` does; each binary's linking is
+//! printed with its rows).
 
 use std::time::Duration;
 
@@ -20,6 +23,27 @@ fn field(line: &str, before: &str) -> f64 {
         .last()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number before {before:?} in {line:?}"))
+}
+
+/// How the ELF executable at `path` is linked: with a program interpreter (PT_INTERP, the
+/// dynamic loader) or without (static). ELF-64 header: e_phoff at 0x20, e_phentsize at 0x36,
+/// e_phnum at 0x38; each program header starts with p_type (u32), PT_INTERP = 3 (elf(5)).
+fn linkage(path: &std::path::Path) -> &'static str {
+    let elf = std::fs::read(path).expect("reading the VMM binary");
+    let word = |at: usize, n: usize| {
+        elf[at..at + n]
+            .iter()
+            .rev()
+            .fold(0usize, |v, b| v << 8 | usize::from(*b))
+    };
+    assert_eq!(&elf[..5], b"\x7fELF\x02", "{} is not a 64-bit ELF", path.display());
+    let (phoff, phentsize, phnum) = (word(0x20, 8), word(0x36, 2), word(0x38, 2));
+    let interp = (0..phnum).any(|i| word(phoff + i * phentsize, 4) == 3);
+    if interp {
+        "dynamically linked"
+    } else {
+        "static"
+    }
 }
 
 fn main() {
@@ -65,10 +89,11 @@ fn main() {
         }
     }
     println!("VMM start -> first guest instruction ({runs} runs, 1 vCPU, 128 MiB, tiny PVH guest)");
-    for ((name, _), row) in binaries.iter().zip(&rows) {
+    for ((name, bin), row) in binaries.iter().zip(&rows) {
+        println!("{name}: {} ({})", bin.display(), linkage(bin));
         println!(
             "{:<28} {:>9} {:>9} {:>9} {:>9}",
-            name, "median", "p90", "min", "max"
+            "", "median", "p90", "min", "max"
         );
         for (metric, values) in [
             "CPU time (ms)",
