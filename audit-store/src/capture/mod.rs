@@ -63,6 +63,8 @@ pub struct CaptureRing {
     map: SharedMap,
     geometry: RingGeometry,
     next_seq: u64,
+    /// Byte offset of `next_seq`'s slot (kept, not computed: a 64-bit division per packet).
+    next_at: usize,
     path: PathBuf,
     _file: File,
 }
@@ -132,6 +134,7 @@ impl CaptureRing {
             map,
             geometry,
             next_seq,
+            next_at: geometry.slot_at(next_seq),
             path: path.to_path_buf(),
             _file: file,
         })
@@ -184,14 +187,23 @@ impl CaptureRing {
             verdict,
             orig_len,
         };
+        let at = self.next_at;
         self.next_seq += 1;
-        self.write(&header, bytes);
+        self.next_at += self.geometry.slot_size;
+        if self.next_at == self.geometry.file_len() {
+            self.next_at = HEADER;
+        }
+        self.write_at(at, &header, bytes);
     }
 
     /// Write packet `header.seq` into its slot, `bytes` cut to the snap length.
     fn write(&mut self, header: &SlotHeader, bytes: &[u8]) {
+        self.write_at(self.geometry.slot_at(header.seq), header, bytes);
+    }
+
+    /// Write packet `header` into the slot at byte `at`.
+    fn write_at(&mut self, at: usize, header: &SlotHeader, bytes: &[u8]) {
         let g = self.geometry;
-        let at = g.slot_at(header.seq);
         let slot = &mut self.map.as_mut_slice()[at..at + g.slot_size];
         slot::write(
             slot,
