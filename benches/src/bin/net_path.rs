@@ -57,13 +57,22 @@ impl Run {
     }
 }
 
-/// Time `batches` calls of `f`, excluding whatever `setup` does before each.
+/// Batches every loop runs untimed before its timed ones: fresh buffers (the guest's, the
+/// raw loop's) take their first-touch page faults there, whichever side runs them.
+const WARM_UP: usize = 4;
+
+/// Time `batches` calls of `f` (after [`WARM_UP`] untimed ones), excluding whatever `setup`
+/// does before each.
 fn measure<S>(
     batches: usize,
     state: &mut S,
     mut setup: impl FnMut(&mut S),
     mut f: impl FnMut(&mut S) -> u64,
 ) -> Run {
+    for _ in 0..WARM_UP {
+        setup(state);
+        f(state);
+    }
     let (mut packets, mut secs, mut cpu) = (0u64, 0f64, 0u64);
     for _ in 0..batches {
         setup(state);
@@ -456,15 +465,38 @@ fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
     )
 }
 
-/// Run `a` and `b` interleaved as a, b, b, a (so drift on a shared machine affects both
-/// alike) and add up each one's two runs.
-fn side_by_side(a: impl Fn() -> Run, b: impl Fn() -> Run) -> (Run, Run) {
-    let (a1, b1) = (a(), b());
-    let (b2, a2) = (b(), a());
-    (add(a1, a2), add(b1, b2))
+/// Rounds of [`side_by_side`]; the ratio printed is their median.
+const ROUNDS: usize = 5;
+
+/// Run `a` and `b` for `batches` batches each, interleaved in [`ROUNDS`] rounds of a, b, b, a
+/// (so drift on a shared machine affects both alike): each one's runs added up, and the
+/// median over the rounds of a's packet rate over b's (a burst of load from the rest of the
+/// host in one round moves a sum, not the median).
+fn side_by_side(
+    batches: usize,
+    a: impl Fn(usize) -> Run,
+    b: impl Fn(usize) -> Run,
+) -> (Run, Run, f64) {
+    let per = (batches / (2 * ROUNDS)).max(1);
+    let zero = Run {
+        packets: 0,
+        secs: 0.0,
+        cpu_ns: 0,
+    };
+    let (mut sum_a, mut sum_b, mut ratios) = (zero, zero, Vec::with_capacity(ROUNDS));
+    for _ in 0..ROUNDS {
+        let (a1, b1) = (a(per), b(per));
+        let (b2, a2) = (b(per), a(per));
+        let (ra, rb) = (add(a1, a2), add(b1, b2));
+        ratios.push(ra.pps() / rb.pps());
+        (sum_a, sum_b) = (add(sum_a, ra), add(sum_b, rb));
+    }
+    ratios.sort_by(f64::total_cmp);
+    (sum_a, sum_b, ratios[ROUNDS / 2])
 }
 
-fn row(dir: &str, len: usize, dev: Run, raw: Run) {
+/// One table row: `dev` and `raw` (or on and off) and the median ratio of their rates.
+fn row(dir: &str, len: usize, (dev, raw, ratio): (Run, Run, f64)) {
     println!(
         "{dir:<3} {len:>5} B | {:>10.0} {:>7.3} {:>8.0} | {:>10.0} {:>7.3} {:>8.0} | {:>6.1} %",
         dev.pps(),
@@ -473,7 +505,7 @@ fn row(dir: &str, len: usize, dev: Run, raw: Run) {
         raw.pps(),
         raw.gbps(len),
         raw.cpu_per_packet(),
-        100.0 * dev.pps() / raw.pps()
+        100.0 * ratio
     );
 }
 
@@ -545,24 +577,29 @@ fn main() {
     tx_device(64, 50, Audit::Full);
     tx_raw(64, 50);
 
-    println!("virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per cell");
+    println!(
+        "virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per side and cell, \
+         in {ROUNDS} interleaved rounds; the ratio is the rounds' median"
+    );
     println!(
         "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | device/raw",
         "dev pps", "Gbit/s", "ns CPU", "raw pps", "Gbit/s", "ns CPU"
     );
     for len in [64usize, 1500] {
-        let (dev, raw) = side_by_side(
-            || tx_device(len, batches / 2, Audit::Off),
-            || tx_raw(len, batches / 2),
+        let cell = side_by_side(
+            batches,
+            |n| tx_device(len, n, Audit::Off),
+            |n| tx_raw(len, n),
         );
-        row("TX", len, dev, raw);
+        row("TX", len, cell);
     }
     for len in [64usize, 1500] {
-        let (dev, raw) = side_by_side(
-            || rx_device(len, batches / 2, &inj, Audit::Off),
-            || rx_raw(len, batches / 2, &inj),
+        let cell = side_by_side(
+            batches,
+            |n| rx_device(len, n, &inj, Audit::Off),
+            |n| rx_raw(len, n, &inj),
         );
-        row("RX", len, dev, raw);
+        row("RX", len, cell);
     }
     gso_table(batches);
     seccomp_table(batches, &inj);
@@ -580,21 +617,27 @@ fn main() {
     ] {
         on_off_table(
             &format!("audit stage on vs off (device path with anti-spoofing; on: {what})"),
-            |dir, len| match dir {
-                "TX" => tx_device(len, batches / 2, audit),
-                _ => rx_device(len, batches / 2, &inj, audit),
+            batches,
+            |dir, len, n| match dir {
+                "TX" => tx_device(len, n, audit),
+                _ => rx_device(len, n, &inj, audit),
             },
-            |dir, len| match dir {
-                "TX" => tx_device(len, batches / 2, Audit::AntiSpoofing),
-                _ => rx_device(len, batches / 2, &inj, Audit::AntiSpoofing),
+            |dir, len, n| match dir {
+                "TX" => tx_device(len, n, Audit::AntiSpoofing),
+                _ => rx_device(len, n, &inj, Audit::AntiSpoofing),
             },
         );
     }
 }
 
-/// A table of `on(dir, frame length)` against `off(dir, frame length)` for TX and RX at 64
-/// and 1500 bytes, each cell side by side.
-fn on_off_table(title: &str, on: impl Fn(&str, usize) -> Run, off: impl Fn(&str, usize) -> Run) {
+/// A table of `on(dir, frame length, batches)` against `off(…)` for TX and RX at 64 and 1500
+/// bytes, each cell side by side for `batches` batches each.
+fn on_off_table(
+    title: &str,
+    batches: usize,
+    on: impl Fn(&str, usize, usize) -> Run,
+    off: impl Fn(&str, usize, usize) -> Run,
+) {
     println!();
     println!("{title}");
     println!(
@@ -603,8 +646,8 @@ fn on_off_table(title: &str, on: impl Fn(&str, usize) -> Run, off: impl Fn(&str,
     );
     for dir in ["TX", "RX"] {
         for len in [64usize, 1500] {
-            let (a, b) = side_by_side(|| on(dir, len), || off(dir, len));
-            row(dir, len, a, b);
+            let cell = side_by_side(batches, |n| on(dir, len, n), |n| off(dir, len, n));
+            row(dir, len, cell);
         }
     }
 }
@@ -612,14 +655,15 @@ fn on_off_table(title: &str, on: impl Fn(&str, usize) -> Run, off: impl Fn(&str,
 /// The device path with the event loop's seccomp filter on vs off.
 fn seccomp_table(batches: usize, inj: &Injector) {
     vmm::seccomp::prepare(vmm::seccomp::SeccompMode::Log, None).expect("seccomp filters");
-    let device = |dir: &str, len| match dir {
-        "TX" => tx_device(len, batches / 2, Audit::Off),
-        _ => rx_device(len, batches / 2, inj, Audit::Off),
+    let device = |dir: &str, len, n| match dir {
+        "TX" => tx_device(len, n, Audit::Off),
+        _ => rx_device(len, n, inj, Audit::Off),
     };
     on_off_table(
         "seccomp filter on vs off (device path, no audit; the event loop's allow-list)",
-        |dir, len| filtered(|| device(dir, len)),
-        |dir, len| unfiltered(|| device(dir, len)),
+        batches,
+        |dir, len, n| filtered(|| device(dir, len, n)),
+        |dir, len, n| unfiltered(|| device(dir, len, n)),
     );
 }
 
@@ -744,15 +788,16 @@ fn gso_table(batches: usize) {
         "dev fps", "Gbit/s", "ns CPU", "raw fps", "Gbit/s", "ns CPU"
     );
     let wire = gso_wire_bytes() as usize;
-    let (dev, raw) = side_by_side(|| gso_tx_device(batches / 2), || gso_tx_raw(batches / 2));
-    row("TX", wire, dev, raw);
+    let cell = side_by_side(batches, gso_tx_device, gso_tx_raw);
+    row("TX", wire, cell);
     // The injector also hears every frame on the TAP: empty its queue between phases.
     while inj.recv_incoming().is_some() {}
-    let (dev, raw) = side_by_side(
-        || gso_rx_device(batches / 2, &inj),
-        || gso_rx_raw(batches / 2, &inj),
+    let cell = side_by_side(
+        batches,
+        |n| gso_rx_device(n, &inj),
+        |n| gso_rx_raw(n, &inj),
     );
-    row("RX", wire, dev, raw);
+    row("RX", wire, cell);
     while inj.recv_incoming().is_some() {}
     gso_shaper_accuracy();
 }
