@@ -29,6 +29,21 @@ fn header(seq: u64) -> SlotHeader {
     }
 }
 
+/// Push packets `seqs` (seq numbering is the ring's: they must follow on from its next).
+fn push_all(ring: &mut CaptureRing, seqs: impl IntoIterator<Item = u64>) {
+    for i in seqs {
+        let h = header(i);
+        ring.push(
+            h.ts_ns,
+            h.nic,
+            h.direction,
+            h.verdict,
+            h.orig_len,
+            &frame(i, 100),
+        );
+    }
+}
+
 /// Check that `p` is exactly packet `p.seq` as [`header`] and [`frame`] make it.
 fn assert_whole(p: &CapturedPacket, snaplen: usize) {
     let h = header(p.seq);
@@ -52,17 +67,7 @@ fn the_ring_keeps_the_newest_packets_in_order() {
     let path = dir.path().join(RING_FILE);
     let mut ring = CaptureRing::open(&path, &config(10)).expect("open");
     assert_eq!(ring.geometry().slots, 10);
-    for i in 1..=25u64 {
-        let h = header(i);
-        ring.push(
-            h.ts_ns,
-            h.nic,
-            h.direction,
-            h.verdict,
-            h.orig_len,
-            &frame(i, 100),
-        );
-    }
+    push_all(&mut ring, 1..=25);
     ring.flush_async().expect("msync");
     let got = read_ring(&path).expect("read");
     assert_eq!(got.torn, 0);
@@ -261,15 +266,7 @@ fn a_version_1_ring_is_read_and_carried_over_to_version_2() {
     );
     assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), kept);
     got.packets.iter().for_each(|p| assert_whole(p, 64));
-    let h = header(14);
-    ring.push(
-        h.ts_ns,
-        h.nic,
-        h.direction,
-        h.verdict,
-        h.orig_len,
-        &frame(14, 100),
-    );
+    push_all(&mut ring, [14]);
     let got = read_ring(&path).expect("read v2");
     let seqs: Vec<u64> = got.packets.iter().map(|p| p.seq).collect();
     assert_eq!(seqs, [10, 11, 12, 13, 14], "14 took 8's slot");
@@ -280,17 +277,7 @@ fn a_new_geometry_keeps_the_newest_packets_cut_to_the_new_snap_length() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(RING_FILE);
     let mut ring = CaptureRing::open(&path, &config(4)).expect("open");
-    for i in 1..=3u64 {
-        let h = header(i);
-        ring.push(
-            h.ts_ns,
-            h.nic,
-            h.direction,
-            h.verdict,
-            h.orig_len,
-            &frame(i, 100),
-        );
-    }
+    push_all(&mut ring, 1..=3);
     drop(ring);
     let smaller = CaptureConfig {
         snaplen: 40,
@@ -324,17 +311,7 @@ fn numbering_goes_on_after_the_seq_of_a_slot_cut_short() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(RING_FILE);
     let mut ring = CaptureRing::open(&path, &config(10)).expect("open");
-    for i in 1..=5u64 {
-        let h = header(i);
-        ring.push(
-            h.ts_ns,
-            h.nic,
-            h.direction,
-            h.verdict,
-            h.orig_len,
-            &frame(i, 100),
-        );
-    }
+    push_all(&mut ring, 1..=5);
     drop(ring);
     let mut raw = fs::read(&path).expect("read");
     let g = config(10).geometry().expect("geometry");
