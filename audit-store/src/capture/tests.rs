@@ -44,6 +44,18 @@ fn push_all(ring: &mut CaptureRing, seqs: impl IntoIterator<Item = u64>) {
     }
 }
 
+/// A closed ring of `slots` slots in a new directory, holding packets `seqs` (from 1).
+fn ring_holding(
+    slots: u64,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let mut ring = CaptureRing::open(&path, &config(slots)).expect("open");
+    push_all(&mut ring, seqs);
+    (dir, path)
+}
+
 /// Check that `p` is exactly packet `p.seq` as [`header`] and [`frame`] make it.
 fn assert_whole(p: &CapturedPacket, snaplen: usize) {
     let h = header(p.seq);
@@ -178,15 +190,7 @@ fn a_reader_racing_the_writer_sees_only_whole_packets() {
             let mut seq = 0;
             while !stop.load(Ordering::Relaxed) {
                 seq += 1;
-                let h = header(seq);
-                ring.push(
-                    h.ts_ns,
-                    h.nic,
-                    h.direction,
-                    h.verdict,
-                    h.orig_len,
-                    &frame(seq, 100),
-                );
+                push_all(&mut ring, [seq]);
             }
             seq
         })
@@ -274,11 +278,7 @@ fn a_version_1_ring_is_read_and_carried_over_to_version_2() {
 
 #[test]
 fn a_new_geometry_keeps_the_newest_packets_cut_to_the_new_snap_length() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(RING_FILE);
-    let mut ring = CaptureRing::open(&path, &config(4)).expect("open");
-    push_all(&mut ring, 1..=3);
-    drop(ring);
+    let (_dir, path) = ring_holding(4, 1..=3);
     let smaller = CaptureConfig {
         snaplen: 40,
         ..config(2)
@@ -308,11 +308,7 @@ fn a_new_geometry_keeps_the_newest_packets_cut_to_the_new_snap_length() {
 /// seq (their halves could then pass as one).
 #[test]
 fn numbering_goes_on_after_the_seq_of_a_slot_cut_short() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(RING_FILE);
-    let mut ring = CaptureRing::open(&path, &config(10)).expect("open");
-    push_all(&mut ring, 1..=5);
-    drop(ring);
+    let (_dir, path) = ring_holding(10, 1..=5);
     let mut raw = fs::read(&path).expect("read");
     let g = config(10).geometry().expect("geometry");
     let at = g.slot_at(6);
