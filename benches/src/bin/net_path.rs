@@ -792,11 +792,7 @@ fn gso_table(batches: usize) {
     row("TX", wire, cell);
     // The injector also hears every frame on the TAP: empty its queue between phases.
     while inj.recv_incoming().is_some() {}
-    let cell = side_by_side(
-        batches,
-        |n| gso_rx_device(n, &inj),
-        |n| gso_rx_raw(n, &inj),
-    );
+    let cell = side_by_side(batches, |n| gso_rx_device(n, &inj), |n| gso_rx_raw(n, &inj));
     row("RX", wire, cell);
     while inj.recv_incoming().is_some() {}
     gso_shaper_accuracy();

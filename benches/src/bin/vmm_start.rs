@@ -36,7 +36,12 @@ fn linkage(path: &std::path::Path) -> &'static str {
             .rev()
             .fold(0usize, |v, b| v << 8 | usize::from(*b))
     };
-    assert_eq!(&elf[..5], b"\x7fELF\x02", "{} is not a 64-bit ELF", path.display());
+    assert_eq!(
+        &elf[..5],
+        b"\x7fELF\x02",
+        "{} is not a 64-bit ELF",
+        path.display()
+    );
     let (phoff, phentsize, phnum) = (word(0x20, 8), word(0x36, 2), word(0x38, 2));
     let interp = (0..phnum).any(|i| word(phoff + i * phentsize, 4) == 3);
     if interp {
