@@ -4,7 +4,7 @@
 # (slicevisor-vmm) linked again static-pie.
 #
 # Static, a VMM keeps no shared library resident: ~2.3 MiB RSS beyond guest memory at the
-# guest's first instruction against ~3.2 MiB dynamically linked, and a little less CPU
+# guest's first instruction against ~3.2 MiB dynamically linked, at the same CPU within noise
 # (docs/benchmarks.md, vmm_start). Cargo has no per-binary rustflags: `cargo rustc` passes the
 # flag to that binary's own crate and link alone (its dependencies stay the release build's).
 # A later plain `cargo build --release` links the VMM dynamically again.

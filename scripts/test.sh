@@ -97,7 +97,12 @@ summarize "$log"
 
 step "the VMM linked static-pie (as scripts/build-release.sh makes it) starts a guest"
 cargo rustc -p slicevisor --bin slicevisor-vmm -- -C target-feature=+crt-static
-out=$(cargo run -q -p benches --bin vmm_start -- 3) || status=1
-echo "$out"
-grep -q '^slicevisor-vmm run: .*(static)$' <<<"$out" || { echo "the VMM was not linked static" >&2; status=1; }
+if out=$(cargo run -q -p benches --bin vmm_start -- 3); then
+    echo "$out"
+    grep -q '^slicevisor-vmm run: .*(static)$' <<<"$out" || { echo "the VMM was not linked static" >&2; status=1; }
+else
+    echo "$out"
+    echo "vmm_start failed with the static VMM" >&2
+    status=1
+fi
 exit "$status"

@@ -12,7 +12,7 @@ mod slot;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use packet::{Direction, Verdict};
@@ -94,7 +94,7 @@ impl CaptureRing {
         if let Some((VERSION, g)) = found {
             // Numbering goes on after the highest seq of any slot, whole or torn: a reused
             // seq could let a slot hold halves of two packets under matching commit words.
-            let next = highest_seq(&existing, g).checked_add(1);
+            let next = next_seq_after(highest_seq(&existing, g));
             if let (true, Some(next)) = (g == geometry, next) {
                 return CaptureRing::mapped(file, path, geometry, next);
             }
@@ -104,14 +104,22 @@ impl CaptureRing {
             None => Vec::new(),
         };
         drop(existing);
-        match carried.last().and_then(|p| p.seq.checked_add(1)) {
-            Some(next) => CaptureRing::remade(path, geometry, &carried, next),
-            None => {
-                // Nothing worth keeping: re-made in place.
-                file.set_len(0).map_err(|e| AuditError::io(path, e))?;
-                CaptureRing::mapped(file, path, geometry, 1)
+        if let Some(next) = carried.last().and_then(|p| next_seq_after(p.seq)) {
+            match CaptureRing::remade(path, geometry, &carried, next) {
+                Ok(ring) => return Ok(ring),
+                // The new ring needs room beside the old one: without it the packets go, not
+                // the sliver's start.
+                Err(e) => log::warn!(
+                    "{}: re-making the capture ring beside the old one: {e}; re-made in \
+                     place, its {} packets not kept",
+                    path.display(),
+                    carried.len()
+                ),
             }
         }
+        // Nothing worth keeping (or no room to keep it): re-made in place.
+        file.set_len(0).map_err(|e| AuditError::io(path, e))?;
+        CaptureRing::mapped(file, path, geometry, 1)
     }
 
     /// The ring of `geometry` in `file` (locked; its name `path`), sized, its blocks
@@ -234,16 +242,34 @@ fn beside(path: &Path) -> PathBuf {
 
 /// The file at `path`, created if missing (emptied if `truncate`), locked against a second
 /// writer.
+///
+/// The lock is taken on the file `path` names once locked: a writer re-making the ring
+/// renames a new file over it, and a lock on the file it replaced guards nothing.
 fn open_locked(path: &Path, truncate: bool) -> Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(truncate)
-        .open(path)
-        .map_err(|e| AuditError::io(path, e))?;
-    lock_exclusive(&file, path, path)?;
-    Ok(file)
+    let io = |e| AuditError::io(path, e);
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(truncate)
+            .open(path)
+            .map_err(io)?;
+        lock_exclusive(&file, path, path)?;
+        let (held, named) = (
+            file.metadata().map_err(io)?,
+            fs::metadata(path).map_err(io)?,
+        );
+        if (held.dev(), held.ino()) == (named.dev(), named.ino()) {
+            return Ok(file);
+        }
+    }
+}
+
+/// The seq after `seq`, unless it is past half the range: no ring lives that long, so such a
+/// seq is damage, and counting on from it could wrap.
+fn next_seq_after(seq: u64) -> Option<u64> {
+    seq.checked_add(1).filter(|&next| next < 1 << 63)
 }
 
 /// Reserve every block of the file, so that stores into the mapping can never hit a full

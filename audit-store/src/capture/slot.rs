@@ -6,9 +6,10 @@
 //! `seq` words are the commit: [`write`] zeroes both, then writes the rest, then stores the
 //! trailing `seq` and last the leading one, so a slot whose words differ (or are 0) was cut
 //! short and is skipped. That holds for a writer killed at any instruction (its stores
-//! reach the page cache in program order), for a reader copying the slot from front to back
-//! while it is rewritten, and for a slot straddling two pages written back at different
-//! times (each half is all old or all new relative to its own word).
+//! reach the page cache in program order) and for a slot straddling two pages written back
+//! at different times (each half is all old or all new relative to its own word). A reader
+//! of a live ring cannot rely on the words alone (one copy's loads are not ordered):
+//! [`super::read_ring`] reads twice and keeps only slots the same both times.
 //!
 //! Version 1: `CRC32 u32 | caplen u16 | nic u8 | direction u8 | verdict u8 | 3 pad |
 //! orig_len u32 | seq u64 | ts_ns u64 | data`, the CRC (IEEE) over everything after itself up

@@ -324,21 +324,24 @@ fn numbering_goes_on_after_the_seq_of_a_slot_cut_short() {
     assert_eq!(got.packets.last().map(|p| p.seq), Some(7));
 }
 
-/// A ring file whose slot holds the highest seq there is: no overflow, whether it is reopened
-/// as it is or re-made for another geometry; the ring starts again.
+/// A ring file whose slot holds the highest seq there is, or one past half the range (damage:
+/// no ring lives that long): no overflow, whether it is reopened as it is or re-made for
+/// another geometry; the ring starts again.
 #[test]
 fn a_ring_at_the_last_seq_starts_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(RING_FILE);
-    for wanted in [config(4), config(3)] {
+    let cases = [
+        (u64::MAX, config(4)),
+        (u64::MAX, config(3)),
+        (1 << 63, config(4)),
+    ];
+    for (seq, wanted) in cases {
         let _ = fs::remove_file(&path);
         drop(CaptureRing::open(&path, &config(4)).expect("open"));
         let mut raw = fs::read(&path).expect("read");
         let g = config(4).geometry().expect("geometry");
-        let last = SlotHeader {
-            seq: u64::MAX,
-            ..header(1)
-        };
+        let last = SlotHeader { seq, ..header(1) };
         slot::write(&mut raw[HEADER..HEADER + g.slot_size], &last, &[1; 60]);
         fs::write(&path, raw).expect("write");
         assert_eq!(read_ring(&path).expect("read").packets.len(), 1);
@@ -347,4 +350,19 @@ fn a_ring_at_the_last_seq_starts_again() {
         let got = read_ring(&path).expect("read");
         assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
     }
+}
+
+/// Without room for the re-made ring beside the old one (here: a directory in its way), the
+/// ring is re-made in place: the start goes on, the old packets are dropped.
+#[test]
+fn a_ring_that_cannot_be_made_beside_is_made_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    write_v1_ring(&path, 8, 1..=5);
+    fs::create_dir(dir.path().join("capture.ring.new")).expect("mkdir");
+    let mut ring = CaptureRing::open(&path, &config(6)).expect("open");
+    push_all(&mut ring, [1]);
+    let got = read_ring(&path).expect("read");
+    assert_eq!(got.geometry, config(6).geometry().expect("geometry"));
+    assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
 }
