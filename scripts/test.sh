@@ -86,6 +86,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "build (and the fuzz targets, which must keep building)"
 cargo build --workspace --bins
+# The VMM linked static-pie, as scripts/build-release.sh makes it for slivers: every test
+# that starts a VMM runs that one (`cargo test` does not relink it: the slicevisor package
+# has no integration tests that would need its binaries rebuilt).
+cargo rustc -p slicevisor --bin slicevisor-vmm -- -C target-feature=+crt-static
 cargo build --manifest-path fuzz/Cargo.toml
 
 step "tests"
@@ -95,8 +99,7 @@ status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 summarize "$log"
 
-step "the VMM linked static-pie (as scripts/build-release.sh makes it) starts a guest"
-cargo rustc -p slicevisor --bin slicevisor-vmm -- -C target-feature=+crt-static
+step "the VMM the tests ran is still the static one, and starts a guest"
 if out=$(cargo run -q -p benches --bin vmm_start -- 3); then
     echo "$out"
     grep -q '^slicevisor-vmm run: .*(static)$' <<<"$out" || { echo "the VMM was not linked static" >&2; status=1; }
