@@ -362,7 +362,8 @@ fn newest_packets(buf: &[u8], version: u32, g: RingGeometry, keep: usize) -> Vec
 pub struct RingContents {
     /// Valid packets, oldest first.
     pub packets: Vec<CapturedPacket>,
-    /// Written slots holding no valid packet (cut short by a kill), skipped.
+    /// Written slots holding no valid packet (cut short by a kill, or a write in progress
+    /// through both reads), skipped.
     pub torn: u64,
     /// Slots that changed between the two reads of the file (a live ring being written),
     /// skipped.

@@ -468,7 +468,7 @@ fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
 /// Rounds of [`side_by_side`]; the ratio printed is their median.
 const ROUNDS: usize = 5;
 
-/// Run `a` and `b` for `batches` batches each, interleaved in [`ROUNDS`] rounds of a, b, b, a
+/// Run `a` and `b` for `batches` batches each (rounded up to a multiple of `2 * ROUNDS`), interleaved in [`ROUNDS`] rounds of a, b, b, a
 /// (so drift on a shared machine affects both alike): each one's runs added up, and the
 /// median over the rounds of a's packet rate over b's (a burst of load from the rest of the
 /// host in one round moves a sum, not the median).
@@ -477,7 +477,7 @@ fn side_by_side(
     a: impl Fn(usize) -> Run,
     b: impl Fn(usize) -> Run,
 ) -> (Run, Run, f64) {
-    let per = (batches / (2 * ROUNDS)).max(1);
+    let per = batches.div_ceil(2 * ROUNDS);
     let zero = Run {
         packets: 0,
         secs: 0.0,

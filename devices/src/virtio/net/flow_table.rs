@@ -89,6 +89,8 @@ pub struct FlowTable {
     /// a burst cost a key comparison instead of a hash lookup.
     hot: [Option<(FlowKey, FlowStats)>; 2],
     config: FlowConfig,
+    /// `config.active_timeout` in ns (converted once, not per packet).
+    active_ns: u64,
     /// Packets reported on their own because the table was full.
     pub overflow: u64,
 }
@@ -108,6 +110,7 @@ impl FlowTable {
         Self {
             flows: HashMap::with_capacity_and_hasher(config.capacity, Default::default()),
             hot: [None, None],
+            active_ns: saturating_nanos(config.active_timeout),
             config,
             overflow: 0,
         }
@@ -134,7 +137,7 @@ impl FlowTable {
         sink: &mut dyn FlowSink,
     ) {
         let d = key.direction.index();
-        let active_ns = saturating_nanos(self.config.active_timeout);
+        let active_ns = self.active_ns;
         let add = |s: &mut FlowStats| {
             s.last_ns = now_ns;
             s.packets += packets;
