@@ -468,10 +468,10 @@ fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
 /// Rounds of [`side_by_side`]; the ratio printed is their median.
 const ROUNDS: usize = 5;
 
-/// Run `a` and `b` for `batches` batches each (rounded up to a multiple of `2 * ROUNDS`), interleaved in [`ROUNDS`] rounds of a, b, b, a
-/// (so drift on a shared machine affects both alike): each one's runs added up, and the
-/// median over the rounds of a's packet rate over b's (a burst of load from the rest of the
-/// host in one round moves a sum, not the median).
+/// Run `a` and `b` for `batches` batches each (rounded up to a multiple of `2 * ROUNDS`),
+/// interleaved in [`ROUNDS`] rounds of a, b, b, a (so drift on a shared machine affects both
+/// alike): each one's runs added up, and the median over the rounds of a's packet rate over
+/// b's (a burst of load from the rest of the host in one round moves a sum, not the median).
 fn side_by_side(
     batches: usize,
     a: impl Fn(usize) -> Run,
