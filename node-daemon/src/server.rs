@@ -212,6 +212,13 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
         } else {
             log::warn!("--no-jail: VMMs run as root with every capability (GET /healthz says so)");
         }
+        // The default socket's directory (/run/slicevisor) is made at boot by nobody else. A
+        // daemon refused the socket (another serves it) stops here, before it makes cgroups.
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(socket_err(&socket, "creating its directory"))?;
+        }
+        clear_stale_socket(&socket)?;
         let cgroups = crate::sliver_cgroups::Layout::detect(std::path::Path::new("/sys/fs/cgroup"))
             .map(|layout| {
                 crate::sliver_cgroups::Cgroups::new(
@@ -253,12 +260,6 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                 })
             })?,
         );
-        // The default socket's directory (/run/slicevisor) is made at boot by nobody else.
-        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(socket_err(&socket, "creating its directory"))?;
-        }
-        clear_stale_socket(&socket)?;
         let listener =
             tokio::net::UnixListener::bind(&socket).map_err(socket_err(&socket, "bind"))?;
         set_permissions(&socket, config.socket_group)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use node_daemon::client::{try_request, Response};
+use node_daemon::sliver_cgroups::{daemon_level, Cgroups, Layout};
 use serde_json::Value;
 
 use crate::netns::NetNs;
@@ -148,6 +149,28 @@ pub fn kill_vmms_under(dir: &Path) {
     }
 }
 
+/// Remove the cgroups the daemon of test directory `dir` made, after [`kill_vmms_under`]
+/// ended the VMMs in them: a daemon's exit leaves a running VMM's cgroup (by design), and a
+/// killed daemon leaves its whole level, so without this every such test left a
+/// `slicevisor/node-*` level behind in each hierarchy. Retried for up to 1 s while the killed
+/// processes finish exiting; best effort.
+pub fn tidy_cgroups_of(dir: &Path) {
+    let Ok(state) = dir.join("state").canonicalize() else {
+        return;
+    };
+    let Ok(layout) = Layout::detect(Path::new("/sys/fs/cgroup")) else {
+        return;
+    };
+    let cgroups = Cgroups::new(layout, daemon_level(&state));
+    for _ in 0..50 {
+        cgroups.tidy();
+        if cgroups.names().is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
@@ -155,6 +178,7 @@ impl Drop for Daemon {
             self.child = None;
             if let Some(dir) = self.socket.parent() {
                 kill_vmms_under(dir);
+                tidy_cgroups_of(dir);
             }
         }
     }
@@ -210,6 +234,7 @@ impl Daemon {
         let dir = self.socket.parent().expect("socket dir").to_path_buf();
         let log = self.stop_keeping_vmms();
         kill_vmms_under(&dir);
+        tidy_cgroups_of(&dir);
         log
     }
 

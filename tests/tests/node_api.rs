@@ -353,7 +353,7 @@ fn the_socket_directory_is_made_if_missing() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("daemon");
-    let _daemon = e2e::run::ChildGuard::new(daemon);
+    let guard = e2e::run::ChildGuard::new(daemon);
     let start = std::time::Instant::now();
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         assert!(
@@ -364,6 +364,8 @@ fn the_socket_directory_is_made_if_missing() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(request(&socket, "GET", "/slivers", None).status, 200);
+    drop(guard);
+    e2e::daemon::tidy_cgroups_of(dir.path());
 }
 
 #[test]

@@ -281,6 +281,7 @@ fn an_unreadable_record_keeps_its_sliver_from_the_sweeps() {
     );
     d.stop();
     e2e::daemon::kill_vmms_under(dir.path());
+    e2e::daemon::tidy_cgroups_of(dir.path());
 }
 
 #[test]
@@ -460,4 +461,5 @@ fn a_vmm_outside_its_cgroup_is_stopped_before_a_start() {
     assert!(pid_alive(pid), "the started VMM runs");
     d.stop();
     e2e::daemon::kill_vmms_under(dir.path());
+    e2e::daemon::tidy_cgroups_of(dir.path());
 }
