@@ -1,7 +1,7 @@
 //! Running `slicevisor node` for tests and benchmarks, and talking to it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use crate::run::{slicevisor_bin, wait_with_timeout, ChildGuard};
 /// `extra` flags; returns once it accepts connections. Its output goes to `dir/daemon.log`
 /// (see [`daemon_log`]; a file, so a busy daemon never blocks on a full pipe) unless `quiet`,
 /// when it is discarded.
-pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (ChildGuard, PathBuf) {
+pub fn spawn_daemon(ns: &NetNs, dir: &Path, extra: &[&str], quiet: bool) -> (DaemonGuard, PathBuf) {
     spawn_daemon_with_env(ns, dir, extra, quiet, &[])
 }
 
@@ -27,7 +27,7 @@ pub fn spawn_daemon_with_env(
     extra: &[&str],
     quiet: bool,
     env: &[(&str, &str)],
-) -> (ChildGuard, PathBuf) {
+) -> (DaemonGuard, PathBuf) {
     let socket = dir.join("node.sock");
     let log = dir.join("daemon.log");
     let out = || {
@@ -66,7 +66,45 @@ pub fn spawn_daemon_with_env(
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, socket)
+    let guard = DaemonGuard {
+        child: Some(child),
+        dir: dir.to_path_buf(),
+    };
+    (guard, socket)
+}
+
+/// A daemon from [`spawn_daemon`]. Dropped with the daemon still in it (at a test's end, or
+/// its failure), it kills the daemon, then the VMMs the daemon left and their cgroups
+/// ([`kill_vmms_under`], [`tidy_cgroups_of`]).
+#[derive(Debug)]
+pub struct DaemonGuard {
+    child: Option<ChildGuard>,
+    dir: PathBuf,
+}
+
+impl DaemonGuard {
+    /// Hand the daemon over, to be stopped by the caller (who cleans up after it).
+    pub fn take(mut self) -> Child {
+        self.child.take().expect("daemon already taken").take()
+    }
+}
+
+impl std::ops::Deref for DaemonGuard {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.child.as_ref().expect("daemon already taken")
+    }
+}
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            drop(child); // SIGKILL, reaped
+            kill_vmms_under(&self.dir);
+            tidy_cgroups_of(&self.dir);
+        }
+    }
 }
 
 /// What the daemons started in `dir` without `quiet` wrote, so far.
@@ -126,7 +164,7 @@ pub const UPLINK_FLAGS: &[&str] = &[
 /// VMM of it running.
 #[derive(Debug)]
 pub struct Daemon {
-    child: Option<ChildGuard>,
+    child: Option<DaemonGuard>,
     /// Its control socket.
     pub socket: PathBuf,
     /// The namespace the daemon (and its TAPs and VMMs) lives in; outlives the daemon.
