@@ -164,6 +164,8 @@ pub const UPLINK_FLAGS: &[&str] = &[
 /// VMM of it running.
 #[derive(Debug)]
 pub struct Daemon {
+    /// Dropped with a test that failed before stopping the daemon, the guard leaves nothing
+    /// running.
     child: Option<DaemonGuard>,
     /// Its control socket.
     pub socket: PathBuf,
@@ -206,19 +208,6 @@ pub fn tidy_cgroups_of(dir: &Path) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            // The test failed before stopping the daemon: leave nothing running.
-            self.child = None;
-            if let Some(dir) = self.socket.parent() {
-                kill_vmms_under(dir);
-                tidy_cgroups_of(dir);
-            }
-        }
     }
 }
 
