@@ -17,6 +17,7 @@ pub mod disk_spec;
 pub mod drives;
 pub mod event_loop;
 pub mod exit;
+pub mod fd_table;
 pub mod host_quirks;
 pub mod jail;
 pub mod kvm_vm;

@@ -514,11 +514,19 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("BATCHES must be a number"))
         .unwrap_or(2000);
+    // With NET_PATH_IDLE_THREAD set, the process has one idle thread more, sharing its
+    // descriptor table: what a VMM's event loop would see if its vCPU threads kept sharing
+    // theirs (vmm::fd_table), for `perf record` to show the difference.
+    if std::env::var_os("NET_PATH_IDLE_THREAD").is_some() {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit, gso-rx-device, gso-rx-raw,
-    // gso-rx-raw-readv;
+    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit,
+    // rx-audit-wrapped, rx-flows, gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
     // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
-    // `net_path BATCHES seccomp` or `gso`: that table alone.
+    // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone.
     let only = std::env::args().nth(2);
     let len: usize = std::env::args()
         .nth(3)
@@ -538,12 +546,20 @@ fn main() {
         seccomp_table(batches, &inj);
         return;
     }
+    if only.as_deref() == Some("audit") {
+        audit_tables(batches, &inj);
+        return;
+    }
     if let Some(only) = only.as_deref() {
         let run = match only {
             "tx-device" => tx_device(len, batches, Audit::Off),
             "tx-audit" => tx_device(len, batches, Audit::Full),
+            "tx-audit-wrapped" => tx_device(len, batches, Audit::FullWrapped),
+            "tx-flows" => tx_device(len, batches, Audit::Flows),
             "tx-anti-spoofing" => tx_device(len, batches, Audit::AntiSpoofing),
             "rx-audit" => rx_device(len, batches, &inj, Audit::Full),
+            "rx-audit-wrapped" => rx_device(len, batches, &inj, Audit::FullWrapped),
+            "rx-flows" => rx_device(len, batches, &inj, Audit::Flows),
             "tx-raw" => tx_raw(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),
@@ -603,6 +619,11 @@ fn main() {
     }
     gso_table(batches);
     seccomp_table(batches, &inj);
+    audit_tables(batches, &inj);
+}
+
+/// The audit stage on vs off, with each kind of audit.
+fn audit_tables(batches: usize, inj: &Injector) {
     // Off is a sliver whose audit is off: anti-spoofing still runs (and parses the headers).
     for (audit, what) in [
         (Audit::Flows, "flow table and log; no capture"),
@@ -620,11 +641,11 @@ fn main() {
             batches,
             |dir, len, n| match dir {
                 "TX" => tx_device(len, n, audit),
-                _ => rx_device(len, n, &inj, audit),
+                _ => rx_device(len, n, inj, audit),
             },
             |dir, len, n| match dir {
                 "TX" => tx_device(len, n, Audit::AntiSpoofing),
-                _ => rx_device(len, n, &inj, Audit::AntiSpoofing),
+                _ => rx_device(len, n, inj, Audit::AntiSpoofing),
             },
         );
     }

@@ -158,9 +158,11 @@ pub fn enter(kind: ThreadKind) -> Result<(), SeccompError> {
     seccompiler::apply_filter(program).map_err(|source| SeccompError::Install { kind, source })
 }
 
-/// The audit writer thread's first act: its filter. A thread that cannot be filtered ends
-/// the VMM rather than run unfiltered.
+/// The audit writer thread's first acts: a descriptor table of its own
+/// ([`crate::fd_table`]), then its filter. A thread that cannot be filtered ends the VMM
+/// rather than run unfiltered.
 pub fn enter_audit_writer() {
+    crate::fd_table::unshare();
     if let Err(e) = enter(ThreadKind::AuditWriter) {
         log::error!("{e}");
         // SAFETY: _exit(2) ends the process at once.

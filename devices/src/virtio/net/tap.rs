@@ -1,7 +1,7 @@
 //! A TAP device (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`, non-blocking) as the backend.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
@@ -267,7 +267,16 @@ impl AsRawFd for Tap {
 
 impl NetBackend for Tap {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.file.read(buf)
+        // SAFETY: read(2) writes at most `buf.len()` bytes into `buf`, which is ours
+        // (a raw system call: see `backend.rs`).
+        super::backend::byte_count(unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                self.file.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })
     }
 
     fn mtu(&self) -> io::Result<Option<usize>> {
