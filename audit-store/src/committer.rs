@@ -72,6 +72,7 @@ impl Committer {
                     self.commit();
                     let _ = ack.send(());
                 }
+                Ok(Msg::Populate(range)) => range.run(),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }

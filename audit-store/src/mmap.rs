@@ -47,6 +47,11 @@ impl SharedMap {
         })
     }
 
+    /// The mapping's start address (for `madvise(2)`).
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
     /// The mapped bytes.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `ptr` is a live mapping of `len` readable and writable bytes, owned by

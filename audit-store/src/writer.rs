@@ -92,6 +92,7 @@ pub(crate) struct Entry {
 pub(crate) enum Msg {
     Record(Entry),
     Flush(SyncSender<()>),
+    Populate(crate::capture::Populate),
 }
 
 /// The writer of one sliver's audit log directory.
@@ -185,6 +186,15 @@ impl AuditLog {
         }
         counters.appended.fetch_add(1, Ordering::Relaxed);
         Ok(seq)
+    }
+
+    /// Fault in `range` of a capture ring on the writer thread, off the packet path
+    /// ([`crate::capture::CaptureRing::push`] hands these out). Never waits; after the log is
+    /// closed it does nothing.
+    pub fn populate(&self, range: crate::capture::Populate) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Msg::Populate(range));
+        }
     }
 
     /// Write and sync everything queued so far, waiting at most `timeout`; returns the durable

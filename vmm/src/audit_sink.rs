@@ -31,6 +31,8 @@ pub fn slice_id(slice: &str) -> u32 {
 
 /// One sliver's audit outputs, shared by its NICs.
 pub struct SliverAudit {
+    /// Declared (so dropped) before `ring`: its writer thread, which faults the ring's pages
+    /// in ahead of the packets, has stopped before the ring is unmapped.
     log: AuditLog,
     ring: Option<Mutex<CaptureRing>>,
     identity: Identity,
@@ -133,7 +135,7 @@ impl AuditSink for NicSink {
     ) {
         if let Some(ring) = &self.audit.ring {
             let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
-            ring.push(
+            let ahead = ring.push(
                 ts_ns,
                 self.nic,
                 direction,
@@ -141,6 +143,11 @@ impl AuditSink for NicSink {
                 u32::try_from(frame_len).unwrap_or(u32::MAX),
                 head,
             );
+            drop(ring);
+            // The ring's next pages fault in on the writer thread, not here.
+            if let Some(range) = ahead {
+                self.audit.log.populate(range);
+            }
         }
     }
 }
@@ -220,5 +227,47 @@ mod tests {
         );
         assert_eq!(spoof.dst_port, 53);
         assert_eq!(spoof.slice_id, slice_id("pl_test"));
+    }
+
+    /// Resident KiB of this process's mapping of `path` (`/proc/self/smaps`).
+    fn resident_kib(path: &Path) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+        let name = path.display().to_string();
+        let mut lines = smaps.lines().skip_while(|l| !l.ends_with(&name));
+        lines.next().expect("the ring is mapped");
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("Rss line")
+    }
+
+    #[test]
+    fn the_rings_next_pages_are_faulted_in_on_the_writer_thread() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bytes = 16 << 20;
+        let audit = SliverAudit::open(
+            dir.path(),
+            Identity {
+                slice: "pl_test".into(),
+                sliver: "alpha".into(),
+            },
+            &CaptureConfig {
+                bytes,
+                ..CaptureConfig::default()
+            },
+        )
+        .expect("open");
+        let ring = dir.path().join(RING_FILE);
+        assert!(resident_kib(&ring) < 64, "nothing faulted in at open");
+        let mut sink = NicSink::new(audit.clone(), 0);
+        sink.capture(1, Direction::Tx, Verdict::Forwarded, 60, &[0u8; 60]);
+        // The writer thread takes messages in order: after the flush, the request ran.
+        audit.log().flush(std::time::Duration::from_secs(5));
+        let kib = resident_kib(&ring);
+        let lead = (audit_store::capture::LEAD >> 10) as u64;
+        assert!(
+            (lead..(bytes >> 10) / 2).contains(&kib),
+            "one packet in: {kib} KiB resident, {lead} KiB ahead expected"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! File: a 4096-byte header ([`RingGeometry`]), then the slots; packet `seq` (from 1) goes to
 //! slot `(seq - 1) % slots`.
 
+mod ahead;
 mod geometry;
 mod slot;
 
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use packet::{Direction, Verdict};
 
+use self::ahead::Ahead;
+pub use self::ahead::{Populate, CHUNK, LEAD};
 pub use self::geometry::RingGeometry;
 use self::geometry::{HEADER, VERSION};
 pub use self::slot::CapturedPacket;
@@ -65,6 +68,8 @@ pub struct CaptureRing {
     next_seq: u64,
     /// Byte offset of `next_seq`'s slot (kept, not computed: a 64-bit division per packet).
     next_at: usize,
+    /// The first lap's pages to fault in ahead of the writer.
+    ahead: Ahead,
     path: PathBuf,
     _file: File,
 }
@@ -138,11 +143,13 @@ impl CaptureRing {
         // packet than by every start.
         file.write_all_at(&geometry.header(), 0).map_err(io)?;
         let map = SharedMap::new(&file, geometry.file_len()).map_err(io)?;
+        let next_at = geometry.slot_at(next_seq);
         Ok(CaptureRing {
             map,
             geometry,
             next_seq,
-            next_at: geometry.slot_at(next_seq),
+            next_at,
+            ahead: Ahead::new(next_at, geometry.file_len(), geometry.slot_size),
             path: path.to_path_buf(),
             _file: file,
         })
@@ -177,7 +184,9 @@ impl CaptureRing {
     }
 
     /// Record one packet: `bytes` is the frame (only the first snaplen bytes are kept),
-    /// `orig_len` its length on the wire.
+    /// `orig_len` its length on the wire. During the first lap after open, returns now and
+    /// then a range of the ring to fault in ahead of the writer, on another thread
+    /// ([`Populate::run`]); ignoring it costs only the page faults it would have saved.
     pub fn push(
         &mut self,
         ts_ns: u64,
@@ -186,7 +195,7 @@ impl CaptureRing {
         verdict: Verdict,
         orig_len: u32,
         bytes: &[u8],
-    ) {
+    ) -> Option<Populate> {
         let header = SlotHeader {
             seq: self.next_seq,
             ts_ns,
@@ -202,6 +211,7 @@ impl CaptureRing {
             self.next_at = HEADER;
         }
         self.write_at(at, &header, bytes);
+        self.ahead.step(self.map.addr())
     }
 
     /// Write packet `header.seq` into its slot, `bytes` cut to the snap length.

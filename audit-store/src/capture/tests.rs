@@ -366,3 +366,88 @@ fn a_ring_that_cannot_be_made_beside_is_made_in_place() {
     assert_eq!(got.geometry, config(6).geometry().expect("geometry"));
     assert_eq!(got.packets.iter().map(|p| p.seq).collect::<Vec<_>>(), [1]);
 }
+
+/// Minor page faults of the calling thread so far.
+fn thread_minor_faults() -> i64 {
+    // SAFETY: rusage is plain data; getrusage(2) fills it in.
+    let mut ru = unsafe { std::mem::zeroed::<libc::rusage>() };
+    // SAFETY: RUSAGE_THREAD of the calling thread into `ru`, which we own.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) }, 0);
+    ru.ru_minflt
+}
+
+/// During the first lap after open, the ring asks for its pages [`LEAD`] bytes ahead of the
+/// writer: the requests tile the whole file once, in order, each before the writer gets
+/// there; then there are none.
+#[test]
+fn the_first_lap_is_asked_for_ahead_of_the_writer_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let slots = 60_000; // 6.7 MiB of 112-byte slots: LEAD and a few CHUNKs, and a short end
+    let mut ring = CaptureRing::open(&path, &config(slots)).expect("open");
+    let g = ring.geometry();
+    let base = ring.map.addr();
+    let data = frame(1, 100);
+    // The writer starts after the header page, and the requests with it, then wrap to 0.
+    let start = ring.next_at;
+    assert_eq!(start, HEADER);
+    let (mut next, mut asked) = (start, 0usize);
+    let mut ranges = Vec::new();
+    for i in 0..2 * slots as usize {
+        let at = ring.next_at;
+        if let Some(p) = ring.push(i as u64, 0, Direction::Tx, Verdict::Forwarded, 100, &data) {
+            let (addr, len) = p.range();
+            assert_eq!(addr - base, next, "packet {i}: requests follow on");
+            assert_eq!((addr - base) % 4096, 0, "page-aligned");
+            next = (next + len) % g.file_len();
+            asked += len;
+            ranges.push(len);
+        }
+        if i < slots as usize {
+            assert!(
+                at + g.slot_size - start <= asked.min(g.file_len() - start),
+                "packet {i} at {at} is past what was asked for ({asked} from {start})"
+            );
+        }
+    }
+    assert_eq!(asked, g.file_len(), "the file, once: {ranges:?}");
+    assert_eq!(next, start, "back where it began");
+    assert_eq!(ranges[0], LEAD);
+    assert!(ranges[1..].iter().all(|&l| l <= CHUNK), "{ranges:?}");
+}
+
+/// A range run (on any thread) is faulted in: the writer's stores there take no page fault,
+/// where a ring whose requests are ignored takes one per page.
+#[test]
+fn a_populated_range_takes_the_writers_page_faults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = frame(1, 100);
+    let slots = 60_000u64;
+    let in_lead = (LEAD - 8192) / config(1).geometry().expect("geometry").slot_size;
+    let faults = |populate: bool, name: &str| {
+        let mut ring = CaptureRing::open(&dir.path().join(name), &config(slots)).expect("open");
+        let first = ring.push(0, 0, Direction::Tx, Verdict::Forwarded, 100, &data);
+        if populate {
+            let first = first.expect("a request at the first packet");
+            std::thread::spawn(move || first.run())
+                .join()
+                .expect("populate");
+        }
+        let before = thread_minor_faults();
+        for i in 1..in_lead {
+            let _ = ring.push(i as u64, 0, Direction::Tx, Verdict::Forwarded, 100, &data);
+        }
+        thread_minor_faults() - before
+    };
+    let pages = (LEAD / 4096) as i64;
+    let unpopulated = faults(false, "a.ring");
+    let populated = faults(true, "b.ring");
+    assert!(
+        unpopulated >= pages / 2,
+        "without populating, {unpopulated} faults over {pages} pages"
+    );
+    assert!(
+        populated <= pages / 32,
+        "populated, still {populated} faults over {pages} pages"
+    );
+}
