@@ -160,6 +160,19 @@ mod tests {
 
     use super::*;
 
+    /// Slice `pl_test`'s sliver `alpha`, audited in `dir` with a capture ring of `bytes`.
+    fn open_audit(dir: &Path, bytes: u64) -> Arc<SliverAudit> {
+        let identity = Identity {
+            slice: "pl_test".into(),
+            sliver: "alpha".into(),
+        };
+        let capture = CaptureConfig {
+            bytes,
+            ..CaptureConfig::default()
+        };
+        SliverAudit::open(dir, identity, &capture).expect("open")
+    }
+
     #[test]
     fn slice_ids_are_stable_and_distinct() {
         assert_eq!(slice_id("princeton_codeen"), slice_id("princeton_codeen"));
@@ -169,18 +182,7 @@ mod tests {
     #[test]
     fn the_stage_writes_flows_and_captures_through_the_sink() {
         let dir = tempfile::tempdir().expect("tmp");
-        let audit = SliverAudit::open(
-            dir.path(),
-            Identity {
-                slice: "pl_test".into(),
-                sliver: "alpha".into(),
-            },
-            &CaptureConfig {
-                bytes: 1 << 20,
-                ..CaptureConfig::default()
-            },
-        )
-        .expect("open");
+        let audit = open_audit(dir.path(), 1 << 20);
         let mac = [2, 0, 0, 0, 0, 9];
         let mut stage = AuditStage::new(
             FlowConfig::default(),
@@ -245,18 +247,7 @@ mod tests {
     fn the_rings_next_pages_are_faulted_in_on_the_writer_thread() {
         let dir = tempfile::tempdir().expect("tmp");
         let bytes = 16 << 20;
-        let audit = SliverAudit::open(
-            dir.path(),
-            Identity {
-                slice: "pl_test".into(),
-                sliver: "alpha".into(),
-            },
-            &CaptureConfig {
-                bytes,
-                ..CaptureConfig::default()
-            },
-        )
-        .expect("open");
+        let audit = open_audit(dir.path(), bytes);
         let ring = dir.path().join(RING_FILE);
         assert!(resident_kib(&ring) < 64, "nothing faulted in at open");
         let mut sink = NicSink::new(audit.clone(), 0);
