@@ -39,8 +39,8 @@ impl SharedMap {
         }
         // No MADV_POPULATE_WRITE: faulting all of a 64 MiB ring in at open took ~75 ms of a
         // sliver's start and kept 64 MiB of dirty page cache per sliver, used or not. Pages of
-        // the (fallocated, so never short of disk) file now fault in on their first store:
-        // once per page during the ring's first lap (docs/benchmarks.md, "Sliver start").
+        // the (fallocated, so never short of disk) file fault in during the ring's first lap,
+        // a few MiB ahead of its writer (`capture::ahead`; docs/benchmarks.md, "Sliver start").
         Ok(SharedMap {
             ptr: ptr.cast(),
             len,

@@ -6,8 +6,8 @@
 //! slower than the steady state (`net_path 2000 audit`, docs/benchmarks.md). So, during the
 //! first lap after the ring is opened, [`super::CaptureRing::push`] hands out
 //! [`Populate`] requests that keep [`LEAD`] bytes ahead of the writer faulted in; the VMM runs
-//! them on its audit writer thread. Only what the writer is about to reach is faulted in, so
-//! an idle sliver's ring stays as small in memory as before.
+//! them on its audit writer thread. Only what the writer is about to reach is faulted in: a
+//! ring holds in memory what has been written and [`LEAD`] bytes more.
 
 /// How far ahead of the writer the ring is kept faulted in, in bytes.
 pub const LEAD: usize = 4 << 20;
@@ -53,7 +53,11 @@ pub(super) struct Ahead {
     next: usize,
     /// Bytes of the lap not asked for yet (the whole file at open).
     left: usize,
-    /// Pushes until the next request.
+    /// Bytes to ask for now: [`LEAD`] at the first packet, [`CHUNK`] every `CHUNK` bytes of
+    /// slots after it; what the file's end cut off a request is asked for at the next packet,
+    /// from the start of the file.
+    owed: usize,
+    /// Pushes until the next [`CHUNK`] is owed.
     until: usize,
     /// Pushes that move the writer [`CHUNK`] bytes.
     per_chunk: usize,
@@ -65,8 +69,9 @@ impl Ahead {
     /// at offset `start`.
     pub(super) fn new(start: usize, file_len: usize, slot_size: usize) -> Self {
         Ahead {
-            next: start - start % 4096,
+            next: start - start % 4096, // madvise(2) takes page-aligned addresses
             left: file_len,
+            owed: LEAD,
             until: 0,
             per_chunk: (CHUNK / slot_size.max(1)).max(1),
             file_len,
@@ -74,33 +79,35 @@ impl Ahead {
     }
 
     /// One packet is being written: the range of the mapping at `base` to fault in now, if
-    /// any (the first [`LEAD`] bytes at the first packet, then [`CHUNK`] bytes every
-    /// `CHUNK` bytes of slots, until the whole file has been asked for once).
+    /// any, until the whole file has been asked for once.
     #[inline]
     pub(super) fn step(&mut self, base: usize) -> Option<Populate> {
         if self.left == 0 {
             return None;
         }
-        if self.until > 0 {
-            self.until -= 1;
-            return None;
+        if self.owed == 0 {
+            if self.until > 0 {
+                self.until -= 1;
+                return None;
+            }
+            self.owed = CHUNK;
         }
-        let want = if self.left == self.file_len {
-            LEAD
-        } else {
-            CHUNK
-        };
-        let len = want.min(self.left).min(self.file_len - self.next);
+        let len = self.owed.min(self.left).min(self.file_len - self.next);
         let request = Populate {
             addr: base + self.next,
             len,
         };
         self.next += len;
-        if self.next == self.file_len {
-            self.next = 0;
-        }
         self.left -= len;
-        self.until = self.per_chunk - 1;
+        self.owed -= len;
+        if self.next == self.file_len {
+            // The file's length need not be a page multiple: from its start, whole pages.
+            self.next = 0;
+            self.owed = self.owed.next_multiple_of(4096);
+        }
+        if self.owed == 0 {
+            self.until = self.per_chunk - 1;
+        }
         Some(request)
     }
 }

@@ -376,44 +376,77 @@ fn thread_minor_faults() -> i64 {
     ru.ru_minflt
 }
 
-/// During the first lap after open, the ring asks for its pages [`LEAD`] bytes ahead of the
-/// writer: the requests tile the whole file once, in order, each before the writer gets
-/// there; then there are none.
-#[test]
-fn the_first_lap_is_asked_for_ahead_of_the_writer_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join(RING_FILE);
-    let slots = 60_000; // 6.7 MiB of 112-byte slots: LEAD and a few CHUNKs, and a short end
-    let mut ring = CaptureRing::open(&path, &config(slots)).expect("open");
+/// Push a lap and a half of packets into `ring`, just opened, checking its requests: they
+/// tile the whole file once, in order, from the writer's page on; each comes before the writer
+/// gets there, and keeps it about [`LEAD`] bytes behind what was asked for; then none come.
+fn check_first_lap(ring: &mut CaptureRing) {
     let g = ring.geometry();
+    let (file_len, slots) = (g.file_len(), g.slots);
     let base = ring.map.addr();
     let data = frame(1, 100);
-    // The writer starts after the header page, and the requests with it, then wrap to 0.
-    let start = ring.next_at;
-    assert_eq!(start, HEADER);
+    let start = ring.next_at - ring.next_at % 4096;
+    let dist = |at: usize| (at + file_len - start) % file_len;
     let (mut next, mut asked) = (start, 0usize);
     let mut ranges = Vec::new();
-    for i in 0..2 * slots as usize {
+    let mut written_before = 0; // by the packets before this one
+    for i in 0..slots + slots / 2 {
         let at = ring.next_at;
         if let Some(p) = ring.push(i as u64, 0, Direction::Tx, Verdict::Forwarded, 100, &data) {
             let (addr, len) = p.range();
             assert_eq!(addr - base, next, "packet {i}: requests follow on");
             assert_eq!((addr - base) % 4096, 0, "page-aligned");
-            next = (next + len) % g.file_len();
+            next = (next + len) % file_len;
             asked += len;
             ranges.push(len);
         }
-        if i < slots as usize {
+        if i < slots {
+            let written = dist(at) + g.slot_size;
             assert!(
-                at + g.slot_size - start <= asked.min(g.file_len() - start),
+                asked == file_len || written <= asked,
                 "packet {i} at {at} is past what was asked for ({asked} from {start})"
             );
+            // Behind by at most a CHUNK, and the header page the writer skips at the wrap (a
+            // request the file's end cut short is made whole at the next packet).
+            let lead = (written_before + LEAD - CHUNK).min(file_len);
+            assert!(
+                i == 0 || asked + HEADER + g.slot_size >= lead,
+                "packet {i} at {at}: only {asked} asked for from {start}"
+            );
+            written_before = written;
         }
     }
-    assert_eq!(asked, g.file_len(), "the file, once: {ranges:?}");
+    assert_eq!(asked, file_len, "the file, once: {ranges:?}");
     assert_eq!(next, start, "back where it began");
-    assert_eq!(ranges[0], LEAD);
-    assert!(ranges[1..].iter().all(|&l| l <= CHUNK), "{ranges:?}");
+}
+
+/// A fresh ring's requests, from its first slot.
+#[test]
+fn the_first_lap_is_asked_for_ahead_of_the_writer_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 6.7 MiB of 112-byte slots: LEAD and a few CHUNKs, and a short end.
+    let mut ring = CaptureRing::open(&dir.path().join(RING_FILE), &config(60_000)).expect("open");
+    assert_eq!(ring.next_at, HEADER);
+    check_first_lap(&mut ring);
+}
+
+/// A ring reopened with its writer less than [`LEAD`] from the file's end: the lead goes on
+/// from the file's start.
+#[test]
+fn a_reopened_ring_near_its_end_keeps_the_lead_across_the_wrap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(RING_FILE);
+    let slots = 60_000u64;
+    let mut ring = CaptureRing::open(&path, &config(slots)).expect("open");
+    let near_end = slots as usize - LEAD / 2 / ring.geometry().slot_size;
+    push_all(&mut ring, 1..=near_end as u64);
+    drop(ring);
+    let mut ring = CaptureRing::open(&path, &config(slots)).expect("reopen");
+    assert!(
+        ring.geometry().file_len() - ring.next_at < LEAD,
+        "{}",
+        ring.next_at
+    );
+    check_first_lap(&mut ring);
 }
 
 /// A range run (on any thread) is faulted in: the writer's stores there take no page fault,

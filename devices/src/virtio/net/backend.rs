@@ -12,6 +12,11 @@ pub(super) fn byte_count(n: libc::c_long) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
+/// An `int` argument of `syscall(2)`, passed as the full register it is read as.
+pub(super) fn long(v: libc::c_int) -> libc::c_long {
+    libc::c_long::from(v)
+}
+
 // The packet path makes its system calls through `syscall(2)` rather than glibc's wrappers:
 // those are pthread cancellation points and, in a process with more than one thread (a VMM
 // always has vCPU threads), switch asynchronous cancellation on and off around every call
@@ -33,7 +38,12 @@ pub trait NetBackend: AsRawFd + Send {
         let count = iov_count(iovs)?;
         // SAFETY: the caller guarantees the iovecs point to writable memory.
         byte_count(unsafe {
-            libc::syscall(libc::SYS_readv, self.as_raw_fd(), iovs.as_ptr(), count)
+            libc::syscall(
+                libc::SYS_readv,
+                long(self.as_raw_fd()),
+                iovs.as_ptr(),
+                long(count),
+            )
         })
     }
 
@@ -46,7 +56,12 @@ pub trait NetBackend: AsRawFd + Send {
         // SAFETY: the caller guarantees the iovecs point to readable memory; the kernel only
         // reads through them.
         byte_count(unsafe {
-            libc::syscall(libc::SYS_writev, self.as_raw_fd(), iovs.as_ptr(), count)
+            libc::syscall(
+                libc::SYS_writev,
+                long(self.as_raw_fd()),
+                iovs.as_ptr(),
+                long(count),
+            )
         })
     }
 

@@ -272,7 +272,7 @@ impl NetBackend for Tap {
         super::backend::byte_count(unsafe {
             libc::syscall(
                 libc::SYS_read,
-                self.file.as_raw_fd(),
+                super::backend::long(self.file.as_raw_fd()),
                 buf.as_mut_ptr(),
                 buf.len(),
             )
