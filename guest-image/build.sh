@@ -94,6 +94,7 @@ printf 'debian-12 (slicevisor reference image)\n' >"$root/etc/slicevisor-vref"
 mkdir -p "$out_dir"
 log "mke2fs -t ext4 -d (image $size)"
 rm -f "$out.tmp"
+: >"$out.tmp" # an existing file: mke2fs -q then says nothing ("Creating regular file")
 mke2fs -q -F -t ext4 -L sliver-root -d "$root" "$out.tmp" "$size" >&2
 mv -f "$out.tmp" "$out"
 log "done: $out ($(du -h --apparent-size "$out" | cut -f1) apparent, $(du -h "$out" | cut -f1) on disk)"

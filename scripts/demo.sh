@@ -23,9 +23,11 @@ if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
 
-say "guest kernel, reference image, slicevisor"
+say "guest kernel (about 6 minutes the first time, then cached in /var/cache/slicevisor)"
 bash guest-kernel/build.sh >/dev/null
+say "reference image (debootstrap, a minute or so the first time)"
 bash guest-image/build.sh >/dev/null
+say "slicevisor, release build (then the per-sliver VMM linked static)"
 bash scripts/build-release.sh -p slicevisor
 sv=$PWD/target/release/slicevisor
 
@@ -44,7 +46,7 @@ ip netns del "$ns" 2>/dev/null || true
 ip netns add "$ns"
 ip -n "$ns" link set lo up
 
-say "node daemon (state in $work/state)"
+say "node daemon (state and its log in $work, removed at the end)"
 # nsenter --net, not `ip netns exec`: that one remounts /sys for the namespace, which hides
 # /sys/fs/cgroup from the daemon, and the sliver would run without its CPU and memory limits.
 nsenter --net=/run/netns/"$ns" -- "$sv" node --socket "$socket" --state-dir "$work/state" 2>"$work/daemon.log" &
@@ -63,7 +65,7 @@ cat >"$work/spec.json" <<SPEC
 SPEC
 "$sv" ctl --socket "$socket" create demo --spec "$work/spec.json" >/dev/null
 "$sv" ctl --socket "$socket" start demo >/dev/null
-say "booting (its console: slicevisor ctl console demo)"
+say "booting until its ssh server is up (about 40 s on the emulated KVM of test hosts; its console: slicevisor ctl console demo)"
 for _ in $(seq 300); do
     "$sv" ctl --socket "$socket" console-log demo | grep -q '^SLIVER-SSHD' && break
     sleep 1
@@ -76,3 +78,4 @@ say "ssh in and run a command"
 
 say "stop and clean up"
 "$sv" ctl --socket "$socket" stop demo | grep -E '^(state|exit_reason)'
+say "demo done: the sliver, its image, the daemon and the namespace are removed on exit; README.md, \"Running a sliver by hand\", goes on from here"

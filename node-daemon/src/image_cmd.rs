@@ -121,15 +121,19 @@ pub fn run(args: &ImageArgs) -> i32 {
         println!("{}", json_line(&body));
         return 0;
     }
+    let header = || println!("{:<24} {:>14} SHA256", "NAME", "BYTES");
     match &args.action {
         ImageAction::List => {
-            println!("{:<24} {:>14} SHA256", "NAME", "BYTES");
+            header();
             for i in body.as_array().into_iter().flatten() {
                 print!("{}", row(i));
             }
         }
         ImageAction::Delete { name } => println!("image {name} deleted"),
-        _ => print!("{}", row(&body)),
+        ImageAction::Import { .. } | ImageAction::Show { .. } => {
+            header();
+            print!("{}", row(&body));
+        }
     }
     0
 }

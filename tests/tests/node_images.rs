@@ -41,6 +41,12 @@ fn images_are_imported_checked_and_kept_while_slivers_use_them() {
     let image = e2e::guest::ext4_image(dir.path(), "small.ext4", 16);
     let imported = image_cli(&d, &["import", "small", image.to_str().expect("utf8")]);
     assert_eq!(imported.code(), 0, "{imported:?}");
+    let lines: Vec<&str> = imported.stdout.lines().collect();
+    assert!(
+        lines.len() == 2 && lines[0].starts_with("NAME") && lines[1].starts_with("small "),
+        "a header and the image: {:?}",
+        imported.stdout
+    );
     let listed = d.call("GET", "/images", None).json();
     assert_eq!(listed[0]["name"], "small");
     assert_eq!(listed[0]["size"], 16 << 20);
