@@ -126,6 +126,17 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
             break;
         }
     }
+    let pid = child.id() as libc::pid_t;
+    let (tasks, sharing) = fd_table_sharers(pid);
+    let want: usize = vcpus.parse().expect("vCPU count");
+    assert!(
+        tasks > want,
+        "{tasks} tasks: the main thread and {want} vCPUs expected"
+    );
+    assert!(
+        sharing.is_empty(),
+        "threads {sharing:?} share the event loop's descriptor table (vmm::fd_table)"
+    );
     // SAFETY: sending a signal to our own child process by pid.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0);
@@ -141,6 +152,41 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
         rest.contains(&format!("VM ended: stopped by {name}")),
         "{rest}"
     );
+}
+
+/// The tasks of process `pid`, and those of them (but the main thread) whose descriptor
+/// table is the main thread's: kcmp(2) `KCMP_FILES` is 0 for tasks sharing one.
+fn fd_table_sharers(pid: libc::pid_t) -> (usize, Vec<libc::pid_t>) {
+    const KCMP_FILES: libc::c_long = 2;
+    let tids: Vec<libc::pid_t> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let sharing = tids
+        .iter()
+        .copied()
+        .filter(|&tid| tid != pid)
+        .filter(|&tid| {
+            // SAFETY: kcmp(2) compares two tasks' resources by id; no memory is passed.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    libc::c_long::from(pid),
+                    libc::c_long::from(tid),
+                    KCMP_FILES,
+                    0 as libc::c_long,
+                    0 as libc::c_long,
+                )
+            };
+            assert!(
+                rc >= 0,
+                "kcmp({pid}, {tid}): {}",
+                std::io::Error::last_os_error()
+            );
+            rc == 0
+        })
+        .collect();
+    (tids.len(), sharing)
 }
 
 #[test]

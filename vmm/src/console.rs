@@ -7,13 +7,21 @@
 //! what it is, [`MODE_WRITE`] (it types: its bytes go to the guest's console input) or
 //! [`MODE_READ`] (it watches). One client types at a time; a second one asking to is told
 //! so and watches.
+//!
+//! The guest writes COM1 on a vCPU thread, which only puts the bytes in an outbox
+//! ([`ConsoleOut`]); the event loop writes them to the log (or stdout) and the clients
+//! ([`ConsoleDrain`]). So every descriptor the console uses lives on the event loop's thread,
+//! and the vCPU threads can have descriptor tables of their own (`crate::fd_table`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vmm_sys_util::eventfd::EventFd;
 
 use devices::legacy::SerialDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -36,8 +44,8 @@ struct Client {
     writer: Option<bool>,
 }
 
-/// The clients, shared by the output side and the socket side.
-type Clients = Arc<Mutex<Vec<Client>>>;
+/// Most bytes the outbox holds for the event loop (1 MiB); more are dropped and counted.
+pub const OUTBOX_BYTES: usize = 1 << 20;
 
 /// A log file that rotates at [`LOG_ROTATE_BYTES`].
 #[derive(Debug)]
@@ -72,63 +80,135 @@ impl RotatingLog {
     }
 }
 
-/// Where the console's output goes: stdout or a bounded log, and every socket client.
+/// Console output on its way from the vCPU that writes COM1 to the event loop.
+#[derive(Debug)]
+struct Outbox {
+    bytes: Mutex<Vec<u8>>,
+    /// Written when `bytes` stops being empty: the event loop drains it.
+    ready: EventFd,
+    /// Bytes dropped because the outbox was full (the event loop fell behind).
+    lost: AtomicU64,
+}
+
+/// The guest console's output as COM1 writes it (on a vCPU thread): into the outbox, never
+/// waiting, never touching a descriptor but the outbox's eventfd.
 #[derive(Debug)]
 pub struct ConsoleOut {
+    outbox: Arc<Outbox>,
+}
+
+/// Where the output goes, written by the event loop alone: stdout or a bounded log, and
+/// every socket client.
+#[derive(Debug)]
+struct Sinks {
     log: Option<RotatingLog>,
-    clients: Clients,
+    clients: Vec<Client>,
+}
+
+/// The event loop's side of the console output: drains the outbox into the log (or stdout)
+/// and the clients. An event-loop subscriber; clones share one outbox and one set of sinks.
+#[derive(Debug, Clone)]
+pub struct ConsoleDrain {
+    outbox: Arc<Outbox>,
+    sinks: Arc<Mutex<Sinks>>,
 }
 
 impl ConsoleOut {
-    /// Output to `log` (a bounded log file) or, without one, stdout.
+    /// Output to `log` (a bounded log file) or, without one, stdout: the writing end, and
+    /// the end that drains it.
     ///
     /// # Errors
-    /// The log file cannot be opened.
-    pub fn new(log: Option<&Path>) -> io::Result<Self> {
-        Ok(Self {
+    /// The log file cannot be opened, or the outbox's eventfd made.
+    pub fn new(log: Option<&Path>) -> io::Result<(Self, ConsoleDrain)> {
+        let outbox = Arc::new(Outbox {
+            bytes: Mutex::new(Vec::new()),
+            ready: EventFd::new(libc::EFD_NONBLOCK)?,
+            lost: AtomicU64::new(0),
+        });
+        let sinks = Sinks {
             log: log.map(RotatingLog::open).transpose()?,
-            clients: Arc::new(Mutex::new(Vec::new())),
-        })
-    }
-
-    fn clients(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The client list, for the [`ConsoleSocket`] that fills it.
-    pub fn clone_clients(&self) -> ConsoleClients {
-        ConsoleClients(self.clients.clone())
+            clients: Vec::new(),
+        };
+        let drain = ConsoleDrain {
+            outbox: outbox.clone(),
+            sinks: Arc::new(Mutex::new(sinks)),
+        };
+        Ok((Self { outbox }, drain))
     }
 }
 
-/// The clients of a console's output (from [`ConsoleOut::clone_clients`]).
-#[derive(Debug, Clone)]
-pub struct ConsoleClients(Clients);
-
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.log {
+        let outbox = &self.outbox;
+        let mut bytes = outbox.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if bytes.len() + buf.len() > OUTBOX_BYTES {
+            outbox.lost.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            return Ok(buf.len());
+        }
+        let was_empty = bytes.is_empty();
+        bytes.extend_from_slice(buf);
+        drop(bytes);
+        if was_empty {
+            // Nonblocking: a full counter only means the event loop has yet to look.
+            let _ = outbox.ready.write(1);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ConsoleDrain {
+    fn sinks(&self) -> MutexGuard<'_, Sinks> {
+        self.sinks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write what the outbox holds to the log (or stdout) and every client. The event loop
+    /// does this when the outbox's eventfd fires, and the VMM once more after the vCPUs
+    /// have stopped, so that the guest's last words are kept.
+    pub fn drain(&self) {
+        let bytes =
+            std::mem::take(&mut *self.outbox.bytes.lock().unwrap_or_else(|p| p.into_inner()));
+        let lost = self.outbox.lost.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            log::warn!("console: {lost} bytes of output dropped (the event loop fell behind)");
+        }
+        if bytes.is_empty() {
+            return;
+        }
+        let mut sinks = self.sinks();
+        match &mut sinks.log {
             Some(log) => {
-                if let Err(e) = log.write_all(buf) {
+                if let Err(e) = log.write_all(&bytes) {
                     log::debug!("console log: {e}");
                 }
             }
             None => {
                 let mut out = io::stdout().lock();
-                let _ = out.write_all(buf);
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
             }
         }
         // A client that cannot take the output now (or is gone) is dropped: the guest's
         // console never waits for a reader.
-        self.clients()
-            .retain_mut(|c| c.writer.is_none() || c.stream.write_all(buf).is_ok());
-        Ok(buf.len())
+        sinks
+            .clients
+            .retain_mut(|c| c.writer.is_none() || c.stream.write_all(&bytes).is_ok());
+    }
+}
+
+impl MutEventSubscriber for ConsoleDrain {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        // The count does not matter; a failed read (EAGAIN) means another drain took it.
+        let _ = self.outbox.ready.read();
+        self.drain();
     }
 
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.log {
-            Some(log) => log.file.flush(),
-            None => io::stdout().flush(),
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.outbox.ready, EventSet::IN)) {
+            log::error!("console output eventfd: {e:?}");
         }
     }
 }
@@ -137,7 +217,7 @@ impl Write for ConsoleOut {
 pub struct ConsoleSocket<W: Write + Send + 'static> {
     listener: UnixListener,
     path: PathBuf,
-    clients: Clients,
+    drain: ConsoleDrain,
     serial: Arc<Mutex<SerialDevice<W>>>,
 }
 
@@ -150,14 +230,14 @@ impl<W: Write + Send + 'static> std::fmt::Debug for ConsoleSocket<W> {
 }
 
 impl<W: Write + Send + 'static> ConsoleSocket<W> {
-    /// Listen on `path` (replacing a stale socket file) for the console whose output goes to
-    /// `clients` and input to `serial`.
+    /// Listen on `path` (replacing a stale socket file) for the console whose output `drain`
+    /// writes and whose input goes to `serial`.
     ///
     /// # Errors
     /// The socket cannot be made.
     pub fn bind(
         path: &Path,
-        clients: ConsoleClients,
+        drain: ConsoleDrain,
         serial: Arc<Mutex<SerialDevice<W>>>,
     ) -> io::Result<Self> {
         let _ = std::fs::remove_file(path);
@@ -166,18 +246,14 @@ impl<W: Write + Send + 'static> ConsoleSocket<W> {
         Ok(Self {
             listener,
             path: path.to_path_buf(),
-            clients: clients.0,
+            drain,
             serial,
         })
     }
 
-    fn clients(&self) -> std::sync::MutexGuard<'_, Vec<Client>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn accept(&mut self, ops: &mut EventOps) {
         while let Ok((stream, _)) = self.listener.accept() {
-            if self.clients().len() >= MAX_CLIENTS {
+            if self.drain.sinks().clients.len() >= MAX_CLIENTS {
                 let mut s = stream;
                 let _ = s.write_all(b"slicevisor: console: too many clients\r\n");
                 continue;
@@ -189,7 +265,7 @@ impl<W: Write + Send + 'static> ConsoleSocket<W> {
                 log::debug!("console client: {e:?}");
                 continue;
             }
-            self.clients().push(Client {
+            self.drain.sinks().clients.push(Client {
                 stream,
                 writer: None,
             });
@@ -199,7 +275,8 @@ impl<W: Write + Send + 'static> ConsoleSocket<W> {
     /// Bytes from the client on `fd`: its mode first, then (a typing client's) input.
     fn read_client(&mut self, fd: i32, ops: &mut EventOps) {
         let mut buf = [0u8; 256];
-        let mut clients = self.clients();
+        let mut sinks = self.drain.sinks();
+        let clients = &mut sinks.clients;
         let Some(i) = clients.iter().position(|c| c.stream.as_raw_fd() == fd) else {
             let _ = ops.remove(Events::new_raw(fd, EventSet::IN));
             return;
@@ -226,7 +303,7 @@ impl<W: Write + Send + 'static> ConsoleSocket<W> {
             clients[i].writer = Some(writer);
         }
         if clients[i].writer == Some(true) && !input.is_empty() {
-            drop(clients);
+            drop(sinks);
             let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = serial.enqueue_input(input) {
                 log::debug!("console input: {e}");
@@ -265,15 +342,56 @@ mod tests {
     fn the_log_rotates_and_stays_bounded() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("s.console");
-        let mut out = ConsoleOut::new(Some(&path)).expect("log");
+        let (mut out, drain) = ConsoleOut::new(Some(&path)).expect("log");
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..40 {
             out.write_all(&chunk).expect("write");
+            drain.drain();
         }
         let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let rotated = dir.path().join("s.console.1");
         assert!(len(&path) <= LOG_ROTATE_BYTES);
         assert!(len(&rotated) <= LOG_ROTATE_BYTES && len(&rotated) > 0);
         assert_eq!((len(&path) + len(&rotated)) % (64 * 1024), 0);
+    }
+
+    /// The bug this layout fixes: a vCPU thread with a descriptor table of its own wrote to
+    /// clients the event loop accepted afterwards, which its table did not have. Output
+    /// written on such a thread reaches a client accepted after it unshared, and the log,
+    /// through the drain; a full outbox drops and counts instead of waiting.
+    #[test]
+    fn output_from_a_thread_with_its_own_table_reaches_later_clients() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("s.console");
+        let (mut out, drain) = ConsoleOut::new(Some(&path)).expect("log");
+        let (unshared_tx, unshared_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let vcpu = std::thread::spawn(move || {
+            crate::fd_table::unshare();
+            unshared_tx.send(()).expect("send");
+            go_rx.recv().expect("go");
+            out.write_all(b"login: ").expect("write");
+            out.write_all(&vec![b'x'; OUTBOX_BYTES])
+                .expect("a full outbox drops");
+        });
+        unshared_rx.recv().expect("unshared");
+        // Accepted now, on this thread: the vCPU's table never had it.
+        let (mut watcher, accepted) = UnixStream::pair().expect("pair");
+        drain.sinks().clients.push(Client {
+            stream: accepted,
+            writer: Some(false),
+        });
+        go_tx.send(()).expect("go");
+        vcpu.join().expect("vCPU thread");
+        assert_eq!(
+            drain.outbox.lost.load(Ordering::Relaxed),
+            OUTBOX_BYTES as u64
+        );
+        drain.drain();
+        assert_eq!(drain.sinks().clients.len(), 1, "the client is kept");
+        let mut got = [0u8; 7];
+        watcher.read_exact(&mut got).expect("client output");
+        assert_eq!(&got, b"login: ");
+        assert_eq!(std::fs::read(&path).expect("log"), b"login: ");
     }
 }

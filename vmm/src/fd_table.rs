@@ -1,23 +1,25 @@
-//! The audit writer thread takes a file descriptor table of its own, so that it does not
-//! count as a user of the process's table.
+//! Each helper thread of the VMM (the vCPUs, the audit writer) takes a file descriptor table
+//! of its own, so that the event loop's thread is the only user of the process's table.
 //!
 //! Why: the kernel looks up a descriptor without touching the file's reference count only
 //! when the calling task's table has no other user (`fdget`'s fast path, `fs/file.c`:
-//! `files->count == 1`). Threads share one table, so every thread the audit adds would make
-//! the event loop take and drop a reference on the TAP's file for each `read`/`writev`: two
-//! atomic operations per packet, ~3 % of a 64-byte frame's path here (`perf record` on
-//! `net_path 2000 tx-flows` against `tx-anti-spoofing`: `fput` 143 samples against 1;
-//! docs/benchmarks.md). The writer keeps its segment files to itself, so it needs nothing
-//! another thread opens later, and opens nothing another thread uses.
+//! `files->count == 1`). Threads share one table, so in a VMM with vCPU threads every TAP
+//! `read`/`readv`/`writev` of the event loop took and dropped a reference on the TAP's file:
+//! two atomic operations per packet, 3–4 % of a 64-byte frame's path here (`net_path 1000
+//! tx-device` and `rx-device` against the same with `NET_PATH_IDLE_THREAD=1`, interleaved;
+//! docs/benchmarks.md).
 //!
-//! The vCPU threads keep sharing the table: they write the guest's console to the clients the
-//! event loop accepts and into log files they rotate themselves. In a VMM the event loop
-//! therefore still pays the reference counting; taking it away needs the console's output
-//! handed to the event loop first.
+//! The copy holds every descriptor open at the time (`unshare(2)` `CLONE_FILES`), and a
+//! descriptor opened afterwards exists in the opening thread's table alone. So a helper thread
+//! must not use descriptors another thread opens later, nor open any another thread uses:
+//! - the vCPU threads run the devices' register accesses, which use descriptors made before
+//!   the vCPUs start (eventfds, the TAP, disks), and write the guest console into an outbox
+//!   that the event loop writes on to the log and the socket clients it accepts
+//!   (`crate::console`); an exit record is opened and closed where it is written;
+//! - the audit writer keeps its segment files to itself.
 //!
-//! The copy holds every descriptor open at the time (`unshare(2)` `CLONE_FILES`): a file
-//! another thread closes afterwards stays open until the writer ends, which is when the audit
-//! log is dropped.
+//! A file another thread closes stays open until the helpers end: the vCPUs are joined, and
+//! the audit log dropped, before the VMM exits.
 
 /// Give the calling thread its own copy of the file descriptor table (`unshare(2)`
 /// `CLONE_FILES`). A failure costs only speed: it is logged, and the thread goes on sharing.

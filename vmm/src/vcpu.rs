@@ -105,8 +105,8 @@ impl StartGate {
     }
 }
 
-/// Run vCPU `id` on its own thread until the VM stops: it enters its seccomp filter, waits
-/// at `gate`, then runs the guest.
+/// Run vCPU `id` on its own thread until the VM stops: it takes a descriptor table of its
+/// own ([`crate::fd_table`]), enters its seccomp filter, waits at `gate`, then runs the guest.
 pub fn spawn(
     mut vcpu: VcpuFd,
     id: u8,
@@ -116,6 +116,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
+            crate::fd_table::unshare();
             if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu) {
                 ctx.exit.report(ExitReason::Vmm(format!("vCPU {id}: {e}")));
                 return;

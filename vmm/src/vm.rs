@@ -316,15 +316,12 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
         start,
         guest_ranges: host_ranges(&mem),
     });
-    let out = ConsoleOut::new(config.console_log.as_deref())
+    let (out, console) = ConsoleOut::new(config.console_log.as_deref())
         .map_err(|e| VmError::Console("--console-log", e))?;
-    let socket = config
-        .console_socket
-        .as_ref()
-        .map(|path| (path.clone(), out.clone_clients()));
     let (pio, serial) = legacy_devices(&vm, sink, out)?;
-    if let Some((path, clients)) = socket {
-        let server = ConsoleSocket::bind(&path, clients, serial.clone())
+    event_loop.add_subscriber(Box::new(console.clone()));
+    if let Some(path) = &config.console_socket {
+        let server = ConsoleSocket::bind(path, console.clone(), serial.clone())
             .map_err(|e| VmError::Console("--console-socket", e))?;
         event_loop.add_subscriber(Box::new(server));
     }
@@ -447,6 +444,8 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
     crate::test_trigger::fire();
     event_loop.run_until_exit();
     stop_vcpus(handles);
+    // What the guest wrote last, after the loop's last look.
+    console.drain();
     log_net_counters(&nets);
     drives::log_counters(&disks);
     if let Some(stats) = stats {
