@@ -8,10 +8,11 @@
 //! [`MODE_READ`] (it watches). One client types at a time; a second one asking to is told
 //! so and watches.
 //!
-//! The guest writes COM1 on a vCPU thread, which only puts the bytes in an outbox
-//! ([`ConsoleOut`]); the event loop writes them to the log (or stdout) and the clients
-//! ([`ConsoleDrain`]). So every descriptor the console uses lives on the event loop's thread,
-//! and the vCPU threads can have descriptor tables of their own (`crate::fd_table`).
+//! The guest writes COM1 on a vCPU thread, which puts the bytes in an outbox ([`ConsoleOut`];
+//! without a log it also writes them to stdout, inherited by every thread); the event loop
+//! writes them on to the log and the clients ([`ConsoleDrain`]), and opens the log itself. So
+//! every descriptor the console opens lives on the event loop's thread alone, and the vCPU
+//! threads can have descriptor tables of their own (`crate::fd_table`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -91,18 +92,30 @@ struct Outbox {
 }
 
 /// The guest console's output as COM1 writes it (on a vCPU thread): into the outbox, never
-/// waiting, never touching a descriptor but the outbox's eventfd.
+/// waiting, touching no descriptor but the outbox's eventfd; without a console log, also to
+/// stdout (inherited, so in every thread's table), which a slow reader may make it wait for,
+/// as a serial line would, without stopping the event loop.
 #[derive(Debug)]
 pub struct ConsoleOut {
     outbox: Arc<Outbox>,
+    stdout: bool,
 }
 
 /// Where the output goes, written by the event loop alone: stdout or a bounded log, and
 /// every socket client.
 #[derive(Debug)]
 struct Sinks {
-    log: Option<RotatingLog>,
+    log: Option<LogFile>,
     clients: Vec<Client>,
+}
+
+/// The console log: its path until the event loop first writes it, then the open file. It is
+/// opened there, after the vCPU threads have copied their descriptor tables, so that theirs
+/// never hold it (a rotated-away log would stay on disk until the VMM ends).
+#[derive(Debug)]
+enum LogFile {
+    Closed(PathBuf),
+    Open(RotatingLog),
 }
 
 /// The event loop's side of the console output: drains the outbox into the log (or stdout)
@@ -115,30 +128,43 @@ pub struct ConsoleDrain {
 
 impl ConsoleOut {
     /// Output to `log` (a bounded log file) or, without one, stdout: the writing end, and
-    /// the end that drains it.
+    /// the end that drains it (to the log and the socket clients).
     ///
     /// # Errors
-    /// The log file cannot be opened, or the outbox's eventfd made.
+    /// The log file cannot be opened (checked now; it is opened for good by the event loop),
+    /// or the outbox's eventfd made.
     pub fn new(log: Option<&Path>) -> io::Result<(Self, ConsoleDrain)> {
+        if let Some(path) = log {
+            drop(RotatingLog::open(path)?);
+        }
         let outbox = Arc::new(Outbox {
             bytes: Mutex::new(Vec::new()),
             ready: EventFd::new(libc::EFD_NONBLOCK)?,
             lost: AtomicU64::new(0),
         });
         let sinks = Sinks {
-            log: log.map(RotatingLog::open).transpose()?,
+            log: log.map(|p| LogFile::Closed(p.to_path_buf())),
             clients: Vec::new(),
         };
         let drain = ConsoleDrain {
             outbox: outbox.clone(),
             sinks: Arc::new(Mutex::new(sinks)),
         };
-        Ok((Self { outbox }, drain))
+        let out = Self {
+            outbox,
+            stdout: log.is_none(),
+        };
+        Ok((out, drain))
     }
 }
 
 impl Write for ConsoleOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.stdout {
+            let mut out = io::stdout().lock();
+            let _ = out.write_all(buf);
+            let _ = out.flush();
+        }
         let outbox = &self.outbox;
         let mut bytes = outbox.bytes.lock().unwrap_or_else(|p| p.into_inner());
         if bytes.len() + buf.len() > OUTBOX_BYTES {
@@ -165,10 +191,10 @@ impl ConsoleDrain {
         self.sinks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write what the outbox holds to the log (or stdout) and every client. The event loop
-    /// does this when the outbox's eventfd fires, and the VMM once more after the vCPUs
-    /// have stopped, so that the guest's last words are kept.
-    pub fn drain(&self) {
+    /// Write what the outbox holds to the log and every client. The event loop does this when
+    /// the outbox's eventfd fires (with `ops`, to stop watching the clients it drops), and
+    /// the VMM once more after the vCPUs have stopped, so that the guest's last words are kept.
+    pub fn drain(&self, mut ops: Option<&mut EventOps>) {
         let bytes =
             std::mem::take(&mut *self.outbox.bytes.lock().unwrap_or_else(|p| p.into_inner()));
         let lost = self.outbox.lost.swap(0, Ordering::Relaxed);
@@ -179,31 +205,44 @@ impl ConsoleDrain {
             return;
         }
         let mut sinks = self.sinks();
-        match &mut sinks.log {
-            Some(log) => {
-                if let Err(e) = log.write_all(&bytes) {
-                    log::debug!("console log: {e}");
+        if let Some(LogFile::Closed(path)) = &sinks.log {
+            sinks.log = match RotatingLog::open(path) {
+                Ok(log) => Some(LogFile::Open(log)),
+                Err(e) => {
+                    log::warn!("console log {}: {e}; its output is dropped", path.display());
+                    None
                 }
-            }
-            None => {
-                let mut out = io::stdout().lock();
-                let _ = out.write_all(&bytes);
-                let _ = out.flush();
+            };
+        }
+        if let Some(LogFile::Open(log)) = &mut sinks.log {
+            if let Err(e) = log.write_all(&bytes) {
+                log::debug!("console log: {e}");
             }
         }
         // A client that cannot take the output now (or is gone) is dropped: the guest's
-        // console never waits for a reader.
-        sinks
-            .clients
-            .retain_mut(|c| c.writer.is_none() || c.stream.write_all(&bytes).is_ok());
+        // console never waits for a reader. It leaves the event loop before its descriptor
+        // closes.
+        let clients = &mut sinks.clients;
+        let mut i = 0;
+        while i < clients.len() {
+            let c = &mut clients[i];
+            if c.writer.is_none() || c.stream.write_all(&bytes).is_ok() {
+                i += 1;
+                continue;
+            }
+            if let Some(ops) = ops.as_deref_mut() {
+                let _ = ops.remove(Events::new(&c.stream, EventSet::IN));
+            }
+            clients.remove(i);
+        }
     }
 }
 
 impl MutEventSubscriber for ConsoleDrain {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, _events: Events, ops: &mut EventOps) {
         // The count does not matter; a failed read (EAGAIN) means another drain took it.
         let _ = self.outbox.ready.read();
-        self.drain();
+        self.drain(Some(ops));
     }
 
     fn init(&mut self, ops: &mut EventOps) {
@@ -346,7 +385,7 @@ mod tests {
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..40 {
             out.write_all(&chunk).expect("write");
-            drain.drain();
+            drain.drain(None);
         }
         let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         let rotated = dir.path().join("s.console.1");
@@ -387,7 +426,7 @@ mod tests {
             drain.outbox.lost.load(Ordering::Relaxed),
             OUTBOX_BYTES as u64
         );
-        drain.drain();
+        drain.drain(None);
         assert_eq!(drain.sinks().clients.len(), 1, "the client is kept");
         let mut got = [0u8; 7];
         watcher.read_exact(&mut got).expect("client output");

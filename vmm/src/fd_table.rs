@@ -15,7 +15,9 @@
 //! - the vCPU threads run the devices' register accesses, which use descriptors made before
 //!   the vCPUs start (eventfds, the TAP, disks), and write the guest console into an outbox
 //!   that the event loop writes on to the log and the socket clients it accepts
-//!   (`crate::console`); an exit record is opened and closed where it is written;
+//!   (`crate::console`); the boot report's `/proc/self/smaps_rollup` is opened and closed
+//!   where it is read; the VMM waits until every vCPU has its table before the event loop
+//!   opens anything (`crate::vcpu::StartGate::wait_arrived`);
 //! - the audit writer keeps its segment files to itself.
 //!
 //! A file another thread closes stays open until the helpers end: the vCPUs are joined, and

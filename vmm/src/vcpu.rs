@@ -83,24 +83,50 @@ pub fn create(
     Ok(vcpu)
 }
 
-/// Holds vCPU threads back until the rest of the VMM is ready (its seccomp filter in place).
+/// Holds vCPU threads back until the rest of the VMM is ready (its seccomp filter in place),
+/// and lets the VMM wait until each vCPU thread has its own descriptor table.
 #[derive(Debug, Default)]
 pub struct StartGate {
-    open: Mutex<bool>,
-    opened: Condvar,
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: bool,
+    /// vCPU threads that have taken their descriptor tables.
+    arrived: usize,
 }
 
 impl StartGate {
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Let every waiting vCPU go.
     pub fn open(&self) {
-        *self.open.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        self.opened.notify_all();
+        self.state().open = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until `count` vCPU threads have taken their descriptor tables: a descriptor the
+    /// VMM opens afterwards (a console client) is then in none of theirs.
+    pub fn wait_arrived(&self, count: usize) {
+        let mut state = self.state();
+        while state.arrived < count {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn arrive(&self) {
+        self.state().arrived += 1;
+        self.changed.notify_all();
     }
 
     fn wait(&self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        while !*open {
-            open = self.opened.wait(open).unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state();
+        while !state.open {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -117,6 +143,7 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             crate::fd_table::unshare();
+            gate.arrive();
             if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::Vcpu) {
                 ctx.exit.report(ExitReason::Vmm(format!("vCPU {id}: {e}")));
                 return;

@@ -161,7 +161,7 @@ fn open_shaper(
     Ok(Arc::new(Shaper::new(Box::new(source))))
 }
 
-/// COM1 with its output on the VMM's stdout.
+/// COM1, its output going to the console's outbox (and stdout without a console log).
 type Console = Arc<Mutex<SerialDevice<ConsoleOut>>>;
 
 /// Turns device reports into exit reasons and boot measurements.
@@ -420,7 +420,8 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
 
     install_kick_handler()?;
 
-    // The vCPUs wait at the gate, filtered, until this thread is filtered too.
+    // The vCPUs take their descriptor tables, then wait at the gate, filtered, until this
+    // thread is filtered too.
     let gate = Arc::new(vcpu::StartGate::default());
     let mut handles = Vec::with_capacity(vcpu_fds.len());
     for (id, fd) in (0u8..).zip(vcpu_fds) {
@@ -434,6 +435,8 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
             }
         }
     }
+    // Before the event loop opens anything (a console client), every vCPU has its table.
+    gate.wait_arrived(handles.len());
     if let Err(e) = crate::seccomp::enter(crate::seccomp::ThreadKind::EventLoop) {
         exit.report(ExitReason::Vmm(e.to_string()));
         gate.open();
@@ -445,7 +448,7 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
     event_loop.run_until_exit();
     stop_vcpus(handles);
     // What the guest wrote last, after the loop's last look.
-    console.drain();
+    console.drain(None);
     log_net_counters(&nets);
     drives::log_counters(&disks);
     if let Some(stats) = stats {

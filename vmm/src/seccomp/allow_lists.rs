@@ -62,8 +62,9 @@ const COMMON: &[i64] = &[
     libc::SYS_rseq,
 ];
 
-/// Device work, on vCPU threads and the event loop: TAP and eventfd I/O, console clients,
-/// the console log (rotated by rename), the stats file (written and renamed).
+/// Device work, on vCPU threads and the event loop (one list for both): TAP and eventfd I/O,
+/// and, on the event loop since the console's outbox, the console clients, the console log
+/// (rotated by rename) and the stats file (written and renamed).
 const DEVICES: &[i64] = &[
     libc::SYS_read,
     libc::SYS_readv,
