@@ -99,10 +99,11 @@ struct Outbox {
 pub struct ConsoleOut {
     outbox: Arc<Outbox>,
     stdout: bool,
+    /// Whether anything drains the outbox (a log or a console socket).
+    drained: bool,
 }
 
-/// Where the output goes, written by the event loop alone: stdout or a bounded log, and
-/// every socket client.
+/// Where the event loop writes the output: the bounded log (if any) and every socket client.
 #[derive(Debug)]
 struct Sinks {
     log: Option<LogFile>,
@@ -118,8 +119,8 @@ enum LogFile {
     Open(RotatingLog),
 }
 
-/// The event loop's side of the console output: drains the outbox into the log (or stdout)
-/// and the clients. An event-loop subscriber; clones share one outbox and one set of sinks.
+/// The event loop's side of the console output: drains the outbox into the log and the
+/// clients. An event-loop subscriber; clones share one outbox and one set of sinks.
 #[derive(Debug, Clone)]
 pub struct ConsoleDrain {
     outbox: Arc<Outbox>,
@@ -127,13 +128,14 @@ pub struct ConsoleDrain {
 }
 
 impl ConsoleOut {
-    /// Output to `log` (a bounded log file) or, without one, stdout: the writing end, and
-    /// the end that drains it (to the log and the socket clients).
+    /// Output to `log` (a bounded log file) or, without one, stdout, and with `socket` to
+    /// console clients: the writing end, and the end that drains it (to the log and the
+    /// clients).
     ///
     /// # Errors
     /// The log file cannot be opened (checked now; it is opened for good by the event loop),
     /// or the outbox's eventfd made.
-    pub fn new(log: Option<&Path>) -> io::Result<(Self, ConsoleDrain)> {
+    pub fn new(log: Option<&Path>, socket: bool) -> io::Result<(Self, ConsoleDrain)> {
         if let Some(path) = log {
             drop(RotatingLog::open(path)?);
         }
@@ -153,6 +155,7 @@ impl ConsoleOut {
         let out = Self {
             outbox,
             stdout: log.is_none(),
+            drained: log.is_some() || socket,
         };
         Ok((out, drain))
     }
@@ -164,6 +167,9 @@ impl Write for ConsoleOut {
             let mut out = io::stdout().lock();
             let _ = out.write_all(buf);
             let _ = out.flush();
+        }
+        if !self.drained {
+            return Ok(buf.len());
         }
         let outbox = &self.outbox;
         let mut bytes = outbox.bytes.lock().unwrap_or_else(|p| p.into_inner());
@@ -381,7 +387,7 @@ mod tests {
     fn the_log_rotates_and_stays_bounded() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("s.console");
-        let (mut out, drain) = ConsoleOut::new(Some(&path)).expect("log");
+        let (mut out, drain) = ConsoleOut::new(Some(&path), true).expect("log");
         let chunk = vec![b'x'; 64 * 1024];
         for _ in 0..40 {
             out.write_all(&chunk).expect("write");
@@ -402,7 +408,7 @@ mod tests {
     fn output_from_a_thread_with_its_own_table_reaches_later_clients() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("s.console");
-        let (mut out, drain) = ConsoleOut::new(Some(&path)).expect("log");
+        let (mut out, drain) = ConsoleOut::new(Some(&path), true).expect("log");
         let (unshared_tx, unshared_rx) = std::sync::mpsc::channel();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let vcpu = std::thread::spawn(move || {

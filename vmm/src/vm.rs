@@ -316,8 +316,11 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
         start,
         guest_ranges: host_ranges(&mem),
     });
-    let (out, console) = ConsoleOut::new(config.console_log.as_deref())
-        .map_err(|e| VmError::Console("--console-log", e))?;
+    let (out, console) = ConsoleOut::new(
+        config.console_log.as_deref(),
+        config.console_socket.is_some(),
+    )
+    .map_err(|e| VmError::Console("--console-log", e))?;
     let (pio, serial) = legacy_devices(&vm, sink, out)?;
     event_loop.add_subscriber(Box::new(console.clone()));
     if let Some(path) = &config.console_socket {
