@@ -22,11 +22,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vmm_sys_util::eventfd::EventFd;
-
 use devices::legacy::SerialDevice;
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 
 /// A console log is rotated when it reaches this size (1 MiB).
 pub const LOG_ROTATE_BYTES: u64 = 1 << 20;
