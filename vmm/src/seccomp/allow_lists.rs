@@ -62,26 +62,31 @@ const COMMON: &[i64] = &[
     libc::SYS_rseq,
 ];
 
-/// Device work, on vCPU threads and the event loop (one list for both): TAP and eventfd I/O,
-/// and, on the event loop since the console's outbox, the console clients, the console log
-/// (rotated by rename) and the stats file (written and renamed).
+/// Device work, on vCPU threads and the event loop alike: TAP and eventfd I/O, and reading
+/// small files (the boot report's `/proc/self/smaps_rollup`, on the vCPU that sees the
+/// guest's boot marker).
 const DEVICES: &[i64] = &[
     libc::SYS_read,
     libc::SYS_readv,
     libc::SYS_recvfrom,
     libc::SYS_recvmsg,
-    libc::SYS_sendmsg,
     libc::SYS_openat,
-    libc::SYS_rename,
-    libc::SYS_renameat,
-    libc::SYS_renameat2,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
     libc::SYS_lseek,
     libc::SYS_fstat,
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_fcntl,
+];
+
+/// Files and sockets only the event loop writes since the console's outbox: the console log
+/// (rotated by rename), the stats file (written and renamed), the console clients.
+const EVENT_LOOP_FILES: &[i64] = &[
+    libc::SYS_sendmsg,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
     libc::SYS_ftruncate,
     libc::SYS_fsync,
     libc::SYS_shutdown,
@@ -168,7 +173,7 @@ pub(super) fn rules(
 ) -> Result<Vec<(i64, Vec<SeccompRule>)>, seccompiler::BackendError> {
     let lists: &[&[i64]] = match kind {
         ThreadKind::Vcpu => &[COMMON, DEVICES],
-        ThreadKind::EventLoop => &[COMMON, DEVICES, EVENT_LOOP],
+        ThreadKind::EventLoop => &[COMMON, DEVICES, EVENT_LOOP, EVENT_LOOP_FILES],
         ThreadKind::AuditWriter => &[COMMON, AUDIT_WRITER],
         ThreadKind::Keeper => &[KEEPER],
     };
@@ -253,6 +258,26 @@ mod tests {
                 assert!(allowed.contains(&nr), "{kind:?} lacks {nr}");
             }
         }
+    }
+
+    /// The vCPU threads handle the guest's register accesses: they may not rename, remove,
+    /// truncate or sync files, nor use sockets beyond the stop handlers' `send`.
+    #[test]
+    fn vcpus_may_not_change_files() {
+        let vcpu: Vec<i64> = rules(ThreadKind::Vcpu)
+            .expect("rules")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        for &nr in EVENT_LOOP_FILES {
+            assert!(!vcpu.contains(&nr), "a vCPU may call {nr}");
+        }
+        let event_loop: Vec<i64> = rules(ThreadKind::EventLoop)
+            .expect("rules")
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert!(EVENT_LOOP_FILES.iter().all(|nr| event_loop.contains(nr)));
     }
 
     #[test]
