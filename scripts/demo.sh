@@ -56,7 +56,7 @@ for _ in $(seq 100); do [[ -S $socket ]] && break; sleep 0.1; done
 say "import the reference image"
 "$sv" image --socket "$socket" import debian-12 target/guest/debian-12.ext4
 
-say "a sliver with a fresh key"
+say "a sliver with a fresh key (its root disk: the image, grown to the spec's disk_max)"
 ssh-keygen -q -t ed25519 -N '' -C demo -f "$work/id_ed25519"
 cat >"$work/spec.json" <<SPEC
 {"slice": "demo_slice", "kernel": "$PWD/target/guest/vmlinux", "mem_mib": 256,
@@ -65,7 +65,7 @@ cat >"$work/spec.json" <<SPEC
 SPEC
 "$sv" ctl --socket "$socket" create demo --spec "$work/spec.json" >/dev/null
 "$sv" ctl --socket "$socket" start demo >/dev/null
-say "booting until its ssh server is up (about 40 s on the emulated KVM of test hosts; its console: slicevisor ctl console demo)"
+say "booting until its ssh server is up (about 40 s where KVM emulates the guest kernel, as on the CI hosts; seconds on hardware virtualisation; its console: slicevisor ctl console demo)"
 for _ in $(seq 300); do
     "$sv" ctl --socket "$socket" console-log demo | grep -q '^SLIVER-SSHD' && break
     sleep 1

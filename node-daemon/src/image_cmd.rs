@@ -54,10 +54,14 @@ pub enum ImageAction {
 }
 
 fn row(i: &Value) -> String {
+    // The size as a plain string: a JSON value's Display ignores the column's width.
+    let size = i["size"]
+        .as_u64()
+        .map_or_else(|| "-".into(), |n| n.to_string());
     format!(
         "{:<24} {:>14} {}\n",
         i["name"].as_str().unwrap_or("-"),
-        i["size"],
+        size,
         i["sha256"].as_str().unwrap_or("-")
     )
 }

@@ -47,6 +47,13 @@ fn images_are_imported_checked_and_kept_while_slivers_use_them() {
         "a header and the image: {:?}",
         imported.stdout
     );
+    let column_end = |line: &str, field: &str| line.find(field).map(|at| at + field.len());
+    assert_eq!(
+        column_end(lines[1], " 16777216 "),
+        column_end(lines[0], " BYTES "),
+        "the size under its heading:\n{}",
+        imported.stdout
+    );
     let listed = d.call("GET", "/images", None).json();
     assert_eq!(listed[0]["name"], "small");
     assert_eq!(listed[0]["size"], 16 << 20);
