@@ -202,6 +202,11 @@ pub(super) fn rules(
 mod tests {
     use super::*;
 
+    /// The system calls `kind` may make.
+    fn allowed(kind: ThreadKind) -> Vec<i64> {
+        rules(kind).expect("rules").iter().map(|r| r.0).collect()
+    }
+
     #[test]
     fn no_kind_may_exec_fork_trace_mount_or_change_ids() {
         let forbidden = [
@@ -231,7 +236,7 @@ mod tests {
             ThreadKind::AuditWriter,
             ThreadKind::Keeper,
         ] {
-            let allowed: Vec<i64> = rules(kind).expect("rules").iter().map(|r| r.0).collect();
+            let allowed = allowed(kind);
             for nr in forbidden {
                 assert!(!allowed.contains(&nr), "{kind:?} may call {nr}");
             }
@@ -253,7 +258,7 @@ mod tests {
             ThreadKind::EventLoop,
             ThreadKind::AuditWriter,
         ] {
-            let allowed: Vec<i64> = rules(kind).expect("rules").iter().map(|r| r.0).collect();
+            let allowed = allowed(kind);
             for nr in [libc::SYS_sendto, libc::SYS_write, libc::SYS_rt_sigreturn] {
                 assert!(allowed.contains(&nr), "{kind:?} lacks {nr}");
             }
@@ -264,29 +269,17 @@ mod tests {
     /// truncate or sync files, nor use sockets beyond the stop handlers' `send`.
     #[test]
     fn vcpus_may_not_change_files() {
-        let vcpu: Vec<i64> = rules(ThreadKind::Vcpu)
-            .expect("rules")
-            .iter()
-            .map(|r| r.0)
-            .collect();
+        let vcpu = allowed(ThreadKind::Vcpu);
         for &nr in EVENT_LOOP_FILES {
             assert!(!vcpu.contains(&nr), "a vCPU may call {nr}");
         }
-        let event_loop: Vec<i64> = rules(ThreadKind::EventLoop)
-            .expect("rules")
-            .iter()
-            .map(|r| r.0)
-            .collect();
+        let event_loop = allowed(ThreadKind::EventLoop);
         assert!(EVENT_LOOP_FILES.iter().all(|nr| event_loop.contains(nr)));
     }
 
     #[test]
     fn only_vcpus_run_kvm_and_the_audit_writer_has_no_ioctl() {
-        let audit: Vec<i64> = rules(ThreadKind::AuditWriter)
-            .expect("rules")
-            .iter()
-            .map(|r| r.0)
-            .collect();
+        let audit = allowed(ThreadKind::AuditWriter);
         assert!(!audit.contains(&libc::SYS_ioctl));
         assert!(ioctls(ThreadKind::Vcpu).contains(&KVM_RUN));
         assert!(!ioctls(ThreadKind::EventLoop).contains(&KVM_RUN));
