@@ -139,7 +139,7 @@ fn stop_halted_guest_with(signal: libc::c_int, name: &str, vcpus: &str) {
         );
     }
     // SAFETY: sending a signal to our own child process by pid.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0);
     let rest = std::thread::spawn(move || {
         let mut rest = String::new();

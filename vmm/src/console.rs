@@ -225,21 +225,26 @@ impl ConsoleDrain {
             }
         }
         // A client that cannot take the output now (or is gone) is dropped: the guest's
-        // console never waits for a reader. It leaves the event loop before its descriptor
-        // closes.
+        // console never waits for a reader.
         let clients = &mut sinks.clients;
         let mut i = 0;
         while i < clients.len() {
             let c = &mut clients[i];
             if c.writer.is_none() || c.stream.write_all(&bytes).is_ok() {
                 i += 1;
-                continue;
+            } else {
+                drop_client(clients, i, ops.as_deref_mut());
             }
-            if let Some(ops) = ops.as_deref_mut() {
-                let _ = ops.remove(Events::new(&c.stream, EventSet::IN));
-            }
-            clients.remove(i);
         }
+    }
+}
+
+/// Drop client `i`: it leaves the event loop (when `ops` is given) before its descriptor
+/// closes, so that a later client given the same number can be watched.
+fn drop_client(clients: &mut Vec<Client>, i: usize, ops: Option<&mut EventOps>) {
+    let gone = clients.remove(i);
+    if let Some(ops) = ops {
+        let _ = ops.remove(Events::new(&gone.stream, EventSet::IN));
     }
 }
 
@@ -327,8 +332,7 @@ impl<W: Write + Send + 'static> ConsoleSocket<W> {
         };
         let n = match clients[i].stream.read(&mut buf) {
             Ok(0) | Err(_) => {
-                let gone = clients.remove(i);
-                let _ = ops.remove(Events::new(&gone.stream, EventSet::IN));
+                drop_client(clients, i, Some(ops));
                 return;
             }
             Ok(n) => n,

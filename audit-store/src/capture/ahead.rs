@@ -41,7 +41,8 @@ impl Populate {
     }
 
     /// The range: start address and length in bytes.
-    pub fn range(self) -> (usize, usize) {
+    #[cfg(test)]
+    pub(super) fn range(self) -> (usize, usize) {
         (self.addr, self.len)
     }
 }
