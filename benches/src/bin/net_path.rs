@@ -526,7 +526,8 @@ fn main() {
     // tx-audit-wrapped, tx-flows, tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit,
     // rx-audit-wrapped, rx-flows, gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
     // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
-    // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone.
+    // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
+    // table's RX rows alone.
     let only = std::env::args().nth(2);
     let len: usize = std::env::args()
         .nth(3)
@@ -548,6 +549,11 @@ fn main() {
     }
     if only.as_deref() == Some("audit") {
         audit_tables(batches, &inj);
+        return;
+    }
+    if only.as_deref() == Some("rx") {
+        table_header(batches);
+        rx_rows(batches, &inj);
         return;
     }
     if let Some(only) = only.as_deref() {
@@ -593,14 +599,7 @@ fn main() {
     tx_device(64, 50, Audit::Full);
     tx_raw(64, 50);
 
-    println!(
-        "virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per side and cell, \
-         in {ROUNDS} interleaved rounds; the ratio is the rounds' median"
-    );
-    println!(
-        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | device/raw",
-        "dev pps", "Gbit/s", "ns CPU", "raw pps", "Gbit/s", "ns CPU"
-    );
+    table_header(batches);
     for len in [64usize, 1500] {
         let cell = side_by_side(
             batches,
@@ -609,17 +608,34 @@ fn main() {
         );
         row("TX", len, cell);
     }
-    for len in [64usize, 1500] {
-        let cell = side_by_side(
-            batches,
-            |n| rx_device(len, n, &inj, Audit::Off),
-            |n| rx_raw(len, n, &inj),
-        );
-        row("RX", len, cell);
-    }
+    rx_rows(batches, &inj);
     gso_table(batches);
     seccomp_table(batches, &inj);
     audit_tables(batches, &inj);
+}
+
+/// The device/raw table's title and column names.
+fn table_header(batches: usize) {
+    println!(
+        "virtio-net packet path vs raw TAP, {batches} batches of {BATCH} frames per side and cell, \
+         in {ROUNDS} interleaved rounds; the ratio is the rounds' median"
+    );
+    println!(
+        "dir frame   | {:>10} {:>7} {:>8} | {:>10} {:>7} {:>8} | device/raw",
+        "dev pps", "Gbit/s", "ns CPU", "raw pps", "Gbit/s", "ns CPU"
+    );
+}
+
+/// The table's RX rows (64 and 1 500 bytes), device vs raw TAP.
+fn rx_rows(batches: usize, inj: &Injector) {
+    for len in [64usize, 1500] {
+        let cell = side_by_side(
+            batches,
+            |n| rx_device(len, n, inj, Audit::Off),
+            |n| rx_raw(len, n, inj),
+        );
+        row("RX", len, cell);
+    }
 }
 
 /// The audit stage on vs off, with each kind of audit.

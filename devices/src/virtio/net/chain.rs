@@ -56,6 +56,7 @@ pub(crate) type HeadSpans = Vec<(GuestAddress, usize)>;
 /// device reads they are copied there now, when it writes their guest spans go to `spans`.
 /// The rest point straight into guest memory. One slot of `iovs` is left free. Returns the
 /// frame offset after the chain.
+#[inline]
 fn map_chain(
     ring: &SplitRing,
     index: u16,
@@ -152,6 +153,7 @@ pub fn gather_iov(
 /// Start the iovecs to receive a frame into RX chains: `iovs[0]` is `head` (the device's
 /// copy of the frame's first bytes, which it writes into the chains' first bytes last, with
 /// [`write_head`]); `spans` is emptied.
+#[inline]
 pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
     begin(head, &mut iovs.0);
     spans.clear();
@@ -160,6 +162,7 @@ pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
 /// Append the writable buffers of RX chain `index` of `ring` after the `capacity` bytes described so far (the
 /// guest spans of the first `head.len()` bytes go to `spans`). Returns the capacity with it.
 /// On error `iovs` and `spans` may hold part of the chain: start again with [`rx_begin`].
+#[inline]
 pub fn rx_append(
     ring: &SplitRing,
     index: u16,
@@ -182,6 +185,7 @@ pub fn rx_append(
 
 /// End the RX iovecs for chains of `capacity` bytes: `spare` goes last, so that only a
 /// frame longer than the chains reaches it.
+#[inline]
 pub fn rx_finish(head_cap: usize, iovs: &mut IovecBuf, spare: &mut [u8], capacity: usize) {
     finish_head(head_cap, &mut iovs.0, capacity);
     iovs.0.push(libc::iovec {
@@ -192,6 +196,7 @@ pub fn rx_finish(head_cap: usize, iovs: &mut IovecBuf, spare: &mut [u8], capacit
 
 /// Write `head` (the device's copy of a received frame's first bytes) into the guest
 /// buffers `spans` of `ring` ([`rx_append`] recorded them); they must hold all of it.
+#[inline]
 pub fn write_head(ring: &SplitRing, spans: &HeadSpans, head: &[u8]) -> Result<(), ChainError> {
     let mut done = 0usize;
     for &(addr, len) in spans {

@@ -172,6 +172,7 @@ impl RxQueue {
     /// Take guest chains for the next frame into `iovs` (one, or with MRG_RXBUF as many as
     /// [`RxQueue::frame_room`] needs) and return their capacity. A chain that cannot be used
     /// goes back to the guest alone, with nothing written.
+    #[inline]
     fn take_buffers(&mut self) -> Result<usize, Received> {
         rx_begin(&mut self.head[..], &mut self.iovs, &mut self.spans);
         self.chains.clear();

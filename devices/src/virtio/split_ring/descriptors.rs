@@ -59,6 +59,7 @@ pub struct ChainDescriptors<'a> {
 
 impl ChainDescriptors<'_> {
     /// The chain whose head is `head` (below `size`, checked by the ring) in `table`.
+    #[inline]
     pub(super) fn new(table: HostArea, size: u16, head: u16) -> Self {
         Self {
             table,
@@ -73,6 +74,7 @@ impl ChainDescriptors<'_> {
 impl Iterator for ChainDescriptors<'_> {
     type Item = Result<Descriptor, BrokenChain>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let index = self.next.take()?;
         if self.left == 0 {

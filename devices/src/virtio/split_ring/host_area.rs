@@ -52,6 +52,7 @@ impl HostArea {
     /// # Panics
     /// When `T` does not fit at `offset` or is misaligned there: the ring's own offsets are
     /// reduced modulo the queue size, so this is a bug in this module, never the driver's.
+    #[inline]
     fn at<T>(&self, offset: usize) -> *mut T {
         assert!(
             offset + std::mem::size_of::<T>() <= self.len,
@@ -65,6 +66,7 @@ impl HostArea {
     }
 
     /// The little-endian `u16` at `offset`.
+    #[inline]
     pub(super) fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
         // SAFETY: `at` checked bounds and alignment; the mapping outlives `self` (see the type);
         // the driver's concurrent writes are why the access is atomic.
@@ -72,18 +74,21 @@ impl HostArea {
     }
 
     /// The little-endian `u64` at `offset`.
+    #[inline]
     pub(super) fn load_u64(&self, offset: usize, order: Ordering) -> u64 {
         // SAFETY: as in `load_u16`.
         u64::from_le(unsafe { AtomicU64::from_ptr(self.at(offset)) }.load(order))
     }
 
     /// Store `value` little-endian at `offset`.
+    #[inline]
     pub(super) fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
         // SAFETY: as in `load_u16`.
         unsafe { AtomicU16::from_ptr(self.at(offset)) }.store(value.to_le(), order);
     }
 
     /// Store `value` little-endian at `offset`.
+    #[inline]
     pub(super) fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
         // SAFETY: as in `load_u16`.
         unsafe { AtomicU32::from_ptr(self.at(offset)) }.store(value.to_le(), order);

@@ -45,6 +45,7 @@ impl HostRegions {
     }
 
     /// The `len` bytes at guest address `addr`, if one region holds them all.
+    #[inline]
     pub(super) fn slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
         let len64 = u64::try_from(len).ok()?;
         let region = self.0.iter().find(|r| {

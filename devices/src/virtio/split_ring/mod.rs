@@ -136,6 +136,7 @@ impl SplitRing {
 
     /// The `len` bytes of guest memory at `addr` (a buffer a descriptor points to), if one
     /// region of guest memory holds them all.
+    #[inline]
     pub fn buffer(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
         self.regions.slice(addr, len)
     }
@@ -154,6 +155,7 @@ impl SplitRing {
     ///
     /// # Errors
     /// [`RingError::AvailIndexJump`] when it is more than the queue size ahead.
+    #[inline]
     pub fn avail_idx(&self) -> Result<Wrapping<u16>, RingError> {
         let idx = Wrapping(self.avail_ring.load_u16(IDX, Ordering::Acquire));
         let ahead = (idx - self.next_avail).0;
@@ -169,6 +171,7 @@ impl SplitRing {
     ///
     /// # Errors
     /// [`RingError::AvailIndexJump`] or [`RingError::HeadPastTable`].
+    #[inline]
     pub fn pop(&mut self) -> Result<Option<u16>, RingError> {
         if self.next_avail == self.avail_idx {
             self.avail_idx = self.avail_idx()?;
@@ -195,12 +198,14 @@ impl SplitRing {
     }
 
     /// The descriptors of the chain whose head [`SplitRing::pop`] returned.
+    #[inline]
     pub fn descriptors(&self, head: u16) -> ChainDescriptors<'_> {
         ChainDescriptors::new(self.desc_table, self.size, head)
     }
 
     /// Return the chain `head` to the driver, the device having written `len` bytes into it.
     /// The driver sees it after [`SplitRing::publish_used`].
+    #[inline]
     pub fn add_used(&mut self, head: u16, len: u32) {
         let slot = usize::from(self.next_used.0 % self.size);
         let entry = RING_HEADER_LEN + slot * USED_ENTRY_LEN;
