@@ -171,6 +171,48 @@ fn rx_multi_descriptor_chain_gets_head_and_payload() {
     assert_eq!(&got[10..12], &1u16.to_le_bytes());
 }
 
+/// A copied frame goes into the guest in one piece where the chain's first buffer (the one
+/// the frame's head goes to) runs straight on into the next, and in pieces where it does
+/// not: either way it arrives whole.
+#[test]
+fn rx_copied_frame_arrives_whole_in_adjacent_and_apart_buffers() {
+    let mut f = fixture();
+    // The device's head is the virtio header and the headers the stages read.
+    let head = (VNET_HDR_LEN + devices::virtio::net::headers::HEADER_BYTES) as u32;
+    let (adjacent, apart) = (SCRATCH, SCRATCH + 0x10_000);
+    f.driver.add_chain(
+        RXQ,
+        40,
+        &[
+            (adjacent, head, true),
+            (adjacent + u64::from(head), 2000, true),
+        ],
+    );
+    f.driver.add_chain(
+        RXQ,
+        50,
+        &[(apart, head, true), (apart + 0x4000, 2000, true)],
+    );
+    f.driver.kick(RXQ);
+    let frames = [frame(1000, 7), frame(1000, 8)];
+    for fr in &frames {
+        f.peer.send(fr).expect("inject");
+    }
+    f.pump();
+    let len = frames[0].len() as u32;
+    assert_eq!(f.driver.take_used(RXQ), vec![(40, len), (50, len)]);
+    let one = f.driver.read_mem(adjacent, frames[0].len());
+    let mut two = f.driver.read_mem(apart, head as usize);
+    two.extend(
+        f.driver
+            .read_mem(apart + 0x4000, frames[1].len() - head as usize),
+    );
+    for (got, fr) in [(one, &frames[0]), (two, &frames[1])] {
+        assert_eq!(&got[VNET_HDR_LEN..], &fr[VNET_HDR_LEN..]);
+        assert_eq!(&got[10..12], &1u16.to_le_bytes(), "num_buffers");
+    }
+}
+
 /// Small frames are copied from the device's own buffer, large ones read straight into the
 /// guest's (the choice follows the last frame's size, `rx_read.rs`): frames of both kinds in
 /// every order arrive whole, and one longer than the guest's buffer is dropped either way.

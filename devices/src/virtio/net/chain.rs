@@ -1,7 +1,6 @@
 //! Copying frames out of and into descriptor chains, refusing malformed chains.
 
-use vm_memory::GuestAddress;
-
+use crate::virtio::iovec::scatter;
 pub(crate) use crate::virtio::iovec::IovecBuf;
 use crate::virtio::split_ring::SplitRing;
 
@@ -45,9 +44,10 @@ enum Access {
     DeviceWrites,
 }
 
-/// Guest buffers, in frame order, that hold an RX frame's first bytes: the device writes its
-/// own copy of them there last ([`write_head`]).
-pub(crate) type HeadSpans = Vec<(GuestAddress, usize)>;
+/// Guest buffers, in frame order, that hold an RX frame's first bytes, as host addresses
+/// ([`IovecBuf`]: valid while the ring that mapped them lives, for the frame being
+/// received): the device writes its own copy of those bytes there last ([`write_head`]).
+pub(crate) type HeadSpans = IovecBuf;
 
 /// Walk chain `index` of `ring`: check each descriptor's direction, map it into host memory,
 /// and describe it with iovecs appended to `iovs`, its bytes counted from frame offset
@@ -88,7 +88,10 @@ fn map_chain(
                 (Access::DeviceReads, _) => {
                     slice.copy_to(&mut head[at..at + in_head]);
                 }
-                (Access::DeviceWrites, Some(spans)) => spans.push((desc.addr, in_head)),
+                (Access::DeviceWrites, Some(spans)) => spans.0.push(libc::iovec {
+                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
+                    iov_len: in_head,
+                }),
                 (Access::DeviceWrites, None) => {}
             }
         }
@@ -156,7 +159,7 @@ pub fn gather_iov(
 #[inline]
 pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
     begin(head, &mut iovs.0);
-    spans.clear();
+    spans.0.clear();
 }
 
 /// Append the writable buffers of RX chain `index` of `ring` after the `capacity` bytes described so far (the
@@ -195,20 +198,19 @@ pub fn rx_finish(head_cap: usize, iovs: &mut IovecBuf, spare: &mut [u8], capacit
 }
 
 /// Write `head` (the device's copy of a received frame's first bytes) into the guest
-/// buffers `spans` of `ring` ([`rx_append`] recorded them); they must hold all of it.
+/// buffers `spans` ([`rx_append`] recorded them); they must hold all of it.
+///
+/// # Errors
+/// [`ChainError::TooSmall`] when they do not (nothing is then left out of them).
+///
+/// # Safety
+/// `spans` must be as [`rx_append`] left them, with the ring that mapped them still alive,
+/// and must not overlap `head`.
 #[inline]
-pub fn write_head(ring: &SplitRing, spans: &HeadSpans, head: &[u8]) -> Result<(), ChainError> {
-    let mut done = 0usize;
-    for &(addr, len) in spans {
-        if done == head.len() {
-            break;
-        }
-        let n = len.min(head.len() - done);
-        ring.buffer(addr, n)
-            .ok_or(ChainError::BadAddress)?
-            .copy_from(&head[done..done + n]);
-        done += n;
-    }
+pub unsafe fn write_head(spans: &HeadSpans, head: &[u8]) -> Result<(), ChainError> {
+    // SAFETY: the caller's guarantee: the spans are guest memory the ring keeps mapped,
+    // writable (RX descriptors), apart from `head`.
+    let done = unsafe { scatter(head, spans.as_slice()) };
     if done < head.len() {
         return Err(ChainError::TooSmall);
     }

@@ -10,10 +10,10 @@
 //! needs (virtio 1.2 section 5.1.6.4), so the device first takes chains until they hold the
 //! largest frame the link may bring (a 64 KiB GSO frame when the driver took GUEST_TSO4/6),
 //! puts back the ones the frame did not reach, and tells the driver how many it used in
-//! `num_buffers`. The frame's first bytes go into the queue's own buffer (what the stages
-//! read) and the rest into the guest's chains ([`RxRead`]: a copy for small frames,
-//! `readv(2)` straight into guest memory for large ones); the first bytes are then copied
-//! into the chains.
+//! `num_buffers`. A small frame is read whole into a buffer of the device's own and copied
+//! into the guest's chains once it passes; a large one has its first bytes read into the
+//! queue's head buffer and the rest straight into the chains with `readv(2)` ([`RxRead`]).
+//! The stages read the device's copy of the first bytes, which then go into the chains.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use packet::{Direction, Verdict};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 
 use super::backend::NetBackend;
-use super::chain::{rx_append, rx_begin, rx_finish, write_head, ChainError, HeadSpans, IovecBuf};
+use super::chain::{rx_append, rx_begin, rx_finish, HeadSpans, IovecBuf};
 use super::counters::{add, inc, NetCounters, RxCounters};
 use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
@@ -104,7 +104,7 @@ impl RxQueue {
             // A merged frame may take many small chains: room for IOV_MAX iovecs.
             iovs: IovecBuf::with_capacity(IOV_MAX - 2),
             read: RxRead::new(),
-            spans: Vec::with_capacity(HEAD_LEN),
+            spans: IovecBuf::with_capacity(HEAD_LEN),
             chains: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             mergeable: acked_features & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
             frame_room,
@@ -193,7 +193,7 @@ impl RxQueue {
                 },
                 Err(e) => return Err(Received::Broken(e)),
             };
-            let marks = (self.iovs.0.len(), self.spans.len());
+            let marks = (self.iovs.0.len(), self.spans.0.len());
             match rx_append(
                 &self.ring,
                 index,
@@ -205,7 +205,7 @@ impl RxQueue {
                 // With MRG_RXBUF every buffer holds at least a virtio header (5.1.6.3.1).
                 Ok(end) if self.mergeable && end - capacity < VNET_HDR_LEN => {
                     self.iovs.0.truncate(marks.0);
-                    self.spans.truncate(marks.1);
+                    self.spans.0.truncate(marks.1);
                     if self.chains.is_empty() {
                         log::debug!("virtio-net RX: chain {index} smaller than a virtio header");
                         inc(&self.counters().malformed_chains);
@@ -231,7 +231,7 @@ impl RxQueue {
                     // The frame makes do with the chains before it; this one goes back to
                     // the guest alone next time.
                     self.iovs.0.truncate(marks.0);
-                    self.spans.truncate(marks.1);
+                    self.spans.0.truncate(marks.1);
                     self.ring.unpop();
                     cut_short = true;
                     break;
@@ -287,10 +287,7 @@ impl RxQueue {
         // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append checked
         // with the ring, which keeps them mapped; guest memory overlaps neither `head` nor
         // the reader's buffer.
-        let n = match unsafe {
-            self.read
-                .read(io.backend, &mut self.head[..], &self.iovs, capacity)
-        } {
+        let n = match unsafe { self.read.read(io.backend, &self.iovs) } {
             Ok(n) => n,
             Err(e) => {
                 if e.kind() == ErrorKind::WouldBlock {
@@ -307,25 +304,23 @@ impl RxQueue {
         let length = check_rx_frame(n, capacity.min(FRAME_BUF_LEN));
         if let Err(e @ FrameError::Runt(_)) = length {
             log::debug!("virtio-net RX: dropping frame: {e}");
-            inc(&self.counters().dropped);
+            inc(&self.counters.rx.dropped);
             return self.return_empty();
         }
-        let head_len = n.min(HEAD_LEN);
+        let used = reached(&self.chains, n);
         let frame_len = n - VNET_HDR_LEN;
+        // The frame's first bytes, in the device's memory: what the stages read.
+        let mut frame = self.read.frame(&mut self.head[..], n);
         // Virtio header: what the driver did not negotiate does not reach it; a frame that
         // needs such work done is not delivered at all.
-        let stale = asks_unnegotiated_rx_offload(&self.head[..head_len], self.acked_features);
-        if clear_unnegotiated(
-            &mut self.head[..head_len],
-            self.acked_features,
-            HeaderDirection::Rx,
-        ) {
-            inc(&self.counters().header_fields_cleared);
+        let stale = asks_unnegotiated_rx_offload(frame.head(), self.acked_features);
+        if clear_unnegotiated(frame.head_mut(), self.acked_features, HeaderDirection::Rx) {
+            inc(&self.counters.rx.header_fields_cleared);
         }
-        let gso = Gso::of(&self.head[..head_len]);
+        let gso = Gso::of(frame.head());
         // Frame checks: the guest's buffers hold it, it fits the link (a GSO frame: each of
         // its segments), and its headers parse when a stage reads them.
-        let headers = &self.head[VNET_HDR_LEN..head_len];
+        let headers = &frame.head()[VNET_HDR_LEN..];
         let checked = read_headers(
             headers,
             frame_len,
@@ -346,38 +341,34 @@ impl RxQueue {
             .as_ref()
             .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
         io.stages.charge(Direction::Rx, size.bytes);
-        // Into the guest's chains: how many the frame reached, and its first bytes.
-        let used = self.reached(n);
+        // Into the guest's chains: how many the frame reached, and its bytes.
         let mergeable_count = u16::try_from(used).unwrap_or(u16::MAX);
-        self.head[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&mergeable_count.to_le_bytes());
+        frame.head_mut()[NUM_BUFFERS..NUM_BUFFERS + 2]
+            .copy_from_slice(&mergeable_count.to_le_bytes());
         let verdict = match (wire, checked) {
             (Err(e), _) => {
                 log::debug!("virtio-net RX: dropping frame: {e}");
                 Verdict::DroppedMalformed
             }
             (Ok(_), Err(dropped)) => dropped,
-            (Ok(_), Ok(_)) => {
-                match write_head(&self.ring, &self.spans, &self.head[..head_len]) {
-                    Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
-                    Ok(()) => Verdict::Forwarded,
-                    Err(e) => {
-                        // Cannot happen for chains rx_append accepted, short of the guest
-                        // changing its rings under us.
-                        log::debug!("virtio-net RX: writing frame head: {e}");
-                        if e != ChainError::TooSmall {
-                            inc(&self.counters().malformed_chains);
-                        }
-                        Verdict::DroppedMalformed
-                    }
+            // SAFETY: the spans and iovecs are the chains' as rx_append mapped them for this
+            // frame (the ring keeps them mapped), and hold it whole (`length` passed).
+            (Ok(_), Ok(_)) => match unsafe { frame.deliver(&self.spans, &self.iovs) } {
+                Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
+                Ok(()) => Verdict::Forwarded,
+                Err(e) => {
+                    // Cannot happen for chains rx_append accepted.
+                    log::debug!("virtio-net RX: writing frame head: {e}");
+                    Verdict::DroppedMalformed
                 }
-            }
+            },
         };
         // Audit: what happened to the frame.
-        let headers = &self.head[VNET_HDR_LEN..head_len];
+        let headers = &frame.head()[VNET_HDR_LEN..];
         io.stages
             .audit(Direction::Rx, headers, size, parsed.as_ref(), verdict);
         if !verdict.passes() {
-            inc(&self.counters().dropped);
+            inc(&self.counters.rx.dropped);
             return self.return_empty();
         }
         self.put_back(self.chains.len() - used);
@@ -388,22 +379,23 @@ impl RxQueue {
             let len = u32::try_from(len).unwrap_or(u32::MAX);
             self.ring.add_used(index, len);
         }
-        add(&self.counters().packets, size.packets);
-        add(&self.counters().bytes, size.bytes);
+        add(&self.counters.rx.packets, size.packets);
+        add(&self.counters.rx.bytes, size.bytes);
         Received::Used(mergeable_count)
     }
+}
 
-    /// How many of the chains taken an `n`-byte frame reaches (at least one).
-    fn reached(&self, n: usize) -> usize {
-        let mut left = n;
-        let mut used = 0usize;
-        for &(_, room) in &self.chains {
-            used += 1;
-            left = left.saturating_sub(usize::try_from(room).unwrap_or(usize::MAX));
-            if left == 0 {
-                break;
-            }
+/// How many of `chains` (head index and room in bytes, in order) an `n`-byte frame reaches
+/// (at least one).
+fn reached(chains: &[(u16, u32)], n: usize) -> usize {
+    let mut left = n;
+    let mut used = 0usize;
+    for &(_, room) in chains {
+        used += 1;
+        left = left.saturating_sub(usize::try_from(room).unwrap_or(usize::MAX));
+        if left == 0 {
+            break;
         }
-        used.max(1)
     }
+    used.max(1)
 }

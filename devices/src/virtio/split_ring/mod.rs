@@ -205,7 +205,7 @@ impl SplitRing {
 
     /// Return the chain `head` to the driver, the device having written `len` bytes into it.
     /// The driver sees it after [`SplitRing::publish_used`].
-    #[inline]
+    #[inline(always)]
     pub fn add_used(&mut self, head: u16, len: u32) {
         let slot = usize::from(self.next_used.0 % self.size);
         let entry = RING_HEADER_LEN + slot * USED_ENTRY_LEN;
