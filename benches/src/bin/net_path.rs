@@ -410,12 +410,15 @@ fn raw_rx_loop(
 }
 
 /// The raw RX loop with the device's iovec shape: `readv(2)` into a 140-byte head buffer,
-/// the rest of a 64 KiB buffer, and a 1-byte spare (the kernel's multi-segment iterator
-/// instead of `read(2)`'s single user buffer).
+/// the rest of one of `count` buffers of `buf_len` bytes in turn (as the raw loop's), and a
+/// 1-byte spare (the kernel's multi-segment iterator instead of `read(2)`'s single user
+/// buffer).
 fn rx_raw_readv(len: usize, batches: usize, inj: &Injector) -> Run {
     let f = frame(len);
     let tap = Tap::open(TAP).expect("tap");
-    raw_readv_loop(tap, batches, || inj.send(&f[VNET_HDR_LEN..], BATCH))
+    raw_readv_loop(tap, (VNET_HDR_LEN + len, BATCH), batches, || {
+        inj.send(&f[VNET_HDR_LEN..], BATCH)
+    })
 }
 
 /// [`rx_raw_readv`] for the GSO frames of [`gso_rx_raw`].
@@ -424,35 +427,44 @@ fn gso_rx_raw_readv(batches: usize, inj: &Injector) -> Run {
     tap.set_guest_offloads(feature(F_GUEST_CSUM) | feature(F_GUEST_TSO4))
         .expect("TUNSETOFFLOAD");
     let f = gso_frame(10);
-    raw_readv_loop(tap, batches, || inj.send(&f, GSO_BATCH))
+    raw_readv_loop(tap, (65_562, GSO_BATCH), batches, || {
+        inj.send(&f, GSO_BATCH)
+    })
 }
 
-/// Read what `inject` sent (not timed) with the device's iovec shape until the TAP is empty.
-fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
+/// Read what `inject` sent (not timed) with the device's iovec shape, into `count` buffers
+/// of `buf_len` bytes in turn, until the TAP is empty.
+fn raw_readv_loop(
+    mut tap: Tap,
+    (buf_len, count): (usize, usize),
+    batches: usize,
+    inject: impl Fn(),
+) -> Run {
     let mut head = [0u8; 140];
-    let mut rest = vec![0u8; 65_600];
+    let mut rests: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; buf_len]).collect();
     let mut spare = [0u8; 1];
     measure(
         batches,
         &mut tap,
         |_| inject(),
         |tap| {
-            let iovs = [
-                libc::iovec {
-                    iov_base: head.as_mut_ptr().cast(),
-                    iov_len: head.len(),
-                },
-                libc::iovec {
-                    iov_base: rest.as_mut_ptr().cast(),
-                    iov_len: rest.len(),
-                },
-                libc::iovec {
-                    iov_base: spare.as_mut_ptr().cast(),
-                    iov_len: spare.len(),
-                },
-            ];
             let mut n = 0;
             loop {
+                let rest = &mut rests[n % count];
+                let iovs = [
+                    libc::iovec {
+                        iov_base: head.as_mut_ptr().cast(),
+                        iov_len: head.len(),
+                    },
+                    libc::iovec {
+                        iov_base: rest.as_mut_ptr().cast(),
+                        iov_len: rest.len(),
+                    },
+                    libc::iovec {
+                        iov_base: spare.as_mut_ptr().cast(),
+                        iov_len: spare.len(),
+                    },
+                ];
                 // SAFETY: the iovecs point to buffers this closure owns for the call.
                 match unsafe { tap.read_iov(&iovs) } {
                     Ok(_) => n += 1,
@@ -460,7 +472,7 @@ fn raw_readv_loop(mut tap: Tap, batches: usize, inject: impl Fn()) -> Run {
                     Err(e) => panic!("raw readv: {e}"),
                 }
             }
-            n
+            n as u64
         },
     )
 }
