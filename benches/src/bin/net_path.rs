@@ -536,7 +536,7 @@ fn main() {
     }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
     // tx-audit-wrapped, tx-flows, tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit,
-    // rx-audit-wrapped, rx-flows, gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
+    // rx-audit-wrapped, rx-flows, rx-anti-spoofing, gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
     // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
     // table's RX rows alone.
@@ -578,6 +578,7 @@ fn main() {
             "rx-audit" => rx_device(len, batches, &inj, Audit::Full),
             "rx-audit-wrapped" => rx_device(len, batches, &inj, Audit::FullWrapped),
             "rx-flows" => rx_device(len, batches, &inj, Audit::Flows),
+            "rx-anti-spoofing" => rx_device(len, batches, &inj, Audit::AntiSpoofing),
             "tx-raw" => tx_raw(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),

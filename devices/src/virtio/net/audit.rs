@@ -24,6 +24,13 @@ pub trait AuditSink: FlowSink {
         frame_len: usize,
         head: &[u8],
     );
+
+    /// A batch of packets begins: until [`AuditSink::end_batch`], captures may keep what
+    /// they share with other sinks (a lock, a buffer) instead of taking it for each packet.
+    fn begin_batch(&mut self) {}
+
+    /// The batch is over: whatever was kept for it is let go.
+    fn end_batch(&mut self) {}
 }
 
 /// How often idle flows are looked for.
@@ -71,11 +78,13 @@ impl AuditStage {
     /// millisecond): they are all recorded at this time, until [`AuditStage::end_batch`].
     pub fn begin_batch(&mut self) {
         self.batch_ns = Some(now_ns());
+        self.sink.begin_batch();
     }
 
     /// The batch is over: packets are timed one by one again.
     pub fn end_batch(&mut self) {
         self.batch_ns = None;
+        self.sink.end_batch();
     }
 
     /// The stage: count one frame going `direction` with `verdict`. `head` is the frame's
