@@ -83,15 +83,24 @@ impl SliverAudit {
 /// once a packet (per packet, an uncontended lock and unlock cost the RX path 2-4 %:
 /// `net_path 2000 audit`, docs/benchmarks.md).
 struct SharedRing {
-    ring: Mutex<Option<CaptureRing>>,
-    /// Signalled when the ring is put back.
+    state: Mutex<RingState>,
+    /// Signalled when the ring is put back and a NIC waits for it.
     returned: Condvar,
+}
+
+/// The ring when no NIC holds it, and how many wait for it.
+struct RingState {
+    ring: Option<CaptureRing>,
+    waiting: u32,
 }
 
 impl SharedRing {
     fn new(ring: CaptureRing) -> Self {
         Self {
-            ring: Mutex::new(Some(ring)),
+            state: Mutex::new(RingState {
+                ring: Some(ring),
+                waiting: 0,
+            }),
             returned: Condvar::new(),
         }
     }
@@ -99,22 +108,30 @@ impl SharedRing {
     /// The ring, once no other NIC holds it. A sliver's NICs all run on its event loop,
     /// whose batches do not nest: the ring is there whenever a batch begins.
     fn take(&self) -> CaptureRing {
-        let mut slot = self.ring.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            if let Some(ring) = slot.take() {
+            if let Some(ring) = state.ring.take() {
                 return ring;
             }
-            slot = self
+            state.waiting += 1;
+            state = self
                 .returned
-                .wait(slot)
+                .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
         }
     }
 
-    /// Put back the ring [`SharedRing::take`] gave.
+    /// Put back the ring [`SharedRing::take`] gave (waking a waiting NIC, if any: no system
+    /// call otherwise).
     fn put(&self, ring: CaptureRing) {
-        *self.ring.lock().unwrap_or_else(PoisonError::into_inner) = Some(ring);
-        self.returned.notify_one();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.ring = Some(ring);
+        let wake = state.waiting > 0;
+        drop(state);
+        if wake {
+            self.returned.notify_one();
+        }
     }
 }
 
@@ -344,6 +361,28 @@ mod tests {
         let ring = audit_store::capture::read_ring(&dir.path().join(RING_FILE)).expect("ring");
         let seen: Vec<(u8, u64)> = ring.packets.iter().map(|p| (p.nic, p.ts_ns)).collect();
         assert_eq!(seen, vec![(0, 1), (0, 2), (1, 3), (1, 4), (0, 5)]);
+    }
+
+    /// A NIC on another thread (not how a VMM runs them, but possible) waits while one
+    /// holds the ring for its batch, and captures once the batch ends.
+    #[test]
+    fn a_nic_on_another_thread_waits_for_the_batch_to_end() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let audit = open_audit(dir.path(), 1 << 20);
+        let mut nic0 = NicSink::new(audit.clone(), 0);
+        nic0.begin_batch();
+        nic0.capture(1, Direction::Tx, Verdict::Forwarded, 60, &[0u8; 60]);
+        let mut nic1 = NicSink::new(audit.clone(), 1);
+        let other = std::thread::spawn(move || {
+            nic1.capture(2, Direction::Tx, Verdict::Forwarded, 60, &[0u8; 60]);
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!other.is_finished(), "waits while NIC 0 holds the ring");
+        nic0.end_batch();
+        other.join().expect("NIC 1's thread");
+        let ring = audit_store::capture::read_ring(&dir.path().join(RING_FILE)).expect("ring");
+        let seen: Vec<u8> = ring.packets.iter().map(|p| p.nic).collect();
+        assert_eq!(seen, vec![0, 1]);
     }
 
     /// Resident KiB of this process's mapping of `path` (`/proc/self/smaps`).
