@@ -5,7 +5,7 @@
 //!
 //! Either way the stages read the frame's first bytes from memory of the device's own (the
 //! guest cannot change them under the stages), and those bytes, as the stages left them, are
-//! what the guest gets. `readv` with its head, guest and spare iovecs costs ~110–130 ns a
+//! what the guest gets. `readv` with its head, guest and spare iovecs costs ~100–160 ns a
 //! frame more than `read` into one buffer on the test hosts (`net_path 1000 rx-raw` vs
 //! `rx-raw-readv`, docs/benchmarks.md), more than copying a frame of up to [`COPY_MAX`]
 //! bytes; for a 64 KiB GSO frame the copy would cost microseconds. The size of the next frame
