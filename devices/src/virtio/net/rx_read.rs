@@ -121,6 +121,7 @@ impl Frame<'_> {
     /// # Safety
     /// `spans` and `iovs` must be as the ring's chains left them for this frame (guest
     /// memory, mapped while the ring lives), with room for the whole frame.
+    #[inline]
     pub(super) unsafe fn deliver(
         &self,
         spans: &HeadSpans,
