@@ -106,7 +106,7 @@ impl SharedRing {
     }
 
     /// The ring, once no other NIC holds it. A sliver's NICs all run on its event loop,
-    /// whose batches do not nest: the ring is there whenever a batch begins.
+    /// whose batches do not nest: the ring is there whenever a NIC's batch comes to take it.
     fn take(&self) -> CaptureRing {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {

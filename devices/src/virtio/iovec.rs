@@ -2,8 +2,8 @@
 //! bytes over them.
 
 /// iovecs for one request or frame. Holds raw pointers into guest memory that are valid only
-/// during the device call that filled it; nothing uses them but the vectored I/O in that
-/// call.
+/// during the device call that filled it; nothing uses them but the vectored I/O and the
+/// copies ([`scatter`]) in that call.
 #[derive(Debug)]
 pub(crate) struct IovecBuf(pub(crate) Vec<libc::iovec>);
 

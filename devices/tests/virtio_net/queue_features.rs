@@ -52,6 +52,30 @@ fn a_frame_spans_as_many_chains_as_it_needs_and_says_how_many() {
     assert_eq!((s.rx_packets, s.rx_bytes, s.rx_dropped), (2, 1450, 0));
 }
 
+/// A small frame (read whole into the device's buffer) over chains smaller than the bytes the
+/// stages read: its first bytes go into several chains, each at its offset, `num_buffers`
+/// in the first.
+#[test]
+fn a_copied_frame_whose_first_bytes_span_chains_arrives_whole() {
+    let mut f = fixture_negotiating(FEATURES | MRG_RXBUF, None, Stages::default());
+    f.post_rx(40, 64);
+    let fr = frame(300, 9); // 312 bytes with the header: 4 x 64 + 56
+    f.peer.send(&fr).expect("inject");
+    f.pump();
+    let used = f.driver.take_used(RXQ);
+    assert_eq!(
+        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
+        [64, 64, 64, 64, 56]
+    );
+    let mut got = Vec::new();
+    for &(id, len) in &used {
+        let at = GuestDriver::slot_addr(RXQ, id as u16);
+        got.extend(f.driver.read_mem(at, len as usize));
+    }
+    assert_eq!(&got[10..12], &5u16.to_le_bytes(), "num_buffers");
+    assert_eq!(&got[VNET_HDR_LEN..], &fr[VNET_HDR_LEN..]);
+}
+
 #[test]
 fn with_too_few_buffers_for_the_largest_frame_rx_waits_for_more() {
     let mut f = fixture_negotiating(FEATURES | MRG_RXBUF, None, Stages::default());

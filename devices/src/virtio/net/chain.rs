@@ -153,9 +153,9 @@ pub fn gather_iov(
     Ok(Gathered { len, head_len })
 }
 
-/// Start the iovecs to receive a frame into RX chains: `iovs[0]` is `head` (the device's
-/// copy of the frame's first bytes, which it writes into the chains' first bytes last, with
-/// [`write_head`]); `spans` is emptied.
+/// Start the iovecs to receive a frame into RX chains: `iovs[0]` is `head` (where `readv`
+/// puts the frame's first bytes; the device writes them, as its stages left them, into the
+/// chains' first bytes last: [`write_head`]); `spans` is emptied.
 #[inline]
 pub fn rx_begin(head: &mut [u8], iovs: &mut IovecBuf, spans: &mut HeadSpans) {
     begin(head, &mut iovs.0);

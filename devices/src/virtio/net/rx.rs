@@ -56,7 +56,8 @@ enum Received {
 /// The receive queue while the driver has the device running.
 pub(super) struct RxQueue {
     ring: SplitRing,
-    /// The first bytes of the frame being received: the device's own copy.
+    /// Where `readv(2)` puts the first bytes of the frame being received (a frame read whole
+    /// goes into the reader's buffer instead, [`RxRead`]).
     head: Box<[u8; HEAD_LEN]>,
     /// Catches the first byte of a frame longer than the guest's buffer.
     spare: [u8; 1],
@@ -64,7 +65,8 @@ pub(super) struct RxQueue {
     iovs: IovecBuf,
     /// How the frame is read into them.
     read: RxRead,
-    /// The guest buffers of the frame's first bytes (`head` is copied there last).
+    /// The guest buffers of the frame's first bytes: those bytes, as the stages left them,
+    /// are copied there last.
     spans: HeadSpans,
     /// The chains taken for the frame: head index and capacity in bytes.
     chains: Vec<(u16, u32)>,
@@ -353,7 +355,7 @@ impl RxQueue {
             (Ok(_), Err(dropped)) => dropped,
             // SAFETY: the spans and iovecs are the chains' as rx_append mapped them for this
             // frame (the ring keeps them mapped), and hold it whole (`length` passed).
-            (Ok(_), Ok(_)) => match unsafe { frame.deliver(&self.spans, &self.iovs) } {
+            (Ok(_), Ok(_)) => match unsafe { frame.deliver(&self.ring, &self.spans, &self.iovs) } {
                 Ok(()) if std::mem::take(&mut self.delayed) => Verdict::Delayed,
                 Ok(()) => Verdict::Forwarded,
                 Err(e) => {

@@ -18,6 +18,7 @@ use super::backend::NetBackend;
 use super::chain::{write_head, ChainError, HeadSpans, IovecBuf};
 use super::FRAME_BUF_LEN;
 use crate::virtio::iovec::scatter;
+use crate::virtio::split_ring::SplitRing;
 
 /// Frames up to this many bytes (virtio header included) are read into the device's buffer
 /// and copied: below it, one copy costs less than `readv`'s iovecs.
@@ -111,9 +112,9 @@ impl Frame<'_> {
     }
 
     /// Put the frame into the guest's chains: its head over `spans`, and for a copied frame
-    /// the rest over the guest buffers `iovs[1..]` (as [`RxRead::read`] took them). Where
-    /// the head's one span runs straight on into the first of those (one descriptor holds
-    /// both), that is one copy.
+    /// the rest over the guest buffers `iovs[1..]` (as [`RxRead::read`] took them), all
+    /// mapped by `ring`. Where the head's one span runs straight on into the first of those
+    /// within one region of guest memory (one descriptor holds both, say), that is one copy.
     ///
     /// # Errors
     /// [`ChainError::TooSmall`] when `spans` cannot hold the head.
@@ -124,6 +125,7 @@ impl Frame<'_> {
     #[inline]
     pub(super) unsafe fn deliver(
         &self,
+        ring: &SplitRing,
         spans: &HeadSpans,
         iovs: &IovecBuf,
     ) -> Result<(), ChainError> {
@@ -136,10 +138,12 @@ impl Frame<'_> {
                 if span.iov_len == head.len()
                     && span_end == next.iov_base.cast::<u8>()
                     && next.iov_len >= rest.len()
+                    && ring.holds_host_range(span.iov_base.cast(), self.bytes.len())
                 {
                     // SAFETY: `span` and `next` are writable guest memory (the caller's
-                    // guarantee), one straight after the other, `head.len() + rest.len()`
-                    // bytes in all; the device's buffer is apart from guest memory.
+                    // guarantee), one straight after the other in one mapping,
+                    // `head.len() + rest.len()` bytes in all; the device's buffer is apart
+                    // from guest memory.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             self.bytes.as_ptr(),

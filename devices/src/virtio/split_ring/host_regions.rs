@@ -44,6 +44,19 @@ impl HostRegions {
         Self(regions)
     }
 
+    /// Whether one region's mapping holds all `len` bytes at host address `host`.
+    #[inline]
+    pub(super) fn hold_host(&self, host: *const u8, len: usize) -> bool {
+        let (start, len) = (host as usize, len);
+        self.0.iter().any(|r| {
+            let base = r.host.as_ptr() as usize;
+            let size = usize::try_from(r.len).unwrap_or(usize::MAX);
+            start
+                .checked_sub(base)
+                .is_some_and(|off| off <= size && len <= size - off)
+        })
+    }
+
     /// The `len` bytes at guest address `addr`, if one region holds them all.
     #[inline]
     pub(super) fn slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {

@@ -141,6 +141,13 @@ impl SplitRing {
         self.regions.slice(addr, len)
     }
 
+    /// Whether the `len` bytes at host address `host` lie in one region of guest memory
+    /// (one mapping): then a single copy may write them all.
+    #[inline]
+    pub fn holds_host_range(&self, host: *const u8, len: usize) -> bool {
+        self.regions.hold_host(host, len)
+    }
+
     /// The queue size.
     pub fn size(&self) -> u16 {
         self.size
