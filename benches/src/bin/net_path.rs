@@ -245,6 +245,23 @@ fn rx_device(len: usize, batches: usize, inj: &Injector, audit: Audit) -> Run {
     )
 }
 
+/// [`rx_device`] with the queue as a Linux guest's driver sets it up: MRG_RXBUF, GUEST_CSUM
+/// and GUEST_TSO4 negotiated (a frame may need 64 KiB of buffers), 1 536-byte buffers
+/// (Linux's mergeable buffers are 1 518 bytes to a page).
+fn rx_device_mergeable(len: usize, batches: usize, inj: &Injector) -> Run {
+    const MRG_RXBUF: u32 = 15;
+    let f = frame(len);
+    let inject = || inj.send(&f[VNET_HDR_LEN..], BATCH);
+    let features = feature(MRG_RXBUF) | feature(F_GUEST_CSUM) | feature(F_GUEST_TSO4);
+    device_rx_loop(
+        DevicePath::negotiating(features, Stages::default(), None),
+        1536,
+        BATCH,
+        (0, batches),
+        inject,
+    )
+}
+
 fn rx_raw(len: usize, batches: usize, inj: &Injector) -> Run {
     let f = frame(len);
     let inject = || inj.send(&f[VNET_HDR_LEN..], BATCH);
@@ -536,7 +553,8 @@ fn main() {
     }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
     // tx-audit-wrapped, tx-flows, tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit,
-    // rx-audit-wrapped, rx-flows, rx-anti-spoofing, gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
+    // rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg (MRG_RXBUF and GUEST_TSO4
+    // as a Linux guest negotiates them), gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
     // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
     // table's RX rows alone.
@@ -579,6 +597,7 @@ fn main() {
             "rx-audit-wrapped" => rx_device(len, batches, &inj, Audit::FullWrapped),
             "rx-flows" => rx_device(len, batches, &inj, Audit::Flows),
             "rx-anti-spoofing" => rx_device(len, batches, &inj, Audit::AntiSpoofing),
+            "rx-device-mrg" => rx_device_mergeable(len, batches, &inj),
             "tx-raw" => tx_raw(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),

@@ -76,20 +76,73 @@ fn a_copied_frame_whose_first_bytes_span_chains_arrives_whole() {
     assert_eq!(&got[VNET_HDR_LEN..], &fr[VNET_HDR_LEN..]);
 }
 
+/// A frame read whole into the device's buffer that even the guest's whole ring cannot hold
+/// does not wait for buffers that can never come: it is dropped, and the next frame goes in.
 #[test]
-fn with_too_few_buffers_for_the_largest_frame_rx_waits_for_more() {
+fn a_copied_frame_longer_than_the_whole_ring_is_dropped_not_waited_for() {
+    let mut f = fixture_negotiating(FEATURES | MRG_RXBUF, None, Stages::default());
+    let size = usize::from(devices::virtio::net::QUEUE_SIZE);
+    // Every descriptor: 256 buffers of a virtio header and 4 bytes, 4 096 bytes in all.
+    f.post_rx(size, 16);
+    f.peer.send(&frame(5000, 1)).expect("inject");
+    f.peer.send(&frame(60, 2)).expect("inject");
+    f.pump();
+    let used = f.driver.take_used(RXQ);
+    assert_eq!(
+        used.first().map(|&(_, len)| len),
+        Some(0),
+        "dropped: {used:?}"
+    );
+    let s = f.snap();
+    assert_eq!((s.rx_dropped, s.rx_packets), (1, 1), "{used:?}");
+    assert_eq!(used.iter().map(|&(_, len)| len).sum::<u32>(), 72);
+}
+
+/// A frame read whole into the device's buffer (a small one was expected) takes the chains it
+/// needs once its length is known: a small frame goes into the first chain at once, whatever
+/// the largest frame would need; a larger one than the guest's buffers hold waits in the
+/// device's buffer until the guest adds more, and nothing is lost or reordered meanwhile.
+#[test]
+fn a_copied_frame_takes_the_chains_it_needs_and_waits_for_more() {
     let mut f = fixture_negotiating(FEATURES | MRG_RXBUF, None, Stages::default());
     // 1 024 bytes of buffers: less than a 1 518-byte frame and its header needs.
     f.post_rx(2, 512);
     f.peer.send(&frame(100, 2)).expect("inject");
     f.pump();
+    assert_eq!(
+        f.driver.take_used(RXQ),
+        [(0, 112)],
+        "a small frame goes in at once"
+    );
+    // 1 412 bytes: one 512-byte buffer left, three needed.
+    let big = frame(1400, 3);
+    f.peer.send(&big).expect("inject");
+    f.peer.send(&frame(60, 4)).expect("inject");
+    f.pump();
     assert_eq!(f.driver.take_used(RXQ), []);
     assert!(f.snap().rx_no_buffer >= 1);
-    // Two more: now they hold it, and the frame goes into the first of them.
-    f.post_rx(2, 512);
+    // Three more: now they hold it, and it goes first, then the frame after it.
+    f.post_rx(3, 512);
     let used = f.driver.take_used(RXQ);
-    assert_eq!(used, [(0, 112)]);
-    assert_eq!(f.snap().rx_dropped, 0, "nothing lost while waiting");
+    assert_eq!(
+        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
+        [512, 512, 388, 72]
+    );
+    let mut got = Vec::new();
+    for &(id, len) in &used[..3] {
+        got.extend(
+            f.driver
+                .read_mem(GuestDriver::slot_addr(RXQ, id as u16), len as usize),
+        );
+    }
+    assert_eq!(&got[10..12], &3u16.to_le_bytes(), "num_buffers");
+    assert_eq!(&got[VNET_HDR_LEN..], &big[VNET_HDR_LEN..]);
+    let s = f.snap();
+    assert_eq!(
+        (s.rx_packets, s.rx_dropped),
+        (3, 0),
+        "nothing lost while waiting"
+    );
 }
 
 #[test]

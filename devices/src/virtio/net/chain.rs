@@ -56,7 +56,7 @@ pub(crate) type HeadSpans = IovecBuf;
 /// device reads they are copied there now, when it writes their guest spans go to `spans`.
 /// The rest point straight into guest memory. One slot of `iovs` is left free. Returns the
 /// frame offset after the chain.
-#[inline]
+#[inline(always)]
 fn map_chain(
     ring: &SplitRing,
     index: u16,

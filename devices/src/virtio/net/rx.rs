@@ -7,10 +7,13 @@
 //! Guest buffers are taken first, so a frame is read only when there is room for it
 //! (backpressure: with no buffer, the TAP is not read at all). Without
 //! VIRTIO_NET_F_MRG_RXBUF a frame goes into one chain; with it, into as many chains as it
-//! needs (virtio 1.2 section 5.1.6.4), so the device first takes chains until they hold the
-//! largest frame the link may bring (a 64 KiB GSO frame when the driver took GUEST_TSO4/6),
-//! puts back the ones the frame did not reach, and tells the driver how many it used in
-//! `num_buffers`. A small frame is read whole into a buffer of the device's own and copied
+//! needs (virtio 1.2 section 5.1.6.4), and the driver is told how many in `num_buffers`. A
+//! frame read straight into the chains (a large one expected) needs them first: the device
+//! takes chains until they hold the largest frame the link may bring (a 64 KiB GSO frame
+//! when the driver took GUEST_TSO4/6) and puts back the ones the frame did not reach. A frame
+//! read whole into the device's buffer (a small one expected) needs one chain first and the
+//! rest once its length is known; if the guest has too few, it waits in that buffer until
+//! the guest adds more (unless even the whole ring cannot hold it: then it is dropped). A small frame is read whole into a buffer of the device's own and copied
 //! into the guest's chains once it passes; a large one has its first bytes read into the
 //! queue's head buffer and the rest straight into the chains with `readv(2)` ([`RxRead`]).
 //! The stages read the device's copy of the first bytes, which then go into the chains.
@@ -80,6 +83,9 @@ pub(super) struct RxQueue {
     pub(super) blocked: bool,
     /// Out of tokens: frames wait in the backend until the shaper timer.
     pub(super) throttled: bool,
+    /// With MRG_RXBUF: a frame of this many bytes, read whole into the device's buffer, waits
+    /// there for the guest's buffers.
+    pending: Option<usize>,
     /// A frame waited in the TAP for the shaper: the next one delivered is recorded as
     /// delayed (the TAP does not say how many waited).
     delayed: bool,
@@ -113,6 +119,7 @@ impl RxQueue {
             counters,
             blocked: false,
             throttled: false,
+            pending: None,
             delayed: false,
             acked_features,
             mtu,
@@ -172,13 +179,29 @@ impl RxQueue {
     }
 
     /// Take guest chains for the next frame into `iovs` (one, or with MRG_RXBUF as many as
-    /// [`RxQueue::frame_room`] needs) and return their capacity. A chain that cannot be used
-    /// goes back to the guest alone, with nothing written.
+    /// hold `room` bytes) and return their capacity. A chain that cannot be used goes back to
+    /// the guest alone, with nothing written.
     #[inline]
-    fn take_buffers(&mut self) -> Result<usize, Received> {
+    fn take_buffers(&mut self, room: usize) -> Result<usize, Received> {
         rx_begin(&mut self.head[..], &mut self.iovs, &mut self.spans);
         self.chains.clear();
-        let mut capacity = 0usize;
+        self.add_buffers(room, 0)
+    }
+
+    /// With MRG_RXBUF: take more chains after the `capacity` bytes taken (and ended with
+    /// `rx_finish`) so far, until they hold `room` bytes; returns the capacity. When the
+    /// guest has too few, every chain taken goes back and the frame waits.
+    #[inline(never)]
+    fn more_buffers(&mut self, room: usize, capacity: usize) -> Result<usize, Received> {
+        // The spare iovec goes last again.
+        self.iovs.0.pop();
+        self.add_buffers(room, capacity)
+    }
+
+    /// Take chains after the `capacity` bytes taken so far until they hold `room` bytes (one
+    /// chain without MRG_RXBUF); end the iovecs and return the capacity.
+    #[inline(always)]
+    fn add_buffers(&mut self, room: usize, mut capacity: usize) -> Result<usize, Received> {
         let mut cut_short = false;
         loop {
             // At most the ring's worth of chains for one frame, whatever the guest keeps adding.
@@ -239,14 +262,14 @@ impl RxQueue {
                     break;
                 }
             }
-            if !self.mergeable || capacity >= self.frame_room {
+            if !self.mergeable || capacity >= room {
                 break;
             }
         }
         let taken = self.chains.len();
-        // Too little room for the largest frame: wait for more buffers, unless the guest's
-        // whole ring is taken already (it cannot add more).
-        let short = self.mergeable && capacity < self.frame_room && !cut_short;
+        // Too little room: wait for more buffers, unless the guest's whole ring is taken
+        // already (it cannot add more).
+        let short = self.mergeable && capacity < room && !cut_short;
         if taken == 0 || (short && taken < usize::from(self.ring.size())) {
             self.put_back(taken);
             return Err(Received::NoBuffers);
@@ -274,31 +297,67 @@ impl RxQueue {
 
     /// One frame through the RX pipeline; the stages run in the order written here.
     fn receive<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Received {
-        // Guest buffers: none, no read.
-        let capacity = match self.take_buffers() {
-            Ok(capacity) => capacity,
-            Err(received) => return received,
-        };
-        // Shaper admission.
-        let backend = &*io.backend;
-        if let Some(wait) = io.stages.admit(Direction::Rx, || backend.readable()) {
-            self.put_back(self.chains.len());
-            return Received::Wait(wait);
-        }
-        // TAP.
-        // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append checked
-        // with the ring, which keeps them mapped; guest memory overlaps neither `head` nor
-        // the reader's buffer.
-        let n = match unsafe { self.read.read(io.backend, &self.iovs) } {
-            Ok(n) => n,
-            Err(e) => {
-                if e.kind() == ErrorKind::WouldBlock {
-                    io.stages.idle(Direction::Rx);
-                } else {
-                    log::debug!("virtio-net RX: backend read: {e}");
+        let (n, capacity) = match self.pending.take() {
+            // A frame read earlier waits whole in the device's buffer for guest buffers: it
+            // was admitted and read; the chains it needs are all that is missing.
+            Some(n) => match self.take_buffers(n) {
+                Ok(capacity) => (n, capacity),
+                Err(received) => {
+                    self.pending = Some(n);
+                    return received;
                 }
-                self.put_back(self.chains.len());
-                return Received::Empty;
+            },
+            None => {
+                // Guest buffers: none, no read. Enough for the largest frame the link may
+                // bring, except with MRG_RXBUF for a frame read whole into the device's
+                // buffer (a small one is expected): one chain now, the rest once its length
+                // is known. A Linux driver's mergeable buffers are 1.5-4 KiB: taking 64 KiB
+                // of them for every frame cost ~7 000 instructions a frame.
+                let room = if self.mergeable && self.read.reads_whole_next() {
+                    1
+                } else {
+                    self.frame_room
+                };
+                let capacity = match self.take_buffers(room) {
+                    Ok(capacity) => capacity,
+                    Err(received) => return received,
+                };
+                // Shaper admission.
+                let backend = &*io.backend;
+                if let Some(wait) = io.stages.admit(Direction::Rx, || backend.readable()) {
+                    self.put_back(self.chains.len());
+                    return Received::Wait(wait);
+                }
+                // TAP.
+                // SAFETY: the iovecs point to `head`, `spare` and guest buffers that rx_append
+                // checked with the ring, which keeps them mapped; guest memory overlaps
+                // neither `head` nor the reader's buffer.
+                let n = match unsafe { self.read.read(io.backend, &self.iovs) } {
+                    Ok(n) => n,
+                    Err(e) => {
+                        if e.kind() == ErrorKind::WouldBlock {
+                            io.stages.idle(Direction::Rx);
+                        } else {
+                            log::debug!("virtio-net RX: backend read: {e}");
+                        }
+                        self.put_back(self.chains.len());
+                        return Received::Empty;
+                    }
+                };
+                // Guest buffers, the rest: a frame read whole into the device's buffer that
+                // the chains taken cannot hold waits there until the guest has enough.
+                if n > capacity && self.mergeable && self.read.holds_whole(n) {
+                    match self.more_buffers(n, capacity) {
+                        Ok(capacity) => (n, capacity),
+                        Err(Received::NoBuffers) => {
+                            self.pending = Some(n);
+                            return Received::NoBuffers;
+                        }
+                        Err(received) => return received,
+                    }
+                } else {
+                    (n, capacity)
+                }
             }
         };
         // A frame the device's buffer (the largest frame and a byte) could not hold whole is

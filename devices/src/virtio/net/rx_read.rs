@@ -54,6 +54,17 @@ impl RxRead {
         }
     }
 
+    /// The next frame will be read whole into the device's buffer (a small one is expected).
+    pub(super) fn reads_whole_next(&self) -> bool {
+        self.copy_next
+    }
+
+    /// The frame read last is whole in the device's buffer (it was read there, and is no
+    /// longer than the buffer holds), not yet in the guest's chains.
+    pub(super) fn holds_whole(&self, n: usize) -> bool {
+        self.copied && n <= FRAME_BUF_LEN
+    }
+
     /// Read one frame from `backend`: into the device's buffer, or with `iovs` (`iovs[0]` the
     /// queue's head buffer, then the guest's buffers, then a one-byte spare) straight into
     /// place. Returns the frame's length; [`RxRead::frame`] then gives its first bytes. A

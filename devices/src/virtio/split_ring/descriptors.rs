@@ -74,7 +74,7 @@ impl ChainDescriptors<'_> {
 impl Iterator for ChainDescriptors<'_> {
     type Item = Result<Descriptor, BrokenChain>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         let index = self.next.take()?;
         if self.left == 0 {

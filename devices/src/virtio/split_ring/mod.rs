@@ -178,7 +178,7 @@ impl SplitRing {
     ///
     /// # Errors
     /// [`RingError::AvailIndexJump`] or [`RingError::HeadPastTable`].
-    #[inline]
+    #[inline(always)]
     pub fn pop(&mut self) -> Result<Option<u16>, RingError> {
         if self.next_avail == self.avail_idx {
             self.avail_idx = self.avail_idx()?;
