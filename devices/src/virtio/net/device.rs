@@ -337,7 +337,8 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
         if let Err(e) = self.backend.set_guest_offloads(features) {
             log::warn!("virtio-net: setting the backend's offloads for {features:#x}: {e}");
         }
-        // With MRG_RXBUF, RX takes chains until they hold the largest frame it may get.
+        // With MRG_RXBUF, the largest frame RX may deliver (chains are taken for it before a
+        // frame is read straight into them).
         let frame_room = VNET_HDR_LEN
             + if guest_gso(features) {
                 MAX_FRAME_LEN

@@ -4,19 +4,22 @@
 //! checks → guest → audit. The audit comes last so that it records what happened: a frame
 //! that could not be put in the guest's buffers is not `forwarded`.
 //!
-//! Guest buffers are taken first, so a frame is read only when there is room for it
-//! (backpressure: with no buffer, the TAP is not read at all). Without
-//! VIRTIO_NET_F_MRG_RXBUF a frame goes into one chain; with it, into as many chains as it
-//! needs (virtio 1.2 section 5.1.6.4), and the driver is told how many in `num_buffers`. A
-//! frame read straight into the chains (a large one expected) needs them first: the device
-//! takes chains until they hold the largest frame the link may bring (a 64 KiB GSO frame
-//! when the driver took GUEST_TSO4/6) and puts back the ones the frame did not reach. A frame
-//! read whole into the device's buffer (a small one expected) needs one chain first and the
-//! rest once its length is known; if the guest has too few, it waits in that buffer until
-//! the guest adds more (unless even the whole ring cannot hold it: then it is dropped). A small frame is read whole into a buffer of the device's own and copied
-//! into the guest's chains once it passes; a large one has its first bytes read into the
-//! queue's head buffer and the rest straight into the chains with `readv(2)` ([`RxRead`]).
-//! The stages read the device's copy of the first bytes, which then go into the chains.
+//! Guest buffers are taken first, so a frame is read only when the guest has a buffer for it
+//! (backpressure: with no buffer, the TAP is not read at all). A small frame is read whole
+//! into a buffer of the device's own and copied into the guest's chains once it passes; a
+//! large one has its first bytes read into the queue's head buffer and the rest straight
+//! into the chains with `readv(2)` ([`RxRead`]). The stages read the device's copy of the
+//! first bytes, which then go into the chains.
+//!
+//! Without VIRTIO_NET_F_MRG_RXBUF a frame goes into one chain; with it, into as many chains
+//! as it needs (virtio 1.2 section 5.1.6.4), and the driver is told how many in
+//! `num_buffers`. A frame read straight into the chains (a large one expected) needs them
+//! first: the device takes chains until they hold the largest frame the driver may get (a
+//! 64 KiB GSO frame when it took GUEST_TSO4/6) and puts back the ones the frame did not
+//! reach. A frame read whole into the device's buffer (a small one expected) needs one chain
+//! first and the rest once its length is known; while the guest has too few, it waits in
+//! that buffer. A frame longer than the largest the driver may get, or than the ring's worth
+//! of chains holds, is dropped.
 
 use std::io::ErrorKind;
 use std::sync::Arc;
@@ -75,8 +78,8 @@ pub(super) struct RxQueue {
     chains: Vec<(u16, u32)>,
     /// VIRTIO_NET_F_MRG_RXBUF: a frame may span chains.
     mergeable: bool,
-    /// With `mergeable`: chains are taken until they hold this many bytes (virtio header
-    /// and the largest frame the driver may get).
+    /// With `mergeable`: the virtio header and the largest frame the driver may get (chains
+    /// are taken until they hold it before a frame is read straight into them).
     frame_room: usize,
     counters: Arc<NetCounters>,
     /// No guest buffer: stop reading the backend until the guest kicks RX.
@@ -98,7 +101,7 @@ pub(super) struct RxQueue {
 impl RxQueue {
     /// The driver's RX `ring` under features `acked_features`, counting into `counters`;
     /// frames longer than `mtu` (plus the Ethernet header) are not delivered. With
-    /// MRG_RXBUF, chains are gathered until they hold `frame_room` bytes.
+    /// MRG_RXBUF, no frame longer than `frame_room` bytes is.
     pub(super) fn new(
         ring: SplitRing,
         counters: Arc<NetCounters>,
@@ -346,14 +349,19 @@ impl RxQueue {
                 };
                 // Guest buffers, the rest: a frame read whole into the device's buffer that
                 // the chains taken cannot hold waits there until the guest has enough.
-                if n > capacity && self.mergeable && self.read.holds_whole(n) {
+                // (One longer than the largest frame the driver may get is refused, as a frame
+                // read straight into the chains would be.)
+                if n > capacity
+                    && self.mergeable
+                    && self.read.holds_whole(n)
+                    && n <= self.frame_room
+                {
                     match self.more_buffers(n, capacity) {
                         Ok(capacity) => (n, capacity),
-                        Err(Received::NoBuffers) => {
+                        Err(received) => {
                             self.pending = Some(n);
-                            return Received::NoBuffers;
+                            return received;
                         }
-                        Err(received) => return received,
                     }
                 } else {
                     (n, capacity)
@@ -443,6 +451,16 @@ impl RxQueue {
         add(&self.counters.rx.packets, size.packets);
         add(&self.counters.rx.bytes, size.bytes);
         Received::Used(mergeable_count)
+    }
+}
+
+impl Drop for RxQueue {
+    /// A frame waiting in the device's buffer when the driver resets the device is lost:
+    /// counted as dropped.
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            inc(&self.counters.rx.dropped);
+        }
     }
 }
 
