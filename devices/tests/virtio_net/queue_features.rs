@@ -17,6 +17,21 @@ fn rings(q: u16) -> (u64, u64) {
     (desc + 0x4000, desc + 0x8000)
 }
 
+/// The lengths written into used chains `used` (head index, length).
+fn lens(used: &[(u32, u32)]) -> Vec<u32> {
+    used.iter().map(|&(_, len)| len).collect()
+}
+
+/// What the used chains `used` hold, one after the other: the frame they received.
+fn received(f: &Fixture, used: &[(u32, u32)]) -> Vec<u8> {
+    let mut got = Vec::new();
+    for &(id, len) in used {
+        let at = GuestDriver::slot_addr(RXQ, id as u16);
+        got.extend(f.driver.read_mem(at, len as usize));
+    }
+    got
+}
+
 /// How many interrupts the device raised since the last call.
 fn interrupts(f: &Fixture) -> u64 {
     f.driver.irq.eventfd().read().unwrap_or(0)
@@ -30,15 +45,8 @@ fn a_frame_spans_as_many_chains_as_it_needs_and_says_how_many() {
     f.peer.send(&fr).expect("inject");
     f.pump();
     let used = f.driver.take_used(RXQ);
-    assert_eq!(
-        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
-        [512, 512, 388]
-    );
-    let mut got = Vec::new();
-    for &(id, len) in &used {
-        let at = GuestDriver::slot_addr(RXQ, id as u16);
-        got.extend(f.driver.read_mem(at, len as usize));
-    }
+    assert_eq!(lens(&used), [512, 512, 388]);
+    let got = received(&f, &used);
     assert_eq!(&got[10..12], &3u16.to_le_bytes(), "num_buffers");
     assert_eq!(&got[VNET_HDR_LEN..], &fr[VNET_HDR_LEN..]);
     // The chains the frame did not reach went back: a small frame takes the next one only.
@@ -63,15 +71,8 @@ fn a_copied_frame_whose_first_bytes_span_chains_arrives_whole() {
     f.peer.send(&fr).expect("inject");
     f.pump();
     let used = f.driver.take_used(RXQ);
-    assert_eq!(
-        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
-        [64, 64, 64, 64, 56]
-    );
-    let mut got = Vec::new();
-    for &(id, len) in &used {
-        let at = GuestDriver::slot_addr(RXQ, id as u16);
-        got.extend(f.driver.read_mem(at, len as usize));
-    }
+    assert_eq!(lens(&used), [64, 64, 64, 64, 56]);
+    let got = received(&f, &used);
     assert_eq!(&got[10..12], &5u16.to_le_bytes(), "num_buffers");
     assert_eq!(&got[VNET_HDR_LEN..], &fr[VNET_HDR_LEN..]);
 }
@@ -89,7 +90,7 @@ fn a_copied_frame_longer_than_the_driver_may_get_is_dropped_not_waited_for() {
     f.pump();
     let used = f.driver.take_used(RXQ);
     assert_eq!(
-        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
+        lens(&used),
         [0, 32, 32, 8],
         "the long frame dropped, the short one in three buffers"
     );
@@ -123,17 +124,8 @@ fn a_copied_frame_takes_the_chains_it_needs_and_waits_for_more() {
     // Three more: now they hold it, and it goes first, then the frame after it.
     f.post_rx(3, 512);
     let used = f.driver.take_used(RXQ);
-    assert_eq!(
-        used.iter().map(|&(_, len)| len).collect::<Vec<_>>(),
-        [512, 512, 388, 72]
-    );
-    let mut got = Vec::new();
-    for &(id, len) in &used[..3] {
-        got.extend(
-            f.driver
-                .read_mem(GuestDriver::slot_addr(RXQ, id as u16), len as usize),
-        );
-    }
+    assert_eq!(lens(&used), [512, 512, 388, 72]);
+    let got = received(&f, &used[..3]);
     assert_eq!(&got[10..12], &3u16.to_le_bytes(), "num_buffers");
     assert_eq!(&got[VNET_HDR_LEN..], &big[VNET_HDR_LEN..]);
     let s = f.snap();

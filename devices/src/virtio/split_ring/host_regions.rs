@@ -47,28 +47,30 @@ impl HostRegions {
     /// Whether one region's mapping holds all `len` bytes at host address `host`.
     #[inline]
     pub(super) fn hold_host(&self, host: *const u8, len: usize) -> bool {
-        let (start, len) = (host as usize, len);
-        self.0.iter().any(|r| {
-            let base = r.host.as_ptr() as usize;
-            let size = usize::try_from(r.len).unwrap_or(usize::MAX);
-            start
-                .checked_sub(base)
-                .is_some_and(|off| off <= size && len <= size - off)
-        })
+        let (at, len) = (host as u64, len as u64);
+        self.0
+            .iter()
+            .any(|r| holds(r.host.as_ptr() as u64, r.len, at, len))
     }
 
     /// The `len` bytes at guest address `addr`, if one region holds them all.
     #[inline]
     pub(super) fn slice(&self, addr: GuestAddress, len: usize) -> Option<VolatileSlice<'_>> {
         let len64 = u64::try_from(len).ok()?;
-        let region = self.0.iter().find(|r| {
-            addr.0
-                .checked_sub(r.start)
-                .is_some_and(|off| off <= r.len && len64 <= r.len - off)
-        })?;
+        let region = self
+            .0
+            .iter()
+            .find(|r| holds(r.start, r.len, addr.0, len64))?;
         let offset = usize::try_from(addr.0 - region.start).ok()?;
         // SAFETY: `offset + len` is within the region's mapping (checked above), which lives
         // as long as the guest memory this was made from, and so as long as `&self`.
         Some(unsafe { VolatileSlice::new(region.host.as_ptr().add(offset), len) })
     }
+}
+
+/// Whether the `size` bytes from `start` hold all `len` bytes from `at` (one address space).
+#[inline]
+fn holds(start: u64, size: u64, at: u64, len: u64) -> bool {
+    at.checked_sub(start)
+        .is_some_and(|off| off <= size && len <= size - off)
 }
