@@ -88,7 +88,7 @@ pub(super) struct RxQueue {
     pub(super) throttled: bool,
     /// With MRG_RXBUF: a frame of this many bytes, read whole into the device's buffer, waits
     /// there for the guest's buffers.
-    pending: Option<usize>,
+    waiting_frame: Option<usize>,
     /// A frame waited in the TAP for the shaper: the next one delivered is recorded as
     /// delayed (the TAP does not say how many waited).
     delayed: bool,
@@ -122,7 +122,7 @@ impl RxQueue {
             counters,
             blocked: false,
             throttled: false,
-            pending: None,
+            waiting_frame: None,
             delayed: false,
             acked_features,
             mtu,
@@ -300,13 +300,13 @@ impl RxQueue {
 
     /// One frame through the RX pipeline; the stages run in the order written here.
     fn receive<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Received {
-        let (n, capacity) = match self.pending.take() {
+        let (n, capacity) = match self.waiting_frame.take() {
             // A frame read earlier waits whole in the device's buffer for guest buffers: it
             // was admitted and read; the chains it needs are all that is missing.
             Some(n) => match self.take_buffers(n) {
                 Ok(capacity) => (n, capacity),
                 Err(received) => {
-                    self.pending = Some(n);
+                    self.waiting_frame = Some(n);
                     return received;
                 }
             },
@@ -359,7 +359,7 @@ impl RxQueue {
                     match self.more_buffers(n, capacity) {
                         Ok(capacity) => (n, capacity),
                         Err(received) => {
-                            self.pending = Some(n);
+                            self.waiting_frame = Some(n);
                             return received;
                         }
                     }
@@ -458,7 +458,7 @@ impl Drop for RxQueue {
     /// A frame waiting in the device's buffer when the driver resets the device is lost:
     /// counted as dropped.
     fn drop(&mut self) {
-        if self.pending.is_some() {
+        if self.waiting_frame.is_some() {
             inc(&self.counters.rx.dropped);
         }
     }

@@ -46,7 +46,7 @@ impl HostRegions {
 
     /// Whether one region's mapping holds all `len` bytes at host address `host`.
     #[inline]
-    pub(super) fn hold_host(&self, host: *const u8, len: usize) -> bool {
+    pub(super) fn holds_host_range(&self, host: *const u8, len: usize) -> bool {
         let (at, len) = (host as u64, len as u64);
         self.0
             .iter()

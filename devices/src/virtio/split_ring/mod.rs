@@ -145,7 +145,7 @@ impl SplitRing {
     /// (one mapping): then a single copy may write them all.
     #[inline]
     pub fn holds_host_range(&self, host: *const u8, len: usize) -> bool {
-        self.regions.hold_host(host, len)
+        self.regions.holds_host_range(host, len)
     }
 
     /// The queue size.
