@@ -229,6 +229,32 @@ fn tx_device(len: usize, batches: usize, audit: Audit) -> Run {
     device_tx_loop(p, &frame(len), BATCH, (audit.warm_up_batches(), batches))
 }
 
+/// The stages with only a shaper, at a rate the bench never reaches (100 Gbit/s each way):
+/// what admission and charging cost a frame when the sliver is not throttled.
+fn shaped_stages() -> Stages {
+    let rate = Some(100_000_000_000 / 8);
+    let src = Arc::new(FixedRate {
+        rates: [rate, rate],
+        ..Default::default()
+    });
+    Stages {
+        shaper: Some(Arc::new(Shaper::new(Box::new(src)))),
+        ..Stages::default()
+    }
+}
+
+fn tx_shaped(len: usize, batches: usize) -> Run {
+    let p = DevicePath::negotiating(0, shaped_stages(), None);
+    device_tx_loop(p, &frame(len), BATCH, (0, batches))
+}
+
+fn rx_shaped(len: usize, batches: usize, inj: &Injector) -> Run {
+    let f = frame(len);
+    let inject = || inj.send(&f[VNET_HDR_LEN..], BATCH);
+    let p = DevicePath::negotiating(0, shaped_stages(), None);
+    device_rx_loop(p, VNET_HDR_LEN + len, BATCH, (0, batches), inject)
+}
+
 fn tx_raw(len: usize, batches: usize) -> Run {
     raw_tx_loop(Tap::open(TAP).expect("tap"), &frame(len), BATCH, batches)
 }
@@ -554,7 +580,8 @@ fn main() {
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
     // tx-audit-wrapped, tx-flows, tx-anti-spoofing, rx-device, rx-raw, rx-raw-readv, rx-audit,
     // rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg (MRG_RXBUF and GUEST_TSO4
-    // as a Linux guest negotiates them), gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
+    // as a Linux guest negotiates them), tx-shaped, rx-shaped (a shaper that never throttles),
+    // gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
     // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
     // table's RX rows alone.
@@ -598,6 +625,8 @@ fn main() {
             "rx-flows" => rx_device(len, batches, &inj, Audit::Flows),
             "rx-anti-spoofing" => rx_device(len, batches, &inj, Audit::AntiSpoofing),
             "rx-device-mrg" => rx_device_mergeable(len, batches, &inj),
+            "tx-shaped" => tx_shaped(len, batches),
+            "rx-shaped" => rx_shaped(len, batches, &inj),
             "tx-raw" => tx_raw(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),

@@ -1,6 +1,12 @@
 //! Per-device packet counters, updated on the packet path and read from anywhere. Each
 //! direction's queue updates its own part ([`TxCounters`], [`RxCounters`]); "tx" is what the
 //! guest sent.
+//!
+//! Every update goes through the device (`&mut` to it or to a queue it owns), so a counter
+//! has one writer at a time: [`inc`] and [`add`] load and store instead of a locked
+//! read-modify-write. A `lock add` on every frame, right after the frame's system call,
+//! was ~3 % of a 64-byte TX frame's time (`perf record` of `net_path 3000 tx-device`: the
+//! samples piled up behind the two per-frame `lock add`s; issue 16, eighth part).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -85,14 +91,16 @@ pub struct NetCountersSnapshot {
     pub tx_checksums_done: u64,
 }
 
-/// Add one.
+/// Add one (the counter's only writer: see the module's docs).
+#[inline]
 pub(crate) fn inc(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+    add(c, 1);
 }
 
-/// Add `n`.
+/// Add `n` (the counter's only writer: see the module's docs). Wraps at 2^64.
+#[inline]
 pub(crate) fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
 impl NetCounters {

@@ -34,6 +34,7 @@ use super::frame_checks::{check_link_len, check_rx_frame, read_headers, FrameErr
 use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
 use super::rx_read::RxRead;
+use super::shaper::Allowance;
 use super::stages::Wait;
 use super::vnet_hdr::{
     asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
@@ -82,6 +83,8 @@ pub(super) struct RxQueue {
     /// are taken until they hold it before a frame is read straight into them).
     frame_room: usize,
     counters: Arc<NetCounters>,
+    /// The shaper's tokens this queue holds during a batch.
+    allowance: Allowance,
     /// No guest buffer: stop reading the backend until the guest kicks RX.
     pub(super) blocked: bool,
     /// Out of tokens: frames wait in the backend until the shaper timer.
@@ -120,6 +123,7 @@ impl RxQueue {
             mergeable: acked_features & feature(VIRTIO_NET_F_MRG_RXBUF) != 0,
             frame_room,
             counters,
+            allowance: Allowance::default(),
             blocked: false,
             throttled: false,
             waiting_frame: None,
@@ -140,6 +144,7 @@ impl RxQueue {
         io.stages.begin_batch();
         let stop = self.process_batch(io);
         io.stages.end_batch();
+        io.stages.settle(Direction::Rx, &mut self.allowance);
         stop
     }
 
@@ -327,7 +332,10 @@ impl RxQueue {
                 };
                 // Shaper admission.
                 let backend = &*io.backend;
-                if let Some(wait) = io.stages.admit(Direction::Rx, || backend.readable()) {
+                if let Some(wait) = io
+                    .stages
+                    .admit(Direction::Rx, &mut self.allowance, || backend.readable())
+                {
                     self.put_back(self.chains.len());
                     return Received::Wait(wait);
                 }
@@ -409,7 +417,7 @@ impl RxQueue {
         let size = wire
             .as_ref()
             .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
-        io.stages.charge(Direction::Rx, size.bytes);
+        io.stages.charge(&mut self.allowance, size.bytes);
         // Into the guest's chains: how many the frame reached, and its bytes.
         let mergeable_count = u16::try_from(used).unwrap_or(u16::MAX);
         frame.head_mut()[NUM_BUFFERS..NUM_BUFFERS + 2]

@@ -11,7 +11,7 @@ use super::anti_spoofing::AntiSpoofing;
 use super::audit::AuditStage;
 use super::gso::WireSize;
 use super::headers::FrameHeaders;
-use super::shaper::{Admit, Shaper};
+use super::shaper::{Admit, Allowance, Shaper};
 
 /// The shaper's answer when a direction must wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,18 +39,26 @@ impl Stages {
         self.anti_spoofing.is_some() || self.audit.is_some()
     }
 
-    /// Shaper admission for the next frame going `dir`: `None` to go on, or how long to wait
-    /// before asking again and whether a frame is held back meanwhile (`frame_waits()`,
-    /// reported to the allocator as backlog).
-    pub(super) fn admit(&self, dir: Direction, frame_waits: impl FnOnce() -> bool) -> Option<Wait> {
+    /// Shaper admission for the next frame going `dir`, spending the queue's `allowance`:
+    /// `None` to go on, or how long to wait before asking again and whether a frame is held
+    /// back meanwhile (`frame_waits()`, reported to the allocator as backlog). The clock is
+    /// read only when the allowance needs tokens from the bucket.
+    #[inline]
+    pub(super) fn admit(
+        &self,
+        dir: Direction,
+        allowance: &mut Allowance,
+        frame_waits: impl FnOnce() -> bool,
+    ) -> Option<Wait> {
         let shaper = self.shaper.as_ref()?;
-        let now = Instant::now();
-        match shaper.admit(dir, now) {
+        let mut now = None;
+        let clock = || *now.insert(Instant::now());
+        match shaper.admit(dir, allowance, clock) {
             Admit::Go => None,
             Admit::Wait(after) => {
                 let frame_waits = frame_waits();
                 if frame_waits {
-                    shaper.waiting(dir, now);
+                    shaper.waiting(dir, now.unwrap_or_else(Instant::now));
                 }
                 Some(Wait { after, frame_waits })
             }
@@ -58,10 +66,18 @@ impl Stages {
     }
 
     /// `bytes` of frames went `dir` (on the wire: a GSO frame's segments with their
-    /// headers): the shaper is charged for them.
-    pub(super) fn charge(&self, dir: Direction, bytes: u64) {
+    /// headers): the queue's `allowance` is charged for them.
+    #[inline]
+    pub(super) fn charge(&self, allowance: &mut Allowance, bytes: u64) {
+        if self.shaper.is_some() {
+            allowance.charge(bytes);
+        }
+    }
+
+    /// The queue going `dir` ends its batch: its `allowance` goes back to the shaper.
+    pub(super) fn settle(&self, dir: Direction, allowance: &mut Allowance) {
         if let Some(shaper) = &self.shaper {
-            shaper.charge(dir, bytes);
+            shaper.settle(dir, allowance);
         }
     }
 

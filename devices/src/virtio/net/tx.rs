@@ -21,6 +21,7 @@ use super::counters::{add, inc, NetCounters, TxCounters};
 use super::frame_checks::{check_tx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
+use super::shaper::Allowance;
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::split_ring::SplitRing;
@@ -43,6 +44,8 @@ pub(super) struct TxQueue {
     /// Where that frame is: `head`, then the rest in guest memory.
     iovs: IovecBuf,
     counters: Arc<NetCounters>,
+    /// The shaper's tokens this queue holds during a batch.
+    allowance: Allowance,
     /// The backend would block: wait until it is writable.
     pub(super) blocked: bool,
     /// Out of tokens: chains wait in the ring until the shaper timer.
@@ -70,6 +73,7 @@ impl TxQueue {
             head: Box::new([0u8; HEAD_LEN]),
             iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
             counters,
+            allowance: Allowance::default(),
             blocked: false,
             throttled: false,
             delayed_until: None,
@@ -88,6 +92,7 @@ impl TxQueue {
         io.stages.begin_batch();
         let stop = self.process_batch(io);
         io.stages.end_batch();
+        io.stages.settle(Direction::Tx, &mut self.allowance);
         stop
     }
 
@@ -166,7 +171,7 @@ impl TxQueue {
     ) -> Sent {
         // Descriptor chain: popped by the caller, not read yet.
         // Shaper admission: a chain that must wait stays in the ring, untouched.
-        if let Some(wait) = io.stages.admit(Direction::Tx, || true) {
+        if let Some(wait) = io.stages.admit(Direction::Tx, &mut self.allowance, || true) {
             return Sent::Wait(wait.after);
         }
         let frame = match gather_iov(
@@ -261,7 +266,7 @@ impl TxQueue {
             // keeps mapped (gather_iov checked each with get_slice).
             Ok(()) => match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
                 Ok(_) => {
-                    io.stages.charge(Direction::Tx, size.bytes);
+                    io.stages.charge(&mut self.allowance, size.bytes);
                     add(&self.counters.tx.packets, size.packets);
                     add(&self.counters.tx.bytes, size.bytes);
                     if waited {
