@@ -403,31 +403,31 @@ impl RxQueue {
             frame_len,
             io.stages.reads_headers() || gso.is_some(),
         );
-        let parsed = checked.unwrap_or(None);
+        let parsed = checked.as_ref().ok().and_then(Option::as_ref);
         let wire = match gso {
             _ if stale => Err(Refusal::Unnegotiated),
             None => length
                 .and_then(|()| check_link_len(frame_len, headers, self.mtu))
-                .map(|()| WireSize::single(frame_len, parsed.as_ref()))
+                .map(|()| WireSize::single(frame_len, parsed))
                 .map_err(Refusal::from),
             Some(gso) => length.map_err(Refusal::from).and_then(|()| {
-                WireSize::segments(gso, frame_len, parsed.as_ref(), self.mtu).map_err(Refusal::from)
+                WireSize::segments(gso, frame_len, parsed, self.mtu).map_err(Refusal::from)
             }),
         };
         let size = wire
             .as_ref()
-            .map_or_else(|_| WireSize::single(frame_len, parsed.as_ref()), |w| *w);
+            .map_or_else(|_| WireSize::single(frame_len, parsed), |w| *w);
         io.stages.charge(&mut self.allowance, size.bytes);
         // Into the guest's chains: how many the frame reached, and its bytes.
         let mergeable_count = u16::try_from(used).unwrap_or(u16::MAX);
         frame.head_mut()[NUM_BUFFERS..NUM_BUFFERS + 2]
             .copy_from_slice(&mergeable_count.to_le_bytes());
-        let verdict = match (wire, checked) {
+        let verdict = match (wire, checked.as_ref()) {
             (Err(e), _) => {
                 log::debug!("virtio-net RX: dropping frame: {e}");
                 Verdict::DroppedMalformed
             }
-            (Ok(_), Err(dropped)) => dropped,
+            (Ok(_), Err(dropped)) => *dropped,
             // SAFETY: the spans and iovecs are the chains' as rx_append mapped them for this
             // frame (the ring keeps them mapped), and hold it whole (`length` passed).
             (Ok(_), Ok(_)) => match unsafe { frame.deliver(&self.ring, &self.spans, &self.iovs) } {
@@ -443,7 +443,7 @@ impl RxQueue {
         // Audit: what happened to the frame.
         let headers = &frame.head()[VNET_HDR_LEN..];
         io.stages
-            .audit(Direction::Rx, headers, size, parsed.as_ref(), verdict);
+            .audit(Direction::Rx, headers, size, parsed, verdict);
         if !verdict.passes() {
             inc(&self.counters.rx.dropped);
             return self.return_empty();

@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(send(&s, &mut b, now, 100), Admit::Go, "a's tokens are back");
         s.settle(Direction::Tx, &mut b);
         let tokens = s.buckets()[0].tokens;
-        assert!((tokens - (MIN_BURST_BYTES - 300.0)).abs() < 1.0, "three frames: {tokens}");
+        assert!(
+            (tokens - (MIN_BURST_BYTES - 300.0)).abs() < 1.0,
+            "three frames: {tokens}"
+        );
     }
 
     #[test]
