@@ -63,11 +63,6 @@ pub const FRAME_BUF_LEN: usize = VNET_HDR_LEN + MAX_FRAME_LEN;
 /// Bytes of each frame the queues copy into the device: the virtio header and the headers
 /// the stages read.
 pub(crate) const HEAD_LEN: usize = VNET_HDR_LEN + headers::HEADER_BYTES;
-/// Frames up to this many bytes (virtio header included) go between the TAP and the
-/// device's own buffer in one piece, and are copied to or from guest memory: below it one
-/// copy costs less than the kernel's handling of several iovecs (RX: `readv(2)` instead of
-/// `read(2)`; TX: `writev(2)` of more than one iovec).
-pub(crate) const COPY_MAX: usize = 2048;
 
 /// `d` in nanoseconds, saturating (at about 584 years).
 pub(crate) fn saturating_nanos(d: std::time::Duration) -> u64 {

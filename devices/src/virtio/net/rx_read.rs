@@ -16,9 +16,13 @@ use std::io;
 
 use super::backend::NetBackend;
 use super::chain::{write_head, ChainError, HeadSpans, IovecBuf};
-use super::{COPY_MAX, FRAME_BUF_LEN};
+use super::FRAME_BUF_LEN;
 use crate::virtio::iovec::scatter;
 use crate::virtio::split_ring::SplitRing;
+
+/// Frames up to this many bytes (virtio header included) are read into the device's buffer
+/// and copied: below it, one copy costs less than `readv`'s iovecs.
+pub(super) const COPY_MAX: usize = 2048;
 
 /// The receive queue's frame reading.
 pub(super) struct RxRead {

@@ -5,10 +5,8 @@
 //! write the TAP refused is `dropped-backend`, not `forwarded`.
 //!
 //! The first [`HEAD_LEN`] bytes of each frame (virtio header and the headers the stages read)
-//! are copied into the queue's own buffer, so the guest cannot change what was checked. The
-//! rest of a frame of at most [`COPY_MAX`] bytes is copied after them just before the write,
-//! so that `writev(2)` has one iovec (the kernel's single-buffer path); the rest of a longer
-//! frame goes from guest memory with the same `writev(2)`, without a copy.
+//! are copied into the queue's own buffer, so the guest cannot change what was checked; the
+//! rest goes from guest memory to the backend with the same `writev(2)`, without a copy.
 
 use std::io::ErrorKind;
 use std::num::Wrapping;
@@ -25,8 +23,7 @@ use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
 use super::shaper::Allowance;
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
-use super::{COPY_MAX, FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
-use crate::virtio::iovec::flatten;
+use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::split_ring::SplitRing;
 
 /// Where one chain's trip through the pipeline ended.
@@ -42,9 +39,8 @@ enum Sent {
 /// The transmit queue while the driver has the device running.
 pub(super) struct TxQueue {
     ring: SplitRing,
-    /// The first bytes of the frame being sent (the device's own copy): [`HEAD_LEN`] of
-    /// them, or all of a frame of at most [`COPY_MAX`] bytes once it passed the checks.
-    head: Box<[u8; COPY_MAX]>,
+    /// The first bytes of the frame being sent: the device's own copy.
+    head: Box<[u8; HEAD_LEN]>,
     /// Where that frame is: `head`, then the rest in guest memory.
     iovs: IovecBuf,
     counters: Arc<NetCounters>,
@@ -74,7 +70,7 @@ impl TxQueue {
     ) -> Self {
         Self {
             ring,
-            head: Box::new([0u8; COPY_MAX]),
+            head: Box::new([0u8; HEAD_LEN]),
             iovs: IovecBuf::with_capacity(usize::from(QUEUE_SIZE)),
             counters,
             allowance: Allowance::default(),
@@ -181,7 +177,7 @@ impl TxQueue {
         let frame = match gather_iov(
             &self.ring,
             index,
-            &mut self.head[..HEAD_LEN],
+            &mut self.head[..],
             &mut self.iovs,
             FRAME_BUF_LEN,
         ) {
@@ -237,6 +233,7 @@ impl TxQueue {
                 read = read_headers(headers, frame_len, true);
             }
         }
+        let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         // Borrowed, not copied: the headers are ~100 bytes, and copies of them had cost ~20
         // instructions a frame.
         let parsed = read.as_ref().ok().and_then(Option::as_ref);
@@ -267,12 +264,8 @@ impl TxQueue {
         let verdict = match passed {
             Err(dropped) => dropped,
             // SAFETY: iovs[0] is `head`; the others point into guest memory that the ring
-            // keeps mapped (gather_iov checked each with get_slice), which `head` is not part
-            // of. A frame of at most COPY_MAX bytes is copied whole into `head` first.
-            Ok(()) => match unsafe {
-                flatten(&mut self.head[..], &mut self.iovs, len);
-                io.backend.write_iov(self.iovs.as_slice())
-            } {
+            // keeps mapped (gather_iov checked each with get_slice).
+            Ok(()) => match unsafe { io.backend.write_iov(self.iovs.as_slice()) } {
                 Ok(_) => {
                     io.stages.charge(&mut self.allowance, size.bytes);
                     add(&self.counters.tx.packets, size.packets);
@@ -296,7 +289,6 @@ impl TxQueue {
             inc(&self.counters.tx.header_fields_cleared);
         }
         // Audit: what happened to the frame.
-        let headers = &self.head[VNET_HDR_LEN.min(head_len)..head_len];
         io.stages
             .audit(Direction::Tx, headers, size, parsed, verdict);
         if !verdict.passes() {
