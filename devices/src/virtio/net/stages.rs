@@ -35,6 +35,7 @@ pub struct Stages {
 
 impl Stages {
     /// Whether a stage after the frame checks reads the frame's headers.
+    #[inline]
     pub(super) fn reads_headers(&self) -> bool {
         self.anti_spoofing.is_some() || self.audit.is_some()
     }
@@ -90,6 +91,7 @@ impl Stages {
 
     /// Anti-spoofing on a guest frame whose headers are `parsed` (read by the frame checks
     /// whenever this stage is on; a frame without them does not pass).
+    #[inline]
     pub(super) fn check_source(&self, parsed: Option<&FrameHeaders>) -> Result<(), Verdict> {
         match (&self.anti_spoofing, parsed) {
             (None, _) => Ok(()),
@@ -113,6 +115,7 @@ impl Stages {
     }
 
     /// The audit stage, if on: one packet going `dir` with `verdict`.
+    #[inline]
     pub(super) fn audit(
         &mut self,
         dir: Direction,
