@@ -121,7 +121,7 @@ impl AuditStage {
         };
         let flags = ip.map_or(0, |i| i.tcp_flags);
         self.flows.record(
-            key,
+            &key,
             now,
             (size.packets, size.bytes, size.ip_bytes),
             flags,

@@ -82,6 +82,17 @@ impl Default for FlowConfig {
     }
 }
 
+/// `packets` packets of `bytes` (`ip_bytes` of them their IP packets) more for a flow, the
+/// last at `now_ns`.
+#[inline]
+fn add(s: &mut FlowStats, now_ns: u64, (packets, bytes, ip_bytes): (u64, u64, u64), flags: u8) {
+    s.last_ns = now_ns;
+    s.packets += packets;
+    s.bytes += bytes;
+    s.ip_bytes += ip_bytes;
+    s.tcp_flags |= flags;
+}
+
 /// The table.
 pub struct FlowTable {
     flows: HashMap<FlowKey, FlowStats, BuildHasherDefault<FxHasher>>,
@@ -128,7 +139,34 @@ impl FlowTable {
 
     /// Count `packets` packets of `bytes` in all (`ip_bytes` of them their IP packets) at
     /// `now_ns`.
+    #[inline]
     pub fn record(
+        &mut self,
+        key: &FlowKey,
+        now_ns: u64,
+        counts: (u64, u64, u64),
+        tcp_flags: u8,
+        sink: &mut dyn FlowSink,
+    ) {
+        // The common case, inlined into the caller: another packet of the direction's last
+        // flow.
+        let d = key.direction.index();
+        if let Some((k, s)) = &mut self.hot[d] {
+            if k == key {
+                add(s, now_ns, counts, tcp_flags);
+                if now_ns.saturating_sub(s.first_ns) >= self.active_ns {
+                    sink.flow(k, s);
+                    self.hot[d] = None;
+                }
+                return;
+            }
+        }
+        self.record_other(*key, now_ns, counts, tcp_flags, sink);
+    }
+
+    /// [`FlowTable::record`] for a packet of another flow than the direction's last.
+    #[inline(never)]
+    fn record_other(
         &mut self,
         key: FlowKey,
         now_ns: u64,
@@ -138,24 +176,7 @@ impl FlowTable {
     ) {
         let d = key.direction.index();
         let active_ns = self.active_ns;
-        let add = |s: &mut FlowStats| {
-            s.last_ns = now_ns;
-            s.packets += packets;
-            s.bytes += bytes;
-            s.ip_bytes += ip_bytes;
-            s.tcp_flags |= tcp_flags;
-        };
-        // The common case: another packet of the direction's last flow.
-        if let Some((k, s)) = &mut self.hot[d] {
-            if *k == key {
-                add(s);
-                if now_ns.saturating_sub(s.first_ns) >= active_ns {
-                    sink.flow(k, s);
-                    self.hot[d] = None;
-                }
-                return;
-            }
-        }
+        let add = |s: &mut FlowStats| add(s, now_ns, (packets, bytes, ip_bytes), tcp_flags);
         // Another flow: the hot one goes back into the map, this one comes out of it.
         if let Some((k, s)) = self.hot[d].take() {
             self.flows.insert(k, s);
@@ -257,9 +278,9 @@ mod tests {
     fn packets_add_up_and_idle_flows_end() {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
-        t.record(key(1), S, (1, 100, 86), 0x02, &mut sink);
-        t.record(key(1), 2 * S, (1, 200, 186), 0x10, &mut sink);
-        t.record(key(2), 10 * S, (1, 60, 46), 0, &mut sink);
+        t.record(&key(1), S, (1, 100, 86), 0x02, &mut sink);
+        t.record(&key(1), 2 * S, (1, 200, 186), 0x10, &mut sink);
+        t.record(&key(2), 10 * S, (1, 60, 46), 0, &mut sink);
         t.expire(17 * S, &mut sink);
         assert_eq!(sink.0.len(), 1, "only flow 1 idle for 15 s");
         let (k, s) = sink.0[0];
@@ -289,7 +310,7 @@ mod tests {
                 _ if i % 2 == 0 => key(2),
                 _ => key(1),
             };
-            t.record(k, S + i, (1, 10, 0), 0, &mut sink);
+            t.record(&k, S + i, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 3);
         t.drain(&mut sink);
@@ -311,7 +332,7 @@ mod tests {
         let mut t = FlowTable::new(FlowConfig::default());
         let mut sink = Collect::default();
         for sec in 0..=130 {
-            t.record(key(1), sec * S, (1, 10, 0), 0, &mut sink);
+            t.record(&key(1), sec * S, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(sink.0.len(), 2, "cut at 60 s and 121 s");
         assert_eq!(sink.0[0].1.packets, 61);
@@ -325,13 +346,13 @@ mod tests {
         });
         let mut sink = Collect::default();
         for p in 0..10 {
-            t.record(key(p), S, (1, 10, 0), 0, &mut sink);
+            t.record(&key(p), S, (1, 10, 0), 0, &mut sink);
         }
         assert_eq!(t.len(), 4);
         assert_eq!(t.overflow, 6);
         assert_eq!(sink.0.len(), 6);
         // Existing flows still count.
-        t.record(key(0), 2 * S, (1, 10, 0), 0, &mut sink);
+        t.record(&key(0), 2 * S, (1, 10, 0), 0, &mut sink);
         t.drain(&mut sink);
         let f0 = sink
             .0
