@@ -372,19 +372,10 @@ fn resend_used(driver: &mut GuestDriver) -> u64 {
 /// The raw loop writes `count` copies of `frame` per batch, one buffer each, as the device
 /// reads the guest ring's `count` buffers: a single reused buffer would stay in the cache
 /// and measure it, not the TAP.
-fn raw_tx_loop(mut tap: Tap, frame: &[u8], count: usize, batches: usize) -> Run {
-    let frames: Vec<Vec<u8>> = (0..count).map(|_| frame.to_vec()).collect();
-    measure(
-        batches,
-        &mut tap,
-        |_| {},
-        |tap| {
-            for f in &frames {
-                tap.write_frame(f).expect("raw write");
-            }
-            count as u64
-        },
-    )
+fn raw_tx_loop(tap: Tap, frame: &[u8], count: usize, batches: usize) -> Run {
+    raw_tx_loop_with(tap, frame, (count, batches), |tap, f| {
+        tap.write_frame(f).expect("raw write");
+    })
 }
 
 /// [`raw_tx_loop`] with `writev(2)` of two iovecs per frame, the first 140 bytes and the
@@ -392,29 +383,41 @@ fn raw_tx_loop(mut tap: Tap, frame: &[u8], count: usize, batches: usize) -> Run 
 /// `tx-raw`, 30 interleaved runs each at 1 500 B: the same within the noise, so copying a
 /// small frame whole to write one iovec gained nothing and was not kept.)
 fn tx_raw_writev(len: usize, batches: usize) -> Run {
-    let mut tap = Tap::open(TAP).expect("tap");
-    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
+    let tap = Tap::open(TAP).expect("tap");
+    raw_tx_loop_with(tap, &frame(len), (BATCH, batches), |tap, f| {
+        let cut = f.len().min(140);
+        let iovs = [
+            libc::iovec {
+                iov_base: f.as_ptr() as *mut libc::c_void,
+                iov_len: cut,
+            },
+            libc::iovec {
+                iov_base: f[cut..].as_ptr() as *mut libc::c_void,
+                iov_len: f.len() - cut,
+            },
+        ];
+        // SAFETY: both iovecs describe parts of `f`, borrowed for the call.
+        unsafe { tap.write_iov(&iovs) }.expect("raw writev");
+    })
+}
+
+/// `count` copies of `frame` per batch, each written with `write`.
+fn raw_tx_loop_with(
+    mut tap: Tap,
+    frame: &[u8],
+    (count, batches): (usize, usize),
+    write: impl Fn(&mut Tap, &[u8]),
+) -> Run {
+    let frames: Vec<Vec<u8>> = (0..count).map(|_| frame.to_vec()).collect();
     measure(
         batches,
         &mut tap,
         |_| {},
         |tap| {
             for f in &frames {
-                let cut = f.len().min(140);
-                let iovs = [
-                    libc::iovec {
-                        iov_base: f.as_ptr() as *mut libc::c_void,
-                        iov_len: cut,
-                    },
-                    libc::iovec {
-                        iov_base: f[cut..].as_ptr() as *mut libc::c_void,
-                        iov_len: f.len() - cut,
-                    },
-                ];
-                // SAFETY: both iovecs describe parts of `f`, borrowed for the call.
-                unsafe { tap.write_iov(&iovs) }.expect("raw writev");
+                write(tap, f);
             }
-            BATCH as u64
+            count as u64
         },
     )
 }
