@@ -613,11 +613,11 @@ fn main() {
         });
     }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, rx-device, rx-raw, rx-raw-readv, rx-audit,
-    // rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg (MRG_RXBUF and GUEST_TSO4
-    // as a Linux guest negotiates them), tx-shaped, rx-shaped (a shaper that never throttles),
-    // gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
-    // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
+    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, rx-device, rx-raw,
+    // rx-raw-readv, rx-audit, rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg
+    // (MRG_RXBUF and GUEST_TSO4 as a Linux guest negotiates them), tx-shaped, rx-shaped (a
+    // shaper that never throttles), gso-rx-device, gso-rx-raw, gso-rx-raw-readv; LEN bytes per
+    // frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
     // table's RX rows alone.
     let only = std::env::args().nth(2);

@@ -15,8 +15,13 @@
 //! The bucket is locked and the clock read when a batch starts or its allowance runs out,
 //! not for every frame: per frame, admission and charging had cost ~260 user-space
 //! instructions and 90-180 ns (`net_path tx-shaped` against `tx-device`, issue 16's eighth
-//! part). A queue that takes the bucket's tokens leaves the sliver's other NICs none until
-//! its batch ends; the sliver's rate is what the buckets hold, not how its NICs share it.
+//! part).
+//!
+//! This assumes the queues sharing a shaper run their batches one at a time, as a VMM's
+//! NICs do on its one device event loop: then at most one allowance per direction holds
+//! tokens, and the bucket behaves as if charged frame by frame. Queues on several threads
+//! would each take a whole burst in turn, and one finding the bucket emptied by another
+//! would get one frame and then wait.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,7 +59,7 @@ pub const MAX_WAIT: Duration = Duration::from_millis(50);
 /// The shaper's answer for the next frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admit {
-    /// Send it (and [`Shaper::charge`] its size afterwards).
+    /// Send it (and charge its size to the allowance afterwards: [`Allowance::charge`]).
     Go,
     /// Wait this long, then ask again.
     Wait(Duration),
@@ -208,9 +213,14 @@ impl Shaper {
         if bytes > 0 {
             self.source.account(dir, bytes);
         }
-        // An unlimited allowance takes nothing from the bucket and gives nothing back.
-        if tokens.is_finite() && tokens != 0.0 {
-            self.buckets()[dir.index()].tokens += tokens;
+        if tokens.is_finite() {
+            if tokens != 0.0 {
+                self.buckets()[dir.index()].tokens += tokens;
+            }
+        } else if bytes > 0 && self.source.rate(dir).is_some() {
+            // An unlimited allowance takes nothing from the bucket and gives nothing back,
+            // but a rate set during its batch is owed what the batch sent.
+            self.buckets()[dir.index()].tokens -= bytes as f64;
         }
     }
 
@@ -275,6 +285,21 @@ mod tests {
 
     use super::*;
 
+    /// Unlimited until `limited` is set, then 1 000 B/s.
+    #[derive(Default)]
+    struct SwitchedRate {
+        limited: std::sync::atomic::AtomicBool,
+    }
+
+    impl RateSource for Arc<SwitchedRate> {
+        fn rate(&self, _dir: Direction) -> Option<u64> {
+            self.limited.load(Ordering::Relaxed).then_some(1000)
+        }
+        fn account(&self, _dir: Direction, _bytes: u64) {}
+        fn set_backlogged(&self, _dir: Direction, _backlogged: bool) {}
+        fn add_throttled(&self, _dir: Direction, _ns: u64) {}
+    }
+
     fn shaper(rate: Option<u64>) -> (Shaper, Arc<FixedRate>) {
         let src = Arc::new(FixedRate {
             rates: [rate, None],
@@ -337,6 +362,25 @@ mod tests {
         let debt = MIN_BURST_BYTES - 4000.0;
         let tokens = s.buckets()[0].tokens;
         assert!((tokens - debt).abs() < 1.0, "the debt went back: {tokens}");
+    }
+
+    #[test]
+    fn a_rate_set_during_an_unlimited_batch_is_owed_that_batch() {
+        let src = Arc::new(SwitchedRate::default());
+        let s = Shaper::new(Box::new(src.clone()));
+        let mut a = Allowance::default();
+        let now = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(send(&s, &mut a, now, 1000), Admit::Go, "unlimited");
+        }
+        src.limited.store(true, Ordering::Relaxed);
+        s.settle(Direction::Tx, &mut a);
+        let tokens = s.buckets()[0].tokens;
+        assert!(
+            (tokens - (MIN_BURST_BYTES - 10_000.0)).abs() < 1.0,
+            "the batch's 10 000 bytes are debt: {tokens}"
+        );
+        assert!(matches!(send(&s, &mut a, now, 1000), Admit::Wait(_)));
     }
 
     #[test]
