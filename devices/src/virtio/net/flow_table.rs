@@ -170,25 +170,24 @@ impl FlowTable {
         &mut self,
         key: FlowKey,
         now_ns: u64,
-        (packets, bytes, ip_bytes): (u64, u64, u64),
+        counts: (u64, u64, u64),
         tcp_flags: u8,
         sink: &mut dyn FlowSink,
     ) {
         let d = key.direction.index();
         let active_ns = self.active_ns;
-        let add = |s: &mut FlowStats| add(s, now_ns, (packets, bytes, ip_bytes), tcp_flags);
         // Another flow: the hot one goes back into the map, this one comes out of it.
         if let Some((k, s)) = self.hot[d].take() {
             self.flows.insert(k, s);
         }
         let stats = match self.flows.remove(&key) {
             Some(mut s) => {
-                add(&mut s);
+                add(&mut s, now_ns, counts, tcp_flags);
                 s
             }
-            None if self.len() >= self.config.capacity => {
-                self.overflow += 1;
-                let packet = FlowStats {
+            None => {
+                let (packets, bytes, ip_bytes) = counts;
+                let first = FlowStats {
                     first_ns: now_ns,
                     last_ns: now_ns,
                     packets,
@@ -196,17 +195,14 @@ impl FlowTable {
                     ip_bytes,
                     tcp_flags,
                 };
-                sink.flow(&key, &packet);
-                return;
+                if self.len() >= self.config.capacity {
+                    // No room: the packet is reported as a flow of its own.
+                    self.overflow += 1;
+                    sink.flow(&key, &first);
+                    return;
+                }
+                first
             }
-            None => FlowStats {
-                first_ns: now_ns,
-                last_ns: now_ns,
-                packets,
-                bytes,
-                ip_bytes,
-                tcp_flags,
-            },
         };
         if now_ns.saturating_sub(stats.first_ns) >= active_ns {
             sink.flow(&key, &stats);
