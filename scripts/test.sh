@@ -59,6 +59,8 @@ command -v mcopy >/dev/null || need+=(mtools)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v python3 >/dev/null || need+=(python3)
+# Which KVM ioctls a VMM makes (a saved CPUID table spares it KVM_GET_SUPPORTED_CPUID).
+command -v strace >/dev/null || need+=(strace)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if ((${#need[@]})); then
     # tshark's wireshark-common asks whether non-root users may capture; answer no up front.

@@ -97,6 +97,20 @@ fn socket_err<'a>(
     }
 }
 
+/// Ask KVM for its supported CPUID table once, for every VMM this daemon starts, and keep it
+/// in `state_dir` (see `vmm::arch::cpuid_table`); `None`, logged, when KVM cannot be asked
+/// or the file written: each VMM then asks KVM itself, and says so if it cannot.
+fn supported_cpuid(state_dir: &Path) -> Option<PathBuf> {
+    let path = state_dir.join(vmm::arch::cpuid_table::FILE_NAME);
+    match vmm::arch::cpuid_table::save(&path) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            log::warn!("saving KVM's supported CPUID table: {e}; each VMM asks KVM itself");
+            None
+        }
+    }
+}
+
 /// Remove a socket file left by a daemon that died; refuse if one still answers.
 fn clear_stale_socket(path: &Path) -> Result<(), NodeError> {
     if !path.exists() {
@@ -251,6 +265,7 @@ pub fn run(config: &NodeConfig) -> Result<(), NodeError> {
                     guest_net,
                     cgroups,
                     jail: config.jail,
+                    supported_cpuid: supported_cpuid(&state_dir),
                 },
             )
             .map_err(|e| {

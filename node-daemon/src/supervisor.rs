@@ -60,6 +60,9 @@ pub struct VmmPolicy {
     /// The ids jailed VMMs run as (`None`: VMMs run unjailed, as root, as `GET /healthz`
     /// says).
     pub jail: Option<crate::vmm_jail::JailIds>,
+    /// KVM's supported CPUID table, saved once at the daemon's start and handed to every VMM
+    /// (`run --supported-cpuid`; `None`: each VMM asks KVM itself).
+    pub supported_cpuid: Option<PathBuf>,
 }
 
 /// What a sliver's VMM and guest are told on a node with an uplink.
@@ -261,6 +264,9 @@ impl Supervisor {
         }
         if !self.capture {
             cmd.arg("--no-capture");
+        }
+        if let Some(table) = &self.policy.supported_cpuid {
+            cmd.arg("--supported-cpuid").arg(table);
         }
         let mut cmdline = Vec::new();
         if let Some(net) = &spec.net {

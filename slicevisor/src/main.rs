@@ -21,7 +21,7 @@ enum Command {
     ///
     /// Exit codes: 0 guest powered off or stopped by SIGINT/SIGTERM; 1 setup error;
     /// 2 guest kernel panic; 3 triple fault; 4 KVM error; 5 VMM error.
-    Run(vmm::run_cmd::RunArgs),
+    Run(Box<vmm::run_cmd::RunArgs>),
     /// Serve the node API (HTTP + JSON) on a unix socket, keeping slivers in a state directory.
     Node(node_daemon::node_cmd::NodeArgs),
     /// Talk to a running node daemon.
@@ -45,7 +45,7 @@ fn fail(e: impl std::fmt::Display) -> i32 {
 fn main() {
     slicevisor::init_log();
     let code = match Cli::parse().command {
-        Command::Run(args) => vmm::run_cmd::run(args),
+        Command::Run(args) => vmm::run_cmd::run(*args),
         Command::Node(args) => node_daemon::node_cmd::run(args).map_or_else(fail, |()| 0),
         Command::Ctl(args) => node_daemon::ctl_cmd::run(&args),
         Command::Image(args) => node_daemon::image_cmd::run(&args),

@@ -263,3 +263,24 @@ fn bad_disks_are_named() {
     let out = run_with(&["--kernel", &kernel, "--disk", &spec]);
     assert_setup_error(&out, "in use by another process (locked)");
 }
+
+#[test]
+fn a_broken_supported_cpuid_table_is_named() {
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let kernel = tiny_kernel(dir.path());
+    let table = dir.path().join("cpuid");
+    std::fs::write(&table, [0u8; 7]).expect("write");
+    let table = table.display().to_string();
+    let out = run_with(&["--kernel", &kernel, "--supported-cpuid", &table]);
+    assert_setup_error(&out, &format!("--supported-cpuid {table}: 7 bytes is not"));
+    let out = run_with(&[
+        "--kernel",
+        &kernel,
+        "--supported-cpuid",
+        "/nonexistent/cpuid",
+    ]);
+    assert_setup_error(
+        &out,
+        "--supported-cpuid /nonexistent/cpuid: No such file or directory",
+    );
+}

@@ -248,3 +248,41 @@ fn host_quirks_are_detected_and_logged() {
     let on = boot(&program, &["--host-quirks", "on"]);
     assert!(on.stderr.contains("noxsave clearcpuid="), "{}", on.stderr);
 }
+
+/// The KVM ioctls `slicevisor run` makes for a tiny guest with `extra` flags, by name, as
+/// strace decodes them from `<linux/kvm.h>`.
+fn kvm_ioctls_of_a_run(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let kernel = Program::new()
+        .boot_marker()
+        .reset()
+        .write_elf(dir.path(), "tiny.elf");
+    let trace = dir.path().join("ioctls");
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=ioctl", "-o"])
+        .arg(&trace)
+        .arg(e2e::run::slicevisor_bin())
+        .args(["run", "--kernel"])
+        .arg(&kernel)
+        .args(extra)
+        .output()
+        .expect("strace (installed by scripts/test.sh)");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::read_to_string(&trace).expect("strace output")
+}
+
+#[test]
+fn a_saved_cpuid_table_spares_the_vmm_asking_kvm() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmpdir");
+    let table = dir.path().join(vmm::arch::cpuid_table::FILE_NAME);
+    vmm::arch::cpuid_table::save(&table).expect("save the table as the node daemon does");
+    let asked = kvm_ioctls_of_a_run(&[]);
+    assert!(asked.contains("KVM_GET_SUPPORTED_CPUID"), "{asked}");
+    let handed = kvm_ioctls_of_a_run(&["--supported-cpuid", table.to_str().expect("utf8")]);
+    assert!(!handed.contains("KVM_GET_SUPPORTED_CPUID"), "{handed}");
+    // Every vCPU still gets its CPUID, from the table.
+    assert!(handed.contains("KVM_SET_CPUID2"), "{handed}");
+}

@@ -429,6 +429,25 @@ fn vmm_processes_are_started_watched_stopped_and_readopted() {
     // It is the VMM-only binary beside the daemon's, with `slicevisor run`'s arguments.
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("VMM's exe");
     assert_eq!(exe, slicevisor_bin().with_file_name("slicevisor-vmm"));
+    // Handed the CPUID table the daemon asked KVM for once: a vCPU gets from it what it gets
+    // from KVM's answer now (which names the host CPU it ran on in the APIC id fields, which
+    // the vCPU's own id replaces).
+    let table = dir
+        .path()
+        .join("state")
+        .join(vmm::arch::cpuid_table::FILE_NAME);
+    let args = std::fs::read(format!("/proc/{pid}/cmdline")).expect("VMM's arguments");
+    let args: Vec<&[u8]> = args.split(|&b| b == 0).collect();
+    let at = args
+        .iter()
+        .position(|a| *a == b"--supported-cpuid")
+        .expect("--supported-cpuid given");
+    assert_eq!(args[at + 1], table.as_os_str().as_encoded_bytes());
+    let now = dir.path().join("cpuid-now");
+    vmm::arch::cpuid_table::save(&now).expect("ask KVM now");
+    let vcpu =
+        |t| vmm::arch::cpuid::for_vcpu(&vmm::arch::cpuid_table::load(t).expect(""), 0, 1, false);
+    assert_eq!(vcpu(&table), vcpu(&now));
     assert_eq!(
         d.call("POST", "/slivers/a/start", None).status,
         409,

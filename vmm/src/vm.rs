@@ -17,7 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::layout::{
     BOOT_TIMER_PORT, CMDLINE_START, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT, I8042_PORT,
 };
-use crate::arch::{mptable, regs};
+use crate::arch::{cpuid_table, mptable, regs};
 use crate::attach::VirtioAttacher;
 use crate::audit_sink::SliverAudit;
 use crate::boot::{cmdline, loader, pvh};
@@ -36,8 +36,6 @@ use crate::stats::StatsWriter;
 use crate::vcpu::{self, VcpuContext, VcpuError};
 use crate::{boot_report, kvm_vm};
 
-/// Enough CPUID entries for any current x86 CPU.
-const KVM_MAX_CPUID_ENTRIES: usize = 256;
 /// How often a vCPU that has not stopped yet is kicked out of KVM_RUN again.
 const KICK_INTERVAL: Duration = Duration::from_millis(2);
 
@@ -70,6 +68,8 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// A unix socket where console clients watch and one types.
     pub console_socket: Option<PathBuf>,
+    /// KVM's supported CPUID table in this file (see [`cpuid_table`]) instead of asking KVM.
+    pub supported_cpuid: Option<PathBuf>,
 }
 
 /// The audit outputs of this VMM's sliver.
@@ -116,6 +116,9 @@ pub enum VmError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The `--supported-cpuid` table could not be read.
+    #[error("--supported-cpuid {0}")]
+    SupportedCpuid(#[source] cpuid_table::CpuidTableError),
     /// Event loop setup.
     #[error(transparent)]
     EventLoop(#[from] EventLoopError),
@@ -288,6 +291,7 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
         kvm: kvm_fd,
         ledger,
         mut taps,
+        supported_cpuid,
     } = pre;
     let start = Instant::now();
     // Stop signals are handled from here on (a stop during set-up ends the VM once it runs).
@@ -411,9 +415,11 @@ pub fn run(config: &VmConfig, pre: Preopened) -> Result<ExitReason, VmError> {
         exit: exit.clone(),
     };
 
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| VmError::Resource("KVM_GET_SUPPORTED_CPUID", e.into()))?;
+    let supported = match supported_cpuid {
+        Some(table) => table,
+        None => cpuid_table::ask(&kvm)
+            .map_err(|e| VmError::Resource("KVM_GET_SUPPORTED_CPUID", e.into()))?,
+    };
     let vcpu_fds = (0..config.vcpus)
         .map(|id| {
             let entry = (id == 0).then_some(kernel.entry);

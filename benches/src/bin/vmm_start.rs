@@ -1,7 +1,9 @@
 //! VMM start to first guest instruction: CPU time of the VMM process and resident memory
 //! beyond guest memory, measured by the boot-timer port that a tiny guest writes as its first
-//! instruction. Both binaries, alternately: `slicevisor-vmm run` (what the node daemon starts)
-//! and `slicevisor run` (the full binary, by hand).
+//! instruction. Three ways, in turn: `slicevisor-vmm run --supported-cpuid TABLE` (what the
+//! node daemon starts: KVM's CPUID table saved once, as the daemon does at its start),
+//! `slicevisor-vmm run` (asking KVM for the table itself) and `slicevisor run` (the full
+//! binary, by hand).
 //!
 //! Run: `cargo build --release --workspace --bins && cargo rustc --release -p slicevisor --bin
 //! slicevisor-vmm -- -C target-feature=+crt-static && target/release/vmm_start [RUNS]` (the
@@ -61,19 +63,28 @@ fn main() {
         .boot_marker()
         .reset()
         .write_elf(dir.path(), "marker.elf");
+    let table = dir.path().join(vmm::arch::cpuid_table::FILE_NAME);
+    vmm::arch::cpuid_table::save(&table).expect("saving KVM's CPUID table");
+    let table = table.to_str().expect("utf8").to_owned();
     let binaries = [
-        ("slicevisor-vmm run", vmm_bin()),
-        ("slicevisor run", slicevisor_bin()),
+        (
+            "slicevisor-vmm run --supported-cpuid",
+            vmm_bin(),
+            vec!["--supported-cpuid", &table],
+        ),
+        ("slicevisor-vmm run", vmm_bin(), vec![]),
+        ("slicevisor run", slicevisor_bin(), vec![]),
     ];
-    let mut rows: Vec<[Vec<f64>; 5]> = vec![Default::default(), Default::default()];
+    let mut rows: Vec<[Vec<f64>; 5]> = vec![Default::default(); binaries.len()];
     for run in 0..runs {
-        // Each binary goes first in every other round.
-        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
-            let (bin, row) = (&binaries[i].1, &mut rows[i]);
+        // Each way goes first in turn.
+        for k in 0..binaries.len() {
+            let i = (run + k) % binaries.len();
+            let ((_, bin, extra), row) = (&binaries[i], &mut rows[i]);
             let child = std::process::Command::new(bin)
                 .args(["run", "--kernel", kernel.to_str().expect("utf8")])
                 .args(["--mem-mib", "128"])
+                .args(extra)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -94,7 +105,7 @@ fn main() {
         }
     }
     println!("VMM start -> first guest instruction ({runs} runs, 1 vCPU, 128 MiB, tiny PVH guest)");
-    for ((name, bin), row) in binaries.iter().zip(&rows) {
+    for ((name, bin, _), row) in binaries.iter().zip(&rows) {
         println!("{name}: {} ({})", bin.display(), linkage(bin));
         println!(
             "{:<28} {:>9} {:>9} {:>9} {:>9}",

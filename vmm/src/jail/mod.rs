@@ -84,6 +84,9 @@ pub struct Preopened {
     pub ledger: Option<File>,
     /// Per `--net`, in order: the TAP, when it was passed in (`fd=`) or opened before the jail.
     pub taps: Vec<Option<devices::virtio::net::tap::Tap>>,
+    /// KVM's supported CPUID table, read from `--supported-cpuid` (the VMM asks KVM when
+    /// there is none).
+    pub supported_cpuid: Option<kvm_bindings::CpuId>,
 }
 
 /// Errors entering the jail; each names the step and the path or id.
