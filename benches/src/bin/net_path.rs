@@ -613,7 +613,7 @@ fn main() {
         });
     }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, rx-device, rx-raw,
+    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, tx-raw-uring, rx-device, rx-raw,
     // rx-raw-readv, rx-audit, rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg
     // (MRG_RXBUF and GUEST_TSO4 as a Linux guest negotiates them), tx-shaped, rx-shaped (a
     // shaper that never throttles), gso-rx-device, gso-rx-raw, gso-rx-raw-readv; LEN bytes per
@@ -664,6 +664,7 @@ fn main() {
             "rx-shaped" => rx_shaped(len, batches, &inj),
             "tx-raw" => tx_raw(len, batches),
             "tx-raw-writev" => tx_raw_writev(len, batches),
+            "tx-raw-uring" => tx_raw_uring(len, batches),
             "rx-device" => rx_device(len, batches, &inj, Audit::Off),
             "rx-raw" => rx_raw(len, batches, &inj),
             "rx-raw-readv" => rx_raw_readv(len, batches, &inj),
@@ -969,4 +970,48 @@ fn gso_shaper_accuracy() {
         rate / 1e6,
         100.0 * (rate - 1e8) / 1e8
     );
+}
+
+/// [`raw_tx_loop`] with the batch's writes submitted to io_uring at once (`IORING_OP_WRITE`
+/// on the TAP, one `io_uring_enter(2)` a batch) instead of one `write(2)` each: what batching
+/// the system call per frame would save. The TAP is non-blocking, so the kernel runs the
+/// writes inline in `io_uring_enter` (checked: the process's CPU time, which would include
+/// io_uring's worker threads, is the thread's).
+fn tx_raw_uring(len: usize, batches: usize) -> Run {
+    use std::os::fd::AsRawFd;
+    let tap = Tap::open(TAP).expect("tap");
+    let fd = io_uring::types::Fd(tap.as_raw_fd());
+    let mut ring = io_uring::IoUring::new(BATCH as u32).expect("io_uring_setup");
+    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
+    let process_cpu = || vmm::clock::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let (start, mut written) = (process_cpu(), 0u64);
+    let run = measure(
+        batches,
+        &mut ring,
+        |_| {},
+        |ring| {
+            for (i, f) in frames.iter().enumerate() {
+                let len = u32::try_from(f.len()).expect("frame length");
+                let write = io_uring::opcode::Write::new(fd, f.as_ptr(), len)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: `f` lives in `frames`, untouched until every write of the batch
+                // has completed (the wait below), and `tap` stays open until then.
+                unsafe { ring.submission().push(&write) }.expect("submission queue room");
+            }
+            ring.submit_and_wait(BATCH).expect("io_uring_enter");
+            for done in ring.completion() {
+                assert!(done.result() > 0, "write: errno {}", -done.result());
+                written += 1;
+            }
+            BATCH as u64
+        },
+    );
+    assert_eq!(written, ((WARM_UP + batches) * BATCH) as u64);
+    let process = (process_cpu() - start) as f64;
+    assert!(
+        process < 1.2 * run.cpu_ns as f64 * (WARM_UP + batches) as f64 / batches as f64,
+        "io_uring ran the writes on worker threads: thread CPU undercounts"
+    );
+    run
 }
