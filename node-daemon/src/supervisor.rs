@@ -265,7 +265,8 @@ impl Supervisor {
         if !self.capture {
             cmd.arg("--no-capture");
         }
-        if let Some(table) = &self.policy.supported_cpuid {
+        // A table removed since the daemon's start: the VMM asks KVM itself.
+        if let Some(table) = self.policy.supported_cpuid.as_ref().filter(|t| t.exists()) {
             cmd.arg("--supported-cpuid").arg(table);
         }
         let mut cmdline = Vec::new();

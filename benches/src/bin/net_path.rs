@@ -979,10 +979,12 @@ fn gso_shaper_accuracy() {
 /// io_uring's worker threads, is the thread's).
 fn tx_raw_uring(len: usize, batches: usize) -> Run {
     use std::os::fd::AsRawFd;
+    // The frames and the TAP are declared before the ring, so they outlive it: a write still
+    // in flight when a panic unwinds never points at freed memory or a closed descriptor.
+    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
     let tap = Tap::open(TAP).expect("tap");
     let fd = io_uring::types::Fd(tap.as_raw_fd());
     let mut ring = io_uring::IoUring::new(BATCH as u32).expect("io_uring_setup");
-    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
     let process_cpu = || vmm::clock::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
     let (start, mut written) = (process_cpu(), 0u64);
     let run = measure(
@@ -991,17 +993,24 @@ fn tx_raw_uring(len: usize, batches: usize) -> Run {
         |_| {},
         |ring| {
             for (i, f) in frames.iter().enumerate() {
-                let len = u32::try_from(f.len()).expect("frame length");
-                let write = io_uring::opcode::Write::new(fd, f.as_ptr(), len)
+                let bytes = u32::try_from(f.len()).expect("frame length");
+                let write = io_uring::opcode::Write::new(fd, f.as_ptr(), bytes)
                     .build()
                     .user_data(i as u64);
-                // SAFETY: `f` lives in `frames`, untouched until every write of the batch
-                // has completed (the wait below), and `tap` stays open until then.
+                // SAFETY: `f` lives in `frames` and `tap` stays open, both unchanged, until
+                // every write of the batch has completed (the wait below) and, declared
+                // before the ring, until the ring itself is gone.
                 unsafe { ring.submission().push(&write) }.expect("submission queue room");
             }
             ring.submit_and_wait(BATCH).expect("io_uring_enter");
             for done in ring.completion() {
-                assert!(done.result() > 0, "write: errno {}", -done.result());
+                let i = usize::try_from(done.user_data()).expect("index");
+                assert_eq!(
+                    usize::try_from(done.result()).ok(),
+                    Some(frames[i].len()),
+                    "write of frame {i}: result {} (a negative errno or a short write)",
+                    done.result()
+                );
                 written += 1;
             }
             BATCH as u64

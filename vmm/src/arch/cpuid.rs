@@ -8,6 +8,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_CACHE_TOPOLOGY: u32 = 0x4;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
+/// V2 extended topology (Intel SDM vol. 2A, CPUID leaf 1FH): EDX is the x2APIC id, as in 0xB.
+const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
 /// KVM_FEATURE_PV_SEND_IPI (leaf 0x4000_0001 EAX bit 11).
 const KVM_FEATURE_PV_SEND_IPI: u32 = 1 << 11;
@@ -38,7 +40,8 @@ fn normalize_entry(entry: &mut kvm_cpuid_entry2, id: u8, count: u8) {
             // Cores per package - 1; every vCPU is a core of one package.
             set_field(&mut entry.eax, 26, 6, u32::from(count.saturating_sub(1)));
         }
-        LEAF_EXT_TOPOLOGY => {
+        // KVM answers with the x2APIC id of the host CPU that asked.
+        LEAF_EXT_TOPOLOGY | LEAF_V2_EXT_TOPOLOGY => {
             entry.edx = u32::from(id);
         }
         _ => {}
@@ -76,7 +79,8 @@ mod tests {
     #[test]
     fn topology_and_hypervisor_bit() {
         let supported =
-            CpuId::from_entries(&[entry(1), entry(4), entry(0xb), entry(7)]).expect("cpuid");
+            CpuId::from_entries(&[entry(1), entry(4), entry(0xb), entry(7), entry(0x1f)])
+                .expect("cpuid");
         let c = for_vcpu(&supported, 2, 4, false);
         let e = c.as_slice();
         assert_eq!(e[0].ebx >> 24, 2, "APIC id");
@@ -87,6 +91,7 @@ mod tests {
         assert_eq!(e[1].eax >> 26, 3);
         assert_eq!(e[2].edx, 2);
         assert_eq!(e[3].ebx, 0xffff_ffff, "other leaves untouched");
+        assert_eq!(e[4].edx, 2, "leaf 0x1F's x2APIC id");
     }
 
     #[test]

@@ -2,9 +2,21 @@
 //!
 //! `KVM_GET_SUPPORTED_CPUID` makes the host kernel run `cpuid` for every leaf. Where the host
 //! is itself a virtual machine each of those is a trap, and the ioctl took ~1 ms of a VMM's
-//! ~5 ms start (docs/benchmarks.md, issue 16's ninth part). The table does not change while
-//! the KVM module stays loaded, so the node daemon asks once at its start ([`save`]) and
-//! hands the file to every VMM it starts (`run --supported-cpuid PATH`, [`load`]).
+//! ~5 ms start (docs/benchmarks.md, issue 16's ninth part). So the node daemon asks once at
+//! its start ([`save`]) and hands the file to every VMM it starts (`run --supported-cpuid
+//! PATH`, [`load`]).
+//!
+//! What the answer depends on besides the KVM module (and its parameters), so what the saved
+//! table freezes at the daemon's start:
+//! - the host CPU the ioctl ran on: its APIC id in leaf 1 EBX\[31:24\] and leaves 0xB and
+//!   0x1F EDX, which [`crate::arch::cpuid::for_vcpu`] replaces with the vCPU's own; on hybrid
+//!   hosts (performance and efficiency cores) the cache leaves (2, 4, 0x8000_0005/6) of that
+//!   core's type, as a VMM asking for itself gets those of whichever core it ran on;
+//! - the asking process's permission for AMX guest state (`ARCH_REQ_XCOMP_GUEST_PERM`,
+//!   leaf 0xD): neither the daemon nor the VMM asks for it, so the two answers agree; a VMM
+//!   that ever does must ask KVM itself.
+//!
+//! A KVM module reloaded with other parameters needs a daemon restart.
 //!
 //! File format: the table's entries back to back, each the 40 bytes of
 //! `struct kvm_cpuid_entry2` of `<linux/kvm.h>` as x86-64 lays it out: `function`, `index`,
@@ -19,15 +31,18 @@ use kvm_ioctls::Kvm;
 pub const FILE_NAME: &str = "kvm-supported-cpuid";
 /// Bytes per entry: ten `__u32` (`struct kvm_cpuid_entry2`, `<linux/kvm.h>`).
 pub const ENTRY_BYTES: usize = 40;
-/// Most entries asked of `KVM_GET_SUPPORTED_CPUID` (and accepted in a file); Linux's own
-/// limit, `KVM_MAX_CPUID_ENTRIES` in `arch/x86/include/asm/kvm_host.h`, is 256.
-pub const MAX_ENTRIES: usize = 256;
+/// Most entries asked of `KVM_GET_SUPPORTED_CPUID` (and accepted in a file): Linux's own
+/// limit, `KVM_MAX_CPUID_ENTRIES` of `arch/x86/include/asm/kvm_host.h` (256).
+pub const MAX_ENTRIES: usize = kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
 /// Errors asking KVM for the table or reading and writing its file; each names the file
 /// (the caller names the flag or the step).
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidTableError {
-    /// Opening /dev/kvm or `KVM_GET_SUPPORTED_CPUID` failed.
+    /// /dev/kvm could not be opened.
+    #[error("/dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// `KVM_GET_SUPPORTED_CPUID` failed.
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     Kvm(#[source] kvm_ioctls::Error),
     /// The file could not be read or written.
@@ -108,13 +123,13 @@ pub fn decode(bytes: &[u8]) -> Option<CpuId> {
 }
 
 /// Ask KVM (/dev/kvm) for the table and write it to `path` (replaced whole: written beside
-/// it, then renamed).
+/// it, then renamed; nothing is left beside it on failure).
 ///
 /// # Errors
-/// [`CpuidTableError::Kvm`] when /dev/kvm cannot be opened or asked;
-/// [`CpuidTableError::Io`] when the file cannot be written.
+/// [`CpuidTableError::OpenKvm`] or [`CpuidTableError::Kvm`] when /dev/kvm cannot be opened
+/// or asked; [`CpuidTableError::Io`] when the file cannot be written.
 pub fn save(path: &Path) -> Result<(), CpuidTableError> {
-    let kvm = Kvm::new().map_err(CpuidTableError::Kvm)?;
+    let kvm = Kvm::new().map_err(CpuidTableError::OpenKvm)?;
     let table = ask(&kvm).map_err(CpuidTableError::Kvm)?;
     let io = |source| CpuidTableError::Io {
         path: path.to_owned(),
@@ -122,8 +137,11 @@ pub fn save(path: &Path) -> Result<(), CpuidTableError> {
     };
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
-    std::fs::write(&tmp, encode(&table)).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let written = std::fs::write(&tmp, encode(&table)).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 /// The table in the file at `path`.
