@@ -131,3 +131,22 @@ fn unlimited_shaper_changes_nothing() {
     }
     f.assert_still_works();
 }
+
+#[test]
+fn a_reset_while_frames_wait_for_tokens_ends_the_demand_signal() {
+    // Rate 0: frames wait in the ring, signalled as backlog, until the driver resets.
+    let (mut f, src) = shaped(Some(0), None);
+    for i in 0..6 {
+        f.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
+    }
+    f.driver.kick(TXQ);
+    f.pump();
+    assert!(src.backlogged[0].load(Ordering::Relaxed), "frames wait");
+    f.driver.init(FEATURES, 2, QUEUE_SIZE);
+    f.pump();
+    assert!(
+        !src.backlogged[0].load(Ordering::Relaxed),
+        "a reset queue's frames wait no more"
+    );
+    assert!(src.throttled_ns[0].load(Ordering::Relaxed) > 0);
+}

@@ -366,7 +366,10 @@ impl<B: NetBackend> VirtioDevice for NetDevice<B> {
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        if let Some(mut active) = self.active.take() {
+            active.tx.release(&self.stages);
+            active.rx.release(&self.stages);
+        }
         if self.acked_features & OFFLOAD_FEATURES != 0 {
             if let Err(e) = self.backend.set_guest_offloads(0) {
                 log::warn!("virtio-net: clearing the backend's offloads: {e}");

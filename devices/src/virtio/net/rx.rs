@@ -35,7 +35,7 @@ use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
 use super::rx_read::RxRead;
 use super::shaper::Allowance;
-use super::stages::Wait;
+use super::stages::{Stages, Wait};
 use super::vnet_hdr::{
     asks_unnegotiated_rx_offload, clear_unnegotiated, HeaderDirection, NUM_BUFFERS,
 };
@@ -146,6 +146,13 @@ impl RxQueue {
         io.stages.end_batch();
         io.stages.settle(Direction::Rx, &mut self.allowance);
         stop
+    }
+
+    /// The queue goes away (the device is reset): its allowance goes back to the shaper,
+    /// and a frame of it that waited for tokens no longer counts as backlog.
+    pub(super) fn release(&mut self, stages: &Stages) {
+        stages.settle(Direction::Rx, &mut self.allowance);
+        stages.idle(Direction::Rx, &mut self.allowance);
     }
 
     fn process_batch<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
@@ -347,7 +354,7 @@ impl RxQueue {
                     Ok(n) => n,
                     Err(e) => {
                         if e.kind() == ErrorKind::WouldBlock {
-                            io.stages.idle(Direction::Rx);
+                            io.stages.idle(Direction::Rx, &mut self.allowance);
                         } else {
                             log::debug!("virtio-net RX: backend read: {e}");
                         }

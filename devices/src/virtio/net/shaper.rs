@@ -71,6 +71,9 @@ struct Bucket {
     tokens: f64,
     last: Instant,
     throttled_since: Option<Instant>,
+    /// Queues with a frame waiting for tokens ([`Shaper::waiting`] until [`Shaper::idle`]):
+    /// the direction is backlogged while any is.
+    waiters: usize,
 }
 
 impl Bucket {
@@ -79,6 +82,7 @@ impl Bucket {
             tokens: MIN_BURST_BYTES,
             last: now,
             throttled_since: None,
+            waiters: 0,
         }
     }
 
@@ -114,6 +118,8 @@ pub struct Allowance {
     granted: bool,
     /// Bytes charged since then, for [`RateSource::account`].
     bytes: u64,
+    /// The queue has a frame waiting for tokens (counted in its bucket's `waiters`).
+    waits: bool,
 }
 
 impl Allowance {
@@ -209,7 +215,14 @@ impl Shaper {
             tokens,
             granted: _,
             bytes,
-        } = std::mem::take(allowance);
+            waits: _,
+        } = std::mem::replace(
+            allowance,
+            Allowance {
+                waits: allowance.waits,
+                ..Allowance::default()
+            },
+        );
         if bytes > 0 {
             self.source.account(dir, bytes);
         }
@@ -224,21 +237,37 @@ impl Shaper {
         }
     }
 
-    /// A frame in direction `dir` waits for tokens since `now` (the allocator's demand signal).
-    pub fn waiting(&self, dir: Direction, now: Instant) {
+    /// A frame of the queue whose allowance is `allowance` waits to go `dir` for tokens since
+    /// `now` (the allocator's demand signal: the direction is backlogged until every queue
+    /// that waited is [`Shaper::idle`]).
+    pub fn waiting(&self, dir: Direction, allowance: &mut Allowance, now: Instant) {
         let mut buckets = self.buckets();
         let b = &mut buckets[dir.index()];
+        if !allowance.waits {
+            allowance.waits = true;
+            b.waiters += 1;
+        }
         if b.throttled_since.is_none() {
             b.throttled_since = Some(now);
         }
         self.source.set_backlogged(dir, true);
     }
 
-    /// Nothing is waiting in direction `dir` any more.
-    pub fn idle(&self, dir: Direction) {
-        self.source.set_backlogged(dir, false);
+    /// Nothing of the queue whose allowance is `allowance` waits to go `dir` any more (its
+    /// ring or its backend is empty, or it is reset). The direction stops being backlogged
+    /// when no other queue's frame waits; a queue that had nothing waiting changes nothing
+    /// (and takes no lock).
+    pub fn idle(&self, dir: Direction, allowance: &mut Allowance) {
+        if !std::mem::take(&mut allowance.waits) {
+            return;
+        }
         let mut buckets = self.buckets();
         let b = &mut buckets[dir.index()];
+        b.waiters = b.waiters.saturating_sub(1);
+        if b.waiters > 0 {
+            return;
+        }
+        self.source.set_backlogged(dir, false);
         if let Some(since) = b.throttled_since.take() {
             self.source.add_throttled(
                 dir,
@@ -436,10 +465,33 @@ mod tests {
         let now = Instant::now();
         a.charge(1_000_000);
         assert_eq!(send(&s, &mut a, now, 0), Admit::Wait(MAX_WAIT));
-        s.waiting(Direction::Tx, now);
+        s.waiting(Direction::Tx, &mut a, now);
         assert!(src.backlogged[0].load(Ordering::Relaxed));
-        s.idle(Direction::Tx);
+        s.idle(Direction::Tx, &mut a);
         assert!(!src.backlogged[0].load(Ordering::Relaxed));
+        assert!(src.throttled_ns[0].load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_direction_is_backlogged_while_any_queue_waits() {
+        // Two NICs of one sliver: one waits for tokens, the other's ring runs empty.
+        let (s, src) = shaper(Some(0));
+        let (mut waits, mut other, mut later) = Default::default();
+        let now = Instant::now();
+        s.waiting(Direction::Tx, &mut waits, now);
+        s.waiting(Direction::Tx, &mut later, now);
+        s.waiting(Direction::Tx, &mut later, now);
+        let backlogged = || src.backlogged[0].load(Ordering::Relaxed);
+        s.idle(Direction::Tx, &mut other);
+        assert!(backlogged(), "a queue that never waited clears nothing");
+        s.idle(Direction::Tx, &mut later);
+        assert!(backlogged(), "one queue still waits");
+        // Settling a batch keeps a queue's waiting.
+        s.settle(Direction::Tx, &mut waits);
+        s.idle(Direction::Tx, &mut later);
+        assert!(backlogged(), "an idle queue is counted once");
+        s.idle(Direction::Tx, &mut waits);
+        assert!(!backlogged());
         assert!(src.throttled_ns[0].load(Ordering::Relaxed) > 0);
     }
 
@@ -478,7 +530,7 @@ mod tests {
             s.admit(Direction::Tx, &mut tx, || now),
             Admit::Wait(_)
         ));
-        s.waiting(Direction::Tx, now);
+        s.waiting(Direction::Tx, &mut tx, now);
         assert_eq!(s.admit(Direction::Rx, &mut rx, || now), Admit::Go);
         assert!(!src.backlogged[1].load(Ordering::Relaxed));
     }

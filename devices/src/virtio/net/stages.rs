@@ -59,7 +59,7 @@ impl Stages {
             Admit::Wait(after) => {
                 let frame_waits = frame_waits();
                 if frame_waits {
-                    shaper.waiting(dir, now.unwrap_or_else(Instant::now));
+                    shaper.waiting(dir, allowance, now.unwrap_or_else(Instant::now));
                 }
                 Some(Wait { after, frame_waits })
             }
@@ -82,10 +82,10 @@ impl Stages {
         }
     }
 
-    /// Nothing waits to go `dir` any more.
-    pub(super) fn idle(&self, dir: Direction) {
+    /// Nothing of the queue whose allowance is `allowance` waits to go `dir` any more.
+    pub(super) fn idle(&self, dir: Direction, allowance: &mut Allowance) {
         if let Some(shaper) = &self.shaper {
-            shaper.idle(dir);
+            shaper.idle(dir, allowance);
         }
     }
 

@@ -22,6 +22,7 @@ use super::frame_checks::{check_tx_frame, read_headers, FrameError, Refusal};
 use super::gso::{Gso, WireSize};
 use super::queue::{QueueIo, Stop};
 use super::shaper::Allowance;
+use super::stages::Stages;
 use super::vnet_hdr::{clear_unnegotiated, HeaderDirection};
 use super::{FRAME_BUF_LEN, HEAD_LEN, QUEUE_SIZE, VNET_HDR_LEN};
 use crate::virtio::split_ring::SplitRing;
@@ -96,6 +97,13 @@ impl TxQueue {
         stop
     }
 
+    /// The queue goes away (the device is reset): its allowance goes back to the shaper,
+    /// and a frame of it that waited for tokens no longer counts as backlog.
+    pub(super) fn release(&mut self, stages: &Stages) {
+        stages.settle(Direction::Tx, &mut self.allowance);
+        stages.idle(Direction::Tx, &mut self.allowance);
+    }
+
     fn process_batch<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
         if self.blocked || self.throttled {
             return Stop::Idle;
@@ -108,7 +116,7 @@ impl TxQueue {
                 Ok(None) => match self.ring.enable_notification() {
                     Ok(true) => continue,
                     Ok(false) => {
-                        io.stages.idle(Direction::Tx);
+                        io.stages.idle(Direction::Tx, &mut self.allowance);
                         break Stop::Idle;
                     }
                     Err(e) => break Stop::Broken(e),
