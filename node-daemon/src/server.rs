@@ -103,7 +103,13 @@ fn socket_err<'a>(
 fn supported_cpuid(state_dir: &Path) -> Option<PathBuf> {
     let path = state_dir.join(vmm::arch::cpuid_table::FILE_NAME);
     match vmm::arch::cpuid_table::save(&path) {
-        Ok(()) => Some(path),
+        Ok(()) => {
+            log::info!(
+                "KVM's supported CPUID table saved to {} for the VMMs",
+                path.display()
+            );
+            Some(path)
+        }
         Err(e) => {
             log::warn!("saving KVM's supported CPUID table: {e}; each VMM asks KVM itself");
             None

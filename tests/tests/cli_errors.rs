@@ -273,6 +273,13 @@ fn a_broken_supported_cpuid_table_is_named() {
     let table = table.display().to_string();
     let out = run_with(&["--kernel", &kernel, "--supported-cpuid", &table]);
     assert_setup_error(&out, &format!("--supported-cpuid {table}: 7 bytes is not"));
+    // One whole entry of zeros: the right length, but not a table KVM gave.
+    std::fs::write(&table, [0u8; 40]).expect("write");
+    let out = run_with(&["--kernel", &kernel, "--supported-cpuid", &table]);
+    assert_setup_error(
+        &out,
+        &format!("--supported-cpuid {table}: no entry for CPUID leaf 0x1"),
+    );
     let out = run_with(&[
         "--kernel",
         &kernel,

@@ -94,9 +94,10 @@ pub struct RunArgs {
     /// with the reason `seccomp: syscall NAME`; `log` lets it through and the kernel logs it.
     #[arg(long, value_enum, default_value_t = SeccompMode::Kill)]
     pub seccomp: SeccompMode,
-    /// KVM's supported CPUID table, as the node daemon saves it once at its start (format:
-    /// `vmm::arch::cpuid_table`), instead of asking KVM: ~1 ms less a start where `cpuid`
-    /// traps on the host.
+    /// Take KVM's supported CPUID table from this file instead of asking KVM (which costs
+    /// ~1 ms of each start where the host traps `cpuid`). The node daemon saves it at its
+    /// start as STATE_DIR/kvm-supported-cpuid and passes it to its VMMs. It must come from
+    /// this host's KVM: only its length and leaves 0 and 1 are checked (docs/node-daemon.md).
     #[arg(long, value_name = "PATH")]
     pub supported_cpuid: Option<PathBuf>,
 }

@@ -61,6 +61,20 @@ pub enum CpuidTableError {
         /// Its length in bytes.
         len: usize,
     },
+    /// Not a regular file (a directory, a FIFO, a device).
+    #[error("{path}: not a regular file")]
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A leaf that KVM always answers (0 or 1) has no entry: the file holds something else.
+    #[error("{path}: no entry for CPUID leaf {leaf:#x}: not a table KVM gave")]
+    MissingLeaf {
+        /// The file.
+        path: PathBuf,
+        /// The leaf.
+        leaf: u32,
+    },
 }
 
 /// Ask `kvm` for its supported CPUID table.
@@ -131,33 +145,61 @@ pub fn decode(bytes: &[u8]) -> Option<CpuId> {
 pub fn save(path: &Path) -> Result<(), CpuidTableError> {
     let kvm = Kvm::new().map_err(CpuidTableError::OpenKvm)?;
     let table = ask(&kvm).map_err(CpuidTableError::Kvm)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let written = std::fs::write(&tmp, encode(&table))
+        .map_err(|source| (tmp.clone(), source))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|source| (path.to_owned(), source)));
+    written.map_err(|(path, source)| {
+        let _ = std::fs::remove_file(&tmp);
+        CpuidTableError::Io { path, source }
+    })
+}
+
+/// The table in the file at `path`: a regular file of at most [`MAX_ENTRIES`] entries
+/// (nothing more is read), among them leaves 0 and 1.
+///
+/// # Errors
+/// [`CpuidTableError::Io`] when it cannot be read, [`CpuidTableError::NotAFile`] when it is
+/// not a regular file (a FIFO is refused, not waited on), [`CpuidTableError::Length`] when it
+/// is not a table of whole entries, [`CpuidTableError::MissingLeaf`] when leaf 0 or 1 is
+/// not in it.
+pub fn load(path: &Path) -> Result<CpuId, CpuidTableError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CpuidTableError::Io {
         path: path.to_owned(),
         source,
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".new");
-    let written = std::fs::write(&tmp, encode(&table)).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(CpuidTableError::NotAFile {
+            path: path.to_owned(),
+        });
     }
-    written.map_err(io)
-}
-
-/// The table in the file at `path`.
-///
-/// # Errors
-/// [`CpuidTableError::Io`] when it cannot be read, [`CpuidTableError::Length`] when it is not
-/// a table of whole entries.
-pub fn load(path: &Path) -> Result<CpuId, CpuidTableError> {
-    let bytes = std::fs::read(path).map_err(|source| CpuidTableError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    decode(&bytes).ok_or_else(|| CpuidTableError::Length {
+    let most = MAX_ENTRIES * ENTRY_BYTES;
+    let mut bytes = Vec::with_capacity(most);
+    file.take(most as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let table = decode(&bytes).ok_or_else(|| CpuidTableError::Length {
         path: path.to_owned(),
         len: bytes.len(),
-    })
+    })?;
+    for leaf in [0, 1] {
+        if !table.as_slice().iter().any(|e| e.function == leaf) {
+            return Err(CpuidTableError::MissingLeaf {
+                path: path.to_owned(),
+                leaf,
+            });
+        }
+    }
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -208,14 +250,63 @@ mod tests {
     fn a_file_of_broken_or_no_entries_is_refused_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cpuid");
-        for len in [0, 39, 41, (MAX_ENTRIES + 1) * ENTRY_BYTES] {
+        for len in [0, 39, 41] {
             std::fs::write(&path, vec![0u8; len]).expect("write");
             let err = load(&path).expect_err("refused").to_string();
             assert!(err.contains(&path.display().to_string()), "{err}");
             assert!(err.contains(&format!("{len} bytes")), "{err}");
         }
+        // Read no further than the longest table and a byte.
+        std::fs::write(&path, vec![0u8; 1 << 20]).expect("write");
+        let err = load(&path).expect_err("refused").to_string();
+        assert!(
+            err.contains(&format!("{} bytes", MAX_ENTRIES * ENTRY_BYTES + 1)),
+            "{err}"
+        );
+        // Whole entries, but not what KVM gives: no leaf 1, then no leaf 0.
+        std::fs::write(&path, [0u8; ENTRY_BYTES]).expect("write");
+        let err = load(&path).expect_err("refused").to_string();
+        assert!(
+            err.ends_with("no entry for CPUID leaf 0x1: not a table KVM gave"),
+            "{err}"
+        );
+        let mut leaf1 = [0u8; ENTRY_BYTES];
+        leaf1[0] = 1;
+        std::fs::write(&path, leaf1).expect("write");
+        let err = load(&path).expect_err("refused").to_string();
+        assert!(err.contains("CPUID leaf 0x0"), "{err}");
         let missing = load(&dir.path().join("none")).expect_err("missing");
         assert!(missing.to_string().contains("none"), "{missing}");
+        // A directory, and a FIFO nobody writes (refused at once, not waited on).
+        let err = load(dir.path()).expect_err("a directory").to_string();
+        assert!(err.ends_with("not a regular file"), "{err}");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: mkfifo(3) on a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = load(&fifo).expect_err("a FIFO").to_string();
+        assert!(err.ends_with("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_save_names_the_file_it_could_not_write_and_leaves_nothing() {
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("SKIP: no /dev/kvm on this machine");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("missing-dir").join("cpuid");
+        let err = save(&path).expect_err("no such directory").to_string();
+        assert!(err.contains("cpuid.new"), "{err}");
+        // The rename fails: a directory is in the table's place.
+        let path = dir.path().join("cpuid");
+        std::fs::create_dir_all(path.join("x")).expect("mkdir");
+        let err = save(&path).expect_err("a directory in the way").to_string();
+        assert!(err.starts_with(&format!("{}:", path.display())), "{err}");
+        assert!(
+            !dir.path().join("cpuid.new").exists(),
+            "nothing left beside it"
+        );
     }
 
     #[test]
