@@ -288,13 +288,20 @@ mod tests {
         assert!(err.ends_with("not a regular file"), "{err}");
     }
 
-    #[test]
-    fn a_failed_save_names_the_file_it_could_not_write_and_leaves_nothing() {
+    /// A directory to save tables in, on a machine with KVM (`None`, saying so, without).
+    fn kvm_and_a_directory() -> Option<tempfile::TempDir> {
         if !Path::new("/dev/kvm").exists() {
             eprintln!("SKIP: no /dev/kvm on this machine");
-            return;
+            return None;
         }
-        let dir = tempfile::tempdir().expect("tempdir");
+        Some(tempfile::tempdir().expect("tempdir"))
+    }
+
+    #[test]
+    fn a_failed_save_names_the_file_it_could_not_write_and_leaves_nothing() {
+        let Some(dir) = kvm_and_a_directory() else {
+            return;
+        };
         let path = dir.path().join("missing-dir").join("cpuid");
         let err = save(&path).expect_err("no such directory").to_string();
         assert!(err.contains("cpuid.new"), "{err}");
@@ -311,11 +318,9 @@ mod tests {
 
     #[test]
     fn what_is_saved_is_what_kvm_answers() {
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("SKIP: no /dev/kvm on this machine");
+        let Some(dir) = kvm_and_a_directory() else {
             return;
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
+        };
         let path = dir.path().join("cpuid");
         save(&path).expect("save");
         let asked = ask(&Kvm::new().expect("kvm")).expect("ask");
