@@ -401,6 +401,59 @@ fn tx_raw_writev(len: usize, batches: usize) -> Run {
     })
 }
 
+/// [`raw_tx_loop`] with the batch's writes submitted to io_uring at once (`IORING_OP_WRITE`
+/// on the TAP, one `io_uring_enter(2)` a batch) instead of one `write(2)` each: what batching
+/// the system call per frame would save. The TAP is non-blocking, so the kernel runs the
+/// writes inline in `io_uring_enter` (checked: the process's CPU time, which would include
+/// io_uring's worker threads, is within 1.2× of the thread's).
+fn tx_raw_uring(len: usize, batches: usize) -> Run {
+    use std::os::fd::AsRawFd;
+    // The frames and the TAP are declared before the ring, so they outlive it: a write still
+    // in flight when a panic unwinds never points at freed memory or a closed descriptor.
+    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
+    let tap = Tap::open(TAP).expect("tap");
+    let fd = io_uring::types::Fd(tap.as_raw_fd());
+    let mut ring = io_uring::IoUring::new(BATCH as u32).expect("io_uring_setup");
+    let process_cpu = || vmm::clock::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
+    let (start, mut written) = (process_cpu(), 0u64);
+    let run = measure(
+        batches,
+        &mut ring,
+        |_| {},
+        |ring| {
+            for (i, f) in frames.iter().enumerate() {
+                let bytes = u32::try_from(f.len()).expect("frame length");
+                let write = io_uring::opcode::Write::new(fd, f.as_ptr(), bytes)
+                    .build()
+                    .user_data(i as u64);
+                // SAFETY: `f` lives in `frames` and `tap` stays open, both unchanged, until
+                // every write of the batch has completed (the wait below) and, declared
+                // before the ring, until the ring itself is gone.
+                unsafe { ring.submission().push(&write) }.expect("submission queue room");
+            }
+            ring.submit_and_wait(BATCH).expect("io_uring_enter");
+            for done in ring.completion() {
+                let i = usize::try_from(done.user_data()).expect("index");
+                assert_eq!(
+                    usize::try_from(done.result()).ok(),
+                    Some(frames[i].len()),
+                    "write of frame {i}: result {} (a negative errno or a short write)",
+                    done.result()
+                );
+                written += 1;
+            }
+            BATCH as u64
+        },
+    );
+    assert_eq!(written, ((WARM_UP + batches) * BATCH) as u64);
+    let process = (process_cpu() - start) as f64;
+    assert!(
+        process < 1.2 * run.cpu_ns as f64 * (WARM_UP + batches) as f64 / batches as f64,
+        "io_uring ran the writes on worker threads: thread CPU undercounts"
+    );
+    run
+}
+
 /// `count` copies of `frame` per batch, each written with `write`.
 fn raw_tx_loop_with(
     mut tap: Tap,
@@ -613,11 +666,11 @@ fn main() {
         });
     }
     // For profiling one path alone: `net_path BATCHES tx-device [LEN]` (or tx-raw, tx-audit,
-    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, tx-raw-uring, rx-device, rx-raw,
-    // rx-raw-readv, rx-audit, rx-audit-wrapped, rx-flows, rx-anti-spoofing, rx-device-mrg
-    // (MRG_RXBUF and GUEST_TSO4 as a Linux guest negotiates them), tx-shaped, rx-shaped (a
-    // shaper that never throttles), gso-rx-device, gso-rx-raw, gso-rx-raw-readv; LEN bytes per
-    // frame, 64 if not given; the GSO paths count frames of 64 KiB);
+    // tx-audit-wrapped, tx-flows, tx-anti-spoofing, tx-raw-writev, tx-raw-uring, rx-device,
+    // rx-raw, rx-raw-readv, rx-audit, rx-audit-wrapped, rx-flows, rx-anti-spoofing,
+    // rx-device-mrg (MRG_RXBUF and GUEST_TSO4 as a Linux guest negotiates them), tx-shaped,
+    // rx-shaped (a shaper that never throttles), gso-rx-device, gso-rx-raw, gso-rx-raw-readv;
+    // LEN bytes per frame, 64 if not given; the GSO paths count frames of 64 KiB);
     // `net_path BATCHES seccomp`, `gso` or `audit`: those tables alone; `rx`: the main
     // table's RX rows alone.
     let only = std::env::args().nth(2);
@@ -970,57 +1023,4 @@ fn gso_shaper_accuracy() {
         rate / 1e6,
         100.0 * (rate - 1e8) / 1e8
     );
-}
-
-/// [`raw_tx_loop`] with the batch's writes submitted to io_uring at once (`IORING_OP_WRITE`
-/// on the TAP, one `io_uring_enter(2)` a batch) instead of one `write(2)` each: what batching
-/// the system call per frame would save. The TAP is non-blocking, so the kernel runs the
-/// writes inline in `io_uring_enter` (checked: the process's CPU time, which would include
-/// io_uring's worker threads, is the thread's).
-fn tx_raw_uring(len: usize, batches: usize) -> Run {
-    use std::os::fd::AsRawFd;
-    // The frames and the TAP are declared before the ring, so they outlive it: a write still
-    // in flight when a panic unwinds never points at freed memory or a closed descriptor.
-    let frames: Vec<Vec<u8>> = (0..BATCH).map(|_| frame(len)).collect();
-    let tap = Tap::open(TAP).expect("tap");
-    let fd = io_uring::types::Fd(tap.as_raw_fd());
-    let mut ring = io_uring::IoUring::new(BATCH as u32).expect("io_uring_setup");
-    let process_cpu = || vmm::clock::clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID);
-    let (start, mut written) = (process_cpu(), 0u64);
-    let run = measure(
-        batches,
-        &mut ring,
-        |_| {},
-        |ring| {
-            for (i, f) in frames.iter().enumerate() {
-                let bytes = u32::try_from(f.len()).expect("frame length");
-                let write = io_uring::opcode::Write::new(fd, f.as_ptr(), bytes)
-                    .build()
-                    .user_data(i as u64);
-                // SAFETY: `f` lives in `frames` and `tap` stays open, both unchanged, until
-                // every write of the batch has completed (the wait below) and, declared
-                // before the ring, until the ring itself is gone.
-                unsafe { ring.submission().push(&write) }.expect("submission queue room");
-            }
-            ring.submit_and_wait(BATCH).expect("io_uring_enter");
-            for done in ring.completion() {
-                let i = usize::try_from(done.user_data()).expect("index");
-                assert_eq!(
-                    usize::try_from(done.result()).ok(),
-                    Some(frames[i].len()),
-                    "write of frame {i}: result {} (a negative errno or a short write)",
-                    done.result()
-                );
-                written += 1;
-            }
-            BATCH as u64
-        },
-    );
-    assert_eq!(written, ((WARM_UP + batches) * BATCH) as u64);
-    let process = (process_cpu() - start) as f64;
-    assert!(
-        process < 1.2 * run.cpu_ns as f64 * (WARM_UP + batches) as f64 / batches as f64,
-        "io_uring ran the writes on worker threads: thread CPU undercounts"
-    );
-    run
 }

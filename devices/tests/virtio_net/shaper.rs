@@ -24,6 +24,16 @@ fn shaped(tx: Option<u64>, rx: Option<u64>) -> (Fixture, Arc<FixedRate>) {
 }
 
 impl Fixture {
+    /// The guest queues `n` frames of [`FRAME`] bytes (numbered from 0) and kicks TX; the
+    /// device runs once.
+    fn queue_tx(&mut self, n: u8) {
+        for i in 0..n {
+            self.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
+        }
+        self.driver.kick(TXQ);
+        self.pump();
+    }
+
     /// Run the event loop for `d`; returns how many times it woke up.
     fn run_for(&mut self, d: Duration) -> usize {
         let end = Instant::now() + d;
@@ -40,11 +50,7 @@ impl Fixture {
 fn tx_over_its_rate_waits_in_the_ring_and_nothing_is_lost() {
     // 100 kB/s: the 3 kB starting burst lets 4 frames of 1000 bytes out at once.
     let (mut f, src) = shaped(Some(100_000), None);
-    for i in 0..20 {
-        f.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
-    }
-    f.driver.kick(TXQ);
-    f.pump();
+    f.queue_tx(20);
     let first = f.driver.take_used(TXQ).len();
     assert_eq!(first, 4, "burst");
     assert_eq!(f.snap().tx_packets, 4);
@@ -76,11 +82,7 @@ fn tx_over_its_rate_waits_in_the_ring_and_nothing_is_lost() {
 fn throttled_device_sleeps_on_its_timer() {
     // Rate 0: nothing may go; the device must wake only every MAX_WAIT to re-read its rate.
     let (mut f, _src) = shaped(Some(0), None);
-    for i in 0..6 {
-        f.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
-    }
-    f.driver.kick(TXQ);
-    f.pump();
+    f.queue_tx(6);
     let sent = f.snap().tx_packets;
     assert_eq!(sent, 4, "only the starting burst");
     let wakeups = f.run_for(Duration::from_millis(200));
@@ -118,11 +120,7 @@ fn rx_over_its_rate_waits_in_the_backend() {
 #[test]
 fn unlimited_shaper_changes_nothing() {
     let (mut f, src) = shaped(None, None);
-    for i in 0..50 {
-        f.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
-    }
-    f.driver.kick(TXQ);
-    f.pump();
+    f.queue_tx(50);
     assert_eq!(f.snap().tx_packets, 50);
     assert_eq!(f.snap().tx_throttled, 0);
     assert_eq!(src.bytes[0].load(Ordering::Relaxed), 50 * FRAME as u64);
@@ -136,11 +134,7 @@ fn unlimited_shaper_changes_nothing() {
 fn a_reset_while_frames_wait_for_tokens_ends_the_demand_signal() {
     // Rate 0: frames wait in the ring, signalled as backlog, until the driver resets.
     let (mut f, src) = shaped(Some(0), None);
-    for i in 0..6 {
-        f.driver.add_buffer(TXQ, Some(&frame(FRAME, i)), 0);
-    }
-    f.driver.kick(TXQ);
-    f.pump();
+    f.queue_tx(6);
     assert!(src.backlogged[0].load(Ordering::Relaxed), "frames wait");
     f.driver.init(FEATURES, 2, QUEUE_SIZE);
     f.pump();

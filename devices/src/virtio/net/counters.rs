@@ -4,8 +4,9 @@
 //!
 //! Every update goes through the device (`&mut` to it or to a queue it owns), so a counter
 //! has one writer at a time: the device's `inc` and `add` load and store instead of a locked
-//! read-modify-write. Code outside the device only reads them (`NetCounters::snapshot`). A `lock add` on every frame, right after the frame's system call,
-//! was ~3 % of a 64-byte TX frame's time (`perf record` of `net_path 3000 tx-device`: the
+//! read-modify-write. Code outside the device only reads them (`NetCounters::snapshot`). A
+//! `lock add` on every frame, right after the frame's system call, was ~3 % of a 64-byte TX
+//! frame's time (`perf record` of `net_path 3000 tx-device`: the
 //! samples piled up behind the two per-frame `lock add`s; issue 16, eighth part).
 
 use std::sync::atomic::{AtomicU64, Ordering};

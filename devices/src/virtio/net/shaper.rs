@@ -107,8 +107,9 @@ impl Bucket {
     }
 }
 
-/// Tokens a queue took from its direction's bucket, and the bytes it sent on them: see
-/// the module's docs. Empty (no tokens, nothing charged) between batches.
+/// A queue's part of the shaper: the tokens it took from its direction's bucket and the
+/// bytes it sent on them (see the module's docs; empty between batches), and whether a frame
+/// of it waits for tokens (until [`Shaper::idle`]).
 #[derive(Debug, Default)]
 pub struct Allowance {
     /// Bytes the queue may still send (negative: the debt of its last frame; infinite
@@ -211,18 +212,10 @@ impl Shaper {
     /// back, and the bytes charged to it are accounted to the rate source. A queue calls
     /// this when its batch ends; the allowance is then empty.
     pub fn settle(&self, dir: Direction, allowance: &mut Allowance) {
-        let Allowance {
-            tokens,
-            granted: _,
-            bytes,
-            waits: _,
-        } = std::mem::replace(
-            allowance,
-            Allowance {
-                waits: allowance.waits,
-                ..Allowance::default()
-            },
-        );
+        // Emptied; whether the queue's frame waits is not the batch's, and stays.
+        let tokens = std::mem::take(&mut allowance.tokens);
+        let bytes = std::mem::take(&mut allowance.bytes);
+        allowance.granted = false;
         if bytes > 0 {
             self.source.account(dir, bytes);
         }

@@ -89,6 +89,13 @@ impl Stages {
         }
     }
 
+    /// The queue whose allowance is `allowance` goes away (the device is reset): the
+    /// allowance goes back to the shaper, and a frame of it that waited no longer counts.
+    pub(super) fn release(&self, dir: Direction, allowance: &mut Allowance) {
+        self.settle(dir, allowance);
+        self.idle(dir, allowance);
+    }
+
     /// Anti-spoofing on a guest frame whose headers are `parsed` (read by the frame checks
     /// whenever this stage is on; a frame without them does not pass).
     #[inline]

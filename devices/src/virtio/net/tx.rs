@@ -97,11 +97,9 @@ impl TxQueue {
         stop
     }
 
-    /// The queue goes away (the device is reset): its allowance goes back to the shaper,
-    /// and a frame of it that waited for tokens no longer counts as backlog.
+    /// The queue goes away (the device is reset): [`Stages::release`].
     pub(super) fn release(&mut self, stages: &Stages) {
-        stages.settle(Direction::Tx, &mut self.allowance);
-        stages.idle(Direction::Tx, &mut self.allowance);
+        stages.release(Direction::Tx, &mut self.allowance);
     }
 
     fn process_batch<B: NetBackend>(&mut self, io: &mut QueueIo<'_, B>) -> Stop {
